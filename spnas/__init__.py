@@ -1,0 +1,29 @@
+"""spnas: SP-NAS serial-to-parallel detection backbone search on Optuna and Detectron2.
+
+The public API is re-exported here; implementations live in the subpackages. Importing
+:mod:`spnas` is cheap: it does not import torch or detectron2.
+"""
+
+from __future__ import annotations
+
+from spnas.arch import ParallelCode, SearchSpace, SerialCode
+from spnas.engines.detectron2 import compat as _detectron2_compat
+from spnas.exceptions import ArchError, ConfigError, DataError, SpnasError, WeightsError
+
+# Before any detectron2 module is imported: a detectron2 installed without its compiled ops
+# needs a placeholder for them (a cheap no-op otherwise; see spnas.engines.detectron2.compat).
+_detectron2_compat.apply()
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArchError",
+    "ConfigError",
+    "DataError",
+    "ParallelCode",
+    "SearchSpace",
+    "SerialCode",
+    "SpnasError",
+    "WeightsError",
+    "__version__",
+]

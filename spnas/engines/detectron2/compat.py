@@ -1,0 +1,164 @@
+"""Make detectron2 0.6 work when it was installed from its PyPI sources.
+
+detectron2 has no wheels, and the one PyPI distribution of its sources, ``pb1-detectron2==0.6``
+(installed by ``tools/install_detectron2.sh``), lacks the C++/CUDA files of ``detectron2._C``.
+Two things then break, both at import time:
+
+* ``detectron2.layers`` (and so ``detectron2.modeling``) and ``detectron2.evaluation`` run
+  ``from detectron2 import _C``. Only a few features call into it: deformable convolution,
+  rotated boxes and the fast COCO evaluation. The ops detection needs, NMS and ROIAlign, come
+  from torchvision. :func:`apply` installs a placeholder ``detectron2._C`` whose ops raise
+  :class:`MissingCompiledOpError`, naming the feature, when they are actually called.
+* ``detectron2.data.transforms`` uses ``PIL.Image.LINEAR`` as a default argument; Pillow 10
+  removed that alias of ``PIL.Image.BILINEAR``. :func:`apply` restores it.
+
+:func:`apply` runs when :mod:`spnas` is imported, so it stays cheap: it imports neither torch
+nor detectron2, and does nothing when detectron2 is not installed. When the real compiled ops
+are present (an upstream build), no placeholder is installed.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import sys
+import types
+from typing import Any
+
+from spnas.exceptions import SpnasError
+
+__all__ = ["MissingCompiledOpError", "apply", "has_compiled_ops"]
+
+_C_NAME = "detectron2._C"
+# Set in the placeholder's namespace, so that apply() can tell it from the real extension.
+_PLACEHOLDER_MARK = "_spnas_placeholder"
+
+# The names of detectron2._C that detectron2 0.6 calls, by prefix, and the feature a user would
+# recognize in a config. (nms_rotated goes through torch.ops.detectron2 instead, whose absence
+# torch reports itself.)
+_FEATURES: tuple[tuple[str, str], ...] = (
+    ("deform_conv_", "deformable convolution (DeformConv, MODEL.RESNETS.DEFORM_ON_PER_STAGE)"),
+    ("modulated_deform_conv_", "modulated deformable convolution (ModulatedDeformConv)"),
+    ("box_iou_rotated", "rotated boxes (pairwise_iou_rotated, RotatedBoxes)"),
+    ("roi_align_rotated_", "rotated boxes (ROIAlignRotated)"),
+    ("COCOeval", "fast COCO evaluation (use COCOEvaluator(..., use_fast_impl=False))"),
+    ("InstanceAnnotation", "fast COCO evaluation (use COCOEvaluator(..., use_fast_impl=False))"),
+    ("ImageEvaluation", "fast COCO evaluation (use COCOEvaluator(..., use_fast_impl=False))"),
+)
+_NOT_BUILT = "not built: detectron2 was installed without its compiled ops"
+
+
+class MissingCompiledOpError(SpnasError, ImportError):
+    """A feature needs a compiled op of detectron2 that this installation lacks."""
+
+    def __init__(self, op: str) -> None:
+        self.op = op
+        self.feature = _feature_of(op)
+        super().__init__(
+            f"{self.feature} needs the compiled op detectron2._C.{op}, but detectron2 was "
+            "installed without its compiled ops (e.g. from the pb1-detectron2 sources by "
+            "tools/install_detectron2.sh). Either avoid that feature, or build upstream "
+            "detectron2 with its C++/CUDA ops (see "
+            "https://detectron2.readthedocs.io/en/latest/tutorials/install.html, e.g. "
+            "`pip install --no-build-isolation "
+            "'git+https://github.com/facebookresearch/detectron2.git'`) in this environment.",
+            name=_C_NAME,
+        )
+
+
+def _feature_of(op: str) -> str:
+    for prefix, feature in _FEATURES:
+        if op.startswith(prefix):
+            return feature
+    return f"detectron2._C.{op}"
+
+
+class _MissingOpsModule(types.ModuleType):
+    """Stands in for ``detectron2._C``: importable, but every op raises on access."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") and name.endswith("__"):
+            # Protocol probes (copy, pickle, inspect, pytest) must see a plain module.
+            raise AttributeError(f"module {_C_NAME!r} has no attribute {name!r}")
+        raise MissingCompiledOpError(name)
+
+
+def _not_built() -> str:
+    return _NOT_BUILT
+
+
+def _has_cuda() -> bool:
+    return False
+
+
+def _new_placeholder() -> types.ModuleType:
+    module = _MissingOpsModule(_C_NAME, f"Placeholder for detectron2's compiled ops: {_NOT_BUILT}.")
+    module.__spec__ = importlib.machinery.ModuleSpec(_C_NAME, None, origin="spnas placeholder")
+    # detectron2.utils.collect_env (run by engine.default_setup) reports these when
+    # `import detectron2._C` succeeds; it reads __file__ only when has_cuda() is true.
+    module.get_compiler_version = _not_built  # type: ignore[attr-defined]
+    module.get_cuda_version = _not_built  # type: ignore[attr-defined]
+    module.has_cuda = _has_cuda  # type: ignore[attr-defined]
+    setattr(module, _PLACEHOLDER_MARK, True)
+    return module
+
+
+def _is_placeholder(module: types.ModuleType) -> bool:
+    # vars(), not getattr(): the placeholder's __getattr__ raises for unknown names.
+    return bool(vars(module).get(_PLACEHOLDER_MARK, False))
+
+
+def _detectron2_spec() -> importlib.machinery.ModuleSpec | None:
+    # For a top-level name, find_spec only searches: it imports nothing (no torch).
+    return importlib.util.find_spec("detectron2")
+
+
+def has_compiled_ops() -> bool:
+    """Whether detectron2 is installed with its compiled ops (``detectron2._C``).
+
+    Unlike ``importlib.util.find_spec("detectron2._C")``, this neither imports detectron2 (and
+    torch) nor mistakes the placeholder installed by :func:`apply` for the real extension.
+    """
+    module = sys.modules.get(_C_NAME)
+    if module is not None:
+        return not _is_placeholder(module)
+    spec = _detectron2_spec()
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    locations = list(spec.submodule_search_locations)
+    return importlib.machinery.PathFinder.find_spec(_C_NAME, locations) is not None
+
+
+def _install_ops_placeholder() -> None:
+    module = sys.modules.get(_C_NAME)
+    if module is not None or has_compiled_ops():
+        return
+    placeholder = _new_placeholder()
+    sys.modules[_C_NAME] = placeholder
+    parent = sys.modules.get("detectron2")
+    if parent is not None:
+        # `from detectron2 import _C` reads the attribute first when detectron2 was imported
+        # before apply().
+        parent._C = placeholder  # type: ignore[attr-defined]
+
+
+def _alias_pil_linear() -> None:
+    if "PIL" not in sys.modules and importlib.util.find_spec("PIL") is None:
+        return
+    from PIL import Image
+
+    if not hasattr(Image, "LINEAR"):
+        Image.LINEAR = Image.BILINEAR  # type: ignore[attr-defined]
+
+
+def apply() -> None:
+    """Prepare detectron2 0.6 installed without its compiled ops for import. Idempotent.
+
+    Call it before detectron2's modules are imported; ``import spnas`` does. It does nothing
+    when detectron2 is not installed, installs the ``detectron2._C`` placeholder only when the
+    compiled ops are absent, and aliases ``PIL.Image.LINEAR`` only when Pillow lacks it.
+    """
+    if _detectron2_spec() is None:
+        return
+    _install_ops_placeholder()
+    _alias_pil_linear()
