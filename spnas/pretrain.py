@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -282,8 +283,18 @@ def pretrain(
     fingerprint = {"code": str(code), "config": dataclasses.asdict(config), "norm": norm}
     start_epoch = 0
     if resume and checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if saved.get("fingerprint") == json.dumps(fingerprint, sort_keys=True):
+        try:
+            saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated, e.g. written by an older version killed mid-save
+            saved = None
+            _logger.warning(
+                "pretrain: ignoring %s, unreadable (%s: %s)", checkpoint, type(exc).__name__, exc
+            )
+        if saved is None:
+            pass
+        elif isinstance(saved, dict) and saved.get("fingerprint") == json.dumps(
+            fingerprint, sort_keys=True
+        ):
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             torch.set_rng_state(saved["rng"])
@@ -329,6 +340,9 @@ def pretrain(
             progress.update()
             progress.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.3f}")
         out.parent.mkdir(parents=True, exist_ok=True)
+        # Written aside and renamed into place: a run killed while saving leaves the previous
+        # checkpoint intact rather than a truncated one.
+        partial = checkpoint.with_name(checkpoint.name + ".tmp")
         torch.save(
             {
                 "fingerprint": json.dumps(fingerprint, sort_keys=True),
@@ -338,8 +352,9 @@ def pretrain(
                 "generator": generator.get_state(),
                 "epoch": epoch + 1,
             },
-            checkpoint,
+            partial,
         )
+        os.replace(partial, checkpoint)
     progress.close()
 
     train_accuracy = correct / seen if seen else float("nan")

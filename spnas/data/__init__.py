@@ -4,12 +4,32 @@ Every data set ends up as COCO-format json plus an image root, which both engine
 
 - :func:`make_synthetic_dataset` draws a small shapes-detection set, so that searches, tests and
   demos run on a laptop with nothing downloaded.
+- :func:`voc_to_coco`, :func:`bdd_to_coco` and :func:`ecp_to_coco` convert Pascal VOC,
+  BDD100K and EuroCity Persons into the same layout (``train.json``, ``val.json``,
+  ``images/``), which :class:`spnas.data.coco.DatasetSplits` reads.
 
 Importing this package is cheap: it does not import torch or detectron2.
 """
 
 from __future__ import annotations
 
+from spnas.data.bdd import BDD_CLASSES, BDD_IMAGE_SIZE, bdd_to_coco
+from spnas.data.ecp import ECP_CLASSES, ECP_IGNORE_REGIONS, ECP_TIMES, ecp_to_coco
 from spnas.data.synthetic import SHAPES, SyntheticDataset, make_synthetic_dataset
+from spnas.data.voc import VOC_CLASSES, parse_voc_sets, voc_to_coco
 
-__all__ = ["SHAPES", "SyntheticDataset", "make_synthetic_dataset"]
+__all__ = [
+    "BDD_CLASSES",
+    "BDD_IMAGE_SIZE",
+    "ECP_CLASSES",
+    "ECP_IGNORE_REGIONS",
+    "ECP_TIMES",
+    "SHAPES",
+    "VOC_CLASSES",
+    "SyntheticDataset",
+    "bdd_to_coco",
+    "ecp_to_coco",
+    "make_synthetic_dataset",
+    "parse_voc_sets",
+    "voc_to_coco",
+]

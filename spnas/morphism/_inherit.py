@@ -208,9 +208,15 @@ def inherit(
 
     from spnas.modeling.spnet import UpsampleFusion
 
-    prefix, _ = find_backbone(child_model)
     for ref in block_map.new_blocks():
-        zero_affine(backbone.get_submodule(f"res{ref.stage + 2}.{ref.index}").last_norm)
+        # The block in its stage and its copy in every parallel subnet of that stage: an SPNet
+        # child's subnets hold the new block too, and must start as identities as well.
+        stage_name = f"res{ref.stage + 2}"
+        owners = [stage_name] + [
+            f"{stage_name}_p{k}" for k in range(1, key_map.child_parallel[ref.stage] + 1)
+        ]
+        for owner in owners:
+            zero_affine(backbone.get_submodule(f"{owner}.{ref.index}").last_norm)
     new_set = set(new)
     for name, module in backbone.named_modules():
         if isinstance(module, UpsampleFusion) and f"{prefix}{name}.norm.weight" in new_set:
