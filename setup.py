@@ -24,6 +24,13 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["spnas", "spnas.*"]),
     include_package_data=True,
+    data_files=[
+        (
+            "share/spnas/detectron_configs",
+            sorted(str(p) for p in Path("detectron_configs").glob("*.yaml")),
+        ),
+        ("share/spnas/studies", sorted(str(p) for p in Path("studies").glob("*.yaml"))),
+    ],
     install_requires=_requirements(),
     entry_points={"console_scripts": ["spnas = spnas.cli:main"]},
     license="Apache-2.0",

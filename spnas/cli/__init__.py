@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from spnas.exceptions import SpnasError
 
-_COMMAND_MODULES = ("flops", "data", "mutate", "pretrain")
+_COMMAND_MODULES = ("flops", "data", "mutate", "pretrain", "search")
 
 _logger = logging.getLogger("spnas")
 

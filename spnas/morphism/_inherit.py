@@ -38,8 +38,8 @@ _BACKBONE_KEY = re.compile(
 )
 _BLOCK_REST = re.compile(r"^(?P<index>\d+)\.(?P<rest>.+)$")
 
-#: Child tensors that start at zero when the parent lacks them: FPN lateral convs of a new level
-#: (detectron2's ``fpn_lateral{N}``; torchvision's ``fpn.inner_blocks.{i}``).
+#: Child tensors that start at zero when the parent has an FPN but lacks them: lateral convs of
+#: a new level (detectron2's ``fpn_lateral{N}``; torchvision's ``fpn.inner_blocks.{i}``).
 ZERO_WHEN_NEW: tuple[re.Pattern[str], ...] = (
     re.compile(r"(^|\.)fpn_lateral\d+\.(weight|bias)$"),
     re.compile(r"(^|\.)fpn\.inner_blocks\.\d+\.\d+\.(weight|bias)$"),
@@ -221,8 +221,11 @@ def inherit(
     for name, module in backbone.named_modules():
         if isinstance(module, UpsampleFusion) and f"{prefix}{name}.norm.weight" in new_set:
             zero_affine(module.norm)
+    # Only a *new level of an FPN the parent has* must start silent; a parent without an FPN
+    # (a bare pretrained backbone) leaves the whole FPN at its own initialisation.
+    parent_levels = [p for p in ZERO_WHEN_NEW if any(p.search(k) for k in parent_state_dict)]
     for key in new:
-        if key in parameters and any(p.search(key) for p in ZERO_WHEN_NEW):
+        if key in parameters and any(p.search(key) for p in parent_levels):
             parameters[key].zero_()
 
     inherited = sum(parameters[k].numel() for k in matched if k in parameters)

@@ -1,11 +1,40 @@
-"""The detectron2 engine.
+"""The detectron2 engine: SPNet backbones in detectron2's registries, config and trainer.
 
-Importing this package applies :mod:`spnas.engines.detectron2.compat`, which lets detectron2
-0.6 installed without its compiled ops be imported; it imports neither detectron2 nor torch.
+Importing this package applies :mod:`spnas.engines.detectron2.compat` (so that detectron2
+0.6 installed without its compiled ops imports) and nothing heavier: :mod:`spnas` imports it
+on every start. The API below loads on first use; :func:`add_spnas_config` registers
+``build_spnet_backbone`` and ``build_spnet_fpn_backbone`` in ``BACKBONE_REGISTRY``.
+
+Public API: :func:`add_spnas_config`, :func:`configure_levels`, :func:`get_spnas_cfg`,
+:func:`config_path`, :class:`SPNetBackbone`, :class:`SPNASTrainer`, :class:`Detectron2Engine`.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from spnas.engines.detectron2 import compat
 
 compat.apply()
+
+_API = {
+    "SPNetBackbone": "backbone",
+    "build_spnet_backbone": "backbone",
+    "build_spnet_fpn_backbone": "backbone",
+    "add_spnas_config": "config",
+    "config_path": "config",
+    "configure_levels": "config",
+    "get_spnas_cfg": "config",
+    "Detectron2Engine": "engine",
+    "SPNASTrainer": "trainer",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        module = importlib.import_module(f"{__name__}.{_API[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

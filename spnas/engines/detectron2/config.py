@@ -1,0 +1,115 @@
+"""detectron2 config keys for SPNet backbones: ``cfg.MODEL.SPNAS``.
+
+Usage, as with any detectron2 project::
+
+    from detectron2.config import get_cfg
+    from spnas.engines.detectron2 import add_spnas_config
+
+    cfg = get_cfg()
+    add_spnas_config(cfg)
+    cfg.merge_from_file("detectron_configs/faster_rcnn_spnet_fpn_fast.yaml")
+    configure_levels(cfg)      # FPN/RPN/ROI levels and anchors follow the number of stages
+
+Keys:
+
+``MODEL.SPNAS.ARCH``
+    serial code, e.g. ``"BNB(111,d111,d11111,d11)"``.
+``MODEL.SPNAS.PARALLEL``
+    parallel code, e.g. ``"(0,1,2,0)"``; ``""`` for a SerialNet.
+``MODEL.SPNAS.BASE_WIDTH``, ``STEM``, ``NORM``, ``XB_GROUPS``
+    as :class:`spnas.modeling.SerialNet`.
+``MODEL.SPNAS.OUT_FEATURES``
+    stage outputs the backbone returns; empty for all (what the FPN uses).
+``MODEL.SPNAS.FREEZE_AT``
+    freeze the stem (1) and stages before ``res{FREEZE_AT+1}``, like ``MODEL.BACKBONE.FREEZE_AT``.
+
+``TEST.LAMR.ENABLED``, ``TEST.LAMR.CATEGORY_ID``
+    also report the log-average miss rate (EuroCity Persons), on one category id or, with
+    ``-1``, averaged over categories.
+
+``SOLVER.BASE_LR_END`` (the final LR of ``WarmupCosineLR``) is added too when the installed
+detectron2 (0.6) does not have it; newer versions define it themselves.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from detectron2.config import CfgNode as CN
+
+from spnas.arch import SerialCode
+from spnas.engines.detectron2 import backbone as _backbone  # noqa: F401  (registers backbones)
+from spnas.exceptions import ConfigError
+
+
+def config_path(name: str) -> Path:
+    """The path of a shipped config in ``detectron_configs/`` (e.g. ``"Base-SPNet-FPN.yaml"``).
+
+    Looks in the source checkout, then where ``pip install`` puts data files
+    (``<prefix>/share/spnas/detectron_configs``).
+
+    Raises:
+        ConfigError: naming the file and the places searched.
+    """
+    places = [
+        Path(__file__).resolve().parents[3] / "detectron_configs",
+        Path(sys.prefix) / "share" / "spnas" / "detectron_configs",
+    ]
+    for place in places:
+        if (place / name).is_file():
+            return place / name
+    raise ConfigError(
+        f"detectron2 config {name!r} not found in {', '.join(str(p) for p in places)}"
+    )
+
+
+def add_spnas_config(cfg: CN) -> CN:
+    """Add ``cfg.MODEL.SPNAS``, ``cfg.TEST.LAMR`` (and ``SOLVER.BASE_LR_END`` if missing)."""
+    cfg.MODEL.SPNAS = CN()
+    cfg.MODEL.SPNAS.ARCH = "BNB(111,d111,d11111,d11)"
+    cfg.MODEL.SPNAS.PARALLEL = ""
+    cfg.MODEL.SPNAS.BASE_WIDTH = 64
+    cfg.MODEL.SPNAS.STEM = "resnet"
+    cfg.MODEL.SPNAS.NORM = "FrozenBN"
+    cfg.MODEL.SPNAS.XB_GROUPS = 32
+    cfg.MODEL.SPNAS.OUT_FEATURES = []
+    cfg.MODEL.SPNAS.FREEZE_AT = 0
+    cfg.TEST.LAMR = CN({"ENABLED": False, "CATEGORY_ID": -1})
+    if "BASE_LR_END" not in cfg.SOLVER:
+        cfg.SOLVER.BASE_LR_END = 0.0
+    return cfg
+
+
+def get_spnas_cfg(config_file: str | None = None) -> CN:
+    """detectron2's defaults plus the SPNAS keys, merged with ``config_file`` if given."""
+    from detectron2.config import get_cfg
+
+    cfg = add_spnas_config(get_cfg())
+    if config_file is not None:
+        cfg.merge_from_file(config_file)
+    return configure_levels(cfg)
+
+
+def configure_levels(cfg: CN) -> CN:
+    """Point FPN, RPN, ROI heads and anchors at the stages ``MODEL.SPNAS.ARCH`` has.
+
+    A searched network has 4–7 stages, so its FPN has as many levels plus the max-pool one;
+    the anchor sizes of ``p2`` (the first entry of ``MODEL.ANCHOR_GENERATOR.SIZES``, one or
+    more sizes) double per level, as in detectron2's R-FPN configs.
+    """
+    try:
+        code = SerialCode.parse(cfg.MODEL.SPNAS.ARCH)
+    except Exception as exc:
+        raise ConfigError(f"MODEL.SPNAS.ARCH: {exc}") from exc
+    stages = list(code.stage_names)
+    levels = [f"p{int(name[3:])}" for name in stages]
+    top = int(levels[-1][1:]) + 1
+    base = [float(size) for size in cfg.MODEL.ANCHOR_GENERATOR.SIZES[0]]
+    cfg.MODEL.FPN.IN_FEATURES = stages
+    cfg.MODEL.RPN.IN_FEATURES = [*levels, f"p{top}"]
+    cfg.MODEL.ROI_HEADS.IN_FEATURES = levels
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [
+        [size * 2**i for size in base] for i in range(len(levels) + 1)
+    ]
+    return cfg

@@ -1,0 +1,200 @@
+"""The detectron2 engine: trains a trial's detector with :class:`SPNASTrainer`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.utils.env import seed_all_rng
+from torch import nn
+
+from spnas.data.coco import load_coco
+from spnas.device import resolve_device
+from spnas.engines.base import (
+    DataSpec,
+    Engine,
+    InitWeights,
+    ModelSpec,
+    Reporter,
+    Schedule,
+    TrialDiverged,
+    TrialResult,
+    register_engine,
+    save_state_dict,
+)
+from spnas.engines.detectron2.config import config_path, configure_levels, get_spnas_cfg
+from spnas.engines.detectron2.data import register_coco_split
+from spnas.engines.detectron2.trainer import SPNASTrainer, flatten_metrics
+from spnas.modeling.flops import cost
+
+_logger = logging.getLogger(__name__)
+
+_BASE_CONFIGS = {
+    "fast": "faster_rcnn_spnet_fpn_fast.yaml",
+    "full": "faster_rcnn_spnet_fpn_full.yaml",
+}
+
+
+@register_engine("detectron2")
+class Detectron2Engine(Engine):
+    """Trains Faster R-CNN (or any detectron2 meta-architecture) on an SPNet-FPN backbone.
+
+    Args:
+        config_file: a detectron2 YAML to start from; by default the shipped
+            ``faster_rcnn_spnet_fpn_{fast,full}.yaml`` matching the schedule. Keys derived
+            from the trial (architecture, classes, schedule, data) override it.
+        opts: ``["KEY", value, …]`` overrides applied after the trial's keys.
+        show_progress: show a progress bar while training.
+    """
+
+    name = "detectron2"
+
+    def __init__(
+        self,
+        config_file: str | Path | None = None,
+        opts: list[str] | tuple[str, ...] = (),
+        show_progress: bool = True,
+    ) -> None:
+        self.config_file = None if config_file is None else Path(config_file)
+        self.opts = list(opts)
+        self.show_progress = show_progress
+
+    def build_cfg(
+        self,
+        spec: ModelSpec,
+        schedule: Schedule,
+        data: DataSpec,
+        out_dir: str | Path = "output",
+    ) -> CfgNode:
+        """The detectron2 config of a trial."""
+        base = self.config_file or config_path(_BASE_CONFIGS[schedule.name])
+        cfg = get_spnas_cfg(str(base))
+        splits = data.splits
+        train_name = register_coco_split(splits.train_json, splits.image_root)
+        val_name = register_coco_split(splits.val_json, splits.image_root)
+        num_train = len(load_coco(splits.train_json, splits.image_root, check_images=False))
+        total = schedule.total_iters(num_train)
+
+        cfg.MODEL.SPNAS.ARCH = str(spec.arch)
+        cfg.MODEL.SPNAS.PARALLEL = "" if spec.parallel is None else str(spec.parallel)
+        cfg.MODEL.SPNAS.BASE_WIDTH = spec.base_width
+        cfg.MODEL.SPNAS.STEM = spec.stem
+        cfg.MODEL.SPNAS.NORM = spec.norm
+        cfg.MODEL.SPNAS.XB_GROUPS = spec.xb_groups
+        cfg.MODEL.FPN.OUT_CHANNELS = spec.fpn_channels
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES = spec.num_classes
+        scales = [
+            size / cfg.MODEL.ANCHOR_GENERATOR.SIZES[0][0]
+            for size in cfg.MODEL.ANCHOR_GENERATOR.SIZES[0]
+        ]
+        cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[spec.anchor_size * s for s in scales]]
+        cfg.MODEL.DEVICE = str(resolve_device(schedule.device))
+        cfg.MODEL.WEIGHTS = ""
+        cfg.DATASETS.TRAIN = (train_name,)
+        cfg.DATASETS.TEST = (val_name,)
+        cfg.INPUT.MIN_SIZE_TRAIN = (schedule.min_size,)
+        cfg.INPUT.MAX_SIZE_TRAIN = schedule.max_size
+        cfg.INPUT.MIN_SIZE_TEST = schedule.min_size
+        cfg.INPUT.MAX_SIZE_TEST = schedule.max_size
+        cfg.DATALOADER.NUM_WORKERS = schedule.num_workers
+        cfg.SOLVER.IMS_PER_BATCH = schedule.ims_per_batch
+        cfg.SOLVER.BASE_LR = schedule.base_lr
+        cfg.SOLVER.BASE_LR_END = schedule.min_lr
+        cfg.SOLVER.MOMENTUM = schedule.momentum
+        cfg.SOLVER.WEIGHT_DECAY = schedule.weight_decay
+        cfg.SOLVER.MAX_ITER = total
+        cfg.SOLVER.WARMUP_ITERS = min(schedule.warmup_iters, max(total // 5, 1))
+        if schedule.name == "fast":
+            cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupCosineLR"
+            cfg.SOLVER.CHECKPOINT_PERIOD = 0
+        else:
+            cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"
+            cfg.SOLVER.STEPS = tuple(int(s * total) for s in schedule.steps)
+            cfg.SOLVER.CHECKPOINT_PERIOD = min(cfg.SOLVER.CHECKPOINT_PERIOD, max(total // 4, 1))
+        cfg.TEST.EVAL_PERIOD = schedule.eval_period
+        cfg.TEST.LAMR.ENABLED = data.metric == "LAMR"
+        cfg.TEST.LAMR.CATEGORY_ID = -1 if data.lamr_category is None else data.lamr_category
+        cfg.SEED = schedule.seed
+        cfg.OUTPUT_DIR = str(Path(out_dir) / "detectron2")
+        if self.opts:
+            cfg.merge_from_list(self.opts)
+        return configure_levels(cfg)
+
+    def build_model(self, spec: ModelSpec, cfg: CfgNode | None = None) -> nn.Module:
+        if cfg is None:
+            cfg = get_spnas_cfg(str(self.config_file or config_path(_BASE_CONFIGS["fast"])))
+            cfg.MODEL.SPNAS.ARCH = str(spec.arch)
+            cfg.MODEL.SPNAS.PARALLEL = "" if spec.parallel is None else str(spec.parallel)
+            cfg.MODEL.SPNAS.BASE_WIDTH = spec.base_width
+            cfg.MODEL.SPNAS.STEM = spec.stem
+            cfg.MODEL.SPNAS.NORM = spec.norm
+            cfg.MODEL.SPNAS.XB_GROUPS = spec.xb_groups
+            cfg.MODEL.FPN.OUT_CHANNELS = spec.fpn_channels
+            cfg.MODEL.ROI_HEADS.NUM_CLASSES = spec.num_classes
+            cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[spec.anchor_size]]
+            cfg.MODEL.DEVICE = "cpu"
+            configure_levels(cfg)
+        return SPNASTrainer.build_model(cfg)
+
+    def train_eval(
+        self,
+        spec: ModelSpec,
+        init_weights: InitWeights | None,
+        schedule: Schedule,
+        data: DataSpec,
+        reporter: Reporter | None = None,
+        out_dir: str | Path = "output",
+    ) -> TrialResult:
+        out_dir = Path(out_dir)
+        cfg = self.build_cfg(spec, schedule, data, out_dir)
+        Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
+        seed_all_rng(schedule.seed)
+        trainer = SPNASTrainer(cfg, reporter=reporter, show_progress=self.show_progress)
+        inherited = self.initialize(trainer.model, init_weights)
+        started = time.perf_counter()
+        try:
+            trainer.train()
+        except FloatingPointError as exc:
+            raise TrialDiverged(
+                f"training {spec.arch} diverged at iteration {trainer.iter}: {exc}; "
+                "lower SOLVER.BASE_LR or check the data"
+            ) from exc
+        elapsed = time.perf_counter() - started
+        train_seconds = max(elapsed - trainer.eval_seconds, 1e-9)
+        weights = save_state_dict(trainer.model, out_dir / "model_final.pth")
+        report = cost(
+            spec.arch,
+            spec.parallel,
+            base_width=spec.base_width,
+            stem=spec.stem,
+            input_size=(schedule.min_size, schedule.min_size),
+        )
+        iterations = cfg.SOLVER.MAX_ITER
+        return TrialResult(
+            metrics=dict(trainer.last_metrics),
+            weights=weights,
+            gmacs=report.gmacs,
+            params_m=report.params_m,
+            train_seconds=train_seconds,
+            eval_seconds=trainer.eval_seconds,
+            images_per_second=iterations * schedule.ims_per_batch / train_seconds,
+            iterations=iterations,
+            inherited_fraction=inherited,
+        )
+
+    def evaluate(
+        self,
+        spec: ModelSpec,
+        weights: InitWeights | None,
+        data: DataSpec,
+        schedule: Schedule,
+        out_dir: str | Path = "output",
+    ) -> dict[str, float]:
+        cfg = self.build_cfg(spec, schedule, data, out_dir)
+        model = self.build_model(spec, cfg)
+        self.initialize(model, weights)
+        with torch.no_grad():
+            return flatten_metrics(SPNASTrainer.test(cfg, model))

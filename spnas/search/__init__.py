@@ -1,0 +1,55 @@
+"""SP-NAS on Optuna: the sampler, its state machine, the objective, and workers.
+
+Public API:
+
+- :class:`SPNASSampler` — an ``optuna.samplers.BaseSampler`` implementing Algorithm 1;
+- :class:`SearchConfig` — the validated study YAML;
+- :class:`SearchState`, :func:`propose_serial`, :func:`propose_parallel` — building blocks for
+  your own samplers;
+- :class:`Decision`, :func:`get_decision` — what a trial trains, inside your own objective;
+- :class:`Objective`, :func:`create_search_study`, :func:`load_search_study`,
+  :func:`run_worker`, :func:`prepare_data` — what ``spnas search`` and ``spnas worker`` run.
+"""
+
+from __future__ import annotations
+
+from spnas.search._config import CONFIG_ATTR, SearchConfig
+from spnas.search._objective import WEIGHTS_ATTR, Objective, OptunaReporter
+from spnas.search._proposals import (
+    SearchExhausted,
+    propose_parallel,
+    propose_serial,
+    sample_parallel_code,
+)
+from spnas.search._sampler import SPNASSampler, get_decision
+from spnas.search._state import BARRIER_KINDS, KINDS, Best, Decision, Record, SearchState
+from spnas.search._worker import (
+    create_search_study,
+    load_search_study,
+    prepare_data,
+    run_worker,
+)
+
+__all__ = [
+    "BARRIER_KINDS",
+    "CONFIG_ATTR",
+    "KINDS",
+    "WEIGHTS_ATTR",
+    "Best",
+    "Decision",
+    "Objective",
+    "OptunaReporter",
+    "Record",
+    "SPNASSampler",
+    "SearchConfig",
+    "SearchExhausted",
+    "SearchState",
+    "create_search_study",
+    "get_decision",
+    "load_search_study",
+    "prepare_data",
+    "propose_parallel",
+    "propose_serial",
+    "run_worker",
+    "sample_parallel_code",
+]

@@ -1,0 +1,393 @@
+"""Study configuration: the study YAML, validated, and stored in the study's user attributes.
+
+A study YAML has these sections (every key optional but ``study.name``; unknown keys and
+values of the wrong type are errors naming the key)::
+
+    study:     name, storage, artifacts, workdir
+    engine:    name (detectron2 | torchvision), config (detectron2 YAML), opts, show_progress
+    data:      dir, metric (AP | AP50 | LAMR …), lamr_category, synthetic {train, val, size, …}
+    model:     seed_arch, width, stem, norm, xb_groups, fpn_channels, anchor_size, pretrained
+    space:     min_blocks, max_blocks, min_stages, max_stages, min_blocks_per_stage,
+               max_subnets, max_doublings, block_types
+    serial:    n_mutations, n_stuck, n_rounds, op_weights
+    parallel:  n_stuck, budget_gmacs, budget_ratio, max_tries
+    reignite:  epochs, image_size, lr, batch_size, imagefolder
+    schedule:  fields of spnas.engines.base.Schedule (the fast scheme of every trial)
+    final:     enabled, schedule
+    search:    seed, keep_top_k, wait_seconds, max_barrier_attempts
+
+Relative paths are resolved against the directory ``spnas search`` runs in, and stored
+absolute, so workers on other nodes (``spnas worker``, no YAML) see the same files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spnas.arch import SearchSpace, SerialCode
+from spnas.engines.base import METRIC_DIRECTIONS, ModelSpec, Schedule
+from spnas.exceptions import ArchError, ConfigError
+
+CONFIG_ATTR = "spnas:config"
+
+
+def _check_type(value: Any, annotation: Any, where: str) -> Any:
+    """Check ``value`` against a simple annotation; ints are accepted for floats."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(annotation):
+            if option is type(None) and value is None:
+                return None
+            if option is type(None):
+                continue
+            try:
+                return _check_type(value, option, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        expected = " or ".join(
+            "null" if a is type(None) else getattr(a, "__name__", str(a))
+            for a in typing.get_args(annotation)
+        )
+        raise ConfigError(f"{where} is {value!r}, expected {expected}")
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where} is {value!r}, expected a mapping")
+        return dict(value)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} is {value!r}, expected a list")
+        return tuple(value)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} is {value!r}, expected a number")
+        return float(value)
+    if annotation is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{where} is {value!r}, expected an integer")
+    if annotation is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where} is {value!r}, expected true or false")
+    if annotation is str and not isinstance(value, str):
+        raise ConfigError(f"{where} is {value!r}, expected a string")
+    return value
+
+
+def _from_mapping(cls: type, values: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    if values is None:
+        values = {}
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"'{where}' is {values!r}, expected a mapping")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(
+                f"unknown key '{where}.{key}', expected one of {', '.join(sorted(fields))}"
+            )
+        kwargs[key] = _check_type(value, hints[key], f"'{where}.{key}'")
+    try:
+        return cls(**kwargs)
+    except (ConfigError, ArchError) as exc:
+        raise ConfigError(f"'{where}': {exc}") from exc
+
+
+@dataclasses.dataclass(frozen=True)
+class StudySection:
+    name: str = ""
+    storage: str | None = None
+    artifacts: str | None = None
+    workdir: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSection:
+    name: str = "detectron2"
+    config: str | None = None
+    opts: tuple[Any, ...] = ()
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.name not in ("detectron2", "torchvision"):
+            raise ConfigError(f"engine {self.name!r}, expected 'detectron2' or 'torchvision'")
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticSection:
+    train: int = 200
+    val: int = 50
+    size: int = 128
+    classes: int = 4
+    max_objects: int = 6
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    dir: str = ""
+    metric: str = "AP"
+    lamr_category: int | None = None
+    synthetic: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRIC_DIRECTIONS:
+            raise ConfigError(
+                f"metric {self.metric!r}, expected one of {', '.join(METRIC_DIRECTIONS)}"
+            )
+
+    @property
+    def synthetic_settings(self) -> SyntheticSection | None:
+        if self.synthetic is None:
+            return None
+        return _from_mapping(SyntheticSection, self.synthetic, "data.synthetic")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    seed_arch: str = "BNB(111,d111,d11111,d11)"
+    width: int = 64
+    stem: str = "resnet"
+    norm: str = "BN"
+    xb_groups: int = 32
+    fpn_channels: int = 256
+    anchor_size: int = 32
+    pretrained: str | None = None
+
+    def __post_init__(self) -> None:
+        SerialCode.parse(self.seed_arch)
+
+
+@dataclasses.dataclass(frozen=True)
+class SerialSection:
+    n_mutations: int = 3
+    n_stuck: int = 5
+    n_rounds: int = 1
+    op_weights: dict[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("n_mutations", "n_stuck"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"serial.{name}={getattr(self, name)}: expected ≥ 1")
+        if self.n_rounds < 0:
+            raise ConfigError(f"serial.n_rounds={self.n_rounds}: expected ≥ 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelSection:
+    n_stuck: int = 5
+    budget_gmacs: float | None = None
+    budget_ratio: float | None = 2.0
+    max_tries: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.n_stuck < 1:
+            raise ConfigError(f"parallel.n_stuck={self.n_stuck}: expected ≥ 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReigniteSection:
+    epochs: int = 10
+    image_size: int = 64
+    lr: float = 0.1
+    batch_size: int = 64
+    imagefolder: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FinalSection:
+    enabled: bool = False
+    schedule: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSection:
+    seed: int = 0
+    keep_top_k: int = 3
+    wait_seconds: float = 2.0
+    max_barrier_attempts: int = 3
+
+
+_SECTIONS: dict[str, type] = {
+    "study": StudySection,
+    "engine": EngineSection,
+    "data": DataSection,
+    "model": ModelSection,
+    "serial": SerialSection,
+    "parallel": ParallelSection,
+    "reignite": ReigniteSection,
+    "final": FinalSection,
+    "search": SearchSection,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """A validated study configuration (see the module docstring for the YAML layout)."""
+
+    study: StudySection
+    engine: EngineSection
+    data: DataSection
+    model: ModelSection
+    space: SearchSpace
+    serial: SerialSection
+    parallel: ParallelSection
+    reignite: ReigniteSection
+    schedule: Schedule
+    final: FinalSection
+    search: SearchSection
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> SearchConfig:
+        """Validate a parsed YAML mapping.
+
+        Raises:
+            ConfigError: naming the unknown key or the key with a wrong value.
+        """
+        values = dict(values or {})
+        known = {*_SECTIONS, "space", "schedule"}
+        for key in values:
+            if key not in known:
+                raise ConfigError(
+                    f"unknown key {key!r} in study config, expected one of "
+                    f"{', '.join(sorted(known))}"
+                )
+        sections = {
+            name: _from_mapping(section, values.get(name), name)
+            for name, section in _SECTIONS.items()
+        }
+        space_values = values.get("space") or {}
+        if not isinstance(space_values, Mapping):
+            raise ConfigError(f"'space' is {space_values!r}, expected a mapping")
+        try:
+            space = SearchSpace.from_dict(space_values)
+        except (TypeError, ArchError) as exc:
+            raise ConfigError(f"'space': {exc}") from exc
+        schedule = _from_mapping(Schedule, values.get("schedule"), "schedule")
+        config = cls(space=space, schedule=schedule, **sections)
+        if not config.study.name:
+            raise ConfigError("missing key 'study.name': every study needs a name")
+        if config.final.schedule is not None:
+            _from_mapping(Schedule, config.final.schedule, "final.schedule")
+        space.validate(config.seed_arch)
+        return config
+
+    @classmethod
+    def from_yaml(
+        cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()
+    ) -> SearchConfig:
+        """Read a study YAML, apply ``key.sub=value`` overrides, resolve relative paths."""
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError as exc:
+            raise ConfigError(f"study file {str(path)!r} does not exist") from exc
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"study file {str(path)!r}: malformed YAML{where}: {exc}") from exc
+        if not isinstance(values, dict):
+            raise ConfigError(f"study file {str(path)!r}: expected a mapping of sections")
+        for item in overrides:
+            apply_override(values, item)
+        return cls.from_dict(values).resolved(Path.cwd())
+
+    def resolved(self, base: Path) -> SearchConfig:
+        """Paths made absolute against ``base``; default storage, artifacts and workdir."""
+
+        def absolute(path: str | None) -> str | None:
+            if path is None or "://" in path:
+                return path
+            return str((base / path).resolve())
+
+        workdir = absolute(self.study.workdir) or str((base / "runs" / self.study.name).resolve())
+        storage = self.study.storage or f"sqlite:///{Path(workdir) / 'spnas.db'}"
+        if storage.startswith("sqlite:///") and not storage.startswith("sqlite:////"):
+            storage = f"sqlite:///{absolute(storage.removeprefix('sqlite:///'))}"
+        study = dataclasses.replace(
+            self.study,
+            storage=storage,
+            artifacts=absolute(self.study.artifacts) or str(Path(workdir) / "artifacts"),
+            workdir=workdir,
+        )
+        data = dataclasses.replace(self.data, dir=absolute(self.data.dir) or "")
+        engine = dataclasses.replace(self.engine, config=absolute(self.engine.config))
+        model = dataclasses.replace(self.model, pretrained=absolute(self.model.pretrained))
+        reignite = dataclasses.replace(
+            self.reignite, imagefolder=absolute(self.reignite.imagefolder)
+        )
+        return dataclasses.replace(
+            self, study=study, data=data, engine=engine, model=model, reignite=reignite
+        )
+
+    # ----------------------------------------------------------------- derived
+    @property
+    def seed_arch(self) -> SerialCode:
+        return SerialCode.parse(self.model.seed_arch)
+
+    @property
+    def direction(self) -> str:
+        return METRIC_DIRECTIONS[self.data.metric]
+
+    @property
+    def final_schedule(self) -> Schedule:
+        values = {**self.schedule.to_dict(), "name": "full", "iters": None, "epochs": 24.0}
+        values.update(self.final.schedule or {})
+        return Schedule.from_dict(values)
+
+    def model_spec(self, arch: Any, parallel: Any, num_classes: int) -> ModelSpec:
+        m = self.model
+        return ModelSpec(
+            arch=arch,
+            parallel=parallel,
+            num_classes=num_classes,
+            base_width=m.width,
+            stem=m.stem,
+            norm=m.norm,
+            xb_groups=m.xb_groups,
+            fpn_channels=m.fpn_channels,
+            anchor_size=m.anchor_size,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain mapping that :meth:`from_dict` accepts (JSON-serialisable)."""
+        values: dict[str, Any] = {
+            name: _plain(dataclasses.asdict(getattr(self, name))) for name in _SECTIONS
+        }
+        values["space"] = self.space.to_dict()
+        values["schedule"] = self.schedule.to_dict()
+        return values
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def apply_override(values: dict[str, Any], item: str) -> None:
+    """Apply ``"section.key=value"`` (value parsed as YAML) to a raw config mapping."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. serial.n_stuck=3")
+    parts = key.strip().split(".")
+    node = values
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: value is not valid YAML: {exc}") from exc

@@ -1,0 +1,132 @@
+"""Candidate proposals: serial morphisms and FLOPs-inverse parallel sampling (paper §3)."""
+
+from __future__ import annotations
+
+import random
+
+from spnas.arch import ParallelCode, SerialCode
+from spnas.exceptions import ArchError
+from spnas.morphism import NoCandidateError, format_ops, mutate
+from spnas.search._state import Decision, SearchState
+
+
+class SearchExhausted(NoCandidateError):
+    """No new candidate exists near the current best: the round or phase ends."""
+
+
+def propose_serial(state: SearchState, rng: random.Random) -> Decision:
+    """``n_mutations`` random morphisms of the round's best network (paper Algorithm 1).
+
+    Children outside the space, equal to the parent, or already evaluated or running are
+    rejected.
+
+    Raises:
+        SearchExhausted: when no such child can be found.
+    """
+    config = state.config
+    parent = state.parent
+    if parent is None or state.next_kind != "serial":
+        raise ArchError(f"no serial proposal in phase {state.phase!r} (next: {state.next_kind})")
+    avoid = {arch for arch, parallel in state.taken() if parallel is None}
+    try:
+        child, ops = mutate(
+            parent.arch,
+            config.space,
+            rng,
+            n_ops=config.serial.n_mutations,
+            weights=config.serial.op_weights,
+            avoid=avoid,
+        )
+    except NoCandidateError as exc:
+        raise SearchExhausted(str(exc)) from exc
+    return Decision(
+        kind="serial",
+        arch=child,
+        parent=parent.number,
+        ops=tuple(format_ops(ops).split("; ")),
+        round=state.round,
+    )
+
+
+def stage_costs(config, arch: SerialCode) -> tuple[float, ...]:
+    """GMACs of each stage of the SerialNet ``arch`` at the trial's input size."""
+    from spnas.modeling.flops import cost
+
+    size = (config.schedule.min_size, config.schedule.min_size)
+    report = cost(arch, base_width=config.model.width, stem=config.model.stem, input_size=size)
+    return tuple(stage.gmacs for stage in report.stages)
+
+
+def flops_budget(config, arch: SerialCode) -> float:
+    """The GMACs an SPNet of ``arch`` may cost: absolute, or a ratio of the SerialNet's."""
+    from spnas.modeling.flops import cost
+
+    if config.parallel.budget_gmacs is not None:
+        return config.parallel.budget_gmacs
+    size = (config.schedule.min_size, config.schedule.min_size)
+    serial = cost(arch, base_width=config.model.width, stem=config.model.stem, input_size=size)
+    ratio = config.parallel.budget_ratio if config.parallel.budget_ratio is not None else 2.0
+    return serial.gmacs * ratio
+
+
+def sample_parallel_code(
+    arch: SerialCode, costs: tuple[float, ...], max_subnets: int, rng: random.Random
+) -> ParallelCode:
+    """Add subnets one at a time, at stage ``l`` with probability ∝ 1/FLOPs(s_l).
+
+    The number of additions is uniform in ``1 .. stages · max_subnets``; stages that reached
+    ``max_subnets`` are no longer drawn. Cheap stages get subnets more often, which is the
+    paper's resource-constraint sampling.
+    """
+    code = ParallelCode.zeros(arch.num_stages)
+    additions = rng.randint(1, arch.num_stages * max_subnets)
+    for _ in range(additions):
+        open_stages = [i for i in range(arch.num_stages) if code[i] < max_subnets]
+        if not open_stages:
+            break
+        weights = [1.0 / max(costs[i], 1e-12) for i in open_stages]
+        code = code.add(rng.choices(open_stages, weights=weights)[0])
+    return code
+
+
+def propose_parallel(state: SearchState, rng: random.Random) -> Decision:
+    """A parallel code for the best serial network, initialised from the best SPNet.
+
+    Candidates over the FLOPs budget or already evaluated or running are rejected.
+
+    Raises:
+        SearchExhausted: when ``parallel.max_tries`` draws found nothing new.
+    """
+    from spnas.modeling.flops import cost
+
+    config = state.config
+    parent = state.parent
+    if parent is None or state.next_kind != "parallel":
+        raise ArchError(f"no parallel proposal in phase {state.phase!r} (next: {state.next_kind})")
+    arch = parent.arch
+    costs = stage_costs(config, arch)
+    budget = flops_budget(config, arch)
+    taken = {parallel for a, parallel in state.taken() if a == str(arch) and parallel}
+    size = (config.schedule.min_size, config.schedule.min_size)
+    over_budget = 0
+    for _ in range(config.parallel.max_tries):
+        code = sample_parallel_code(arch, costs, config.space.max_subnets, rng)
+        if str(code) in taken:
+            continue
+        gmacs = cost(
+            arch, code, base_width=config.model.width, stem=config.model.stem, input_size=size
+        ).gmacs
+        if gmacs > budget:
+            over_budget += 1
+            continue
+        return Decision(
+            kind="parallel",
+            arch=arch,
+            parallel=code,
+            parent=parent.number,
+            round=state.round,
+        )
+    raise SearchExhausted(
+        f"no new parallel code for {arch} within {budget:.3f} GMACs after "
+        f"{config.parallel.max_tries} draws ({over_budget} over budget, the rest evaluated)"
+    )

@@ -1,0 +1,241 @@
+"""SPNASSampler: SP-NAS (paper Algorithm 1) as an Optuna sampler."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler, TPESampler
+from optuna.storages._heartbeat import is_heartbeat_enabled
+from optuna.study import Study
+from optuna.trial import FrozenTrial, TrialState
+
+from spnas.arch import ParallelCode
+from spnas.exceptions import ConfigError
+from spnas.search._config import CONFIG_ATTR, SearchConfig
+from spnas.search._proposals import SearchExhausted, propose_parallel, propose_serial
+from spnas.search._state import Decision, SearchState
+
+_logger = logging.getLogger(__name__)
+
+#: Longest pause between two looks at the study while a decision waits.
+MAX_WAIT_STEP_S = 10.0
+#: How often a waiting worker says what it waits for.
+LOG_EVERY_S = 30.0
+
+
+class SPNASSampler(BaseSampler):
+    """Decides what every trial trains: SP-NAS's serial and parallel search.
+
+    The sampler is stateless across processes. In :meth:`before_trial` it derives the search
+    state from the study's trials (:meth:`SearchState.from_trials`) and writes the trial's
+    decision into its system attributes (``spnas:kind``, ``spnas:arch``, ``spnas:parallel``,
+    ``spnas:parent``, ``spnas:ops``, ``spnas:round``), where :class:`~spnas.search.Objective`
+    (or your own objective, via :func:`~spnas.search.get_decision`) reads it. A trial that
+    already carries a decision — a retry of a failed trial, or one you enqueued with system
+    attributes — keeps it.
+
+    Concurrency without locks: a trial decides only once every lower-numbered running trial
+    has decided, so decisions happen in trial-number order across all workers, and a barrier
+    (``seed``, ``reignite``, ``parallel_seed``, ``final``) is decided exactly once. Trials
+    that must wait (a barrier is running, or a round is draining) wait inside
+    :meth:`before_trial`, keeping their heartbeat alive and logging what they wait for.
+
+    Parameters your objective suggests itself (``trial.suggest_float("lr", …)``) go to
+    ``fallback_sampler``.
+
+    Args:
+        config: the search configuration; by default read from the study's user attribute
+            ``spnas:config`` (which ``spnas search`` stores).
+        fallback_sampler: samples the objective's own parameters (TPE by default).
+        seed: seed of the fallback sampler. Proposals are seeded by
+            ``config.search.seed`` and the trial number, so any worker proposes alike.
+        max_wait_seconds: give up waiting after this long (``None``: wait as long as needed);
+            the trial then gets the kind ``idle`` and is pruned.
+
+    Example::
+
+        study = optuna.create_study(direction="maximize", sampler=SPNASSampler(config))
+        study.optimize(my_objective, n_trials=100)    # see spnas.search.get_decision
+    """
+
+    def __init__(
+        self,
+        config: SearchConfig | Mapping[str, Any] | None = None,
+        *,
+        fallback_sampler: BaseSampler | None = None,
+        seed: int | None = None,
+        max_wait_seconds: float | None = None,
+    ) -> None:
+        if config is not None and not isinstance(config, SearchConfig):
+            config = SearchConfig.from_dict(config)
+        self._config: SearchConfig | None = config
+        self._fallback = fallback_sampler or TPESampler(seed=seed)
+        self._max_wait = max_wait_seconds
+
+    # ------------------------------------------------------------ the user's parameters
+    def infer_relative_search_space(
+        self, study: Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return self._fallback.infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return self._fallback.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        return self._fallback.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        self._fallback.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._fallback.reseed_rng()
+
+    # ------------------------------------------------------------ the architecture
+    def config_for(self, study: Study) -> SearchConfig:
+        """The configuration in force for ``study``."""
+        if self._config is None:
+            values = study.user_attrs.get(CONFIG_ATTR)
+            if values is None:
+                raise ConfigError(
+                    f"study {study.study_name!r} has no '{CONFIG_ATTR}' user attribute: create "
+                    "it with `spnas search`, or pass a config to SPNASSampler"
+                )
+            self._config = SearchConfig.from_dict(values)
+        return self._config
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        self._fallback.before_trial(study, trial)
+        if Decision.of(trial) is not None:
+            return
+        decision = self.decide(study, trial)
+        for key, value in decision.to_attrs().items():
+            study._storage.set_trial_system_attr(trial._trial_id, key, value)
+        _logger.info(
+            "trial %d: %s%s%s%s",
+            trial.number,
+            decision.kind,
+            f" {decision.arch}" if decision.arch is not None else "",
+            f" {decision.parallel}" if decision.parallel is not None else "",
+            f" from trial {decision.parent} by {'; '.join(decision.ops)}" if decision.ops else "",
+        )
+
+    def decide(self, study: Study, trial: FrozenTrial) -> Decision:
+        """Wait until ``trial`` may decide, then decide (see the class docstring)."""
+        config = self.config_for(study)
+        started = time.monotonic()
+        last_log: float | None = None
+        step = config.search.wait_seconds
+        reason: str | None = None
+        while True:
+            trials = study.get_trials(deepcopy=False)
+            blocking = [
+                t.number
+                for t in trials
+                if t.number < trial.number
+                and t.state == TrialState.RUNNING
+                and Decision.of(t) is None
+            ]
+            if blocking:
+                reason = f"waiting for trial(s) {blocking[:5]} to decide first"
+            else:
+                state = SearchState.from_trials(trials, config)
+                if state.done:
+                    return Decision("idle", round=state.round)
+                if state.next_kind is not None:
+                    return self._decision(state, trial.number)
+                reason = state.waiting_for
+            now = time.monotonic()
+            if self._max_wait is not None and now - started > self._max_wait:
+                _logger.warning(
+                    "trial %d: gave up after %.0f s %s", trial.number, now - started, reason
+                )
+                return Decision("idle")
+            if last_log is None or now - last_log >= LOG_EVERY_S:
+                _logger.info("trial %d: %s", trial.number, reason)
+                last_log = now
+            self._keep_alive(study, trial)
+            time.sleep(step)
+            step = min(step * 1.5, MAX_WAIT_STEP_S)
+
+    @staticmethod
+    def _keep_alive(study: Study, trial: FrozenTrial) -> None:
+        # Optuna beats a trial's heart only while its objective runs; a trial waiting here
+        # beats its own, and fails the stale trials of dead workers so that their barriers
+        # are retried instead of blocking everyone.
+        storage = study._storage
+        if is_heartbeat_enabled(storage):
+            storage.record_heartbeat(trial._trial_id)
+            optuna.storages.fail_stale_trials(study)
+
+    def _decision(self, state: SearchState, number: int) -> Decision:
+        config = state.config
+        rng = random.Random(f"{config.search.seed}:{number}")
+        kind = state.next_kind
+        parent = state.parent
+        try:
+            if kind == "serial":
+                return propose_serial(state, rng)
+            if kind == "parallel":
+                return propose_parallel(state, rng)
+        except SearchExhausted as exc:
+            _logger.info("trial %d: %s; ending the %s", number, exc, state.phase)
+            parallel = (
+                ParallelCode.zeros(parent.arch.num_stages)
+                if kind == "parallel" and parent
+                else None
+            )
+            return Decision(
+                "exhausted",
+                arch=parent.arch if parent else None,
+                parallel=parallel,
+                round=state.round,
+            )
+        if kind == "seed":
+            return Decision("seed", arch=config.seed_arch, round=0)
+        assert parent is not None, kind
+        if kind == "reignite":
+            return Decision("reignite", arch=parent.arch, parent=parent.number, round=state.round)
+        if kind == "parallel_seed":
+            zeros = ParallelCode.zeros(parent.arch.num_stages)
+            return Decision("parallel_seed", arch=parent.arch, parallel=zeros, parent=parent.number)
+        if kind == "final":
+            return Decision(
+                "final", arch=parent.arch, parallel=parent.parallel, parent=parent.number
+            )
+        raise ConfigError(f"unknown trial kind {kind!r}")
+
+
+def get_decision(trial: optuna.Trial | FrozenTrial) -> Decision:
+    """The SP-NAS decision of ``trial`` (inside an objective run with :class:`SPNASSampler`).
+
+    Raises:
+        ConfigError: when the trial has no decision (the study does not use SPNASSampler).
+    """
+    if isinstance(trial, FrozenTrial):
+        attrs = trial.system_attrs
+    else:
+        attrs = trial.study._storage.get_trial_system_attrs(trial._trial_id)
+    decision = Decision.from_attrs(attrs)
+    if decision is None:
+        raise ConfigError(f"trial {trial.number} has no SP-NAS decision: use SPNASSampler")
+    return decision

@@ -1,0 +1,130 @@
+"""Creating a search study, and the worker loop that runs its trials."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from spnas.exceptions import ConfigError
+from spnas.search._config import CONFIG_ATTR, SearchConfig
+from spnas.search._objective import Objective
+from spnas.search._sampler import SPNASSampler
+from spnas.search._state import SearchState
+from spnas.storage import make_storage, redact
+
+_logger = logging.getLogger(__name__)
+
+
+def _differences(old: Any, new: Any, where: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new)):
+            out += _differences(old.get(key), new.get(key), f"{where}.{key}" if where else key)
+        return out
+    return [] if old == new else [f"{where}: {old!r} → {new!r}"]
+
+
+def prepare_data(config: SearchConfig) -> None:
+    """Generate the synthetic data set when the config asks for one and it is missing."""
+    synthetic = config.data.synthetic_settings
+    root = Path(config.data.dir)
+    if synthetic is None or (root / "train.json").is_file():
+        return
+    from spnas.data.synthetic import make_synthetic_dataset
+
+    _logger.info("generating the synthetic data set in %s", root)
+    make_synthetic_dataset(
+        root,
+        train=synthetic.train,
+        val=synthetic.val,
+        size=synthetic.size,
+        classes=synthetic.classes,
+        max_objects=synthetic.max_objects,
+        seed=synthetic.seed,
+        show_progress=config.engine.show_progress,
+    )
+
+
+def create_search_study(config: SearchConfig, storage_url: str | None = None) -> optuna.Study:
+    """Create the study (or open it, when it exists with the same configuration).
+
+    The configuration is stored in the study's user attribute ``spnas:config``, so workers
+    need only the study name and the storage URL.
+
+    Raises:
+        ConfigError: when a study of that name exists with another configuration.
+    """
+    url = storage_url or config.study.storage
+    assert url is not None
+    study = optuna.create_study(
+        study_name=config.study.name,
+        storage=make_storage(url),
+        direction=config.direction,
+        load_if_exists=True,
+        sampler=SPNASSampler(config),
+    )
+    stored = study.user_attrs.get(CONFIG_ATTR)
+    wanted = config.to_dict()
+    if stored is None:
+        study.set_user_attr(CONFIG_ATTR, wanted)
+        _logger.info("created study %r in %s", config.study.name, redact(url))
+    elif stored != wanted:
+        changes = _differences(stored, wanted)
+        raise ConfigError(
+            f"study {config.study.name!r} in {redact(url)} exists with another configuration "
+            f"({'; '.join(changes[:5])}): resume it unchanged or choose a new study.name"
+        )
+    else:
+        _logger.info("resuming study %r in %s", config.study.name, redact(url))
+    return study
+
+
+def load_search_study(study_name: str, storage_url: str) -> tuple[optuna.Study, SearchConfig]:
+    """Open an existing search study and its stored configuration."""
+    storage = make_storage(storage_url)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage, sampler=SPNASSampler())
+    except KeyError as exc:
+        raise ConfigError(
+            f"no study {study_name!r} in {redact(storage_url)}: create it with `spnas search`"
+        ) from exc
+    values = study.user_attrs.get(CONFIG_ATTR)
+    if values is None:
+        raise ConfigError(
+            f"study {study_name!r} in {redact(storage_url)} is not an spnas search "
+            f"(no {CONFIG_ATTR!r} user attribute)"
+        )
+    return study, SearchConfig.from_dict(values)
+
+
+def run_worker(
+    study_name: str,
+    storage_url: str,
+    *,
+    max_trials: int | None = None,
+    objective: Any | None = None,
+) -> SearchState:
+    """Run trials of a search until it is done (or ``max_trials`` were run here).
+
+    Any number of workers may run this at once, on any node that reaches the storage. A trial
+    that raises is recorded as failed and the worker goes on; a failed barrier is retried
+    (``search.max_barrier_attempts`` times).
+
+    Returns:
+        The search state when the worker stopped.
+    """
+    study, config = load_search_study(study_name, storage_url)
+    objective = objective or Objective(config)
+    ran = 0
+    while True:
+        state = SearchState.from_trials(study.get_trials(deepcopy=False), config)
+        if state.done:
+            _logger.info("study %r is %s", study_name, state.phase)
+            return state
+        if max_trials is not None and ran >= max_trials:
+            return state
+        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+        ran += 1
