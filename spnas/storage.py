@@ -10,7 +10,7 @@ Storage URLs:
   file systems where SQLite's locks are unreliable (some NFS mounts).
 
 RDB storages run heartbeats (every 60 s; a trial silent for 600 s is stale) and retry a stale
-trial up to twice with :class:`optuna.storages.RetryFailedTrialCallback`; the retry copies the
+trial up to twice with :class:`optuna.storages.RetryHeartbeatStaleTrialCallback`; the retry copies the
 trial's system attributes, so it keeps its SP-NAS decision.
 
 Artifact locations: a directory (``FileSystemArtifactStore``; share it between nodes, e.g. on
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -100,15 +101,18 @@ def make_storage(
             "postgresql+psycopg2://USER:PASSWORD@HOST/DB or journal:///FILE.log"
         )
     try:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(
-                max_retry=max_retry
-            ),
-        )
+        with warnings.catch_warnings():
+            # Heartbeats and retries are experimental in Optuna; we rely on them on purpose.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=max_retry
+                ),
+            )
     except Exception as exc:  # sqlalchemy raises many types; all mean "cannot use this URL"
         raise StorageError(
             f"cannot open storage {redact(url)!r}: {type(exc).__name__}: "

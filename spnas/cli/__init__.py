@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from spnas.exceptions import SpnasError
 
-_COMMAND_MODULES = ("flops", "data", "mutate", "pretrain", "search")
+_COMMAND_MODULES = ("flops", "data", "mutate", "pretrain", "train-eval", "search")
 
 _logger = logging.getLogger("spnas")
 
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in _COMMAND_MODULES:
-        importlib.import_module(f"spnas.cli.{name}").register(subparsers)
+        importlib.import_module(f"spnas.cli.{name.replace('-', '_')}").register(subparsers)
     return parser
 
 

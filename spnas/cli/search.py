@@ -230,8 +230,17 @@ def _status(name: str, storage: str) -> dict[str, Any]:
                 "gmacs": trial.user_attrs.get("gmacs"),
             }
         )
-    best_serial = state.best_serial
-    best_parallel = state.best_parallel
+
+    def best_entry(best: Any, parallel: bool) -> dict[str, Any] | None:
+        if best is None:
+            return None
+        attrs = trials[best.number].user_attrs
+        entry = {"arch": str(best.arch), "AP": attrs.get("AP"), "value": best.value}
+        if parallel:
+            entry["parallel"] = str(best.parallel)
+        entry["trial"] = best.number
+        return entry
+
     return {
         "study": name,
         "phase": state.phase,
@@ -241,21 +250,8 @@ def _status(name: str, storage: str) -> dict[str, Any]:
         "waiting_for": state.waiting_for,
         "reason": state.reason,
         "best": {
-            "serial": None
-            if best_serial is None
-            else {
-                "arch": str(best_serial.arch),
-                "AP": best_serial.value,
-                "trial": best_serial.number,
-            },
-            "parallel": None
-            if best_parallel is None
-            else {
-                "arch": str(best_parallel.arch),
-                "parallel": str(best_parallel.parallel),
-                "AP": best_parallel.value,
-                "trial": best_parallel.number,
-            },
+            "serial": best_entry(state.best_serial, parallel=False),
+            "parallel": best_entry(state.best_parallel, parallel=True),
         },
         "trials": rows,
     }
@@ -275,7 +271,9 @@ def _print_status(status: dict[str, Any]) -> None:
         best = status["best"][phase]
         if best:
             code = best["arch"] + (f" {best['parallel']}" if phase == "parallel" else "")
-            print(f"  best {phase:<8} {metric} {best['AP']:.2f}  {code}  (trial {best['trial']})")
+            print(
+                f"  best {phase:<8} {metric} {best['value']:.2f}  {code}  (trial {best['trial']})"
+            )
     counts = Counter((row["kind"], row["state"]) for row in status["trials"])
     if counts:
         print(

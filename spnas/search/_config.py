@@ -9,8 +9,8 @@ values of the wrong type are errors naming the key)::
     model:     seed_arch, width, stem, norm, xb_groups, fpn_channels, anchor_size, pretrained
     space:     min_blocks, max_blocks, min_stages, max_stages, min_blocks_per_stage,
                max_subnets, max_doublings, block_types
-    serial:    n_mutations, n_stuck, n_rounds, op_weights
-    parallel:  n_stuck, budget_gmacs, budget_ratio, max_tries
+    serial:    n_mutations, n_stuck, n_rounds, op_weights, max_trials (per round)
+    parallel:  n_stuck, budget_gmacs, budget_ratio, max_tries, max_trials
     reignite:  epochs, image_size, lr, batch_size, imagefolder
     schedule:  fields of spnas.engines.base.Schedule (the fast scheme of every trial)
     final:     enabled, schedule
@@ -172,6 +172,7 @@ class SerialSection:
     n_stuck: int = 5
     n_rounds: int = 1
     op_weights: dict[str, float] | None = None
+    max_trials: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("n_mutations", "n_stuck"):
@@ -187,6 +188,7 @@ class ParallelSection:
     budget_gmacs: float | None = None
     budget_ratio: float | None = 2.0
     max_tries: int = 1000
+    max_trials: int | None = None
 
     def __post_init__(self) -> None:
         if self.n_stuck < 1:

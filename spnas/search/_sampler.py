@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -185,7 +186,9 @@ class SPNASSampler(BaseSampler):
         storage = study._storage
         if is_heartbeat_enabled(storage):
             storage.record_heartbeat(trial._trial_id)
-            optuna.storages.fail_stale_trials(study)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
 
     def _decision(self, state: SearchState, number: int) -> Decision:
         config = state.config

@@ -20,7 +20,9 @@ Every decided trial carries its decision in system attributes (``spnas:kind``, `
 ============== ==================================================================
 
 Rounds: serial round ``r`` ends after ``n_stuck`` finished serial trials in a row (in the order
-they finished) without beating the round's best, once none of its trials is still running.
+they finished) without beating the round's best — or, when ``serial.max_trials`` is set, after
+that many trials (a compute budget per round) — once none of its trials is still running.
+The parallel phase ends likewise (``parallel.n_stuck``, ``parallel.max_trials``).
 Rounds ``1..n_rounds`` end with a reignition; round ``n_rounds + 1`` ends the serial phase.
 Finished means COMPLETE, PRUNED, or FAILED with no retry pending (a failure is no
 improvement). A barrier runs exactly once: while it runs, every other decision waits.
@@ -274,9 +276,13 @@ class _Replay:
         return None, self.state(phase, kind, parent=parent)
 
     def rounds_loop(
-        self, records: list[Record], best: Best, stuck_limit: int
+        self, records: list[Record], best: Best, stuck_limit: int, max_trials: int | None
     ) -> tuple[Best, bool, list[Record]]:
-        """Replay finished trials in the order they finished; returns (best, stuck?, running)."""
+        """Replay finished trials in the order they finished; returns (best, ended?, running).
+
+        A round ends when stuck, exhausted, or — with ``max_trials`` — when its budget of
+        trials is spent (running ones included, so no trial beyond the budget is proposed).
+        """
         finished = sorted(
             (r for r in records if r.finished),
             key=lambda r: (r.finished_at or datetime.max, r.number),
@@ -293,7 +299,8 @@ class _Replay:
             else:
                 self.stuck += 1
         running = [r for r in records if r.running]
-        return best, exhausted or self.stuck >= stuck_limit, running
+        spent = max_trials is not None and len(records) >= max_trials
+        return best, exhausted or spent or self.stuck >= stuck_limit, running
 
     def run(self) -> SearchState:
         config = self.config
@@ -316,7 +323,7 @@ class _Replay:
                 and r.decision.parallel is None
             ]
             best, stuck, running = self.rounds_loop(
-                records, self.best_of(baseline), config.serial.n_stuck
+                records, self.best_of(baseline), config.serial.n_stuck, config.serial.max_trials
             )
             self.round_best = best
             if _better(best.value, self.best_serial.value, self.direction):
@@ -356,7 +363,7 @@ class _Replay:
             if r.decision.kind in ("parallel", "exhausted") and r.decision.parallel is not None
         ]
         best, stuck, running = self.rounds_loop(
-            records, self.best_of(pseed), config.parallel.n_stuck
+            records, self.best_of(pseed), config.parallel.n_stuck, config.parallel.max_trials
         )
         self.best_parallel = best
         if not stuck:
