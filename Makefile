@@ -29,9 +29,9 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 demo: setup
-	$(VENV)/bin/spnas data synth --out $(DEMO_DIR)/data --train 64 --val 16 --size 128 --seed 0
-	$(VENV)/bin/spnas flops "BB(11,d1,d1,d1)" --width 16 --input 128x128
-	$(VENV)/bin/spnas mutate "BB(11,d1,d1,d1)" --seed 0
+	$(VENV)/bin/spnas search studies/smoke.yaml --workers 2 --set study.workdir=$(DEMO_DIR) --set data.dir=$(DEMO_DIR)/data
+	@echo "Status:    $(VENV)/bin/spnas status --study smoke --storage sqlite:///$(DEMO_DIR)/spnas.db"
+	@echo "Dashboard: $(VENV)/bin/optuna-dashboard sqlite:///$(DEMO_DIR)/spnas.db"
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache *.egg-info

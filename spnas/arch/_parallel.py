@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from spnas.arch._scanner import Scanner
 from spnas.exceptions import ArchError
 
 
@@ -39,7 +40,7 @@ class ParallelCode:
             return text
         if not isinstance(text, str):
             raise ArchError(f"parallel code must be a string, got {type(text).__name__}")
-        return cls(tuple(_Scanner(text).parse()))
+        return cls(tuple(_Parser(text).parse()))
 
     @classmethod
     def zeros(cls, num_stages: int) -> ParallelCode:
@@ -78,27 +79,11 @@ _DIGITS = "0123456789"
 _SEPARATORS = ",;-"
 
 
-class _Scanner:
-    """A one-pass parser of ``(k,k,…)`` that knows its column, so errors can point at it."""
+class _Parser(Scanner):
+    """Reads ``(k,k,…)``."""
 
     def __init__(self, text: str) -> None:
-        self.text = text
-        self.pos = 0
-
-    def peek(self) -> str:
-        return self.text[self.pos] if self.pos < len(self.text) else ""
-
-    def skip_spaces(self) -> None:
-        while self.peek().isspace():
-            self.pos += 1
-
-    def unexpected(self, expected: str) -> ArchError:
-        char = self.peek()
-        found = f"unexpected {char!r}" if char else "unexpected end of code"
-        return ArchError(
-            f"invalid parallel code {self.text!r}: column {self.pos + 1}: "
-            f"{found}, expected {expected}"
-        )
+        super().__init__(text, "parallel code")
 
     def parse(self) -> list[int]:
         self.skip_spaces()

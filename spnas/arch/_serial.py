@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
+from spnas.arch._scanner import Scanner
 from spnas.exceptions import ArchError
 
 #: Output channels of a block are ``n * EXPANSION[block]`` for base width ``n``.
@@ -234,27 +235,9 @@ class SerialCode:
         return SerialCode(self.block, tuple(stages))
 
 
-class _Parser:
-    """A one-pass parser that knows its column, so errors can point at it."""
-
+class _Parser(Scanner):
     def __init__(self, text: str) -> None:
-        self.text = text
-        self.pos = 0
-
-    def error(self, message: str) -> ArchError:
-        return ArchError(f"invalid serial code {self.text!r}: column {self.pos + 1}: {message}")
-
-    def peek(self) -> str:
-        return self.text[self.pos] if self.pos < len(self.text) else ""
-
-    def skip_spaces(self) -> None:
-        while self.peek().isspace():
-            self.pos += 1
-
-    def unexpected(self, expected: str) -> ArchError:
-        char = self.peek()
-        found = f"unexpected {char!r}" if char else "unexpected end of code"
-        return self.error(f"{found}, expected {expected}")
+        super().__init__(text, "serial code")
 
     def parse(self) -> SerialCode:
         self.skip_spaces()

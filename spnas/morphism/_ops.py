@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from typing import ClassVar, NamedTuple, TypeVar
 
 from spnas.arch import SearchSpace, SerialCode
+from spnas.arch._scanner import Scanner
 from spnas.exceptions import ArchError
 
 #: Op kinds, in the order :func:`valid_ops` lists them.
@@ -258,31 +259,9 @@ def format_ops(ops: Iterable[Op]) -> str:
     return f"{_OPS_SEPARATOR} ".join(str(op) for op in ops)
 
 
-class _OpParser:
-    """A one-pass parser that knows its column, so errors can point at it."""
-
+class _OpParser(Scanner):
     def __init__(self, text: str, what: str) -> None:
-        self.text = text
-        self.what = what
-        self.pos = 0
-
-    def error(self, message: str) -> ArchError:
-        return ArchError(f"invalid {self.what} {self.text!r}: column {self.pos + 1}: {message}")
-
-    def at_end(self) -> bool:
-        return self.pos >= len(self.text)
-
-    def peek(self) -> str:
-        return self.text[self.pos] if self.pos < len(self.text) else ""
-
-    def skip_spaces(self) -> None:
-        while self.peek().isspace():
-            self.pos += 1
-
-    def unexpected(self, expected: str) -> ArchError:
-        char = self.peek()
-        found = f"unexpected {char!r}" if char else f"unexpected end of {self.what}"
-        return self.error(f"{found}, expected {expected}")
+        super().__init__(text, what, end=what)
 
     def expect(self, literal: str) -> None:
         self.skip_spaces()

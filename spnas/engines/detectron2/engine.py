@@ -38,6 +38,25 @@ _BASE_CONFIGS = {
 }
 
 
+def apply_spec(cfg: CfgNode, spec: ModelSpec) -> CfgNode:
+    """Write a trial's model settings into a config (levels: see ``configure_levels``).
+
+    The anchor sizes of the first level keep the config's ratios between them (e.g. ×1, ×√2)
+    and start at ``spec.anchor_size``.
+    """
+    cfg.MODEL.SPNAS.ARCH = str(spec.arch)
+    cfg.MODEL.SPNAS.PARALLEL = "" if spec.parallel is None else str(spec.parallel)
+    cfg.MODEL.SPNAS.BASE_WIDTH = spec.base_width
+    cfg.MODEL.SPNAS.STEM = spec.stem
+    cfg.MODEL.SPNAS.NORM = spec.norm
+    cfg.MODEL.SPNAS.XB_GROUPS = spec.xb_groups
+    cfg.MODEL.FPN.OUT_CHANNELS = spec.fpn_channels
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = spec.num_classes
+    first = cfg.MODEL.ANCHOR_GENERATOR.SIZES[0]
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[spec.anchor_size * size / first[0] for size in first]]
+    return cfg
+
+
 @register_engine("detectron2")
 class Detectron2Engine(Engine):
     """Trains Faster R-CNN (or any detectron2 meta-architecture) on an SPNet-FPN backbone.
@@ -78,19 +97,7 @@ class Detectron2Engine(Engine):
         num_train = len(load_coco(splits.train_json, splits.image_root, check_images=False))
         total = schedule.total_iters(num_train)
 
-        cfg.MODEL.SPNAS.ARCH = str(spec.arch)
-        cfg.MODEL.SPNAS.PARALLEL = "" if spec.parallel is None else str(spec.parallel)
-        cfg.MODEL.SPNAS.BASE_WIDTH = spec.base_width
-        cfg.MODEL.SPNAS.STEM = spec.stem
-        cfg.MODEL.SPNAS.NORM = spec.norm
-        cfg.MODEL.SPNAS.XB_GROUPS = spec.xb_groups
-        cfg.MODEL.FPN.OUT_CHANNELS = spec.fpn_channels
-        cfg.MODEL.ROI_HEADS.NUM_CLASSES = spec.num_classes
-        scales = [
-            size / cfg.MODEL.ANCHOR_GENERATOR.SIZES[0][0]
-            for size in cfg.MODEL.ANCHOR_GENERATOR.SIZES[0]
-        ]
-        cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[spec.anchor_size * s for s in scales]]
+        apply_spec(cfg, spec)
         cfg.MODEL.DEVICE = str(resolve_device(schedule.device))
         cfg.MODEL.WEIGHTS = ""
         cfg.DATASETS.TRAIN = (train_name,)
@@ -126,15 +133,7 @@ class Detectron2Engine(Engine):
     def build_model(self, spec: ModelSpec, cfg: CfgNode | None = None) -> nn.Module:
         if cfg is None:
             cfg = get_spnas_cfg(str(self.config_file or config_path(_BASE_CONFIGS["fast"])))
-            cfg.MODEL.SPNAS.ARCH = str(spec.arch)
-            cfg.MODEL.SPNAS.PARALLEL = "" if spec.parallel is None else str(spec.parallel)
-            cfg.MODEL.SPNAS.BASE_WIDTH = spec.base_width
-            cfg.MODEL.SPNAS.STEM = spec.stem
-            cfg.MODEL.SPNAS.NORM = spec.norm
-            cfg.MODEL.SPNAS.XB_GROUPS = spec.xb_groups
-            cfg.MODEL.FPN.OUT_CHANNELS = spec.fpn_channels
-            cfg.MODEL.ROI_HEADS.NUM_CLASSES = spec.num_classes
-            cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[spec.anchor_size]]
+            apply_spec(cfg, spec)
             cfg.MODEL.DEVICE = "cpu"
             configure_levels(cfg)
         return SPNASTrainer.build_model(cfg)
