@@ -282,6 +282,7 @@ def pretrain(
     checkpoint = out.with_name(out.name + ".ckpt")
     fingerprint = {"code": str(code), "config": dataclasses.asdict(config), "norm": norm}
     start_epoch = 0
+    loss_sum = correct = seen = 0.0
     if resume and checkpoint.is_file():
         try:
             saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -300,6 +301,8 @@ def pretrain(
             torch.set_rng_state(saved["rng"])
             generator.set_state(saved["generator"])
             start_epoch = int(saved["epoch"])
+            # The last finished epoch's statistics, in case no epoch is left to run.
+            loss_sum, correct, seen = (float(v) for v in saved.get("stats", (0.0, 0.0, 0.0)))
             _logger.info("pretrain: resuming %s from epoch %d", code, start_epoch)
         else:
             _logger.warning("pretrain: ignoring %s, written for another run", checkpoint)
@@ -307,7 +310,6 @@ def pretrain(
     steps_per_epoch = len(train_loader)
     total_steps = steps_per_epoch * config.epochs
     started = time.perf_counter()
-    loss_sum = correct = seen = 0.0
     progress = tqdm(
         total=total_steps,
         initial=start_epoch * steps_per_epoch,
@@ -351,6 +353,7 @@ def pretrain(
                 "rng": torch.get_rng_state(),
                 "generator": generator.get_state(),
                 "epoch": epoch + 1,
+                "stats": [loss_sum, correct, seen],
             },
             partial,
         )

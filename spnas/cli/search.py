@@ -253,8 +253,40 @@ def _status(name: str, storage: str) -> dict[str, Any]:
             "serial": best_entry(state.best_serial, parallel=False),
             "parallel": best_entry(state.best_parallel, parallel=True),
         },
+        "phases": _phase_table(state, config.direction),
         "trials": rows,
     }
+
+
+def _phase_table(state: Any, direction: str) -> list[dict[str, Any]]:
+    """Best value after the seed, each serial round, each reignition and the parallel phase
+    (the shape of the paper's Table 6)."""
+    groups: dict[str, list[float]] = {}
+    counts: dict[str, int] = {}
+    for record in state.records:
+        kind = record.decision.kind
+        if kind in ("exhausted", "idle"):
+            continue
+        if kind == "serial":
+            name = f"serial round {record.decision.round}"
+        elif kind == "reignite":
+            name = f"reignite {record.decision.round}"
+        elif kind in ("parallel_seed", "parallel"):
+            name = "parallel"
+        else:
+            name = kind
+        counts[name] = counts.get(name, 0) + 1
+        if record.value is not None:
+            groups.setdefault(name, []).append(record.value)
+    pick = max if direction == "maximize" else min
+    return [
+        {
+            "phase": name,
+            "best": pick(groups[name]) if name in groups else None,
+            "trials": counts[name],
+        }
+        for name in counts
+    ]
 
 
 def _print_status(status: dict[str, Any]) -> None:
@@ -274,6 +306,13 @@ def _print_status(status: dict[str, Any]) -> None:
             print(
                 f"  best {phase:<8} {metric} {best['value']:.2f}  {code}  (trial {best['trial']})"
             )
+    baseline = None
+    for row in status["phases"]:
+        best = row["best"]
+        delta = "" if best is None or baseline is None else f" ({best - baseline:+.2f})"
+        shown = "—" if best is None else f"{best:.2f}"
+        print(f"  {row['phase']:<16} {metric} {shown}{delta}  [{row['trials']} trial(s)]")
+        baseline = best if best is not None else baseline
     counts = Counter((row["kind"], row["state"]) for row in status["trials"])
     if counts:
         print(
