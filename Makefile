@@ -21,8 +21,9 @@ $(STAMP): requirements.txt requirements-build.txt requirements-detectron2.txt se
 
 setup: $(STAMP)
 
+# Tests start worker processes beside each other: OpenMP threads must not spin while waiting.
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

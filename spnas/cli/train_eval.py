@@ -88,8 +88,7 @@ def run(args: argparse.Namespace) -> int:
         engine = Detectron2Engine(args.config, show_progress=not args.no_progress)
     else:
         engine = build_engine(args.engine)
-        if hasattr(engine, "show_progress"):
-            engine.show_progress = not args.no_progress
+        engine.show_progress = not args.no_progress
     result = engine.train_eval(spec, init, schedule, data, out_dir=args.out)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))

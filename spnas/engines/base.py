@@ -317,6 +317,8 @@ class Engine(abc.ABC):
     """
 
     name: str = ""
+    #: Show a progress bar while training (set False in batch jobs and tests).
+    show_progress: bool = True
 
     @abc.abstractmethod
     def build_model(self, spec: ModelSpec) -> nn.Module:

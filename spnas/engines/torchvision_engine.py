@@ -277,6 +277,7 @@ class TorchvisionEngine(Engine):
                 unit="it",
                 dynamic_ncols=True,
                 mininterval=1.0,
+                disable=not self.show_progress,
             )
             try:
                 model.train()

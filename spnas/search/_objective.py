@@ -285,6 +285,5 @@ def _build_engine(config: SearchConfig) -> Engine:
             show_progress=config.engine.show_progress,
         )
     engine = build_engine(config.engine.name)
-    if hasattr(engine, "show_progress"):
-        engine.show_progress = config.engine.show_progress
+    engine.show_progress = config.engine.show_progress
     return engine
