@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -89,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         engine = build_engine(args.engine)
         engine.show_progress = not args.no_progress
-    result = engine.train_eval(spec, init, schedule, data, out_dir=args.out)
+    # pycocotools and detectron2 print to stdout; keep it for the result (--json is parsed).
+    with contextlib.redirect_stdout(sys.stderr):
+        result = engine.train_eval(spec, init, schedule, data, out_dir=args.out)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from typing import Any
 
 import torch
@@ -80,11 +81,14 @@ def measure(net: SerialNet, input_size: tuple[int, int] = (224, 224)) -> CostRep
     net.eval()
     try:
         image = torch.zeros(1, 3, *input_size)
-        analysis = FlopCountAnalysis(net, image)
-        analysis.set_op_handle(**dict.fromkeys(_IGNORED_OPS, _free))
-        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        by_module = analysis.by_module()
-        total = analysis.total()
+        with warnings.catch_warnings():
+            # fvcore traces with torch.jit, which newer torch flags as deprecated: not ours to fix.
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.*")
+            analysis = FlopCountAnalysis(net, image)
+            analysis.set_op_handle(**dict.fromkeys(_IGNORED_OPS, _free))
+            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            by_module = analysis.by_module()
+            total = analysis.total()
     finally:
         net.train(was_training)
     stage_macs = dict.fromkeys(net.stage_names, 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +83,15 @@ def create_search_study(config: SearchConfig, storage_url: str | None = None) ->
     return study
 
 
-def load_search_study(study_name: str, storage_url: str) -> tuple[optuna.Study, SearchConfig]:
-    """Open an existing search study and its stored configuration."""
-    storage = make_storage(storage_url)
+def load_search_study(
+    study_name: str, storage_url: str, *, storage_options: Mapping[str, Any] | None = None
+) -> tuple[optuna.Study, SearchConfig]:
+    """Open an existing search study and its stored configuration.
+
+    ``storage_options`` go to :func:`~spnas.storage.make_storage` (e.g. ``heartbeat_interval``,
+    ``grace_period``).
+    """
+    storage = make_storage(storage_url, **(storage_options or {}))
     try:
         study = optuna.load_study(study_name=study_name, storage=storage, sampler=SPNASSampler())
     except KeyError as exc:
@@ -106,17 +113,19 @@ def run_worker(
     *,
     max_trials: int | None = None,
     objective: Any | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> SearchState:
     """Run trials of a search until it is done (or ``max_trials`` were run here).
 
     Any number of workers may run this at once, on any node that reaches the storage. A trial
     that raises is recorded as failed and the worker goes on; a failed barrier is retried
-    (``search.max_barrier_attempts`` times).
+    (``search.max_barrier_attempts`` times). ``storage_options`` go to
+    :func:`~spnas.storage.make_storage` (e.g. a shorter ``heartbeat_interval``).
 
     Returns:
         The search state when the worker stopped.
     """
-    study, config = load_search_study(study_name, storage_url)
+    study, config = load_search_study(study_name, storage_url, storage_options=storage_options)
     objective = objective or Objective(config)
     ran = 0
     while True:

@@ -118,5 +118,7 @@ class SPNASTrainer(DefaultTrainer):
         results = self.test(self.cfg, self.model)
         self.eval_seconds += time.perf_counter() - started
         self.last_metrics = flatten_metrics(results)
-        self.reporter.evaluation(self.iter + 1, self.last_metrics)
+        # Periodic evaluations run after step ``iter``; the last one after training, when
+        # ``iter`` has already moved past ``max_iter - 1``.
+        self.reporter.evaluation(min(self.iter + 1, self.max_iter), self.last_metrics)
         return results
