@@ -139,7 +139,7 @@ class Objective:
             "train_s": result.train_seconds,
             "images_per_s": result.images_per_second,
             "inherited_fraction": result.inherited_fraction,
-            "metrics": {k: v for k, v in result.to_dict()["metrics"].items()},
+            "metrics": result.to_dict()["metrics"],
         }
         for key, attr in attrs.items():
             trial.set_user_attr(key, attr)
