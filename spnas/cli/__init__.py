@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from spnas.exceptions import SpnasError
 
-_COMMAND_MODULES = ("flops", "data", "mutate", "pretrain", "train-eval", "search")
+_COMMAND_MODULES = ("flops", "data", "mutate", "pretrain", "train-eval", "search", "dashboard")
 
 _logger = logging.getLogger("spnas")
 

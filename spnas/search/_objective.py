@@ -143,6 +143,7 @@ class Objective:
         }
         for key, attr in attrs.items():
             trial.set_user_attr(key, attr)
+        _save_note(trial, decision, attrs, value)
         # The store holds the weights now; the trial folder keeps logs and metrics only.
         for path in out_dir.glob("*.pth"):
             path.unlink()
@@ -273,6 +274,22 @@ class Objective:
                 _logger.debug("deleted the weights of trial %d", trial.number)
             except (ArtifactNotFound, FileNotFoundError):
                 pass
+
+
+def _save_note(
+    trial: optuna.Trial, decision: Decision, attrs: Mapping[str, Any], value: float
+) -> None:
+    # The dashboard note is a convenience: a failure to write it must not fail the trial.
+    try:
+        from optuna_dashboard import save_note
+
+        from spnas.report import trial_note
+
+        save_note(trial, trial_note(decision, attrs, value))
+    except Exception as exc:
+        _logger.warning(
+            "trial %d: no dashboard note (%s: %s)", trial.number, type(exc).__name__, exc
+        )
 
 
 def _build_engine(config: SearchConfig) -> Engine:

@@ -145,7 +145,12 @@ class SPNASSampler(BaseSampler):
         config = self.config_for(study)
         started = time.monotonic()
         last_log: float | None = None
-        step = config.search.wait_seconds
+        max_step = MAX_WAIT_STEP_S
+        if is_heartbeat_enabled(study._storage):
+            # A waiting trial beats its own heart (_keep_alive): it must look at least once
+            # per heartbeat interval, or other workers fail it as stale.
+            max_step = min(max_step, float(study._storage.get_heartbeat_interval()))
+        step = min(config.search.wait_seconds, max_step)
         reason: str | None = None
         while True:
             trials = study.get_trials(deepcopy=False)
@@ -165,6 +170,19 @@ class SPNASSampler(BaseSampler):
                 if state.next_kind is not None:
                     return self._decision(state, trial.number)
                 reason = state.waiting_for
+                queued = [
+                    t.number
+                    for t in trials
+                    if t.state == TrialState.WAITING and Decision.of(t) is not None
+                ]
+                if queued:
+                    # A retry of a dead worker's trial waits in the queue, and what we wait for
+                    # may be that very retry: step aside, so that this worker's next trial
+                    # takes it from the queue, instead of every worker waiting for it forever.
+                    _logger.info(
+                        "trial %d: stepping aside for queued trial(s) %s", trial.number, queued
+                    )
+                    return Decision("idle", round=state.round)
             now = time.monotonic()
             if self._max_wait is not None and now - started > self._max_wait:
                 _logger.warning(
@@ -176,7 +194,7 @@ class SPNASSampler(BaseSampler):
                 last_log = now
             self._keep_alive(study, trial)
             time.sleep(step)
-            step = min(step * 1.5, MAX_WAIT_STEP_S)
+            step = min(step * 1.5, max_step)
 
     @staticmethod
     def _keep_alive(study: Study, trial: FrozenTrial) -> None:

@@ -107,6 +107,23 @@ def load_search_study(
     return study, SearchConfig.from_dict(values)
 
 
+class _DashboardFigures:
+    """After each completed trial, refresh the study's figures in optuna-dashboard."""
+
+    def __init__(self, config: SearchConfig) -> None:
+        self.config = config
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state != optuna.trial.TrialState.COMPLETE:
+            return
+        try:
+            from spnas.report import publish_to_dashboard
+
+            publish_to_dashboard(study, self.config)
+        except Exception as exc:  # figures are a convenience; the search goes on without
+            _logger.warning("dashboard figures not updated (%s: %s)", type(exc).__name__, exc)
+
+
 def run_worker(
     study_name: str,
     storage_url: str,
@@ -135,5 +152,11 @@ def run_worker(
             return state
         if max_trials is not None and ran >= max_trials:
             return state
-        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+        study.optimize(
+            objective,
+            n_trials=1,
+            catch=(Exception,),
+            gc_after_trial=True,
+            callbacks=[_DashboardFigures(config)],
+        )
         ran += 1

@@ -1,0 +1,91 @@
+"""A whole search with the real detectron2 engine on tiny settings, through the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from spnas.cli import main
+
+TINY_STUDY = {
+    "study": {"name": "tiny"},
+    "engine": {
+        "name": "detectron2",
+        "config": str(
+            Path(__file__).resolve().parents[2]
+            / "detectron_configs"
+            / "faster_rcnn_spnet_fpn_cpu.yaml"
+        ),
+        "show_progress": False,
+    },
+    "data": {"metric": "AP", "synthetic": {"train": 24, "val": 8, "size": 96, "classes": 2}},
+    "model": {"seed_arch": "BB(11,d1,d1,d1)", "width": 8, "fpn_channels": 16, "anchor_size": 8},
+    "space": {"min_blocks": 8, "max_blocks": 12, "max_stages": 5, "max_subnets": 1},
+    "serial": {"n_mutations": 1, "n_stuck": 1, "n_rounds": 1, "max_trials": 1},
+    "parallel": {"n_stuck": 1, "budget_ratio": 3.0, "max_trials": 1},
+    "reignite": {"epochs": 1, "image_size": 16, "batch_size": 16},
+    "schedule": {
+        "iters": 6,
+        "ims_per_batch": 2,
+        "warmup_iters": 2,
+        "min_size": 96,
+        "max_size": 96,
+        "num_workers": 0,
+        "device": "cpu",
+    },
+    "search": {"wait_seconds": 0.5},
+}
+
+
+@pytest.mark.slow
+def test_search_runs_every_phase_with_the_real_engine(tmp_path, capsys) -> None:
+    study = dict(TINY_STUDY)
+    study["study"] = {"name": "tiny", "workdir": str(tmp_path / "run")}
+    study["data"] = {**TINY_STUDY["data"], "dir": str(tmp_path / "data")}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(study))
+
+    assert main(["search", str(path), "--workers", "1", "--threads", "1"]) == 0
+    capsys.readouterr()
+    storage = f"sqlite:///{tmp_path / 'run' / 'spnas.db'}"
+    assert main(["status", "--study", "tiny", "--storage", storage, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+
+    assert status["done"] is True and status["phase"] == "done"
+    kinds = [t["kind"] for t in status["trials"]]
+    # One trial per round and phase (max_trials: 1): Algorithm 1's whole path, in order.
+    assert kinds == ["seed", "serial", "reignite", "serial", "parallel_seed", "parallel"]
+    assert all(t["state"] == "COMPLETE" for t in status["trials"])
+    assert status["best"]["parallel"]["parallel"].startswith("(")
+    assert [p["phase"] for p in status["phases"]] == [
+        "seed",
+        "serial round 1",
+        "reignite 1",
+        "serial round 2",
+        "parallel",
+    ]
+    # Weights that can no longer be parents are deleted; the best ones stay.
+    artifacts = list((tmp_path / "run" / "artifacts").iterdir())
+    assert 0 < len(artifacts) < len(kinds)
+
+    # A second `spnas search` on the finished study resumes it and has nothing left to do.
+    assert main(["search", str(path), "--workers", "1", "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert main(["status", "--study", "tiny", "--storage", storage, "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert [t["number"] for t in again["trials"]] == [t["number"] for t in status["trials"]]
+
+    # The dashboard has a markdown note per trial and the three search figures.
+    import optuna
+
+    from spnas.report import FIGURE_IDS
+
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    for figure_id in FIGURE_IDS.values():
+        assert any(key.startswith(f"dashboard:plot_data:{figure_id}:") for key in attrs)
+    noted = {key.split(":")[1] for key in attrs if ":note_str:" in key and attrs[key]}
+    assert len(noted) == len(kinds)
