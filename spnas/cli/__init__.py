@@ -16,7 +16,18 @@ from collections.abc import Sequence
 
 from spnas.exceptions import SpnasError
 
-_COMMAND_MODULES = ("flops", "data", "mutate", "pretrain", "train-eval", "search", "dashboard")
+_COMMAND_MODULES = (
+    "flops",
+    "data",
+    "mutate",
+    "pretrain",
+    "train-eval",
+    "search",
+    "dashboard",
+    "export",
+    "train",
+    "infer",
+)
 
 _logger = logging.getLogger("spnas")
 

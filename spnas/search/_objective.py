@@ -61,6 +61,29 @@ def _backbone_prefix(state: Mapping[str, torch.Tensor]) -> str:
     raise WeightsError("the weights hold no SPNet backbone (no '…stem.conv1.weight' key)")
 
 
+def fetch_weights(study: optuna.Study, number: int, artifact_store: Any, path: Path) -> Path:
+    """Download the trained weights of trial ``number`` to ``path``.
+
+    Raises:
+        WeightsError: when the trial has none, or they were deleted from the store.
+    """
+    trial = study.get_trials(deepcopy=False)[number]
+    artifact_id = trial.user_attrs.get(WEIGHTS_ATTR)
+    if artifact_id is None:
+        raise WeightsError(f"trial {number} has no weights ({WEIGHTS_ATTR} is unset)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)  # a re-run (retry, re-export) replaces an earlier download
+    try:
+        download_artifact(
+            artifact_store=artifact_store, artifact_id=artifact_id, file_path=str(path)
+        )
+    except ArtifactNotFound as exc:
+        raise WeightsError(
+            f"weights of trial {number} (artifact {artifact_id}) are gone from the store"
+        ) from exc
+    return path
+
+
 class Objective:
     """Trains the trial's network and returns its metric (AP by default).
 
@@ -153,19 +176,7 @@ class Objective:
     # ------------------------------------------------------------------ weights
     def fetch(self, study: optuna.Study, number: int, path: Path) -> Path:
         """Download trial ``number``'s weights to ``path``."""
-        trial = study.get_trials(deepcopy=False)[number]
-        artifact_id = trial.user_attrs.get(WEIGHTS_ATTR)
-        if artifact_id is None:
-            raise WeightsError(f"trial {number} has no weights ({WEIGHTS_ATTR} is unset)")
-        try:
-            download_artifact(
-                artifact_store=self.artifact_store, artifact_id=artifact_id, file_path=str(path)
-            )
-        except ArtifactNotFound as exc:
-            raise WeightsError(
-                f"weights of trial {number} (artifact {artifact_id}) are gone from the store"
-            ) from exc
-        return path
+        return fetch_weights(study, number, self.artifact_store, path)
 
     def init_weights(
         self, trial: optuna.Trial, decision: Decision, out_dir: Path

@@ -1,11 +1,15 @@
-"""A whole search with the real detectron2 engine on tiny settings, through the command line."""
+"""A whole search with the real detectron2 engine on tiny settings, through the command line,
+then export, inference and full training of its best network."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from spnas.cli import main
@@ -89,3 +93,44 @@ def test_search_runs_every_phase_with_the_real_engine(tmp_path, capsys) -> None:
         assert any(key.startswith(f"dashboard:plot_data:{figure_id}:") for key in attrs)
     noted = {key.split(":")[1] for key in attrs if ":note_str:" in key and attrs[key]}
     assert len(noted) == len(kinds)
+
+    # Export the best network; stock detectron2 in a fresh process loads it and predicts.
+    out = tmp_path / "export"
+    assert main(["export", "--study", "tiny", "--storage", storage, "--out", str(out)]) == 0
+    capsys.readouterr()
+    exported = {p.name for p in out.iterdir()}
+    assert {"config.yaml", "model_final.pth", "spnet_backbone.pth", "spnet.json"} <= exported
+    image = next((tmp_path / "data" / "images" / "val").iterdir())
+    script = (
+        "import spnas, numpy as np\n"
+        "from PIL import Image\n"
+        "from detectron2.config import get_cfg\n"
+        "from detectron2.engine import DefaultPredictor\n"
+        "cfg = get_cfg(); cfg.set_new_allowed(True)\n"
+        f"cfg.merge_from_file({str(out / 'config.yaml')!r})\n"
+        "cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0\n"
+        f"image = np.asarray(Image.open({str(image)!r}).convert('RGB'))[:, :, ::-1]\n"
+        "print(len(DefaultPredictor(cfg)(image)['instances']))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert int(run.stdout.strip().splitlines()[-1]) > 0
+
+    # The exported SPNet backbone rebuilds from spnet.json alone.
+    from spnas.modeling import SPNet
+
+    backbone = SPNet(**json.loads((out / "spnet.json").read_text()))
+    backbone.load_state_dict(torch.load(out / "spnet_backbone.pth", weights_only=True))
+
+    drawn = tmp_path / "drawn"
+    config, weights = str(out / "config.yaml"), str(out / "model_final.pth")
+    assert main(["infer", config, weights, str(image), "--out", str(drawn), "--score", "0"]) == 0
+    png = drawn / f"{image.stem}.png"
+    assert png.is_file() and png.read_bytes() != image.read_bytes()
+
+    capsys.readouterr()
+    assert main(["train", config, "--iters", "2", "--out", str(tmp_path / "full"), "--json"]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert "AP" in trained["metrics"] and Path(trained["weights"]).is_file()

@@ -14,6 +14,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
+from spnas.arch import ParallelCode
 from spnas.modeling import SPNet
 
 
@@ -41,7 +42,7 @@ def build_spnet_backbone(cfg, input_shape: ShapeSpec) -> SPNetBackbone:
     spnas = cfg.MODEL.SPNAS
     backbone = SPNetBackbone(
         spnas.ARCH,
-        spnas.PARALLEL or None,
+        ParallelCode(tuple(spnas.PARALLEL)) if len(spnas.PARALLEL) else None,
         base_width=spnas.BASE_WIDTH,
         stem=spnas.STEM,
         norm=spnas.NORM,

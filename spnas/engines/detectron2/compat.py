@@ -19,6 +19,8 @@ are present (an upstream build), no placeholder is installed.
 
 from __future__ import annotations
 
+import importlib
+import importlib.abc
 import importlib.machinery
 import importlib.util
 import sys
@@ -162,3 +164,47 @@ def apply() -> None:
         return
     _install_ops_placeholder()
     _alias_pil_linear()
+    _register_backbones_with_detectron2_modeling()
+
+
+_BACKBONE_MODULE = "spnas.engines.detectron2.backbone"
+
+
+class _RegisterAfterImport(importlib.abc.MetaPathFinder):
+    """Registers SPNet backbones right after ``detectron2.modeling`` is imported.
+
+    ``import spnas`` must stay cheap (no torch), yet a config exported by spnas must build with
+    stock detectron2 code: ``build_model(cfg)`` looks ``build_spnet_fpn_backbone`` up in
+    ``BACKBONE_REGISTRY``. So registration waits for detectron2's own import of its
+    ``modeling`` package.
+    """
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "detectron2.modeling":
+            return None
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+        if spec is None or spec.loader is None:
+            return spec
+        loader = spec.loader
+        original = loader.exec_module
+
+        def exec_module(module: types.ModuleType) -> None:
+            original(module)
+            sys.meta_path[:] = [f for f in sys.meta_path if f is not self]
+            importlib.import_module(_BACKBONE_MODULE)
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def _register_backbones_with_detectron2_modeling() -> None:
+    if "detectron2.modeling" in sys.modules:
+        if "detectron2.modeling.backbone" in sys.modules:
+            importlib.import_module(_BACKBONE_MODULE)
+        return
+    if not any(isinstance(f, _RegisterAfterImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _RegisterAfterImport())

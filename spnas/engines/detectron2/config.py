@@ -15,7 +15,7 @@ Keys:
 ``MODEL.SPNAS.ARCH``
     serial code, e.g. ``"BNB(111,d111,d11111,d11)"``.
 ``MODEL.SPNAS.PARALLEL``
-    parallel code, e.g. ``"(0,1,2,0)"``; ``""`` for a SerialNet.
+    extra subnets per stage, e.g. ``[0, 1, 2, 0]``; ``[]`` for a SerialNet.
 ``MODEL.SPNAS.BASE_WIDTH``, ``STEM``, ``NORM``, ``XB_GROUPS``
     as :class:`spnas.modeling.SerialNet`.
 ``MODEL.SPNAS.OUT_FEATURES``
@@ -23,6 +23,10 @@ Keys:
 ``MODEL.SPNAS.FREEZE_AT``
     freeze the stem (1) and stages before ``res{FREEZE_AT+1}``, like ``MODEL.BACKBONE.FREEZE_AT``.
 
+``SPNAS.DATA_DIR``
+    a data set directory (train.json, val.json, images/) that ``spnas train`` registers as
+    ``DATASETS.TRAIN`` / ``DATASETS.TEST`` (exported configs name no catalog entries, whose
+    names only live in the process that registered them).
 ``TEST.LAMR.ENABLED``, ``TEST.LAMR.CATEGORY_ID``
     also report the log-average miss rate (EuroCity Persons), on one category id or, with
     ``-1``, averaged over categories.
@@ -68,7 +72,7 @@ def add_spnas_config(cfg: CN) -> CN:
     """Add ``cfg.MODEL.SPNAS``, ``cfg.TEST.LAMR`` (and ``SOLVER.BASE_LR_END`` if missing)."""
     cfg.MODEL.SPNAS = CN()
     cfg.MODEL.SPNAS.ARCH = "BNB(111,d111,d11111,d11)"
-    cfg.MODEL.SPNAS.PARALLEL = ""
+    cfg.MODEL.SPNAS.PARALLEL = []
     cfg.MODEL.SPNAS.BASE_WIDTH = 64
     cfg.MODEL.SPNAS.STEM = "resnet"
     cfg.MODEL.SPNAS.NORM = "FrozenBN"
@@ -76,6 +80,7 @@ def add_spnas_config(cfg: CN) -> CN:
     cfg.MODEL.SPNAS.OUT_FEATURES = []
     cfg.MODEL.SPNAS.FREEZE_AT = 0
     cfg.TEST.LAMR = CN({"ENABLED": False, "CATEGORY_ID": -1})
+    cfg.SPNAS = CN({"DATA_DIR": ""})
     if "BASE_LR_END" not in cfg.SOLVER:
         cfg.SOLVER.BASE_LR_END = 0.0
     return cfg

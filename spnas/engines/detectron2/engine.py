@@ -45,7 +45,7 @@ def apply_spec(cfg: CfgNode, spec: ModelSpec) -> CfgNode:
     and start at ``spec.anchor_size``.
     """
     cfg.MODEL.SPNAS.ARCH = str(spec.arch)
-    cfg.MODEL.SPNAS.PARALLEL = "" if spec.parallel is None else str(spec.parallel)
+    cfg.MODEL.SPNAS.PARALLEL = [] if spec.parallel is None else list(spec.parallel.subnets)
     cfg.MODEL.SPNAS.BASE_WIDTH = spec.base_width
     cfg.MODEL.SPNAS.STEM = spec.stem
     cfg.MODEL.SPNAS.NORM = spec.norm

@@ -1,0 +1,30 @@
+"""``spnas export --study NAME --storage URL --out DIR``: the best network, ready to use."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="export a search's best network as a detectron2 config + weights",
+        description="Write the best SPNet of a search as a detectron2 YAML config, detector "
+        "weights, and the SPNet backbone alone (state dict + spnet.json).",
+    )
+    parser.add_argument("--study", required=True, help="study name")
+    parser.add_argument("--storage", required=True, help="storage URL")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from spnas.export import export_best
+
+    result = export_best(args.study, args.storage, args.out)
+    code = result.arch + (f" {result.parallel}" if result.parallel else "")
+    print(f"exported trial {result.trial} ({code}, value {result.value:.2f}) to {result.directory}")
+    print(f"  detectron2: {result.config} with {result.weights}")
+    print(f"  backbone:   {result.backbone} (+ spnet.json)")
+    print(f"  full training: spnas train {result.config}")
+    return 0
