@@ -5,7 +5,6 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.spnas-installed
-DEMO_DIR ?= demo_output
 PYTEST_ARGS ?=
 
 .PHONY: setup test demo lint bench clean
@@ -29,10 +28,12 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# The main job: an SP-NAS search on synthetic data (SQLite, 2 local workers), then its summary.
 demo: setup
-	$(VENV)/bin/spnas search studies/smoke.yaml --workers 2 --set study.workdir=$(DEMO_DIR) --set data.dir=$(DEMO_DIR)/data
-	@echo "Status:    $(VENV)/bin/spnas status --study smoke --storage sqlite:///$(DEMO_DIR)/spnas.db"
-	@echo "Dashboard: $(VENV)/bin/optuna-dashboard sqlite:///$(DEMO_DIR)/spnas.db"
+	$(VENV)/bin/spnas search studies/demo.yaml --workers 2
+	$(VENV)/bin/spnas status --study demo --storage sqlite:///runs/demo/spnas.db
+	@echo "Dashboard (figures and trial notes): $(VENV)/bin/spnas dashboard --storage sqlite:///runs/demo/spnas.db"
+	@echo "Best network: $(VENV)/bin/spnas export --study demo --storage sqlite:///runs/demo/spnas.db --out runs/demo/export"
 
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache *.egg-info
+	rm -rf runs .pytest_cache .ruff_cache *.egg-info
