@@ -10,11 +10,12 @@ PYTEST_ARGS ?=
 .PHONY: setup test demo lint bench clean
 
 # Re-installs only when a dependency file changes.
-$(STAMP): requirements.txt requirements-build.txt requirements-detectron2.txt setup.py tools/install_detectron2.sh
+$(STAMP): requirements.txt requirements-build.txt requirements-detectron2.txt setup.py tools/install_detectron2.sh tools/install_chromium.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-build.txt
 	$(PY) -m pip install --disable-pip-version-check -r requirements.txt
 	bash tools/install_detectron2.sh $(PY)
+	bash tools/install_chromium.sh
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 

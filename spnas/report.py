@@ -188,3 +188,183 @@ def publish_to_dashboard(study: optuna.Study, config: SearchConfig) -> None:
     }
     for name, figure in figures.items():
         save_plotly_graph_object(study, figure, graph_object_id=FIGURE_IDS[name])
+
+
+#: The files :func:`write_report` writes, besides ``index.html``.
+REPORT_IMAGES: dict[str, str] = {
+    "trajectory": "trajectory.png",
+    "stage_flops": "stage_flops.png",
+    "ap_vs_gmacs": "ap_vs_gmacs.png",
+}
+#: Where Debian's ``chromium`` package puts the browser; kaleido is pointed at it.
+SYSTEM_CHROMIUM = "/usr/bin/chromium"
+
+
+def report_figures(trials: Sequence[FrozenTrial], config: SearchConfig) -> dict[str, Any]:
+    """The three search figures, by name (the keys of :data:`REPORT_IMAGES`)."""
+    return {
+        "trajectory": trajectory_figure(trials, config),
+        "stage_flops": stage_flops_figure(trials, config),
+        "ap_vs_gmacs": ap_vs_gmacs_figure(trials, config),
+    }
+
+
+def write_pngs(
+    figures: Sequence[Any], paths: Sequence[Any], *, width: int = 900, height: int = 600
+) -> None:
+    """Render ``figures`` to PNG ``paths`` with kaleido and the machine's Chromium (one browser).
+
+    kaleido never downloads a browser here: it uses ``BROWSER_PATH`` when set, else Debian's
+    ``/usr/bin/chromium`` (``tools/install_chromium.sh``), else the first Chromium on ``PATH``;
+    without one it raises ``ChromeNotFoundError``.
+    """
+    import logging
+    import os
+
+    import plotly.io as pio
+
+    # kaleido's browser driver logs every step at INFO: show that only with debug logging.
+    if logging.getLogger().level > logging.DEBUG:
+        for name in ("choreographer", "kaleido", "logistro"):
+            logger = logging.getLogger(name)
+            if logger.level == logging.NOTSET:
+                logger.setLevel(logging.WARNING)
+    if "BROWSER_PATH" not in os.environ and os.path.exists(SYSTEM_CHROMIUM):
+        os.environ["BROWSER_PATH"] = SYSTEM_CHROMIUM
+    pio.write_images(
+        list(figures), [str(p) for p in paths], format="png", width=width, height=height
+    )
+
+
+def _html_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    from html import escape
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "—"
+        if isinstance(value, float):
+            return f"{value:.3f}"
+        return escape(str(value))
+
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def report_html(
+    study: optuna.Study,
+    config: SearchConfig,
+    figures: Mapping[str, Any],
+    *,
+    phases: Sequence[Mapping[str, Any]] | None = None,
+) -> str:
+    """A self-contained HTML summary: best networks, phase rows (Table 6), trials, figures.
+
+    plotly.js is embedded once, inline (no CDN: the report opens without a network).
+    ``phases`` are the rows of ``spnas status`` (``_status(...)["phases"]``); without them the
+    section is left out.
+    """
+    from html import escape
+
+    import plotly.io as pio
+
+    trials = study.get_trials(deepcopy=False)
+    metric = config.data.metric
+    state = SearchState.from_trials(trials, config)
+    seeds = state.of_kind("seed")
+    sources: dict[str, Any] = {
+        "seed": seeds[0] if seeds else None,
+        "best serial": state.best_serial,
+        "best parallel": state.best_parallel,
+    }
+    best_rows = []
+    for label, (arch, parallel) in _best_networks(trials, config):
+        source = sources.get(label)
+        best_rows.append(
+            (
+                label,
+                str(arch),
+                None if parallel is None else str(parallel),
+                None if source is None else source.value,
+                None if source is None else source.number,
+            )
+        )
+    trial_rows = []
+    for trial in trials:
+        decision = Decision.of(trial)
+        if decision is None or decision.kind == "idle":
+            continue
+        trial_rows.append(
+            (
+                trial.number,
+                decision.kind,
+                trial.state.name,
+                decision.round,
+                None if decision.arch is None else str(decision.arch),
+                None if decision.parallel is None else str(decision.parallel),
+                trial.value,
+                trial.user_attrs.get("gmacs"),
+            )
+        )
+    sections = [
+        f"<h1>SP-NAS search {escape(study.study_name)}</h1>",
+        f"<p>phase <b>{escape(state.phase)}</b>, {len(trial_rows)} trial(s), "
+        f"metric {escape(metric)} ({escape(config.direction)})</p>",
+        "<h2>Best networks</h2>",
+        _html_table(["network", "architecture", "parallel", metric, "trial"], best_rows),
+    ]
+    if phases is not None:
+        sections += [
+            "<h2>Phases</h2>",
+            _html_table(
+                ["phase", f"best {metric}", "trials"],
+                [(row["phase"], row["best"], row["trials"]) for row in phases],
+            ),
+        ]
+    sections += [
+        "<h2>Trials</h2>",
+        _html_table(
+            ["#", "kind", "state", "round", "architecture", "parallel", metric, "GMACs"],
+            trial_rows,
+        ),
+        "<h2>Figures</h2>",
+    ]
+    for index, (name, figure) in enumerate(figures.items()):
+        sections.append(
+            pio.to_html(
+                figure,
+                full_html=False,
+                include_plotlyjs=index == 0,
+                div_id=f"spnas-{name}",
+            )
+        )
+    style = (
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}"
+    )
+    return (
+        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
+        f"<title>SP-NAS {escape(study.study_name)}</title><style>{style}</style></head>"
+        "<body>\n" + "\n".join(sections) + "\n</body></html>\n"
+    )
+
+
+def write_report(
+    study: optuna.Study,
+    config: SearchConfig,
+    out_dir: Any,
+    *,
+    phases: Sequence[Mapping[str, Any]] | None = None,
+) -> list[Any]:
+    """Write the three figures as PNGs and ``index.html`` into ``out_dir``; return the paths."""
+    from pathlib import Path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = report_figures(study.get_trials(deepcopy=False), config)
+    paths = [out / filename for filename in REPORT_IMAGES.values()]
+    write_pngs([figures[name] for name in REPORT_IMAGES], paths)
+    index = out / "index.html"
+    index.write_text(report_html(study, config, figures, phases=phases), encoding="utf-8")
+    paths.append(index)
+    return paths

@@ -24,6 +24,7 @@ _COMMAND_MODULES = (
     "train-eval",
     "search",
     "dashboard",
+    "report",
     "export",
     "train",
     "infer",

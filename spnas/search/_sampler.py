@@ -20,7 +20,7 @@ from spnas.arch import ParallelCode
 from spnas.exceptions import ConfigError
 from spnas.search._config import CONFIG_ATTR, SearchConfig
 from spnas.search._proposals import SearchExhausted, propose_parallel, propose_serial
-from spnas.search._state import Decision, SearchState
+from spnas.search._state import ATTR_PREFIX, Decision, SearchState
 
 _logger = logging.getLogger(__name__)
 
@@ -129,7 +129,12 @@ class SPNASSampler(BaseSampler):
         if Decision.of(trial) is not None:
             return
         decision = self.decide(study, trial)
-        for key, value in decision.to_attrs().items():
+        # One write per attribute, each its own transaction: ``spnas:kind`` goes last, so
+        # other workers see no decision (and wait) until the whole decision is there. A
+        # half-written one (kind without round) let a second worker decide the same barrier.
+        attrs = decision.to_attrs()
+        kind = attrs.pop(f"{ATTR_PREFIX}kind")
+        for key, value in [*attrs.items(), (f"{ATTR_PREFIX}kind", kind)]:
             study._storage.set_trial_system_attr(trial._trial_id, key, value)
         _logger.info(
             "trial %d: %s%s%s%s",
