@@ -33,6 +33,7 @@ lint: setup
 demo: setup
 	$(VENV)/bin/spnas search studies/demo.yaml --workers 2
 	$(VENV)/bin/spnas status --study demo --storage sqlite:///runs/demo/spnas.db
+	$(VENV)/bin/spnas report --study demo --storage sqlite:///runs/demo/spnas.db --out runs/demo/report
 	@echo "Dashboard (figures and trial notes): $(VENV)/bin/spnas dashboard --storage sqlite:///runs/demo/spnas.db"
 	@echo "Best network: $(VENV)/bin/spnas export --study demo --storage sqlite:///runs/demo/spnas.db --out runs/demo/export"
 
