@@ -1,0 +1,287 @@
+"""SPNASSampler in a plain ``optuna.create_study`` (the README's Python API), in one process.
+
+Your own objective reads the decision with ``spnas.search.get_decision(trial)``. Once the
+search is done, further trials get the kind ``idle``: nothing is left to train, and the
+objective should ``raise optuna.TrialPruned()`` for them, so ``study.optimize(objective,
+n_trials=N)`` with a generous ``N`` simply idles through the rest.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import FrozenTrial, TrialState
+from search_doubles import SEED_ARCH, fake_ap, frozen, make_config
+
+from spnas.arch import SerialCode
+from spnas.exceptions import ConfigError
+from spnas.search import CONFIG_ATTR, Decision, SearchState, SPNASSampler, get_decision
+from spnas.storage import make_storage
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def objective(trial: optuna.Trial) -> float:
+    decision = get_decision(trial)
+    if decision.kind in ("idle", "exhausted"):
+        raise optuna.TrialPruned(f"nothing to train: {decision.kind}")
+    return fake_ap(decision.kind, decision.arch, decision.parallel)
+
+
+def kinds_of(study: optuna.Study) -> list[str]:
+    return [get_decision(t).kind for t in study.get_trials()]
+
+
+def test_plain_optuna_study_runs_the_whole_search(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    study = optuna.create_study(
+        sampler=SPNASSampler(config),
+        storage=f"sqlite:///{tmp_path / 'plain.db'}",
+        direction="maximize",
+    )
+    study.optimize(objective, n_trials=60)
+    trials = study.get_trials()
+    state = SearchState.from_trials(trials, config)
+    assert state.phase == "done" and state.done
+    kinds = kinds_of(study)
+    assert kinds[0] == "seed"
+    assert {"seed", "serial", "reignite", "parallel_seed", "parallel"} <= set(kinds)
+    assert kinds.count("reignite") == config.serial.n_rounds == 1
+    # Order of the phases: seed, serial round 1, reignite, serial round 2, parallel.
+    first = {kind: kinds.index(kind) for kind in set(kinds)}
+    assert first["seed"] < first["serial"] < first["reignite"] < first["parallel_seed"]
+    assert first["parallel_seed"] < first["parallel"] < first["idle"]
+    # Every trial after the end is idle and pruned; nothing before the end is.
+    end = first["idle"]
+    assert all(k == "idle" for k in kinds[end:]) and len(kinds) == 60
+    assert all(t.state == TrialState.PRUNED for t in trials[end:])
+    assert all(t.state == TrialState.COMPLETE for t in trials[:end])
+    # The best SPNet is the best of the parallel phase; it descends from round 2's best.
+    best = state.best_parallel
+    parallel_values = [
+        t.value for t in trials if get_decision(t).kind in ("parallel_seed", "parallel")
+    ]
+    assert best.value == max(parallel_values)
+    assert get_decision(trials[best.number]).arch == state.round_best.arch
+
+
+def test_users_own_parameters_go_to_the_fallback_sampler(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+
+    class Spy(optuna.samplers.RandomSampler):
+        calls = 0
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            type(self).calls += 1
+            return super().sample_independent(study, trial, param_name, param_distribution)
+
+    def tuned(trial: optuna.Trial) -> float:
+        lr = trial.suggest_float("lr", 1e-3, 1e-1, log=True)
+        decision = get_decision(trial)
+        if decision.kind == "idle":
+            raise optuna.TrialPruned()
+        return fake_ap(decision.kind, decision.arch, decision.parallel) + lr
+
+    study = optuna.create_study(
+        sampler=SPNASSampler(config, fallback_sampler=Spy(seed=0)),
+        storage=f"sqlite:///{tmp_path / 'lr.db'}",
+        direction="maximize",
+    )
+    study.optimize(tuned, n_trials=40)
+    trials = study.get_trials()
+    assert SearchState.from_trials(trials, config).done
+    lrs = [t.params["lr"] for t in trials]
+    assert all(1e-3 <= lr <= 1e-1 for lr in lrs) and len(set(lrs)) > 10
+    assert Spy.calls == len(trials)
+
+
+def test_minimizing_a_metric(tmp_path: Path) -> None:
+    config = make_config(tmp_path, data={"metric": "LAMR"}, final={"enabled": True})
+
+    def lamr(trial: optuna.Trial) -> float:
+        decision = get_decision(trial)
+        if decision.kind == "idle":
+            raise optuna.TrialPruned()
+        return 1.0 - fake_ap(decision.kind, decision.arch, decision.parallel) / 100.0
+
+    study = optuna.create_study(sampler=SPNASSampler(config), direction="minimize")
+    study.optimize(lamr, n_trials=60)
+    state = SearchState.from_trials(study.get_trials(), config)
+    assert state.phase == "done"
+    kinds = kinds_of(study)
+    assert kinds.count("final") == 1 and kinds.index("final") < kinds.index("idle")
+    parallel_values = [
+        t.value for t in study.get_trials() if get_decision(t).kind in ("parallel_seed", "parallel")
+    ]
+    assert state.best_parallel.value == min(parallel_values)
+
+
+def test_config_from_the_study_user_attribute(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    study = optuna.create_study(sampler=SPNASSampler(), direction="maximize")
+    with pytest.raises(ConfigError, match=CONFIG_ATTR):
+        study.optimize(objective, n_trials=1)
+    study = optuna.create_study(sampler=SPNASSampler(), direction="maximize")
+    study.set_user_attr(CONFIG_ATTR, config.to_dict())
+    study.optimize(objective, n_trials=1)
+    assert kinds_of(study) == ["seed"]
+
+
+def test_get_decision_needs_the_sampler() -> None:
+    study = optuna.create_study()
+    trial = study.ask()
+    with pytest.raises(ConfigError, match="SPNASSampler"):
+        get_decision(trial)
+
+
+def test_waiting_gives_up_after_max_wait_seconds(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    study = optuna.create_study(
+        sampler=SPNASSampler(config, max_wait_seconds=0.5),
+        storage=f"sqlite:///{tmp_path / 'wait.db'}",
+        direction="maximize",
+    )
+    # Another worker's seed runs (a trial that stays RUNNING): this one waits, then idles.
+    study._storage.create_new_trial(study._study_id, template_trial=_seed_trial())
+    started = time.monotonic()
+    study.optimize(objective, n_trials=1)
+    assert time.monotonic() - started >= 0.5
+    assert kinds_of(study) == ["seed", "idle"]
+
+
+def _seed_trial() -> FrozenTrial:
+    """A running seed trial, as another worker leaves it in the storage."""
+    return frozen(0, Decision("seed", arch=SerialCode.parse(SEED_ARCH)), TrialState.RUNNING)
+
+
+def test_waiting_trial_steps_aside_for_a_queued_retry(tmp_path: Path) -> None:
+    """A worker waiting for a barrier whose retry is queued (WAITING) must not wait forever:
+    its trial turns idle, and the worker's next trial takes the retry from the queue."""
+    config = make_config(tmp_path)
+    url = f"sqlite:///{tmp_path / 'queue.db'}"
+    study = optuna.create_study(
+        sampler=SPNASSampler(config), storage=make_storage(url), direction="maximize"
+    )
+    storage, study_id = study._storage, study._study_id
+    seed = _seed_trial()
+    # Trial 0: the seed of a worker that died; trial 1: this worker's trial, waiting for it.
+    seed_id = storage.create_new_trial(study_id, template_trial=seed)
+    waiting_id = storage.create_new_trial(study_id)
+    waiter = storage.get_trial(waiting_id)
+    decided: list[Decision] = []
+    thread = threading.Thread(
+        target=lambda: decided.append(study.sampler.decide(study, waiter)), daemon=True
+    )
+    thread.start()
+    time.sleep(0.5)
+    assert not decided, "must wait while the seed runs"
+    # The seed is found stale: failed, and its retry (same decision) queued as trial 2.
+    storage.set_trial_state_values(seed_id, TrialState.FAIL)
+    retry = frozen(2, Decision.of(seed), TrialState.WAITING, retry_of=[0])
+    storage.create_new_trial(study_id, template_trial=retry)
+    thread.join(timeout=30)
+    assert decided and decided[0].kind == "idle"
+    # The worker goes on: its next trial is the queued retry, which keeps its decision.
+    study.optimize(objective, n_trials=1)
+    trials = study.get_trials()
+    assert trials[2].state == TrialState.COMPLETE
+    assert get_decision(trials[2]) == Decision.of(seed)
+
+
+class _FakeClock:
+    """Stands in for the sampler's ``time`` module: sleeping advances a fake clock."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.mark.parametrize("heartbeat", [True, False])
+def test_waiting_trial_looks_once_per_heartbeat_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, heartbeat: bool
+) -> None:
+    """A waiting trial beats its own heart; with a 1 s heartbeat it must not sleep longer, or
+    other workers fail it as stale (grace 3 s) while it waits for a long barrier."""
+    import spnas.search._sampler as sampler_module
+
+    config = make_config(tmp_path, search={"wait_seconds": 0.5})
+    url = f"sqlite:///{tmp_path / 'beat.db'}"
+    storage = make_storage(url, heartbeat_interval=1, grace_period=3) if heartbeat else url
+    study = optuna.create_study(
+        sampler=SPNASSampler(config, max_wait_seconds=120), storage=storage, direction="maximize"
+    )
+    study._storage.create_new_trial(study._study_id, template_trial=_seed_trial())
+    clock = _FakeClock()
+    monkeypatch.setattr(sampler_module, "time", clock)
+    waiter = study._storage.get_trial(study._storage.create_new_trial(study._study_id))
+    assert study.sampler.decide(study, waiter).kind == "idle"  # gave up after 120 fake s
+    if heartbeat:
+        assert max(clock.sleeps) <= 1.0
+    else:
+        assert max(clock.sleeps) == sampler_module.MAX_WAIT_STEP_S
+
+
+@pytest.mark.parametrize("retried", [True, False])
+def test_a_fresh_failure_waits_for_its_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, retried: bool
+) -> None:
+    """Optuna fails a stale trial, then queues its retry: two steps. A worker deciding in
+    between must not start a second attempt of the barrier (seen: the seed trained twice)."""
+    import spnas.search._sampler as sampler_module
+
+    config = make_config(tmp_path)
+    storage = make_storage(f"sqlite:///{tmp_path / 'settle.db'}")  # heartbeats on
+    study = optuna.create_study(sampler=SPNASSampler(config), storage=storage, direction="maximize")
+    storage, study_id = study._storage, study._study_id
+    seed_id = storage.create_new_trial(study_id, template_trial=_seed_trial())
+    storage.set_trial_state_values(seed_id, TrialState.FAIL)  # stale: failed, not yet retried
+    waiter = storage.get_trial(storage.create_new_trial(study_id))
+    clock = _FakeClock()
+    if retried:
+        sleep = clock.sleep
+
+        def sleep_then_retry(seconds: float) -> None:
+            if not clock.sleeps:  # the retry lands while the waiter sleeps the first time
+                retry = frozen(2, Decision.of(_seed_trial()), TrialState.WAITING, retry_of=[0])
+                storage.create_new_trial(study_id, template_trial=retry)
+            sleep(seconds)
+
+        clock.sleep = sleep_then_retry  # type: ignore[method-assign]
+    monkeypatch.setattr(sampler_module, "time", clock)
+    decision = study.sampler.decide(study, waiter)
+    if retried:
+        assert decision.kind == "idle"  # steps aside: its worker's next trial is the retry
+        assert clock.now < sampler_module.RETRY_SETTLE_S
+    else:
+        assert decision.kind == "seed"  # no retry came: the state machine's own retry
+        assert clock.now >= sampler_module.RETRY_SETTLE_S
+
+
+def test_the_decision_is_published_kind_last(tmp_path: Path) -> None:
+    """Attributes are written one by one; ``spnas:kind`` marks a decision as present, so it
+    must come last, or another worker reads a half decision (a barrier without its round) and
+    decides the same barrier again (seen: two reignitions of round 1)."""
+    config = make_config(tmp_path)
+    study = optuna.create_study(sampler=SPNASSampler(config), direction="maximize")
+    written: list[str] = []
+    setter = study._storage.set_trial_system_attr
+
+    def record(trial_id: int, key: str, value: object) -> None:
+        written.append(key)
+        setter(trial_id, key, value)
+
+    study._storage.set_trial_system_attr = record  # type: ignore[method-assign]
+    study.optimize(objective, n_trials=1)
+    spnas_keys = [k for k in written if k.startswith("spnas:")]
+    assert spnas_keys[-1] == "spnas:kind" and len(spnas_keys) == 6

@@ -1,0 +1,361 @@
+"""Many worker processes on one search (DESIGN §4): barriers once, no duplicate candidates,
+rounds consistent, and crashed workers' trials retried with the same decision.
+
+Workers are real processes (``multiprocessing`` "forkserver": one clean server process that
+imported torch/optuna/spnas once forks each worker, so no database connection or OpenMP pool
+of the test process leaks into them). Each runs ``run_worker`` with an
+:class:`~spnas.search.Objective` over the :class:`search_doubles.FakeEngine`, and the real
+reignition (classification pretraining on the crops of a 12-image synthetic set).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import re
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import FrozenTrial, TrialState
+from search_doubles import config_dict, worker_main
+
+from spnas.search import (
+    WEIGHTS_ATTR,
+    Decision,
+    SearchConfig,
+    SearchState,
+    create_search_study,
+    load_search_study,
+)
+from spnas.storage import make_storage
+
+pytestmark = pytest.mark.slow
+
+N_WORKERS = 4
+#: Wall-clock limit of one search (seconds); a healthy run takes 10-30 s on a loaded 2-core box.
+SEARCH_TIMEOUT_S = 90
+#: Heartbeats of the fault-tolerance runs: a killed worker's trial is stale after 5 s (3 s
+#: works too, but leaves a loaded machine little slack before a live trial looks stale).
+FAST_HEARTBEAT = {"heartbeat_interval": 1, "grace_period": 5}
+
+_PROPOSAL_LOG = re.compile(r"\[(\d+)\] spnas\.search\._sampler INFO: trial \d+: (serial|parallel) ")
+
+_CTX = multiprocessing.get_context("forkserver")
+_CTX.set_forkserver_preload(["search_doubles"])
+
+
+class Workers:
+    """Worker processes of one test; all killed at teardown if still alive."""
+
+    def __init__(self) -> None:
+        self.procs: list[Any] = []
+        self.logs: list[Path] = []
+
+    def start(
+        self,
+        n: int,
+        name: str,
+        url: str,
+        log_dir: Path,
+        engine_kwargs: dict[str, Any],
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        for index in range(n):
+            log = log_dir / f"worker-{len(self.procs)}.log"
+            proc = _CTX.Process(
+                target=worker_main,
+                args=(name, url, str(log), engine_kwargs, storage_options),
+                name=f"spnas-test-worker-{index}",
+            )
+            proc.start()
+            self.procs.append(proc)
+            self.logs.append(log)
+
+    def by_pid(self, pid: int) -> Any:
+        for proc in self.procs:
+            if proc.pid == pid:
+                return proc
+        raise AssertionError(f"pid {pid} is not one of this test's workers")
+
+    def alive(self) -> list[Any]:
+        return [p for p in self.procs if p.is_alive()]
+
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            if proc.is_alive():
+                proc.kill()
+        for proc in self.procs:
+            proc.join(timeout=10)
+
+    def log_tails(self, lines: int = 25) -> str:
+        out = []
+        for log in self.logs:
+            text = log.read_text(errors="replace").splitlines() if log.exists() else []
+            out.append(f"--- {log.name}\n" + "\n".join(text[-lines:]))
+        return "\n".join(out)
+
+
+@pytest.fixture
+def workers():
+    group = Workers()
+    yield group
+    group.kill_all()
+
+
+def describe(trials: list[FrozenTrial]) -> str:
+    rows = []
+    for t in trials:
+        d = Decision.of(t)
+        what = "-" if d is None else f"{d.kind} r{d.round} {d.arch} {d.parallel or ''}"
+        retry = t.system_attrs.get("retry_history")
+        rows.append(
+            f"#{t.number} {t.state.name} {what} value={t.value}"
+            + (f" retry_of={retry}" if retry else "")
+        )
+    return "\n".join(rows)
+
+
+def wait_for_workers(workers: Workers, name: str, url: str, timeout: float) -> None:
+    """Poll until every worker exited; on timeout fail with the study and the worker logs."""
+    deadline = time.monotonic() + timeout
+    while workers.alive():
+        if time.monotonic() > deadline:
+            study, config = load_search_study(name, url)
+            trials = study.get_trials(deepcopy=False)
+            state = SearchState.from_trials(trials, config)
+            workers.kill_all()
+            pytest.fail(
+                f"search not finished after {timeout:.0f} s: {state.phase}, waiting for "
+                f"{state.waiting_for}\n{describe(trials)}\n{workers.log_tails()}"
+            )
+        time.sleep(0.2)
+    codes = [p.exitcode for p in workers.procs]
+    assert codes, "no workers"
+
+
+def new_study(
+    tmp_path: Path, assets: Path, url: str | None, name: str, **sections: Any
+) -> tuple[SearchConfig, str]:
+    values = config_dict(tmp_path, name, assets, **sections)
+    if url is not None:
+        values["study"]["storage"] = url
+    config = SearchConfig.from_dict(values)
+    url = config.study.storage
+    assert url is not None
+    study = create_search_study(config, url)
+    # No connection of this process may be open while workers run (PostgreSQL: no idle
+    # sessions; SQLite: no lock held).
+    engine = getattr(getattr(study._storage, "_backend", study._storage), "engine", None)
+    if engine is not None:
+        engine.dispose()
+    return config, url
+
+
+# --------------------------------------------------------------------------- the checks
+def check_search(
+    trials: list[FrozenTrial], config: SearchConfig, artifacts: Path | None = None
+) -> SearchState:
+    """The invariants of a finished search (see the module docstring of the tests)."""
+    text = describe(trials)
+    state = SearchState.from_trials(trials, config)
+    assert state.phase == "done", f"{state.phase}: {state.reason or state.waiting_for}\n{text}"
+    assert not [t for t in trials if not t.state.is_finished()], f"unfinished trials\n{text}"
+
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    decided = [(t, Decision.of(t)) for t in trials if Decision.of(t) is not None]
+    live = [(t, d) for t, d in decided if not (t.state == TrialState.FAIL and t.number in retried)]
+    kinds = Counter(d.kind for _, d in live)
+    assert kinds["seed"] >= 1 and kinds["serial"] >= 2 and kinds["parallel"] >= 1, kinds
+
+    # Barriers: exactly one attempt each (no failure here that was not retried), and complete.
+    barriers = [("seed", 0), *((("reignite", r)) for r in range(1, config.serial.n_rounds + 1))]
+    barriers.append(("parallel_seed", 0))
+    for kind, round_ in barriers:
+        attempts = [(t, d) for t, d in live if d.kind == kind and d.round == round_]
+        assert len(attempts) == 1, f"{kind} round {round_}: {len(attempts)} attempts\n{text}"
+        assert attempts[0][0].state == TrialState.COMPLETE, text
+    assert kinds["reignite"] == config.serial.n_rounds, text
+    assert kinds["final"] == 0, text
+
+    # Proposals are new: no candidate trained twice, none equal to a barrier's network.
+    proposals = Counter(d.candidate for t, d in live if d.kind in ("serial", "parallel"))
+    twice = [c for c, n in proposals.items() if n > 1]
+    assert not twice, f"candidates decided twice: {twice}\n{text}"
+    for t, d in live:
+        if d.kind in ("seed", "parallel_seed"):
+            assert d.candidate not in proposals, f"#{t.number} {d.candidate} proposed again"
+        if d.kind in ("serial", "parallel"):
+            assert d.parent is not None and trials[d.parent].state == TrialState.COMPLETE
+
+    # Replay each round by hand, in finish order: it ended stuck (or exhausted).
+    by_number = {t.number: t for t in trials}
+    baseline = next(t for t, d in live if d.kind == "seed")
+    for round_ in range(1, config.serial.n_rounds + 2):
+        members = sorted(
+            (
+                (t, d)
+                for t, d in live
+                if d.kind in ("serial", "exhausted") and d.round == round_ and d.parallel is None
+            ),
+            key=lambda td: (td[0].datetime_complete, td[0].number),
+        )
+        lineage = {baseline.number} | {t.number for t, _ in members}
+        assert all(d.parent in lineage for _, d in members if d.kind == "serial"), text
+        _check_stuck(members, baseline.value, config.serial.n_stuck, config.direction, text)
+        if round_ <= config.serial.n_rounds:
+            reignite = next(t for t, d in live if d.kind == "reignite" and d.round == round_)
+            best = max(
+                [baseline, *[t for t, _ in members if t.value is not None]],
+                key=lambda t: t.value if config.direction == "maximize" else -t.value,
+            )
+            assert Decision.of(reignite).parent == best.number, f"round {round_}\n{text}"
+            # The reignition started after the round's last trial finished.
+            last = max((t.datetime_complete for t, _ in members), default=None)
+            assert last is None or reignite.datetime_complete >= last
+            baseline = by_number[reignite.number]
+    pseed = next(t for t, d in live if d.kind == "parallel_seed")
+    members = sorted(
+        ((t, d) for t, d in live if d.kind in ("parallel", "exhausted") and d.parallel),
+        key=lambda td: (td[0].datetime_complete, td[0].number),
+    )
+    _check_stuck(members, pseed.value, config.parallel.n_stuck, config.direction, text)
+
+    if artifacts is not None:
+        assert state.best_parallel is not None
+        artifact = trials[state.best_parallel.number].user_attrs[WEIGHTS_ATTR]
+        assert (artifacts / artifact).is_file(), "the best SPNet's weights were deleted"
+    return state
+
+
+def _check_stuck(
+    members: list[tuple[FrozenTrial, Decision]],
+    baseline: float,
+    n_stuck: int,
+    direction: str,
+    text: str,
+) -> None:
+    best, stuck, exhausted = baseline, 0, False
+    for trial, decision in members:
+        if decision.kind == "exhausted":
+            exhausted = True
+            continue
+        value = trial.value if trial.state == TrialState.COMPLETE else None
+        better = value is not None and (value > best if direction == "maximize" else value < best)
+        if better:
+            best, stuck = value, 0
+        else:
+            stuck += 1
+    assert exhausted or stuck >= n_stuck, f"ended with stuck={stuck} < {n_stuck}\n{text}"
+
+
+# --------------------------------------------------------------------------- concurrency
+def run_concurrent(tmp_path: Path, assets: Path, workers: Workers, url: str | None) -> None:
+    config, url = new_study(tmp_path, assets, url, "concurrent")
+    started = time.monotonic()
+    workers.start(N_WORKERS, config.study.name, url, tmp_path, {"sleep": 0.3})
+    wait_for_workers(workers, config.study.name, url, SEARCH_TIMEOUT_S)
+    elapsed = time.monotonic() - started
+    assert [p.exitcode for p in workers.procs] == [0] * N_WORKERS, workers.log_tails()
+    study, _ = load_search_study(config.study.name, url)
+    trials = study.get_trials()
+    check_search(trials, config, Path(config.study.artifacts))
+    # More than one worker decided proposals: the serial and parallel phases ran in parallel.
+    deciders = {
+        match[1]
+        for log in workers.logs
+        for match in _PROPOSAL_LOG.finditer(log.read_text(errors="replace"))
+    }
+    assert len(deciders) >= 2, workers.log_tails()
+    print(f"{len(trials)} trials in {elapsed:.1f} s")
+
+
+def test_four_workers_sqlite(tmp_path: Path, search_assets: Path, workers: Workers) -> None:
+    run_concurrent(tmp_path, search_assets, workers, None)
+
+
+@pytest.mark.postgres
+def test_four_workers_postgres(
+    tmp_path: Path, search_assets: Path, workers: Workers, postgresql_server: Any
+) -> None:
+    url = postgresql_server.new_database("spnas_concurrent")
+    run_concurrent(tmp_path, search_assets, workers, url)
+
+
+# --------------------------------------------------------------------------- fault tolerance
+def _kill_when_hung(
+    workers: Workers, hang_dir: Path, kind: str, name: str, url: str, timeout: float
+) -> int:
+    """Wait until a worker hangs in a ``kind`` trial, check it is RUNNING, SIGKILL it.
+
+    Returns the killed trial's number.
+    """
+    pid_file = hang_dir / f"{kind}.pid"
+    deadline = time.monotonic() + timeout
+    while not pid_file.exists():
+        if time.monotonic() > deadline or not workers.alive():
+            pytest.fail(f"no worker reached a {kind} trial\n{workers.log_tails()}")
+        time.sleep(0.1)
+    pid_text, out_dir = pid_file.read_text().split(maxsplit=1)
+    number = int(Path(out_dir).name)
+    study = optuna.load_study(study_name=name, storage=make_storage(url))
+    trial = study.get_trials(deepcopy=False)[number]
+    assert trial.state == TrialState.RUNNING
+    assert Decision.of(trial).kind == kind
+    proc = workers.by_pid(int(pid_text))
+    proc.kill()  # SIGKILL: no cleanup, no final state written
+    proc.join(timeout=30)
+    assert proc.exitcode == -9
+    return number
+
+
+def run_fault_tolerance(tmp_path: Path, assets: Path, workers: Workers, url: str | None) -> None:
+    config, url = new_study(tmp_path, assets, url, "faults")
+    hang_dir = tmp_path / "hang"
+    hang_dir.mkdir()
+    # The first seed trial and the first serial trial hang until killed.
+    for kind in ("seed", "serial"):
+        (hang_dir / kind).touch()
+    engine = {"sleep": 0.3, "hang_dir": str(hang_dir), "hang_seconds": 600.0}
+    workers.start(N_WORKERS, config.study.name, url, tmp_path, engine, FAST_HEARTBEAT)
+    killed = [
+        _kill_when_hung(workers, hang_dir, kind, config.study.name, url, SEARCH_TIMEOUT_S)
+        for kind in ("seed", "serial")
+    ]
+    wait_for_workers(workers, config.study.name, url, SEARCH_TIMEOUT_S)
+    survivors = [p for p in workers.procs if p.exitcode != -9]
+    assert len(survivors) == N_WORKERS - 2
+    assert all(p.exitcode == 0 for p in survivors), workers.log_tails()
+
+    study, _ = load_search_study(config.study.name, url)
+    trials = study.get_trials()
+    text = describe(trials)
+    for number in killed:
+        failed = trials[number]
+        assert failed.state == TrialState.FAIL, text
+        retries = [t for t in trials if number in t.system_attrs.get("retry_history", [])]
+        assert len(retries) == 1, f"trial {number} retried {len(retries)} times\n{text}"
+        retry = retries[0]
+        assert retry.state.is_finished() and retry.state != TrialState.FAIL, text
+        ours = {k: v for k, v in failed.system_attrs.items() if k.startswith("spnas:")}
+        theirs = {k: v for k, v in retry.system_attrs.items() if k.startswith("spnas:")}
+        assert ours and ours == theirs, "the retry must train the same decision"
+    seed_retry = next(t for t in trials if killed[0] in t.system_attrs.get("retry_history", []))
+    assert seed_retry.state == TrialState.COMPLETE
+    check_search(trials, config, Path(config.study.artifacts))
+
+
+def test_killed_workers_trials_are_retried_sqlite(
+    tmp_path: Path, search_assets: Path, workers: Workers
+) -> None:
+    run_fault_tolerance(tmp_path, search_assets, workers, None)
+
+
+@pytest.mark.postgres
+def test_killed_workers_trials_are_retried_postgres(
+    tmp_path: Path, search_assets: Path, workers: Workers, postgresql_server: Any
+) -> None:
+    url = postgresql_server.new_database("spnas_faults")
+    run_fault_tolerance(tmp_path, search_assets, workers, url)
