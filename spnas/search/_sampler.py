@@ -28,6 +28,10 @@ _logger = logging.getLogger(__name__)
 MAX_WAIT_STEP_S = 10.0
 #: How often a waiting worker says what it waits for.
 LOG_EVERY_S = 30.0
+#: With heartbeats, Optuna fails a dead worker's trial and queues its retry in two steps;
+#: a failure is acted on (counted, or its barrier decided again) only this long after it was
+#: first seen, so that the retry, not a second attempt, trains the decision.
+RETRY_SETTLE_S = 5.0
 
 
 class SPNASSampler(BaseSampler):
@@ -78,6 +82,7 @@ class SPNASSampler(BaseSampler):
         self._config: SearchConfig | None = config
         self._fallback = fallback_sampler or TPESampler(seed=seed)
         self._max_wait = max_wait_seconds
+        self._failures_seen: dict[int, float] = {}
 
     # ------------------------------------------------------------ the user's parameters
     def infer_relative_search_space(
@@ -151,7 +156,8 @@ class SPNASSampler(BaseSampler):
         started = time.monotonic()
         last_log: float | None = None
         max_step = MAX_WAIT_STEP_S
-        if is_heartbeat_enabled(study._storage):
+        heartbeat = is_heartbeat_enabled(study._storage)
+        if heartbeat:
             # A waiting trial beats its own heart (_keep_alive): it must look at least once
             # per heartbeat interval, or other workers fail it as stale.
             max_step = min(max_step, float(study._storage.get_heartbeat_interval()))
@@ -170,17 +176,21 @@ class SPNASSampler(BaseSampler):
                 reason = f"waiting for trial(s) {blocking[:5]} to decide first"
             else:
                 state = SearchState.from_trials(trials, config)
-                if state.done:
+                fresh = self._fresh_failures(state) if heartbeat else []
+                if fresh:
+                    reason = f"waiting for the retry of failed trial(s) {fresh[:5]}, if any"
+                elif state.done:
                     return Decision("idle", round=state.round)
-                if state.next_kind is not None:
+                elif state.next_kind is not None:
                     return self._decision(state, trial.number)
-                reason = state.waiting_for
+                else:
+                    reason = state.waiting_for
                 queued = [
                     t.number
                     for t in trials
                     if t.state == TrialState.WAITING and Decision.of(t) is not None
                 ]
-                if queued:
+                if queued and not fresh:
                     # A retry of a dead worker's trial waits in the queue, and what we wait for
                     # may be that very retry: step aside, so that this worker's next trial
                     # takes it from the queue, instead of every worker waiting for it forever.
@@ -200,6 +210,17 @@ class SPNASSampler(BaseSampler):
             self._keep_alive(study, trial)
             time.sleep(step)
             step = min(step * 1.5, max_step)
+
+    def _fresh_failures(self, state: SearchState) -> list[int]:
+        """Failed trials first seen less than :data:`RETRY_SETTLE_S` ago (not yet retried)."""
+        now = time.monotonic()
+        fresh = []
+        for record in state.records:
+            if record.state == TrialState.FAIL:
+                seen = self._failures_seen.setdefault(record.number, now)
+                if now - seen < RETRY_SETTLE_S:
+                    fresh.append(record.number)
+        return fresh
 
     @staticmethod
     def _keep_alive(study: Study, trial: FrozenTrial) -> None:
