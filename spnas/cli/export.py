@@ -8,9 +8,11 @@ import argparse
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export",
-        help="export a search's best network as a detectron2 config + weights",
-        description="Write the best SPNet of a search as a detectron2 YAML config, detector "
-        "weights, and the SPNet backbone alone (state dict + spnet.json).",
+        help="export a search's best network for detectron2 and torchvision",
+        description="Write the best SPNet of a search as a detectron2 YAML config + detector "
+        "weights, as a torchvision FasterRCNN file (model_torchvision.pth, loaded with "
+        "spnas.export.load_torchvision_detector), and the SPNet backbone alone (state dict + "
+        "spnet.json).",
     )
     parser.add_argument("--study", required=True, help="study name")
     parser.add_argument("--storage", required=True, help="storage URL")
@@ -24,7 +26,13 @@ def run(args: argparse.Namespace) -> int:
     result = export_best(args.study, args.storage, args.out)
     code = result.arch + (f" {result.parallel}" if result.parallel else "")
     print(f"exported trial {result.trial} ({code}, value {result.value:.2f}) to {result.directory}")
-    print(f"  detectron2: {result.config} with {result.weights}")
-    print(f"  backbone:   {result.backbone} (+ spnet.json)")
-    print(f"  full training: spnas train {result.config}")
+    if result.config is not None:
+        print(f"  detectron2:  {result.config} with {result.weights}")
+    if result.torchvision is not None:
+        print(f"  torchvision: {result.torchvision}")
+    print(f"  backbone:    {result.backbone} (+ spnet.json)")
+    for reason in result.skipped:
+        print(f"  not written: {reason}")
+    if result.config is not None:
+        print(f"  full training: spnas train {result.config}")
     return 0

@@ -32,6 +32,7 @@ backbone sees what classification pretraining (:mod:`spnas.pretrain`) showed it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -47,8 +48,11 @@ from torch.utils.data import DataLoader
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign, roi_align
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+# Scale inference and level mapping as MultiScaleRoIAlign's own (torchvision 0.29).
+from torchvision.ops.poolers import _setup_scales
 from tqdm import tqdm
 
 from spnas.data.coco import CocoDataset
@@ -69,7 +73,7 @@ from spnas.engines.base import (
     save_state_dict,
 )
 from spnas.evaluation import coco_metrics, log_average_miss_rate
-from spnas.exceptions import ConfigError
+from spnas.exceptions import ConfigError, WeightsError
 from spnas.modeling.flops import cost
 from spnas.modeling.spnet import SPNet
 
@@ -137,25 +141,269 @@ def _loss_text(losses: Mapping[str, torch.Tensor]) -> str:
     return ", ".join(f"{name}={value.detach().item():.4g}" for name, value in losses.items())
 
 
+class UnroundedAnchorGenerator(AnchorGenerator):
+    """torchvision's anchor generator without its rounding of cell anchors to whole pixels.
+
+    detectron2 keeps fractional anchors; at the 8–11 px anchors of small images, rounding moves
+    anchor edges by up to half a pixel, enough to change which proposals a converted
+    detectron2 RPN makes.
+    """
+
+    def generate_anchors(
+        self,
+        scales: list[int],
+        aspect_ratios: list[float],
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> torch.Tensor:
+        scales_t = torch.as_tensor(scales, dtype=dtype, device=device)
+        h_ratios = torch.sqrt(torch.as_tensor(aspect_ratios, dtype=dtype, device=device))
+        ws = (scales_t[None, :] / h_ratios[:, None]).view(-1)
+        hs = (scales_t[None, :] * h_ratios[:, None]).view(-1)
+        return torch.stack([-ws, -hs, ws, hs], dim=1) / 2
+
+
+class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
+    """Multi-scale RoIAlign with half-pixel alignment (``aligned=True``, detectron2's
+    ``ROIAlignV2``), which torchvision's :class:`MultiScaleRoIAlign` does not expose.
+
+    Without it, a head trained by detectron2 sees its RoI features shifted by half a feature
+    pixel (2 image pixels at stride 4).
+    """
+
+    def forward(
+        self,
+        x: dict[str, torch.Tensor],
+        boxes: list[torch.Tensor],
+        image_shapes: list[tuple[int, int]],
+    ) -> torch.Tensor:
+        features = [x[name] for name in self.featmap_names]
+        if self.scales is None or self.map_levels is None:
+            self.scales, self.map_levels = _setup_scales(
+                features, image_shapes, self.canonical_scale, self.canonical_level
+            )
+        rois = torch.cat(
+            [torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)]
+        )
+        levels = self.map_levels(boxes)
+        result = features[0].new_zeros((len(rois), features[0].shape[1], *self.output_size))
+        for level, (feature, scale) in enumerate(zip(features, self.scales, strict=True)):
+            index = torch.where(levels == level)[0]
+            result[index] = roi_align(
+                feature,
+                rois[index],
+                output_size=self.output_size,
+                spatial_scale=scale,
+                sampling_ratio=self.sampling_ratio,
+                aligned=True,
+            ).to(result.dtype)
+        return result
+
+
+@dataclasses.dataclass(frozen=True)
+class FasterRCNNLayout:
+    """Everything but the weights that defines a torchvision Faster R-CNN over an SPNet.
+
+    The engine builds its detectors from a layout (:meth:`TorchvisionEngine.layout`), and an
+    exported detector carries its own (:func:`save_detector`), so :func:`load_detector`
+    rebuilds it in a process that has spnas and torchvision and nothing else.
+
+    Attributes:
+        spec: backbone, FPN width and class count (``spec.anchor_size`` is not used: the
+            anchors are ``anchor_sizes``).
+        anchor_sizes: anchor sizes of each FPN level, finest first: one tuple per stage plus
+            one for the max-pooled level.
+        aspect_ratios: anchor aspect ratios (height / width), the same at every level.
+        representation_size: width of the box head's two hidden FC layers.
+        min_size, max_size: the transform's image resizing.
+        size_divisible: images are padded to a multiple of this.
+        sampling_ratio: RoIAlign's sampling points per bin (0: adaptive, as detectron2).
+        detectron2_geometry: anchors and RoIAlign as detectron2 computes them
+            (:class:`UnroundedAnchorGenerator`, :class:`AlignedMultiScaleRoIAlign`), for
+            detectors converted from detectron2; torchvision's own otherwise.
+        options: further keyword arguments of torchvision's ``FasterRCNN`` (numbers only:
+            ``rpn_pre_nms_top_n_test``, ``box_score_thresh``, …).
+    """
+
+    spec: ModelSpec
+    anchor_sizes: tuple[tuple[float, ...], ...]
+    aspect_ratios: tuple[float, ...] = ASPECT_RATIOS
+    representation_size: int = 1024
+    min_size: int = 800
+    max_size: int = 1333
+    size_divisible: int = 32
+    sampling_ratio: int = 2
+    detectron2_geometry: bool = False
+    options: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        levels = self.spec.arch.num_stages + 1
+        if len(self.anchor_sizes) != levels:
+            raise ConfigError(
+                f"anchor_sizes has {len(self.anchor_sizes)} levels, expected {levels} for "
+                f"{self.spec.arch} (one per stage plus the max-pooled level)"
+            )
+        clash = _RESERVED_OPTIONS & set(self.options)
+        if clash:
+            raise ConfigError(
+                f"detector option {sorted(clash)[0]!r} is set by the layout, not as an option"
+            )
+        for key, value in self.options.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(
+                    f"detector option {key!r}={value!r}: expected a number (modules are built "
+                    "from the layout)"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values; :meth:`from_dict` inverts it."""
+        values = dataclasses.asdict(self)
+        values["spec"] = self.spec.to_dict()
+        values["options"] = dict(self.options)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> FasterRCNNLayout:
+        values = dict(values)
+        values["spec"] = ModelSpec(**values["spec"])
+        values["anchor_sizes"] = tuple(tuple(sizes) for sizes in values["anchor_sizes"])
+        values["aspect_ratios"] = tuple(values["aspect_ratios"])
+        return cls(**values)
+
+
+#: ``FasterRCNN`` arguments that :func:`build_faster_rcnn` sets from the layout.
+_RESERVED_OPTIONS = frozenset(
+    {
+        "backbone",
+        "num_classes",
+        "min_size",
+        "max_size",
+        "image_mean",
+        "image_std",
+        "size_divisible",
+        "rpn_anchor_generator",
+        "rpn_head",
+        "box_roi_pool",
+        "box_head",
+        "box_predictor",
+    }
+)
+
+
+def build_faster_rcnn(layout: FasterRCNNLayout) -> FasterRCNN:
+    """A torchvision Faster R-CNN with random weights, as ``layout`` describes."""
+    spec = layout.spec
+    body = SPNet(
+        spec.arch,
+        spec.parallel,
+        base_width=spec.base_width,
+        stem=spec.stem,
+        norm=spec.norm,
+        xb_groups=spec.xb_groups,
+    )
+    backbone = SPNetFPN(body, spec.fpn_channels)
+    levels = len(layout.anchor_sizes)
+    d2 = layout.detectron2_geometry
+    anchor_generator = (UnroundedAnchorGenerator if d2 else AnchorGenerator)(
+        sizes=layout.anchor_sizes, aspect_ratios=(layout.aspect_ratios,) * levels
+    )
+    roi_pool = (AlignedMultiScaleRoIAlign if d2 else MultiScaleRoIAlign)(
+        featmap_names=list(backbone.stage_names),
+        output_size=7,
+        sampling_ratio=layout.sampling_ratio,
+    )
+    height, width = roi_pool.output_size
+    return FasterRCNN(
+        backbone,
+        num_classes=None,  # the predictor fixes it: spec.num_classes + background
+        min_size=layout.min_size,
+        max_size=layout.max_size,
+        image_mean=[m / 255.0 for m in PIXEL_MEAN_RGB],
+        image_std=[s / 255.0 for s in PIXEL_STD_RGB],
+        size_divisible=layout.size_divisible,
+        rpn_anchor_generator=anchor_generator,
+        box_roi_pool=roi_pool,
+        box_head=TwoMLPHead(spec.fpn_channels * height * width, layout.representation_size),
+        box_predictor=FastRCNNPredictor(layout.representation_size, spec.num_classes + 1),
+        **layout.options,
+    )
+
+
+#: ``format`` entry of the files :func:`save_detector` writes.
+DETECTOR_FORMAT = "spnas.torchvision.FasterRCNN/1"
+
+
+def save_detector(
+    state_dict: Mapping[str, torch.Tensor], layout: FasterRCNNLayout, path: Path
+) -> Path:
+    """Write a detector as one file: its layout (JSON) and its state dict.
+
+    The file is read with ``torch.load(weights_only=True)``; :func:`load_detector` rebuilds
+    the model from it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(
+        {
+            "format": DETECTOR_FORMAT,
+            "layout": json.dumps(layout.to_dict()),
+            "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        },
+        tmp,
+    )
+    tmp.replace(path)
+    return path
+
+
+def load_detector(path: str | Path, map_location: str | torch.device = "cpu") -> FasterRCNN:
+    """The torchvision Faster R-CNN that :func:`save_detector` (or ``spnas export``) wrote,
+    in eval mode.
+
+    Raises:
+        WeightsError: naming the file when it is missing, truncated, or not such a detector.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"detector file {str(path)!r} does not exist")
+    try:
+        saved = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or foreign files
+        raise WeightsError(
+            f"detector file {str(path)!r} could not be read ({type(exc).__name__}: {exc})"
+        ) from exc
+    if not isinstance(saved, dict) or saved.get("format") != DETECTOR_FORMAT:
+        found = saved.get("format") if isinstance(saved, dict) else type(saved).__name__
+        raise WeightsError(
+            f"detector file {str(path)!r} has format {found!r}, expected {DETECTOR_FORMAT!r} "
+            "(written by `spnas export`)"
+        )
+    model = build_faster_rcnn(FasterRCNNLayout.from_dict(json.loads(saved["layout"])))
+    try:
+        model.load_state_dict(saved["state_dict"])
+    except RuntimeError as exc:
+        raise WeightsError(f"detector file {str(path)!r}: {exc}") from exc
+    return model.eval()
+
+
 @register_engine("torchvision")
 class TorchvisionEngine(Engine):
     """Faster R-CNN (torchvision) with an SPNet + FPN backbone, trained with SGD."""
 
     name = "torchvision"
 
-    def __init__(self, representation_size: int = 1024, **detector_options: Any) -> None:
+    def __init__(self, representation_size: int = 1024, **detector_options: float) -> None:
         """Options of the detector's heads; the defaults are torchvision's and detectron2's.
 
         Args:
             representation_size: width of the box head's two hidden FC layers (1024).
-            **detector_options: further keyword arguments of torchvision's ``FasterRCNN``
-                (``box_batch_size_per_image``, ``rpn_post_nms_top_n_train``, …). The box head
-                dominates training time on a CPU when backbones are small (RoIAlign's backward
-                and the FC layers over 512 sampled RoIs per image), so CPU demos and tests
-                lower ``box_batch_size_per_image`` and ``representation_size``.
+            **detector_options: further numeric keyword arguments of torchvision's
+                ``FasterRCNN`` (``box_batch_size_per_image``, ``rpn_post_nms_top_n_train``,
+                …). The box head dominates training time on a CPU when backbones are small
+                (RoIAlign's backward and the FC layers over 512 sampled RoIs per image), so
+                CPU demos and tests lower ``box_batch_size_per_image`` and
+                ``representation_size``.
         """
-        reserved = {"backbone", "num_classes", "min_size", "max_size", "box_head"}
-        clash = reserved & set(detector_options)
+        clash = _RESERVED_OPTIONS & set(detector_options)
         if clash:
             raise ConfigError(
                 f"detector option {sorted(clash)[0]!r} is set from the ModelSpec and Schedule, "
@@ -164,56 +412,30 @@ class TorchvisionEngine(Engine):
         self.representation_size = representation_size
         self.detector_options = dict(detector_options)
 
-    def build_model(self, spec: ModelSpec, schedule: Schedule | None = None) -> FasterRCNN:
-        """A Faster R-CNN for ``spec`` with random weights.
-
-        Args:
-            spec: the backbone and detector settings.
-            schedule: gives the image resizing (``min_size``, ``max_size``); the
-                :class:`Schedule` defaults (800, 1333) when ``None``.
-        """
+    def layout(self, spec: ModelSpec, schedule: Schedule | None = None) -> FasterRCNNLayout:
+        """The detector of ``spec``: anchors ``spec.anchor_size`` at the stride-4 level,
+        doubling per level; image sizes from ``schedule`` (the :class:`Schedule` defaults,
+        800 and 1333, when ``None``)."""
         schedule = schedule or Schedule()
-        body = SPNet(
-            spec.arch,
-            spec.parallel,
-            base_width=spec.base_width,
-            stem=spec.stem,
-            norm=spec.norm,
-            xb_groups=spec.xb_groups,
-        )
-        backbone = SPNetFPN(body, spec.fpn_channels)
-        levels = len(backbone.stage_names) + 1
-        anchor_generator = AnchorGenerator(
-            sizes=tuple((spec.anchor_size * 2**i,) for i in range(levels)),
-            aspect_ratios=(ASPECT_RATIOS,) * levels,
-        )
-        roi_pool = MultiScaleRoIAlign(
-            featmap_names=list(backbone.stage_names), output_size=7, sampling_ratio=2
-        )
-        options: dict[str, Any] = {
-            "image_mean": [m / 255.0 for m in PIXEL_MEAN_RGB],
-            "image_std": [s / 255.0 for s in PIXEL_STD_RGB],
-            "rpn_anchor_generator": anchor_generator,
-            "box_roi_pool": roi_pool,
-            # torchvision's evaluation defaults, stated so that they do not drift: COCO keeps
-            # at most 100 detections per image, and scores under 0.05 only add noise.
-            "box_score_thresh": 0.05,
-            "box_detections_per_img": 100,
-            **self.detector_options,
-        }
-        height, width = options["box_roi_pool"].output_size
-        if "box_predictor" not in options:
-            options["box_predictor"] = FastRCNNPredictor(
-                self.representation_size, spec.num_classes + 1
-            )
-        return FasterRCNN(
-            backbone,
-            num_classes=None,  # the predictor above fixes it: spec.num_classes + background
+        levels = spec.arch.num_stages + 1
+        return FasterRCNNLayout(
+            spec=spec,
+            anchor_sizes=tuple((spec.anchor_size * 2**i,) for i in range(levels)),
+            representation_size=self.representation_size,
             min_size=schedule.min_size,
             max_size=schedule.max_size,
-            box_head=TwoMLPHead(spec.fpn_channels * height * width, self.representation_size),
-            **options,
+            options={
+                # torchvision's evaluation defaults, stated so that they do not drift: COCO
+                # keeps at most 100 detections per image; scores under 0.05 only add noise.
+                "box_score_thresh": 0.05,
+                "box_detections_per_img": 100,
+                **self.detector_options,
+            },
         )
+
+    def build_model(self, spec: ModelSpec, schedule: Schedule | None = None) -> FasterRCNN:
+        """A Faster R-CNN for ``spec`` with random weights (see :meth:`layout`)."""
+        return build_faster_rcnn(self.layout(spec, schedule))
 
     # -- training -------------------------------------------------------------------------
 

@@ -108,7 +108,7 @@ class Objective:
         artifact_store: Any | None = None,
     ) -> None:
         self.config = config
-        self.engine = engine or _build_engine(config)
+        self.engine = engine or build_search_engine(config)
         self.artifact_store = artifact_store or make_artifact_store(config.study.artifacts)
         self._splits: DatasetSplits | None = None
         self._num_classes: int | None = None
@@ -303,7 +303,8 @@ def _save_note(
         )
 
 
-def _build_engine(config: SearchConfig) -> Engine:
+def build_search_engine(config: SearchConfig) -> Engine:
+    """The engine a study's YAML names, configured as its trials use it."""
     if config.engine.name == "detectron2":
         from spnas.engines.detectron2 import Detectron2Engine
 

@@ -17,6 +17,7 @@ from spnas.engines.detectron2 import (
     config_path,
     configure_levels,
 )
+from spnas.engines.detectron2.config import get_spnas_cfg
 from spnas.exceptions import DataError
 from spnas.pretrain import PretrainConfig, pretrain
 
@@ -131,6 +132,11 @@ def test_shipped_configs_load_and_build(name: str) -> None:
     }
     with torch.no_grad():
         outputs = model([{"image": torch.rand(3, 96, 128) * 255, "height": 96, "width": 128}])
+        # Every level's grid has its declared stride: p7 pools p6, not detectron2's default p5.
+        features = model.backbone(torch.rand(1, 3, 256, 256))
+    assert {k: 256 // v.shape[-1] for k, v in features.items()} == {
+        k: v.stride for k, v in shapes.items()
+    }
     assert "instances" in outputs[0]
 
 
@@ -197,6 +203,29 @@ def test_divergence_ends_the_trial_and_the_engine_stays_usable(
         spec(), InitWeights(pretrained), schedule(3), data, out_dir=tmp_path / "b"
     )
     assert result.weights.is_file()
+
+
+@pytest.mark.slow
+def test_torchvision_conversion_keeps_the_accuracy(synthetic, trained) -> None:
+    from spnas.engines.detectron2.engine import apply_spec
+    from spnas.engines.detectron2.to_torchvision import convert_state_dict, torchvision_layout
+    from spnas.engines.torchvision_engine import TorchvisionEngine, build_faster_rcnn
+
+    result, _ = trained
+    cfg = apply_spec(get_spnas_cfg(str(config_path(CPU_CONFIG))), spec())
+    configure_levels(cfg)
+    layout = torchvision_layout(cfg)
+    model = build_faster_rcnn(layout)
+    state = torch.load(result.weights, map_location="cpu", weights_only=True)
+    model.load_state_dict(convert_state_dict(state, layout))
+    data = DataSpec.from_dir(synthetic)
+    metrics = TorchvisionEngine()._evaluate(
+        model, data.splits.load("val"), data, torch.device("cpu")
+    )
+    # Measured on this 2-core CPU: AP 3.89 in detectron2 and 3.89 after conversion (2.47 with
+    # torchvision's rounded anchors and unaligned RoIAlign instead of detectron2's geometry).
+    assert metrics["AP"] == pytest.approx(result.metrics["AP"], abs=0.05)
+    assert metrics["AP50"] == pytest.approx(result.metrics["AP50"], abs=0.1)
 
 
 @pytest.mark.slow

@@ -44,6 +44,15 @@ TINY_STUDY = {
 }
 
 
+def _run_python(script: str) -> int:
+    """Run ``script`` in a fresh interpreter; its last line of output, as an int."""
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    return int(run.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.slow
 def test_search_runs_every_phase_with_the_real_engine(tmp_path, capsys) -> None:
     study = dict(TINY_STUDY)
@@ -99,7 +108,13 @@ def test_search_runs_every_phase_with_the_real_engine(tmp_path, capsys) -> None:
     assert main(["export", "--study", "tiny", "--storage", storage, "--out", str(out)]) == 0
     capsys.readouterr()
     exported = {p.name for p in out.iterdir()}
-    assert {"config.yaml", "model_final.pth", "spnet_backbone.pth", "spnet.json"} <= exported
+    assert {
+        "config.yaml",
+        "model_final.pth",
+        "model_torchvision.pth",
+        "spnet_backbone.pth",
+        "spnet.json",
+    } <= exported
     image = next((tmp_path / "data" / "images" / "val").iterdir())
     script = (
         "import spnas, numpy as np\n"
@@ -112,11 +127,19 @@ def test_search_runs_every_phase_with_the_real_engine(tmp_path, capsys) -> None:
         f"image = np.asarray(Image.open({str(image)!r}).convert('RGB'))[:, :, ::-1]\n"
         "print(len(DefaultPredictor(cfg)(image)['instances']))\n"
     )
-    run = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
+    assert _run_python(script) > 0
+    # The torchvision file predicts in a fresh process without detectron2.
+    script = (
+        "import sys; sys.modules['detectron2'] = None  # importing it would fail\n"
+        "from PIL import Image\n"
+        "from torchvision.transforms.functional import to_tensor\n"
+        "from spnas.export import load_torchvision_detector\n"
+        f"model = load_torchvision_detector({str(out / 'model_torchvision.pth')!r})\n"
+        "model.roi_heads.score_thresh = 0.0\n"
+        f"image = to_tensor(Image.open({str(image)!r}).convert('RGB'))\n"
+        "print(len(model([image])[0]['boxes']))\n"
     )
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert int(run.stdout.strip().splitlines()[-1]) > 0
+    assert _run_python(script) > 0
 
     # The exported SPNet backbone rebuilds from spnet.json alone.
     from spnas.modeling import SPNet
@@ -134,3 +157,36 @@ def test_search_runs_every_phase_with_the_real_engine(tmp_path, capsys) -> None:
     assert main(["train", config, "--iters", "2", "--out", str(tmp_path / "full"), "--json"]) == 0
     trained = json.loads(capsys.readouterr().out)
     assert "AP" in trained["metrics"] and Path(trained["weights"]).is_file()
+
+
+@pytest.mark.slow
+def test_torchvision_engine_search_exports_a_torchvision_detector(tmp_path, capsys) -> None:
+    study = dict(TINY_STUDY)
+    study["study"] = {"name": "tiny-tv", "workdir": str(tmp_path / "run")}
+    study["engine"] = {"name": "torchvision", "show_progress": False}
+    study["data"] = {**TINY_STUDY["data"], "dir": str(tmp_path / "data")}
+    study["serial"] = {**TINY_STUDY["serial"], "n_rounds": 0}
+    study["parallel"] = {**TINY_STUDY["parallel"], "max_trials": 0}
+    path = tmp_path / "tiny-tv.yaml"
+    path.write_text(yaml.safe_dump(study))
+    assert main(["search", str(path), "--workers", "1", "--threads", "1"]) == 0
+    storage = f"sqlite:///{tmp_path / 'run' / 'spnas.db'}"
+
+    out = tmp_path / "export"
+    capsys.readouterr()
+    assert main(["export", "--study", "tiny-tv", "--storage", storage, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "not written: config.yaml" in printed
+    assert not (out / "config.yaml").exists()
+
+    from spnas.export import load_torchvision_detector
+
+    model = load_torchvision_detector(out / "model_torchvision.pth")
+    model.roi_heads.score_thresh = 0.0
+    image = next((tmp_path / "data" / "images" / "val").iterdir())
+    from PIL import Image
+    from torchvision.transforms.functional import to_tensor
+
+    with torch.no_grad():
+        boxes = model([to_tensor(Image.open(image).convert("RGB"))])[0]["boxes"]
+    assert len(boxes) > 0

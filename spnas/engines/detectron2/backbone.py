@@ -59,11 +59,17 @@ def build_spnet_backbone(cfg, input_shape: ShapeSpec) -> SPNetBackbone:
 def build_spnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     """SPNet + FPN over ``cfg.MODEL.FPN.IN_FEATURES`` with a max-pooled extra level."""
     bottom_up = build_spnet_backbone(cfg, input_shape)
+    in_features = cfg.MODEL.FPN.IN_FEATURES
+    top_block = LastLevelMaxPool()
+    # detectron2's LastLevelMaxPool pools "p5"; with 5–7 stages the coarsest level is deeper,
+    # and pooling p5 would give the extra level p5's grid under a 2x coarser stride.
+    stride = bottom_up.output_shape()[in_features[-1]].stride
+    top_block.in_feature = f"p{stride.bit_length() - 1}"
     return FPN(
         bottom_up=bottom_up,
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        in_features=in_features,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
         norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelMaxPool(),
+        top_block=top_block,
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
