@@ -5,7 +5,9 @@ Storage URLs:
 - ``sqlite:///path/study.db`` — one machine (the embedded default); several worker processes
   share it through SQLite's file locking.
 - ``postgresql+psycopg2://user:password@host:5432/db`` — workers on many nodes. Connections are
-  checked before use (``pool_pre_ping``), so a restarted server is reconnected to.
+  checked before use (``pool_pre_ping``), and while the server is down a new connection is
+  retried for up to ``reconnect_timeout`` seconds (120) before an error is raised, so workers
+  wait through a database restart or fail-over instead of failing.
 - ``journal:///path/study.log`` (or any path ending in ``.log``) — Optuna's journal file, for
   file systems where SQLite's locks are unreliable (some NFS mounts).
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,7 @@ _logger = logging.getLogger(__name__)
 HEARTBEAT_INTERVAL_S = 60
 GRACE_PERIOD_S = 600
 MAX_RETRY = 2
+RECONNECT_TIMEOUT_S = 120.0
 
 _PASSWORD = re.compile(
     r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@]+:)(?P<password>[^@]*)(?P<tail>@)"
@@ -70,8 +74,11 @@ def make_storage(
     heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
     grace_period: int = GRACE_PERIOD_S,
     max_retry: int = MAX_RETRY,
+    reconnect_timeout: float = RECONNECT_TIMEOUT_S,
 ) -> optuna.storages.BaseStorage:
     """An Optuna storage for ``url`` (see the module docstring).
+
+    The first connection is not retried: a wrong URL or an unreachable server fails at once.
 
     Raises:
         StorageError: when the database cannot be reached or the URL is not understood; the
@@ -104,7 +111,7 @@ def make_storage(
         with warnings.catch_warnings():
             # Heartbeats and retries are experimental in Optuna; we rely on them on purpose.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
+            storage = optuna.storages.RDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_interval,
@@ -118,6 +125,46 @@ def make_storage(
             f"cannot open storage {redact(url)!r}: {type(exc).__name__}: "
             f"{_redact_exception(exc, url)}"
         ) from None
+    if not url.startswith("sqlite:"):
+        _retry_connections(storage.engine, url, reconnect_timeout)
+    return storage
+
+
+def _retry_connections(engine: Any, url: str, timeout: float) -> None:
+    """Make ``engine`` retry a failed new connection for up to ``timeout`` seconds.
+
+    With ``pool_pre_ping``, a connection dropped by a restarting server is replaced by a new
+    one; while the server is down, that new connection is what fails. Retrying it here turns a
+    restart into a pause for every storage call (heartbeats included) instead of an error in
+    whichever call came first.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "do_connect")
+    def connect(dialect: Any, conn_rec: Any, cargs: Any, cparams: Any) -> Any:
+        deadline = time.monotonic() + timeout
+        delay, warned = 0.5, False
+        while True:
+            try:
+                connection = dialect.loaded_dbapi.connect(*cargs, **cparams)
+            except dialect.loaded_dbapi.OperationalError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                if not warned:
+                    first_line = _redact_exception(exc, url).strip().splitlines()[:1]
+                    _logger.warning(
+                        "database %s unreachable (%s); retrying for up to %.0f s",
+                        redact(url),
+                        first_line[0] if first_line else type(exc).__name__,
+                        timeout,
+                    )
+                    warned = True
+                time.sleep(delay)
+                delay = min(2 * delay, 5.0)
+                continue
+            if warned:
+                _logger.warning("database %s reachable again", redact(url))
+            return connection
 
 
 def make_artifact_store(location: str | Path) -> optuna.artifacts.FileSystemArtifactStore | Any:

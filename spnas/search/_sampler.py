@@ -133,14 +133,21 @@ class SPNASSampler(BaseSampler):
         self._fallback.before_trial(study, trial)
         if Decision.of(trial) is not None:
             return
-        decision = self.decide(study, trial)
-        # One write per attribute, each its own transaction: ``spnas:kind`` goes last, so
-        # other workers see no decision (and wait) until the whole decision is there. A
-        # half-written one (kind without round) let a second worker decide the same barrier.
-        attrs = decision.to_attrs()
-        kind = attrs.pop(f"{ATTR_PREFIX}kind")
-        for key, value in [*attrs.items(), (f"{ATTR_PREFIX}kind", kind)]:
-            study._storage.set_trial_system_attr(trial._trial_id, key, value)
+        try:
+            decision = self.decide(study, trial)
+            # One write per attribute, each its own transaction: ``spnas:kind`` goes last, so
+            # other workers see no decision (and wait) until the whole decision is there. A
+            # half-written one (kind without round) let a second worker decide the same
+            # barrier.
+            attrs = decision.to_attrs()
+            kind = attrs.pop(f"{ATTR_PREFIX}kind")
+            for key, value in [*attrs.items(), (f"{ATTR_PREFIX}kind", kind)]:
+                study._storage.set_trial_system_attr(trial._trial_id, key, value)
+        except BaseException:
+            # Trials decide in number order: an undecided trial left RUNNING (a storage
+            # error, Ctrl-C while waiting) would hold every later decision until it went stale.
+            self._abandon(study, trial)
+            raise
         _logger.info(
             "trial %d: %s%s%s%s",
             trial.number,
@@ -149,6 +156,18 @@ class SPNASSampler(BaseSampler):
             f" {decision.parallel}" if decision.parallel is not None else "",
             f" from trial {decision.parent} by {'; '.join(decision.ops)}" if decision.ops else "",
         )
+
+    @staticmethod
+    def _abandon(study: Study, trial: FrozenTrial) -> None:
+        """Fail ``trial``, undecided, so that later trials need not wait for it."""
+        try:
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except Exception as exc:  # the storage may be what failed; staleness covers it then
+            _logger.warning(
+                "trial %d: could not mark it failed (%s: %s)", trial.number, type(exc).__name__, exc
+            )
+        else:
+            _logger.warning("trial %d: failed before its decision was written", trial.number)
 
     def decide(self, study: Study, trial: FrozenTrial) -> Decision:
         """Wait until ``trial`` may decide, then decide (see the class docstring)."""

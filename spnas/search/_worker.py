@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 
 from spnas.exceptions import ConfigError
 from spnas.search._config import CONFIG_ATTR, SearchConfig
 from spnas.search._objective import Objective
 from spnas.search._sampler import SPNASSampler
 from spnas.search._state import SearchState
-from spnas.storage import make_storage, redact
+from spnas.storage import StorageError, make_storage, redact
 
 _logger = logging.getLogger(__name__)
 
@@ -124,6 +126,17 @@ class _DashboardFigures:
             _logger.warning("dashboard figures not updated (%s: %s)", type(exc).__name__, exc)
 
 
+#: Errors of a storage call that the next call may not meet (a restarting database server).
+_STORAGE_ERRORS: tuple[type[BaseException], ...] = (
+    optuna.exceptions.StorageInternalError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+)
+#: Storage errors in a row after which a worker stops, and the pause after each.
+MAX_STORAGE_OUTAGES = 10
+STORAGE_OUTAGE_WAIT_S = 2.0
+
+
 def run_worker(
     study_name: str,
     storage_url: str,
@@ -136,27 +149,49 @@ def run_worker(
 
     Any number of workers may run this at once, on any node that reaches the storage. A trial
     that raises is recorded as failed and the worker goes on; a failed barrier is retried
-    (``search.max_barrier_attempts`` times). ``storage_options`` go to
-    :func:`~spnas.storage.make_storage` (e.g. a shorter ``heartbeat_interval``).
+    (``search.max_barrier_attempts`` times). A storage error (a database restart) pauses the
+    worker instead of ending it, up to ``MAX_STORAGE_OUTAGES`` in a row. ``storage_options``
+    go to :func:`~spnas.storage.make_storage` (e.g. a shorter ``heartbeat_interval``).
 
     Returns:
         The search state when the worker stopped.
     """
     study, config = load_search_study(study_name, storage_url, storage_options=storage_options)
     objective = objective or Objective(config)
-    ran = 0
+    ran = outages = 0
     while True:
-        state = SearchState.from_trials(study.get_trials(deepcopy=False), config)
-        if state.done:
-            _logger.info("study %r is %s", study_name, state.phase)
-            return state
-        if max_trials is not None and ran >= max_trials:
-            return state
-        study.optimize(
-            objective,
-            n_trials=1,
-            catch=(Exception,),
-            gc_after_trial=True,
-            callbacks=[_DashboardFigures(config)],
-        )
+        try:
+            state = SearchState.from_trials(study.get_trials(deepcopy=False), config)
+            if state.done:
+                _logger.info("study %r is %s", study_name, state.phase)
+                return state
+            if max_trials is not None and ran >= max_trials:
+                return state
+            study.optimize(
+                objective,
+                n_trials=1,
+                catch=(Exception,),
+                gc_after_trial=True,
+                callbacks=[_DashboardFigures(config)],
+            )
+        except _STORAGE_ERRORS as exc:
+            # A query in flight when the database went away. New connections wait for it
+            # (make_storage); a trial whose result could not be written goes stale and is
+            # retried with its decision.
+            outages += 1
+            if outages > MAX_STORAGE_OUTAGES:
+                raise StorageError(
+                    f"storage {redact(storage_url)!r} failed {outages} times in a row; last: "
+                    f"{type(exc).__name__}: {redact(str(exc)).splitlines()[0]}"
+                ) from None
+            _logger.warning(
+                "storage error (%s), going on in %.0f s (%d/%d)",
+                type(exc).__name__,
+                STORAGE_OUTAGE_WAIT_S,
+                outages,
+                MAX_STORAGE_OUTAGES,
+            )
+            time.sleep(STORAGE_OUTAGE_WAIT_S)
+            continue
+        outages = 0
         ran += 1

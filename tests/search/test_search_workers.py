@@ -359,3 +359,98 @@ def test_killed_workers_trials_are_retried_postgres(
 ) -> None:
     url = postgresql_server.new_database("spnas_faults")
     run_fault_tolerance(tmp_path, search_assets, workers, url)
+
+
+# --------------------------------------------------------------------------- outages and restarts
+def _trials_now(name: str, url: str) -> list[FrozenTrial]:
+    """The study's trials, read with a connection that is closed again at once."""
+    storage = make_storage(url)
+    try:
+        return optuna.load_study(study_name=name, storage=storage).get_trials()
+    finally:
+        engine = getattr(storage, "engine", None)
+        if engine is not None:
+            engine.dispose()
+
+
+def _wait_for_trials(
+    workers: Workers, name: str, url: str, minimum: int, timeout: float
+) -> list[FrozenTrial]:
+    deadline = time.monotonic() + timeout
+    while True:
+        trials = _trials_now(name, url)
+        if sum(t.state == TrialState.COMPLETE for t in trials) >= minimum:
+            return trials
+        if time.monotonic() > deadline or not workers.alive():
+            pytest.fail(f"fewer than {minimum} trials completed\n{workers.log_tails()}")
+        time.sleep(0.3)
+
+
+@pytest.mark.postgres
+def test_workers_wait_through_a_postgres_restart(
+    tmp_path: Path, search_assets: Path, workers: Workers, postgresql_server: Any
+) -> None:
+    url = postgresql_server.new_database("spnas_restart")
+    config, url = new_study(tmp_path, search_assets, url, "restart")
+    # Heartbeats keep their 1 s interval; the grace outlasts the outage, so that no live
+    # trial is failed as stale because its heartbeat waited for the server.
+    storage_options = {"heartbeat_interval": 1, "grace_period": 20}
+    workers.start(N_WORKERS, config.study.name, url, tmp_path, {"sleep": 0.3}, storage_options)
+    before = _wait_for_trials(workers, config.study.name, url, 3, SEARCH_TIMEOUT_S)
+    assert SearchState.from_trials(before, config).phase != "done"
+
+    postgresql_server.restart(down_seconds=3.0)  # "fast" stop: every connection is dropped
+
+    wait_for_workers(workers, config.study.name, url, SEARCH_TIMEOUT_S)
+    assert [p.exitcode for p in workers.procs] == [0] * N_WORKERS, workers.log_tails()
+    study, _ = load_search_study(config.study.name, url)
+    trials = study.get_trials()
+    check_search(trials, config, Path(config.study.artifacts))
+    # Every trial completed before the restart is unchanged after it.
+    for old in before:
+        if old.state == TrialState.COMPLETE:
+            assert trials[old.number].value == old.value
+    assert len(trials) > len(before)
+    logs = "".join(log.read_text(errors="replace") for log in workers.logs)
+    assert "unreachable" in logs or "storage error" in logs, "no worker saw the outage"
+
+
+def test_stopping_every_worker_and_starting_again_resumes(
+    tmp_path: Path, search_assets: Path, workers: Workers
+) -> None:
+    config, url = new_study(tmp_path, search_assets, None, "resume")
+    hang_dir = tmp_path / "hang"
+    hang_dir.mkdir()
+    (hang_dir / "reignite").touch()  # the reignition barrier hangs until every worker is killed
+    engine = {"sleep": 0.3, "hang_dir": str(hang_dir), "hang_seconds": 600.0}
+    workers.start(N_WORKERS, config.study.name, url, tmp_path, engine, FAST_HEARTBEAT)
+    pid_file = hang_dir / "reignite.pid"
+    deadline = time.monotonic() + SEARCH_TIMEOUT_S
+    while not pid_file.exists():
+        if time.monotonic() > deadline or not workers.alive():
+            pytest.fail(f"no worker reached the reignition\n{workers.log_tails()}")
+        time.sleep(0.1)
+    workers.kill_all()  # SIGKILL, mid-barrier: nothing is written on the way out
+    before = _trials_now(config.study.name, url)
+    hung = int(Path(pid_file.read_text().split(maxsplit=1)[1]).name)
+    assert before[hung].state == TrialState.RUNNING
+
+    workers.start(N_WORKERS, config.study.name, url, tmp_path, {"sleep": 0.3}, FAST_HEARTBEAT)
+    wait_for_workers(workers, config.study.name, url, SEARCH_TIMEOUT_S)
+    restarted = workers.procs[N_WORKERS:]
+    assert [p.exitcode for p in restarted] == [0] * N_WORKERS, workers.log_tails()
+
+    study, _ = load_search_study(config.study.name, url)
+    trials = study.get_trials()
+    text = describe(trials)
+    # Resumed where it was: what had finished stays as it was, and is not run again...
+    for old in before:
+        if old.state.is_finished():
+            assert trials[old.number].state == old.state, text
+            assert trials[old.number].value == old.value, text
+    # ...the interrupted reignition is retried once, with its decision, and completes...
+    retries = [t for t in trials if hung in t.system_attrs.get("retry_history", [])]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE, text
+    assert Decision.of(retries[0]) == Decision.of(before[hung]), text
+    # ...and every barrier ran once (check_search counts a failed-and-retried trial once).
+    check_search(trials, config, Path(config.study.artifacts))
