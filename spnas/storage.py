@@ -196,6 +196,30 @@ def make_artifact_store(location: str | Path) -> optuna.artifacts.FileSystemArti
     return optuna.artifacts.FileSystemArtifactStore(str(path))
 
 
+def check_artifact_store(location: str | Path) -> None:
+    """Write, read back and remove a probe artifact at ``location``.
+
+    Raises:
+        StorageError: naming the location when any of the three fails (a read-only or full
+            file system, a bucket that does not exist or denies access, no network).
+    """
+    import io
+    import uuid
+
+    store = make_artifact_store(location)
+    probe = f"spnas-probe-{uuid.uuid4().hex}"
+    try:
+        store.write(probe, io.BytesIO(b"spnas"))
+        with store.open_reader(probe) as reader:
+            if reader.read() != b"spnas":
+                raise OSError("the probe artifact read back differently")
+        store.remove(probe)
+    except Exception as exc:  # stores raise OSError, botocore errors, …
+        raise StorageError(
+            f"artifact store {redact(str(location))!r} is not usable: {type(exc).__name__}: {exc}"
+        ) from None
+
+
 class _PrefixedStore:
     """Keeps every artifact of a study under a key prefix of a shared bucket."""
 

@@ -362,15 +362,10 @@ def load_detector(path: str | Path, map_location: str | torch.device = "cpu") ->
     Raises:
         WeightsError: naming the file when it is missing, truncated, or not such a detector.
     """
+    from spnas.modeling.torchvision_weights import load_tensor_file
+
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"detector file {str(path)!r} does not exist")
-    try:
-        saved = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt or foreign files
-        raise WeightsError(
-            f"detector file {str(path)!r} could not be read ({type(exc).__name__}: {exc})"
-        ) from exc
+    saved = load_tensor_file(path, "detector file", map_location)
     if not isinstance(saved, dict) or saved.get("format") != DETECTOR_FORMAT:
         found = saved.get("format") if isinstance(saved, dict) else type(saved).__name__
         raise WeightsError(

@@ -11,9 +11,11 @@ torchvision's ``resnet18/34/50/101`` and ``resnext50_32x4d`` map one to one onto
 
 from __future__ import annotations
 
+import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,6 +47,37 @@ def torchvision_key(key: str) -> str | None:
     raise WeightsError(f"unexpected key {key!r} in a torchvision ResNet state dict")
 
 
+def load_tensor_file(
+    path: Path, what: str = "weights file", map_location: str | torch.device = "cpu"
+) -> Any:
+    """``torch.load(path, weights_only=True)`` with errors that name the file and the cause.
+
+    Raises:
+        WeightsError: ``"<what> '<path>' …"`` when the file is missing, truncated, corrupt, or
+            holds pickled objects other than tensors and containers.
+    """
+    if not path.is_file():
+        raise WeightsError(f"{what} {str(path)!r} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = (
+            "it is not a tensors-only PyTorch file (truncated or corrupt, or it pickles "
+            f"objects torch.load(weights_only=True) refuses: {_first_line(exc, 'Unsupported')})"
+        )
+    except Exception as exc:  # torch raises many types for corrupt or foreign files
+        reason = f"{type(exc).__name__}: {_first_line(exc)}"
+    raise WeightsError(f"{what} {str(path)!r} could not be read: {reason}")
+
+
+def _first_line(exc: BaseException, prefer: str | None = None) -> str:
+    """The informative line of a (often many-line) torch error."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if prefer is not None:
+        lines = [line for line in lines if line.startswith(prefer)] or lines
+    return lines[0][:200] if lines else type(exc).__name__
+
+
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from ``path`` with ``torch.load(weights_only=True)``.
 
@@ -54,15 +87,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         WeightsError: naming the file when it is missing, truncated or not a state dict.
     """
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file {str(path)!r} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt or foreign files
-        raise WeightsError(
-            f"weights file {str(path)!r} could not be read as a PyTorch state dict "
-            f"({type(exc).__name__}: {exc})"
-        ) from exc
+    obj = load_tensor_file(path)
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -88,7 +113,13 @@ def load_torchvision_resnet(
             names the key.
     """
     if isinstance(state_dict, (str, Path)):
-        state_dict = read_weights(state_dict)
+        path = state_dict
+        try:
+            return load_torchvision_resnet(net, read_weights(path))
+        except WeightsError as exc:
+            if str(path) in str(exc):
+                raise
+            raise WeightsError(f"weights file {str(path)!r}: {exc}") from None
     target = net.state_dict()
     converted: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():

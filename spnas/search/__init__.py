@@ -24,6 +24,7 @@ from spnas.search._proposals import (
 from spnas.search._sampler import SPNASSampler, get_decision
 from spnas.search._state import BARRIER_KINDS, KINDS, Best, Decision, Record, SearchState
 from spnas.search._worker import (
+    check_inputs,
     create_search_study,
     load_search_study,
     prepare_data,
@@ -44,6 +45,7 @@ __all__ = [
     "SearchConfig",
     "SearchExhausted",
     "SearchState",
+    "check_inputs",
     "create_search_study",
     "get_decision",
     "load_search_study",

@@ -98,7 +98,12 @@ def _from_mapping(cls: type, values: Any, where: str) -> Any:
     try:
         return cls(**kwargs)
     except (ConfigError, ArchError) as exc:
-        raise ConfigError(f"'{where}': {exc}") from exc
+        text = str(exc)
+        # A section's own check names its key first ("seed_arch: …"): make it a full path.
+        field = text.split(":", 1)[0]
+        if field in fields:
+            raise ConfigError(f"'{where}.{field}':{text.split(':', 1)[1]}") from exc
+        raise ConfigError(f"'{where}': {text}") from exc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +168,10 @@ class ModelSection:
     pretrained: str | None = None
 
     def __post_init__(self) -> None:
-        SerialCode.parse(self.seed_arch)
+        try:
+            SerialCode.parse(self.seed_arch)
+        except ArchError as exc:
+            raise ConfigError(f"seed_arch: {exc}") from None
 
 
 @dataclasses.dataclass(frozen=True)

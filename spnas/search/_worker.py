@@ -16,7 +16,7 @@ from spnas.search._config import CONFIG_ATTR, SearchConfig
 from spnas.search._objective import Objective
 from spnas.search._sampler import SPNASSampler
 from spnas.search._state import SearchState
-from spnas.storage import StorageError, make_storage, redact
+from spnas.storage import StorageError, check_artifact_store, make_storage, redact
 
 _logger = logging.getLogger(__name__)
 
@@ -51,17 +51,48 @@ def prepare_data(config: SearchConfig) -> None:
     )
 
 
+def check_inputs(config: SearchConfig) -> None:
+    """Check what a search reads before any trial runs, so that bad input fails at once with
+    its name instead of failing every trial of the seed barrier.
+
+    Raises:
+        DataError: the data set directory, or its ``train.json`` / ``val.json``, is missing.
+        WeightsError: ``model.pretrained`` is missing, truncated, not a state dict, or does
+            not fit the seed network (the message names the file and the key).
+        StorageError: the artifact store cannot be created or written.
+    """
+    from spnas.data.coco import DatasetSplits
+
+    DatasetSplits.from_dir(config.data.dir)
+    if config.model.pretrained:
+        from spnas.modeling import SerialNet, load_torchvision_resnet
+
+        net = SerialNet(
+            config.seed_arch,
+            base_width=config.model.width,
+            stem=config.model.stem,
+            norm=config.model.norm,
+            xb_groups=config.model.xb_groups,
+        )
+        load_torchvision_resnet(net, config.model.pretrained)
+    if config.study.artifacts:
+        check_artifact_store(config.study.artifacts)
+
+
 def create_search_study(config: SearchConfig, storage_url: str | None = None) -> optuna.Study:
     """Create the study (or open it, when it exists with the same configuration).
 
     The configuration is stored in the study's user attribute ``spnas:config``, so workers
-    need only the study name and the storage URL.
+    need only the study name and the storage URL. The inputs are checked first
+    (:func:`check_inputs`).
 
     Raises:
         ConfigError: when a study of that name exists with another configuration.
+        DataError, WeightsError, StorageError: see :func:`check_inputs`.
     """
     url = storage_url or config.study.storage
     assert url is not None
+    check_inputs(config)
     study = optuna.create_study(
         study_name=config.study.name,
         storage=make_storage(url),

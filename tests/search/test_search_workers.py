@@ -227,6 +227,11 @@ def check_search(
         assert state.best_parallel is not None
         artifact = trials[state.best_parallel.number].user_attrs[WEIGHTS_ATTR]
         assert (artifacts / artifact).is_file(), "the best SPNet's weights were deleted"
+        # No orphans: every stored file is the weights of some trial (a killed trial uploads
+        # nothing; pruned weights are gone from the store).
+        referenced = {t.user_attrs.get(WEIGHTS_ATTR) for t in trials} - {None}
+        orphans = {p.name for p in artifacts.iterdir()} - referenced
+        assert not orphans, f"artifacts no trial refers to: {sorted(orphans)}\n{text}"
     return state
 
 
