@@ -37,5 +37,17 @@ demo: setup
 	@echo "Dashboard (figures and trial notes): $(VENV)/bin/spnas dashboard --storage sqlite:///runs/demo/spnas.db"
 	@echo "Best network: $(VENV)/bin/spnas export --study demo --storage sqlite:///runs/demo/spnas.db --out runs/demo/export"
 
+# Benchmarks (benchmarks/README in README.md's Performance section): each writes
+# benchmarks/results/<name>.json. About 30 minutes on a 2-core CPU; run nothing else meanwhile.
+# overhead --storage postgresql and scaling start a PostgreSQL server (the binaries of the
+# `postgresql` Debian package, as .ci/run installs them).
+bench: setup
+	OMP_WAIT_POLICY=PASSIVE $(PY) benchmarks/morphism.py
+	OMP_WAIT_POLICY=PASSIVE $(PY) benchmarks/overhead.py --storage sqlite
+	OMP_WAIT_POLICY=PASSIVE $(PY) benchmarks/overhead.py --storage postgresql
+	OMP_WAIT_POLICY=PASSIVE $(PY) benchmarks/scaling.py
+	OMP_WAIT_POLICY=PASSIVE $(PY) benchmarks/parity.py
+	OMP_WAIT_POLICY=PASSIVE $(PY) benchmarks/search_vs_random.py
+
 clean:
 	rm -rf runs .pytest_cache .ruff_cache *.egg-info

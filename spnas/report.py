@@ -12,14 +12,18 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from spnas.search._config import SearchConfig
 from spnas.search._state import Decision, SearchState
+
+if TYPE_CHECKING:
+    from spnas.modeling.flops import CostReport
 
 #: Colours of the trial kinds, shared by every figure.
 KIND_COLOURS: dict[str, str] = {
@@ -100,13 +104,15 @@ def stage_flops_figure(trials: Sequence[FrozenTrial], config: SearchConfig) -> A
     """Per-stage GMACs of the seed, the best SerialNet and the best SPNet (paper Fig. 4b)."""
     import plotly.graph_objects as go
 
-    from spnas.modeling.flops import cost
-
     size = (config.schedule.min_size, config.schedule.min_size)
     figure = go.Figure()
     for label, (arch, parallel) in _best_networks(trials, config):
-        report = cost(
-            arch, parallel, base_width=config.model.width, stem=config.model.stem, input_size=size
+        report = _cost(
+            str(arch),
+            None if parallel is None else str(parallel),
+            config.model.width,
+            config.model.stem,
+            size[0],
         )
         names = ["stem", *(s.name for s in report.stages)]
         values = [report.stem_gmacs, *(s.gmacs for s in report.stages)]
@@ -118,6 +124,15 @@ def stage_flops_figure(trials: Sequence[FrozenTrial], config: SearchConfig) -> A
         yaxis_title="GMACs",
     )
     return figure
+
+
+# Counting a network's FLOPs builds and traces it (about half a second each); workers redraw
+# the figures again and again while the best networks rarely change.
+@functools.lru_cache(maxsize=256)
+def _cost(arch: str, parallel: str | None, width: int, stem: str, size: int) -> CostReport:
+    from spnas.modeling.flops import cost
+
+    return cost(arch, parallel, base_width=width, stem=stem, input_size=(size, size))
 
 
 def ap_vs_gmacs_figure(trials: Sequence[FrozenTrial], config: SearchConfig) -> Any:

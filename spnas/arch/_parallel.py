@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from spnas.arch._scanner import Scanner
 from spnas.exceptions import ArchError
@@ -40,7 +41,7 @@ class ParallelCode:
             return text
         if not isinstance(text, str):
             raise ArchError(f"parallel code must be a string, got {type(text).__name__}")
-        return cls(tuple(_Parser(text).parse()))
+        return _parse_cached(text)
 
     @classmethod
     def zeros(cls, num_stages: int) -> ParallelCode:
@@ -114,3 +115,9 @@ class _Parser(Scanner):
         elif self.peek():
             raise self.unexpected("',' or end of code")
         return subnets
+
+
+# Immutable, and parsed again at every decision of a search (see _serial._parse_cached).
+@functools.lru_cache(maxsize=65536)
+def _parse_cached(text: str) -> ParallelCode:
+    return ParallelCode(tuple(_Parser(text).parse()))

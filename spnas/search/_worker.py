@@ -141,20 +141,37 @@ def load_search_study(
 
 
 class _DashboardFigures:
-    """After each completed trial, refresh the study's figures in optuna-dashboard."""
+    """Refresh the study's figures in optuna-dashboard after a completed trial, at most once
+    per ``FIGURE_REFRESH_S`` in each worker (the first time that long after it started), and
+    once more when the search is done.
+
+    Building the figures takes a second or more of CPU (the FLOPs of the best networks); with
+    many workers on few cores, refreshing after every trial slowed the search itself.
+    """
 
     def __init__(self, config: SearchConfig) -> None:
         self.config = config
+        self._last = time.monotonic()
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state != optuna.trial.TrialState.COMPLETE:
             return
+        if time.monotonic() - self._last < FIGURE_REFRESH_S:
+            return
+        self.publish(study)
+
+    def publish(self, study: optuna.Study) -> None:
+        self._last = time.monotonic()
         try:
             from spnas.report import publish_to_dashboard
 
             publish_to_dashboard(study, self.config)
         except Exception as exc:  # figures are a convenience; the search goes on without
             _logger.warning("dashboard figures not updated (%s: %s)", type(exc).__name__, exc)
+
+
+#: Seconds between two refreshes of the dashboard figures by one worker.
+FIGURE_REFRESH_S = 60.0
 
 
 #: Errors of a storage call that the next call may not meet (a restarting database server).
@@ -189,12 +206,15 @@ def run_worker(
     """
     study, config = load_search_study(study_name, storage_url, storage_options=storage_options)
     objective = objective or Objective(config)
+    figures = _DashboardFigures(config)
     ran = outages = 0
     while True:
         try:
             state = SearchState.from_trials(study.get_trials(deepcopy=False), config)
             if state.done:
                 _logger.info("study %r is %s", study_name, state.phase)
+                if ran:
+                    figures.publish(study)
                 return state
             if max_trials is not None and ran >= max_trials:
                 return state
@@ -203,7 +223,7 @@ def run_worker(
                 n_trials=1,
                 catch=(Exception,),
                 gc_after_trial=True,
-                callbacks=[_DashboardFigures(config)],
+                callbacks=[figures],
             )
         except _STORAGE_ERRORS as exc:
             # A query in flight when the database went away. New connections wait for it

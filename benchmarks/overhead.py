@@ -1,0 +1,287 @@
+"""Time the framework spends per trial outside training, against Optuna's RandomSampler.
+
+For each history size N (100, 1,000, 5,000 completed trials), two studies are filled with the
+same number of trials on the same storage:
+
+- an SP-NAS study: a serial round of N trials, each a 3-op mutation of the round's best so far
+  (as the search writes them: ``spnas:*`` decision attributes, a seed trial first, the best
+  improving now and then), with ``n_stuck`` too large for the round to end;
+- a plain study of N trials with one float parameter.
+
+Then ``--measure`` trials are run on each without training: ``ask`` (the SPNASSampler replays
+the history, waits for nothing, proposes a new mutation of the best and writes its decision;
+RandomSampler draws a number) and ``tell``. ``sampler_ms_per_trial`` and
+``random_sampler_ms_per_trial`` are the medians of ask + tell; ``decision_ms`` is the
+SPNASSampler's ``before_trial`` alone (target: ≤ 50 ms at 1,000 trials).
+
+Weights travel through the artifact store twice per trial (the parent's down, the child's up):
+``artifact`` times ``upload_artifact`` / ``download_artifact`` of a realistic state dict, a
+Faster R-CNN with a ResNet-50 SPNet backbone and FPN (about 165 MB), on a file-system store.
+
+Run: ``.venv/bin/python benchmarks/overhead.py [--trials 100 1000 5000]
+[--storage sqlite|postgresql] [--json]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import base_parser, report
+
+from spnas.search import Decision, SearchConfig, SPNASSampler, create_search_study
+from spnas.storage import make_storage
+
+NAME = "overhead"
+SEED_ARCH = "BB(11,d1,d1,d1)"
+TARGET_DECISION_MS = 50.0
+
+
+def study_config(root: Path, name: str, storage: str) -> SearchConfig:
+    """A search stuck in its first serial round for good: every ask is a serial proposal."""
+    from spnas.data.synthetic import make_synthetic_dataset
+
+    if not (root / "data" / "train.json").is_file():
+        make_synthetic_dataset(root / "data", train=2, val=2, size=32, show_progress=False)
+    return SearchConfig.from_dict(
+        {
+            "study": {
+                "name": name,
+                "storage": storage,
+                "artifacts": str(root / "artifacts"),
+                "workdir": str(root / "work"),
+            },
+            "data": {"dir": str(root / "data")},
+            "model": {"seed_arch": SEED_ARCH, "width": 16},
+            "space": {"min_blocks": 8, "max_blocks": 40, "max_stages": 7},
+            "serial": {"n_mutations": 3, "n_stuck": 10**9, "n_rounds": 1},
+            "search": {"wait_seconds": 0.01},
+        }
+    )
+
+
+def serial_history(config: SearchConfig, n: int, seed: int = 0) -> list[FrozenTrial]:
+    """A seed trial and ``n - 1`` serial trials as the search writes them."""
+    from spnas.morphism import format_ops, mutate
+
+    rng = random.Random(seed)
+    start = datetime.datetime(2026, 1, 1)
+    trials: list[FrozenTrial] = []
+    best_arch, best_number, best_value = config.seed_arch, 0, 20.0
+    taken = {str(best_arch)}
+
+    def add(decision: Decision, value: float) -> None:
+        number = len(trials)
+        trials.append(
+            FrozenTrial(
+                number=number,
+                state=TrialState.COMPLETE,
+                value=value,
+                datetime_start=start + datetime.timedelta(minutes=10 * number),
+                datetime_complete=start + datetime.timedelta(minutes=10 * number + 9),
+                params={},
+                distributions={},
+                user_attrs={"spnas:gmacs": 1.0 + rng.random()},
+                system_attrs=decision.to_attrs(),
+                intermediate_values={},
+                trial_id=number,
+            )
+        )
+
+    add(Decision(kind="seed", arch=best_arch), best_value)
+    for _ in range(n - 1):
+        child, ops = mutate(best_arch, config.space, rng, n_ops=3, avoid=taken)
+        taken.add(str(child))
+        ops_text = tuple(format_ops(ops).split("; "))
+        # Most children are a little worse than their parent, about one in eight better.
+        value = best_value + rng.uniform(-2.0, 0.3)
+        add(Decision("serial", child, parent=best_number, ops=ops_text, round=1), value)
+        if value > best_value:
+            best_arch, best_number, best_value = child, len(trials) - 1, value
+    return trials
+
+
+def plain_history(n: int, seed: int = 0) -> list[FrozenTrial]:
+    rng = random.Random(seed)
+    distribution = FloatDistribution(0.0, 1.0)
+    return [
+        optuna.trial.create_trial(
+            params={"x": (x := rng.random())}, distributions={"x": distribution}, value=x
+        )
+        for _ in range(n)
+    ]
+
+
+class _TimedSampler(SPNASSampler):
+    """The SPNASSampler, timing its ``before_trial`` (where the decision is made)."""
+
+    decision_seconds: list[float]
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        started = time.perf_counter()
+        super().before_trial(study, trial)
+        self.decision_seconds.append(time.perf_counter() - started)
+
+
+def _median_ms(values: list[float]) -> float:
+    return 1000.0 * statistics.median(values)
+
+
+def measure_spnas(config: SearchConfig, url: str, n: int, measure: int) -> dict[str, float]:
+    study = create_search_study(config, url)
+    study.add_trials(serial_history(config, n))
+    sampler = _TimedSampler(config)
+    sampler.decision_seconds = []
+    study = optuna.load_study(
+        study_name=config.study.name, storage=make_storage(url), sampler=sampler
+    )
+    totals = []
+    for _ in range(measure):
+        started = time.perf_counter()
+        trial = study.ask()
+        decision = Decision.of(study._storage.get_trial(trial._trial_id))
+        assert decision is not None and decision.kind == "serial", decision
+        study.tell(trial, 10.0)  # worse than the best: the round goes on
+        totals.append(time.perf_counter() - started)
+    return {
+        "sampler_ms_per_trial": _median_ms(totals),
+        "decision_ms": _median_ms(sampler.decision_seconds),
+        "decision_ms_max": 1000.0 * max(sampler.decision_seconds),
+    }
+
+
+def measure_random(url: str, name: str, n: int, measure: int) -> float:
+    study = optuna.create_study(
+        study_name=name, storage=make_storage(url), sampler=optuna.samplers.RandomSampler(seed=0)
+    )
+    study.add_trials(plain_history(n))
+    totals = []
+    for _ in range(measure):
+        started = time.perf_counter()
+        trial = study.ask()
+        trial.suggest_float("x", 0.0, 1.0)
+        study.tell(trial, 0.5)
+        totals.append(time.perf_counter() - started)
+    return _median_ms(totals)
+
+
+def measure_artifacts(root: Path, repeats: int = 3) -> dict[str, float]:
+    """Upload and download of a ResNet-50 SPNet Faster R-CNN state dict (file-system store)."""
+    import torch
+    from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
+
+    from spnas.arch import RESNET50
+    from spnas.engines.base import ModelSpec
+    from spnas.engines.torchvision_engine import TorchvisionEngine
+
+    model = TorchvisionEngine().build_model(ModelSpec(RESNET50, num_classes=80))
+    weights = root / "model_final.pth"
+    torch.save(model.state_dict(), weights)
+    del model
+    store = FileSystemArtifactStore(str(root / "store"))
+    (root / "store").mkdir(exist_ok=True)
+    study = optuna.create_study(storage=make_storage(f"sqlite:///{root / 'artifacts.db'}"))
+    trial = study.ask()
+    up, down = [], []
+    for index in range(repeats):
+        started = time.perf_counter()
+        artifact_id = upload_artifact(
+            artifact_store=store, file_path=str(weights), study_or_trial=trial
+        )
+        up.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        download_artifact(
+            artifact_store=store, artifact_id=artifact_id, file_path=str(root / f"down{index}.pth")
+        )
+        down.append(time.perf_counter() - started)
+        (root / f"down{index}.pth").unlink()
+    return {
+        "state_dict_mb": weights.stat().st_size / 2**20,
+        "upload_ms": _median_ms(up),
+        "download_ms": _median_ms(down),
+    }
+
+
+@contextlib.contextmanager
+def storage_urls(kind: str, root: Path) -> Iterator[Any]:
+    """A function ``name → URL`` of a fresh database of ``kind``."""
+    if kind == "sqlite":
+        yield lambda name: f"sqlite:///{root / f'{name}.db'}"
+        return
+    from spnas.testing import LocalPostgres
+
+    with LocalPostgres() as server:
+        yield server.new_database
+
+
+def main() -> None:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, nargs="+", default=[100, 1000, 5000])
+    parser.add_argument("--storage", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--measure", type=int, default=20, help="trials timed per study")
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("spnas").setLevel(logging.WARNING)
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="spnas-overhead-") as tmp:
+        root = Path(tmp)
+        with storage_urls(args.storage, root) as url_of:
+            for n in args.trials:
+                url = url_of(f"spnas_{n}")
+                config = study_config(root, f"spnas-{n}", url)
+                spnas = measure_spnas(config, url, n, args.measure)
+                random_ms = measure_random(url_of(f"random_{n}"), f"random-{n}", n, args.measure)
+                row = {
+                    "trials_in_history": n,
+                    **spnas,
+                    "random_sampler_ms_per_trial": random_ms,
+                    "ratio": spnas["sampler_ms_per_trial"] / random_ms,
+                }
+                rows.append(row)
+                print(
+                    f"N={n}: SPNASSampler {row['sampler_ms_per_trial']:.1f} ms/trial "
+                    f"(decision {row['decision_ms']:.1f} ms), RandomSampler "
+                    f"{random_ms:.1f} ms/trial, ratio {row['ratio']:.1f}",
+                    flush=True,
+                )
+        artifacts = measure_artifacts(root)
+    at_1000 = next((r for r in rows if r["trials_in_history"] == 1000), None)
+    result = {
+        "storage": args.storage,
+        "measured_trials_per_study": args.measure,
+        "rows": rows,
+        "artifact": artifacts,
+        "target_decision_ms_at_1000": TARGET_DECISION_MS,
+        "meets_target": None if at_1000 is None else at_1000["decision_ms"] <= TARGET_DECISION_MS,
+        # The headline figures, at 1,000 trials in history.
+        **(
+            {}
+            if at_1000 is None
+            else {
+                "sampler_ms_per_trial": at_1000["sampler_ms_per_trial"],
+                "random_sampler_ms_per_trial": at_1000["random_sampler_ms_per_trial"],
+                "ratio": at_1000["ratio"],
+            }
+        ),
+    }
+    report(f"{NAME}_{args.storage}", result, args)
+
+
+if __name__ == "__main__":
+    main()
