@@ -6,7 +6,7 @@ import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import torch
@@ -21,6 +21,9 @@ from spnas.search._config import SearchConfig
 from spnas.search._sampler import get_decision
 from spnas.search._state import Decision, SearchState
 from spnas.storage import make_artifact_store
+
+if TYPE_CHECKING:
+    from spnas.modeling import SerialNet
 
 _logger = logging.getLogger(__name__)
 
@@ -82,6 +85,24 @@ def fetch_weights(study: optuna.Study, number: int, artifact_store: Any, path: P
             f"weights of trial {number} (artifact {artifact_id}) are gone from the store"
         ) from exc
     return path
+
+
+def load_pretrained_seed(config: SearchConfig) -> SerialNet:
+    """The seed network with the torchvision weights of ``model.pretrained``.
+
+    Raises:
+        WeightsError: naming the file when it is missing, unreadable or does not fit.
+    """
+    from spnas.modeling import SerialNet, load_torchvision_resnet
+
+    net = SerialNet(
+        config.seed_arch,
+        base_width=config.model.width,
+        stem=config.model.stem,
+        norm=config.model.norm,
+        xb_groups=config.model.xb_groups,
+    )
+    return load_torchvision_resnet(net, config.model.pretrained)
 
 
 class Objective:
@@ -199,21 +220,12 @@ class Objective:
 
     def seed_backbone(self) -> Path:
         """θ0: the seed network's pretrained backbone (torchvision file or crop pretraining)."""
-        from spnas.modeling import SerialNet, load_torchvision_resnet
-
         config = self.config
         path = self.workdir / "seed_backbone.pth"
         if path.is_file():
             return path
         if config.model.pretrained:
-            net = SerialNet(
-                config.seed_arch,
-                base_width=config.model.width,
-                stem=config.model.stem,
-                norm=config.model.norm,
-                xb_groups=config.model.xb_groups,
-            )
-            load_torchvision_resnet(net, config.model.pretrained)
+            net = load_pretrained_seed(config)
             tmp = path.with_name(path.name + ".tmp")
             torch.save(net.state_dict(), tmp)
             tmp.replace(path)

@@ -13,7 +13,7 @@ import sqlalchemy.exc
 
 from spnas.exceptions import ConfigError
 from spnas.search._config import CONFIG_ATTR, SearchConfig
-from spnas.search._objective import Objective
+from spnas.search._objective import Objective, load_pretrained_seed
 from spnas.search._sampler import SPNASSampler
 from spnas.search._state import SearchState
 from spnas.storage import StorageError, check_artifact_store, make_storage, redact
@@ -65,16 +65,7 @@ def check_inputs(config: SearchConfig) -> None:
 
     DatasetSplits.from_dir(config.data.dir)
     if config.model.pretrained:
-        from spnas.modeling import SerialNet, load_torchvision_resnet
-
-        net = SerialNet(
-            config.seed_arch,
-            base_width=config.model.width,
-            stem=config.model.stem,
-            norm=config.model.norm,
-            xb_groups=config.model.xb_groups,
-        )
-        load_torchvision_resnet(net, config.model.pretrained)
+        load_pretrained_seed(config)
     if config.study.artifacts:
         check_artifact_store(config.study.artifacts)
 
