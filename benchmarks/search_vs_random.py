@@ -144,11 +144,15 @@ def main() -> None:
             spnas = run_study(root, values, args.trials + 1)
             seed_ap = next(ap for kind, ap in spnas if kind == "seed")
             rng = random.Random(seed)
-            randoms = []
+            randoms, diverged = [], 0
             for index in range(args.trials + 1):
                 code = str(random_code(space, doublings, rng))
                 values = study_values(root, f"random-{seed}-{index}", code, seed, args.trials)
-                randoms.append((code, run_study(root, values, 1)[0][1]))
+                done = run_study(root, values, 1)
+                # A candidate whose training diverged is a failed trial of the random search:
+                # it found nothing (AP 0), as a search budget spent on it would.
+                randoms.append((code, done[0][1] if done else 0.0))
+                diverged += not done
             row = {
                 "seed": seed,
                 "seed_baseline_ap": seed_ap,
@@ -159,6 +163,7 @@ def main() -> None:
                 "random_mean_ap": statistics.fmean(ap for _, ap in randoms),
                 "random_trained": len(randoms),
                 "random_codes": randoms,
+                "random_diverged": diverged,
             }
             per_seed.append(row)
             print(
@@ -166,7 +171,17 @@ def main() -> None:
                 f"random best {row['random_best_ap']:.2f}",
                 flush=True,
             )
-    result = {
+            report(NAME, summarize(per_seed, args, started, complete=False), args)
+    report(NAME, summarize(per_seed, args, started, complete=True), args)
+
+
+def summarize(
+    per_seed: list[dict[str, Any]], args: Any, started: float, complete: bool
+) -> dict[str, Any]:
+    """The result over the seeds done so far (written after each seed)."""
+    return {
+        "complete": complete,
+        "seeds_done": len(per_seed),
         "trials_per_method": args.trials + 1,
         "per_seed": per_seed,
         "seed_baseline_ap": spread([r["seed_baseline_ap"] for r in per_seed]),
@@ -174,9 +189,9 @@ def main() -> None:
         "random_best_ap": spread([r["random_best_ap"] for r in per_seed]),
         "spnas_mean_ap": spread([r["spnas_mean_ap"] for r in per_seed]),
         "random_mean_ap": spread([r["random_mean_ap"] for r in per_seed]),
+        "diverged_random_candidates": sum(row["random_diverged"] for row in per_seed),
         "wall_s": time.monotonic() - started,
     }
-    report(NAME, result, args)
 
 
 if __name__ == "__main__":
