@@ -167,12 +167,16 @@ def _retry_connections(engine: Any, url: str, timeout: float) -> None:
             return connection
 
 
-def make_artifact_store(location: str | Path) -> optuna.artifacts.FileSystemArtifactStore | Any:
+def make_artifact_store(
+    location: str | Path | None,
+) -> optuna.artifacts.FileSystemArtifactStore | Any:
     """The artifact store for ``location``: a directory or ``s3://bucket[/prefix]``.
 
     Raises:
         StorageError: when the directory cannot be created, or ``boto3`` is missing for S3.
     """
+    if location is None or not str(location):
+        raise StorageError("no artifact store location: expected a directory or s3://bucket")
     location = str(location)
     if location.startswith("s3://"):
         try:

@@ -81,6 +81,9 @@ def create_search_study(config: SearchConfig, storage_url: str | None = None) ->
         ConfigError: when a study of that name exists with another configuration.
         DataError, WeightsError, StorageError: see :func:`check_inputs`.
     """
+    # Defaults (workdir, storage, artifacts) and relative paths, for configs built in Python
+    # (SearchConfig.from_dict); from_yaml already resolved them, and resolving is idempotent.
+    config = config.resolved(Path.cwd())
     url = storage_url or config.study.storage
     assert url is not None
     check_inputs(config)
