@@ -29,7 +29,6 @@ Run: ``.venv/bin/python benchmarks/morphism.py [--json] [--cases 5]``.
 from __future__ import annotations
 
 import copy
-import math
 import random
 import sys
 import time
@@ -55,6 +54,7 @@ from spnas.morphism import (
     trace,
     valid_ops,
 )
+from spnas.testing import randomize
 
 NAME = "morphism"
 #: Parent networks: ResNet-18- and ResNet-50-shaped codes, and a small ResNeXt.
@@ -80,29 +80,6 @@ def build(code: SerialCode, parallel: ParallelCode | None = None) -> SerialNet:
     if parallel is None:
         return SerialNet(code, base_width=BASE_WIDTH, xb_groups=XB_GROUPS)
     return SPNet(code, parallel, base_width=BASE_WIDTH, xb_groups=XB_GROUPS)
-
-
-@torch.no_grad()
-def randomize(model: nn.Module, seed: int) -> nn.Module:
-    """Random convs and norms (scale ±[0.4, 0.9], shift, running mean and variance).
-
-    Fusion norms, zero at construction, become non-zero too, so a parallel parent's fusions
-    matter to its function.
-    """
-    g = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            shape = module.weight.shape
-            sign = torch.randint(0, 2, shape, generator=g) * 2 - 1
-            module.weight.copy_(torch.empty(shape).uniform_(0.4, 0.9, generator=g) * sign)
-            module.bias.copy_(torch.randn(shape, generator=g) * 0.2)
-            module.running_mean.copy_(torch.randn(shape, generator=g) * 0.2)
-            module.running_var.copy_(torch.empty(shape).uniform_(1.0, 3.0, generator=g))
-        elif isinstance(module, nn.Conv2d):
-            fan_in = module.weight[0].numel()
-            std = math.sqrt(2.0 / fan_in)
-            module.weight.copy_(torch.randn(module.weight.shape, generator=g) * std)
-    return model
 
 
 @torch.no_grad()

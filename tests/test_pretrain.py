@@ -42,13 +42,7 @@ def config(epochs: int, seed: int = 0) -> PretrainConfig:
     )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two threads on a busy 2-core machine can be 10-50x slower than one (measured).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +60,7 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDataset:
 
 @pytest.fixture(scope="module")
 def trained(
-    shapes: SyntheticDataset, tmp_path_factory: pytest.TempPathFactory, _one_thread: None
+    shapes: SyntheticDataset, tmp_path_factory: pytest.TempPathFactory, one_torch_thread: None
 ) -> PretrainResult:
     out = tmp_path_factory.mktemp("pretrained") / "r18.pth"
     return pretrain(CODE, out, data=shapes.root, config=config(MAIN_EPOCHS), show_progress=False)
@@ -105,7 +99,9 @@ def test_sidecar_json_records_code_and_accuracy(trained: PretrainResult) -> None
 
 # ---------------------------------------------------------------------------- determinism, resume
 @pytest.fixture(scope="module")
-def two_epochs(shapes: SyntheticDataset, tmp_path_factory: pytest.TempPathFactory, _one_thread):
+def two_epochs(
+    shapes: SyntheticDataset, tmp_path_factory: pytest.TempPathFactory, one_torch_thread: None
+):
     """The reference run: 2 uninterrupted epochs, seed 0."""
     out = tmp_path_factory.mktemp("reference") / "r18.pth"
     return pretrain(CODE, out, data=shapes.root, config=config(2), show_progress=False)

@@ -8,5 +8,6 @@ search API, and free to change between releases.
 from __future__ import annotations
 
 from spnas.testing.postgres import LocalPostgres, PostgresUnavailable, find_pg_bin_dir
+from spnas.testing.weights import randomize
 
-__all__ = ["LocalPostgres", "PostgresUnavailable", "find_pg_bin_dir"]
+__all__ = ["LocalPostgres", "PostgresUnavailable", "find_pg_bin_dir", "randomize"]

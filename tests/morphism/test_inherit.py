@@ -33,13 +33,7 @@ R18 = SerialCode.parse("BB(11,d1,d1,d1)")
 LAST_NORM = {"BB": "norm2", "BNB": "norm3", "XB": "norm3"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two threads on a busy 2-core machine can be 10-50x slower than one for tiny networks.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def serialnet(code: SerialCode | str) -> SerialNet:

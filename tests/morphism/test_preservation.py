@@ -43,6 +43,7 @@ from spnas.morphism import (
     mutate,
     trace,
 )
+from spnas.testing import randomize
 
 BLOCKS = ("BB", "BNB", "XB")
 WIDTH = 16
@@ -55,14 +56,7 @@ SPACE = SearchSpace(min_blocks=4, max_blocks=16, min_stages=4, max_stages=6)
 MUTATION_SEEDS = range(8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny networks: one thread is as fast, and two threads on a busy 2-core machine can be
-    # 10-50x slower (measured), so the module stays well under its time budget.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def parent_code(block: str) -> SerialCode:
@@ -75,29 +69,6 @@ def build(code: SerialCode | str, parallel: ParallelCode | str | None = None) ->
     if parallel is None:
         return SerialNet(code, base_width=WIDTH, xb_groups=XB_GROUPS)
     return SPNet(code, parallel, base_width=WIDTH, xb_groups=XB_GROUPS)
-
-
-@torch.no_grad()
-def randomize(model: nn.Module, seed: int) -> nn.Module:
-    """Random convs and random norms: scale ±[0.4, 0.9], shift, running mean and variance.
-
-    Fusion norms (``res*_u*``), zero at construction, become non-zero too.
-    """
-    g = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            shape = module.weight.shape
-            sign = torch.randint(0, 2, shape, generator=g) * 2 - 1
-            module.weight.copy_(torch.empty(shape).uniform_(0.4, 0.9, generator=g) * sign)
-            module.bias.copy_(torch.randn(shape, generator=g) * 0.2)
-            module.running_mean.copy_(torch.randn(shape, generator=g) * 0.2)
-            module.running_var.copy_(torch.empty(shape).uniform_(1.0, 3.0, generator=g))
-        elif isinstance(module, nn.Conv2d):
-            fan_in = module.weight[0].numel()
-            module.weight.copy_(
-                torch.randn(module.weight.shape, generator=g) * math.sqrt(2.0 / fan_in)
-            )
-    return model
 
 
 def images(seed: int = 0) -> torch.Tensor:

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -14,12 +13,8 @@ from search_doubles import FakeEngine, make_config, write_seed_weights
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # The machine's two cores are shared: one thread is faster than two under load.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_torch_thread(one_torch_thread: None) -> None:
+    """Every search test module runs with one torch thread (``tests/conftest.py``)."""
 
 
 @pytest.fixture(scope="session")
