@@ -166,7 +166,6 @@ def _write_detectron2_config(
     path: Path,
 ) -> CfgNode:
     """Write the detectron2 config of the exported detector; returns it."""
-
     data = DataSpec(splits, config.data.metric, config.data.lamr_category)
     cfg = engine.build_cfg(spec, config.final_schedule, data, path.parent / "train")
     cfg.DATASETS.TRAIN = ()
