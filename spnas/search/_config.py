@@ -13,8 +13,10 @@ values of the wrong type are errors naming the key)::
     parallel:  n_stuck, budget_gmacs, budget_ratio, max_tries, max_trials
     reignite:  epochs, image_size, lr, batch_size, imagefolder
     schedule:  fields of spnas.engines.base.Schedule (the fast scheme of every trial)
+    verify:    enabled, repeats, schedule (overrides of ``schedule`` for retraining)
     final:     enabled, schedule
-    search:    seed, keep_top_k, wait_seconds, max_barrier_attempts
+    search:    seed, comparison (equal_training | greedy), keep_top_k, wait_seconds,
+               max_barrier_attempts
 
 Relative paths are resolved against the directory ``spnas search`` runs in, and stored
 absolute, so workers on other nodes (``spnas worker``, no YAML) see the same files.
@@ -36,6 +38,8 @@ from spnas.engines.base import METRIC_DIRECTIONS, ModelSpec, Schedule
 from spnas.exceptions import ArchError, ConfigError
 
 CONFIG_ATTR = "spnas:config"
+#: ``search.comparison``: how candidates are judged (docs/design.md, "Equal training").
+COMPARISONS: tuple[str, ...] = ("equal_training", "greedy")
 
 
 def _check_type(value: Any, annotation: Any, where: str) -> Any:
@@ -213,6 +217,21 @@ class ReigniteSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class VerifySection:
+    """Verification (paper Fig. 4a): the seed, every round's best and the best SPNet are
+    retrained from scratch, ``repeats`` seeds each, with ``schedule`` (keys overriding the
+    search's ``schedule``) once the parallel phase ended."""
+
+    enabled: bool = True
+    repeats: int = 3
+    schedule: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.repeats < 1:
+            raise ConfigError(f"verify.repeats={self.repeats}: expected ≥ 1")
+
+
+@dataclasses.dataclass(frozen=True)
 class FinalSection:
     enabled: bool = False
     schedule: dict[str, Any] | None = None
@@ -221,9 +240,16 @@ class FinalSection:
 @dataclasses.dataclass(frozen=True)
 class SearchSection:
     seed: int = 0
+    comparison: str = "equal_training"
     keep_top_k: int = 3
     wait_seconds: float = 2.0
     max_barrier_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        if self.comparison not in COMPARISONS:
+            raise ConfigError(
+                f"search.comparison={self.comparison!r}: expected one of {', '.join(COMPARISONS)}"
+            )
 
 
 _SECTIONS: dict[str, type] = {
@@ -234,6 +260,7 @@ _SECTIONS: dict[str, type] = {
     "serial": SerialSection,
     "parallel": ParallelSection,
     "reignite": ReigniteSection,
+    "verify": VerifySection,
     "final": FinalSection,
     "search": SearchSection,
 }
@@ -252,6 +279,7 @@ class SearchConfig:
     parallel: ParallelSection
     reignite: ReigniteSection
     schedule: Schedule
+    verify: VerifySection
     final: FinalSection
     search: SearchSection
 
@@ -287,6 +315,8 @@ class SearchConfig:
             raise ConfigError("missing key 'study.name': every study needs a name")
         if config.final.schedule is not None:
             _from_mapping(Schedule, config.final.schedule, "final.schedule")
+        if config.verify.schedule is not None:
+            _from_mapping(Schedule, config.verify.schedule, "verify.schedule")
         space.validate(config.seed_arch)
         return config
 
@@ -352,6 +382,11 @@ class SearchConfig:
         values = {**self.schedule.to_dict(), "name": "full", "iters": None, "epochs": 24.0}
         values.update(self.final.schedule or {})
         return Schedule.from_dict(values)
+
+    @property
+    def verify_schedule(self) -> Schedule:
+        """The schedule of verification trials: ``schedule`` with ``verify.schedule``'s keys."""
+        return Schedule.from_dict({**self.schedule.to_dict(), **(self.verify.schedule or {})})
 
     def model_spec(self, arch: Any, parallel: Any, num_classes: int) -> ModelSpec:
         m = self.model

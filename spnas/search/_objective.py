@@ -18,7 +18,7 @@ from spnas.data.coco import DatasetSplits
 from spnas.engines.base import DataSpec, Engine, InitWeights, build_engine
 from spnas.exceptions import WeightsError
 from spnas.search._config import SearchConfig
-from spnas.search._retrain import pretrain_backbone
+from spnas.search._retrain import pretrain_backbone, retrain
 from spnas.search._sampler import get_decision
 from spnas.search._state import Decision, SearchState
 from spnas.storage import make_artifact_store
@@ -31,7 +31,7 @@ _logger = logging.getLogger(__name__)
 #: User attribute holding the artifact id of a trial's trained weights.
 WEIGHTS_ATTR = "spnas:weights"
 #: Kinds whose failure blocks the search; they are never pruned.
-_UNPRUNABLE = frozenset({"seed", "reignite", "parallel_seed", "final"})
+_UNPRUNABLE = frozenset({"seed", "reignite", "parallel_seed", "final", "control", "verify"})
 
 
 class OptunaReporter:
@@ -134,6 +134,8 @@ class Objective:
         self.artifact_store = artifact_store or make_artifact_store(config.study.artifacts)
         self._splits: DatasetSplits | None = None
         self._num_classes: int | None = None
+        # Classification pretraining steps of the running trial (seed, reignition).
+        self._pretrain_iters = 0
 
     @property
     def workdir(self) -> Path:
@@ -162,19 +164,38 @@ class Objective:
         assert self._num_classes is not None
         out_dir = self.workdir / "trials" / f"{trial.number:05d}"
         out_dir.mkdir(parents=True, exist_ok=True)
-        init = self.init_weights(trial, decision, out_dir)
-        spec = self.config.model_spec(decision.arch, decision.parallel, self._num_classes)
-        schedule = self.config.final_schedule if decision.kind == "final" else self.config.schedule
         reporter = OptunaReporter(
             trial, self.config.data.metric, prunable=decision.kind not in _UNPRUNABLE
         )
-        result = self.engine.train_eval(spec, init, schedule, data, reporter, out_dir=out_dir)
-        artifact_id = upload_artifact(
-            artifact_store=self.artifact_store,
-            file_path=str(result.weights),
-            study_or_trial=trial,
-        )
-        trial.set_user_attr(WEIGHTS_ATTR, artifact_id)
+        self._pretrain_iters = 0
+        if decision.kind == "verify":
+            retrained = retrain(
+                self.config,
+                decision.arch,
+                decision.parallel,
+                seed=self.config.search.seed + (decision.repeat or 0),
+                out_dir=out_dir,
+                schedule=self.config.verify_schedule,
+                engine=self.engine,
+                data=data,
+                reporter=reporter,
+            )
+            result = retrained.detection
+            self._pretrain_iters = retrained.pretrained.iterations
+        else:
+            init = self.init_weights(trial, decision, out_dir)
+            spec = self.config.model_spec(decision.arch, decision.parallel, self._num_classes)
+            schedule = (
+                self.config.final_schedule if decision.kind == "final" else self.config.schedule
+            )
+            result = self.engine.train_eval(spec, init, schedule, data, reporter, out_dir=out_dir)
+            # Verification retrains from scratch: its weights are never a parent.
+            artifact_id = upload_artifact(
+                artifact_store=self.artifact_store,
+                file_path=str(result.weights),
+                study_or_trial=trial,
+            )
+            trial.set_user_attr(WEIGHTS_ATTR, artifact_id)
         value = result.metric(self.config.data.metric)
         attrs = {
             "gmacs": result.gmacs,
@@ -184,6 +205,8 @@ class Objective:
             "train_s": result.train_seconds,
             "images_per_s": result.images_per_second,
             "inherited_fraction": result.inherited_fraction,
+            "train_iters": result.iterations,
+            "pretrain_iters": self._pretrain_iters,
             "metrics": result.to_dict()["metrics"],
         }
         for key, attr in attrs.items():
@@ -234,7 +257,9 @@ class Objective:
         return self._pretrain(config.seed_arch, path, init=None)
 
     def _pretrain(self, arch: Any, out: Path, init: Path | None) -> Path:
-        return pretrain_backbone(self.config, arch, out, init=init)
+        pretrained = pretrain_backbone(self.config, arch, out, init=init)
+        self._pretrain_iters += pretrained.iterations
+        return pretrained.weights
 
     def reignite(self, decision: Decision, parent_path: Path, out_dir: Path) -> Path:
         """Pretrain the round's best backbone, put it back into its detector's weights."""
@@ -256,7 +281,13 @@ class Objective:
         trials = study.get_trials(deepcopy=False)
         state = SearchState.from_trials(trials, self.config)
         keep = set(keep)
-        for best in (state.parent, state.round_best, state.best_serial, state.best_parallel):
+        for best in (
+            state.parent,
+            state.init_from,
+            state.round_best,
+            state.best_serial,
+            state.best_parallel,
+        ):
             if best is not None:
                 keep.add(best.number)
         keep.update(r.decision.parent for r in state.records if r.running and r.decision.parent)

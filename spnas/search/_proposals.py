@@ -17,6 +17,9 @@ class SearchExhausted(NoCandidateError):
 def propose_serial(state: SearchState, rng: random.Random) -> Decision:
     """``n_mutations`` random morphisms of the round's best network (paper Algorithm 1).
 
+    The child starts from ``state.init_from``'s weights: with equal training the round's
+    baseline, its morphisms composed from the baseline's architecture.
+
     Children outside the space, equal to the parent, or already evaluated or running are
     rejected.
 
@@ -39,13 +42,26 @@ def propose_serial(state: SearchState, rng: random.Random) -> Decision:
         )
     except NoCandidateError as exc:
         raise SearchExhausted(str(exc)) from exc
+    start, prefix = _weights_source(state)
     return Decision(
         kind="serial",
         arch=child,
-        parent=parent.number,
-        ops=tuple(format_ops(ops).split("; ")),
+        parent=start,
+        ops=(*prefix, *format_ops(ops).split("; ")),
         round=state.round,
     )
+
+
+def _weights_source(state: SearchState) -> tuple[int, tuple[str, ...]]:
+    """The trial a candidate starts from, and the morphisms from its architecture to the
+    proposal's parent: the round's baseline and the parent's own morphisms with equal
+    training, the parent itself (no morphism) with the greedy rule."""
+    parent = state.parent
+    assert parent is not None
+    source = state.init_from or parent
+    if source.number == parent.number or parent.arch == source.arch:
+        return source.number, ()
+    return source.number, parent.ops
 
 
 def stage_costs(config, arch: SerialCode) -> tuple[float, ...]:
@@ -123,7 +139,7 @@ def propose_parallel(state: SearchState, rng: random.Random) -> Decision:
             kind="parallel",
             arch=arch,
             parallel=code,
-            parent=parent.number,
+            parent=_weights_source(state)[0],
             round=state.round,
         )
     raise SearchExhausted(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +21,37 @@ from spnas.engines.base import DataSpec, InitWeights, NullReporter, Reporter, Sc
 
 if TYPE_CHECKING:
     from spnas.engines.base import Engine, TrialResult
+    from spnas.pretrain import PretrainResult
     from spnas.search._config import SearchConfig
 
 _logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+    """A pretrained backbone and what it cost (optimizer steps)."""
+
+    weights: Path
+    iterations: int
+    accuracy: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Retrained:
+    """A network retrained from scratch: its pretraining and its detection trial."""
+
+    pretrained: Pretrained
+    detection: TrialResult
+
+    @property
+    def iterations(self) -> int:
+        """Optimizer steps of both trainings (the compute a budget counts)."""
+        return self.pretrained.iterations + self.detection.iterations
+
+
+def _pretrained(result: PretrainResult, batch_size: int) -> Pretrained:
+    steps = result.epochs * math.ceil(result.num_train / batch_size)
+    return Pretrained(Path(result.weights), steps, result.accuracy)
 
 
 def pretrain_backbone(
@@ -32,7 +61,7 @@ def pretrain_backbone(
     *,
     init: Path | None = None,
     seed: int | None = None,
-) -> Path:
+) -> Pretrained:
     """Classification pretraining of the SerialNet ``arch`` (``reignite`` settings).
 
     Args:
@@ -41,11 +70,14 @@ def pretrain_backbone(
         out: where the backbone state dict is written.
         init: a backbone state dict to start from; ``None`` starts from random weights.
         seed: pretraining seed; ``search.seed`` when ``None``.
+
+    Returns:
+        The weights, the optimizer steps taken and the classification accuracy.
     """
     from spnas.pretrain import PretrainConfig, pretrain
 
     r = config.reignite
-    pretrain(
+    result = pretrain(
         arch,
         out,
         data=None if r.imagefolder else config.data.dir,
@@ -66,7 +98,7 @@ def pretrain_backbone(
         device=config.schedule.device,
         show_progress=config.engine.show_progress,
     )
-    return out
+    return _pretrained(result, r.batch_size)
 
 
 def retrain(
@@ -80,7 +112,7 @@ def retrain(
     engine: Engine | None = None,
     data: DataSpec | None = None,
     reporter: Reporter | None = None,
-) -> TrialResult:
+) -> Retrained:
     """Train the detector of ``arch`` (and ``parallel``) from scratch, as every other network.
 
     Pretrains the SerialNet ``arch`` from random weights with ``seed``, builds the detector
@@ -99,7 +131,8 @@ def retrain(
         reporter: receives the evaluations (e.g. an Optuna reporter).
 
     Returns:
-        The detection trial's result (metrics, weights, cost).
+        The pretraining (weights, steps) and the detection trial's result (metrics, weights,
+        cost).
     """
     from spnas.data.coco import DatasetSplits
     from spnas.search._objective import build_search_engine
@@ -113,14 +146,15 @@ def retrain(
         )
     num_classes = len(data.splits.load("train", check_images=False).categories)
     schedule = dataclasses.replace(schedule or config.schedule, seed=seed)
-    backbone = pretrain_backbone(config, arch, out_dir / "pretrained_backbone.pth", seed=seed)
+    pretrained = pretrain_backbone(config, arch, out_dir / "pretrained_backbone.pth", seed=seed)
     spec = config.model_spec(arch, parallel, num_classes)
     _logger.info("retraining %s%s with seed %d", arch, f" {parallel}" if parallel else "", seed)
-    return engine.train_eval(
+    detection = engine.train_eval(
         spec,
-        InitWeights(backbone),
+        InitWeights(pretrained.weights),
         schedule,
         data,
         reporter or NullReporter(),
         out_dir=out_dir,
     )
+    return Retrained(pretrained, detection)

@@ -26,6 +26,23 @@ The parallel phase ends likewise (``parallel.n_stuck``, ``parallel.max_trials``)
 Rounds ``1..n_rounds`` end with a reignition; round ``n_rounds + 1`` ends the serial phase.
 Finished means COMPLETE, PRUNED, or FAILED with no retry pending (a failure is no
 improvement). A barrier runs exactly once: while it runs, every other decision waits.
+
+Comparison at equal training (``search.comparison``, docs/design.md "Equal training"):
+
+- ``equal_training`` (default): every candidate of a round — serial children and parallel
+  codes alike — starts from the weights of the round's *baseline* (the seed, the reignition, or
+  the parallel seed) and trains one schedule, its morphisms composed from the baseline's
+  architecture. A ``control`` trial continues the baseline itself for the same schedule; it is
+  the round's reference: a candidate improves only by beating the control or a better candidate,
+  all with exactly the same training. The control is no barrier: candidates train beside it,
+  and are judged once it finished.
+- ``greedy``: the paper's rule: a child starts from its parent's trained weights and must beat
+  the parent's value, which mixes the architecture with the training the lineage accumulated.
+
+After the parallel phase, when ``verify.enabled``, ``verify`` trials retrain the seed, the best
+network of every serial round and the best SPNet from scratch, ``verify.repeats`` seeds each
+(paper Fig. 4a; :func:`spnas.search.retrain`); they run side by side, a failed one is retried
+up to ``search.max_barrier_attempts`` times, and the search is done when all have finished.
 """
 
 from __future__ import annotations
@@ -48,11 +65,13 @@ KINDS: tuple[str, ...] = (
     "parallel_seed",
     "parallel",
     "final",
+    "control",
+    "verify",
     "exhausted",
     "idle",
 )
 BARRIER_KINDS: frozenset[str] = frozenset({"seed", "reignite", "parallel_seed", "final"})
-PHASES: tuple[str, ...] = ("seed", "serial", "parallel", "final", "done", "failed")
+PHASES: tuple[str, ...] = ("seed", "serial", "parallel", "verify", "final", "done", "failed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,9 +84,12 @@ class Decision:
     parent: int | None = None
     ops: tuple[str, ...] = ()
     round: int = 0
+    #: ``verify`` trials: which network (``seed``, ``round 1`` …, ``spnet``) and which seed.
+    role: str | None = None
+    repeat: int | None = None
 
     def to_attrs(self) -> dict[str, Any]:
-        return {
+        attrs = {
             f"{ATTR_PREFIX}kind": self.kind,
             f"{ATTR_PREFIX}arch": None if self.arch is None else str(self.arch),
             f"{ATTR_PREFIX}parallel": None if self.parallel is None else str(self.parallel),
@@ -75,6 +97,10 @@ class Decision:
             f"{ATTR_PREFIX}ops": list(self.ops),
             f"{ATTR_PREFIX}round": self.round,
         }
+        if self.role is not None:
+            attrs[f"{ATTR_PREFIX}role"] = self.role
+            attrs[f"{ATTR_PREFIX}repeat"] = self.repeat
+        return attrs
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> Decision | None:
@@ -90,6 +116,8 @@ class Decision:
             parent=attrs.get(f"{ATTR_PREFIX}parent"),
             ops=tuple(attrs.get(f"{ATTR_PREFIX}ops") or ()),
             round=int(attrs.get(f"{ATTR_PREFIX}round") or 0),
+            role=attrs.get(f"{ATTR_PREFIX}role"),
+            repeat=attrs.get(f"{ATTR_PREFIX}repeat"),
         )
 
     @classmethod
@@ -124,12 +152,17 @@ class Record:
 
 @dataclasses.dataclass(frozen=True)
 class Best:
-    """The best network of a round or phase: the trial, its architecture and its value."""
+    """The best network of a round or phase: the trial, its architecture and its value.
+
+    ``ops`` are the morphisms from the architecture of the trial whose weights it started from
+    (its decision's ``ops``): with equal training, from the round's baseline.
+    """
 
     number: int
     arch: SerialCode
     parallel: ParallelCode | None
     value: float
+    ops: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,16 +170,22 @@ class SearchState:
     """Where the search stands, and what the next trial must be.
 
     Attributes:
-        phase: ``seed``, ``serial``, ``parallel``, ``final``, ``done`` or ``failed``.
+        phase: one of :data:`PHASES`.
         round: the current serial round (1-based; 0 before the seed completes).
         next_kind: the kind the next trial must take, or ``None`` when it must wait.
         waiting_for: why the next trial must wait (a sentence), when it must.
-        parent: the network the next trial starts from (round best, or best parallel).
+        parent: the network the next candidate is proposed from (round best, or best
+            parallel), or the barrier's network.
+        init_from: the trial whose weights the next candidate starts from: the round's
+            baseline with equal training, ``parent`` with the greedy rule.
         stuck: finished trials in a row without improvement in the current round/phase.
         best_serial: best network of the serial phase so far (any round).
         best_parallel: best SPNet so far.
         round_best: best of the current round (the parent of serial proposals).
-        round_baselines: per round, the trial whose value the round started from.
+        round_bests: the best network of every serial round reached so far.
+        round_baselines: per round, the trial whose weights the round started from.
+        pending: the whole decision of the next trial, when the state fixes it
+            (``verify``: which network, which seed).
         records: every decided, not superseded trial, in trial-number order.
         config: the :class:`~spnas.search.SearchConfig` the state was derived under.
         reason: why the search failed, for phase ``failed``.
@@ -165,6 +204,9 @@ class SearchState:
     records: tuple[Record, ...]
     config: Any
     reason: str | None = None
+    init_from: Best | None = None
+    round_bests: dict[int, Best] = dataclasses.field(default_factory=dict)
+    pending: Decision | None = None
 
     @property
     def direction(self) -> str:
@@ -209,18 +251,44 @@ def _records(trials: Iterable[FrozenTrial]) -> tuple[Record, ...]:
     return tuple(records)
 
 
+def verification_plan(state: SearchState) -> list[tuple[str, Best]]:
+    """The networks verification retrains, as ``(role, network)``: the seed, the best of every
+    serial round, and the best SPNet; a network met twice (a round that kept its baseline's
+    architecture) is retrained once, under its first role."""
+    plan: list[tuple[str, Best]] = []
+    seen: set[tuple[str, str | None]] = set()
+    seeds = [r for r in state.records if r.decision.kind == "seed" and r.value is not None]
+    candidates: list[tuple[str, Best | None]] = []
+    if seeds:
+        record = seeds[0]
+        assert record.decision.arch is not None and record.value is not None
+        candidates.append(("seed", Best(record.number, record.decision.arch, None, record.value)))
+    candidates += [(f"round {r}", best) for r, best in sorted(state.round_bests.items())]
+    candidates.append(("spnet", state.best_parallel))
+    for role, best in candidates:
+        if best is None:
+            continue
+        key = (str(best.arch), None if best.parallel is None else str(best.parallel))
+        if key not in seen:
+            seen.add(key)
+            plan.append((role, best))
+    return plan
+
+
 class _Replay:
     """One pass over the history, phase by phase."""
 
     def __init__(self, trials: Sequence[FrozenTrial], config: Any) -> None:
         self.config = config
         self.direction = config.direction
+        self.equal_training = config.search.comparison == "equal_training"
         self.records = _records(trials)
         self.round = 0
         self.stuck = 0
         self.best_serial: Best | None = None
         self.best_parallel: Best | None = None
         self.round_best: Best | None = None
+        self.round_bests: dict[int, Best] = {}
         self.baselines: dict[int, int] = {}
 
     def state(
@@ -230,6 +298,8 @@ class _Replay:
         waiting_for: str | None = None,
         parent: Best | None = None,
         reason: str | None = None,
+        init_from: Best | None = None,
+        pending: Decision | None = None,
     ) -> SearchState:
         return SearchState(
             phase=phase,
@@ -245,11 +315,34 @@ class _Replay:
             records=self.records,
             config=self.config,
             reason=reason,
+            init_from=init_from if init_from is not None else parent,
+            round_bests=dict(self.round_bests),
+            pending=pending,
         )
 
     def best_of(self, record: Record) -> Best:
         assert record.value is not None and record.decision.arch is not None
-        return Best(record.number, record.decision.arch, record.decision.parallel, record.value)
+        d = record.decision
+        return Best(record.number, d.arch, d.parallel, record.value, d.ops)
+
+    def attempts_state(self, attempts: list[Record]) -> tuple[Record | None, str]:
+        """The completed trial among ``attempts``, else ``running``, ``decide`` or ``failed``."""
+        for record in attempts:
+            if record.state == TrialState.COMPLETE and record.value is not None:
+                return record, "complete"
+        if any(r.running for r in attempts):
+            return None, "running"
+        if len(attempts) >= self.config.search.max_barrier_attempts:
+            return None, "failed"
+        return None, "decide"
+
+    def failed(self, kind: str, attempts: list[Record]) -> SearchState:
+        numbers = ", ".join(str(r.number) for r in attempts)
+        return self.state(
+            "failed",
+            None,
+            reason=f"{kind} failed {len(attempts)} times (trials {numbers}); see their logs",
+        )
 
     def barrier(
         self, kind: str, round_: int, phase: str, parent: Best | None
@@ -258,21 +351,15 @@ class _Replay:
         attempts = [
             r for r in self.records if r.decision.kind == kind and r.decision.round == round_
         ]
-        for record in attempts:
-            if record.state == TrialState.COMPLETE and record.value is not None:
-                return record, None
-        running = [r for r in attempts if r.running]
-        if running:
+        record, status = self.attempts_state(attempts)
+        if status == "complete":
+            return record, None
+        if status == "running":
+            running = [r for r in attempts if r.running]
             what = f"{kind} trial {running[0].number}" + (f" (round {round_})" if round_ else "")
             return None, self.state(phase, None, f"waiting for {what} to finish", parent)
-        limit = self.config.search.max_barrier_attempts
-        if len(attempts) >= limit:
-            numbers = ", ".join(str(r.number) for r in attempts)
-            return None, self.state(
-                "failed",
-                None,
-                reason=f"{kind} failed {len(attempts)} times (trials {numbers}); see their logs",
-            )
+        if status == "failed":
+            return None, self.failed(kind, attempts)
         return None, self.state(phase, kind, parent=parent)
 
     def rounds_loop(
@@ -302,6 +389,70 @@ class _Replay:
         spent = max_trials is not None and len(records) >= max_trials
         return best, exhausted or spent or self.stuck >= stuck_limit, running
 
+    def round_result(
+        self,
+        phase: str,
+        baseline: Record,
+        records: list[Record],
+        stuck_limit: int,
+        max_trials: int | None,
+    ) -> Best | SearchState:
+        """The best network of a finished round (or the parallel phase), else the state.
+
+        ``phase`` is ``serial`` or ``parallel``; ``records`` are the round's candidates.
+        """
+        # The baseline's own morphisms led to it from its parent; the round starts from it.
+        start = dataclasses.replace(self.best_of(baseline), ops=())
+        reference = start
+        self.set_best(phase, start)
+        if self.equal_training:
+            parallel_phase = phase == "parallel"
+            controls = [
+                r
+                for r in self.records
+                if r.decision.kind == "control"
+                and r.decision.parent == baseline.number
+                and (r.decision.parallel is not None) == parallel_phase
+            ]
+            control, status = self.attempts_state(controls)
+            if status == "failed":
+                return self.failed("control", controls)
+            if status == "decide":
+                return self.state(phase, "control", parent=start)
+            if control is None:
+                # The control still trains: candidates may train beside it, proposed from the
+                # baseline's architecture, but none is judged before the control finished.
+                self.stuck = 0
+                spent = max_trials is not None and len(records) >= max_trials
+                if spent or any(r.decision.kind == "exhausted" for r in records):
+                    return self.state(
+                        phase, None, f"waiting for control trial {controls[-1].number}", start
+                    )
+                return self.state(phase, phase, parent=start)
+            reference = self.best_of(control)
+        best, ended, running = self.rounds_loop(records, reference, stuck_limit, max_trials)
+        self.set_best(phase, best)
+        init_from = start if self.equal_training else best
+        if not ended:
+            return self.state(phase, phase, parent=best, init_from=init_from)
+        if running:
+            what = f"round {self.round}" if phase == "serial" else "the phase"
+            return self.state(
+                phase,
+                None,
+                f"waiting for {len(running)} running {phase} trial(s) before ending {what}",
+                parent=best,
+                init_from=init_from,
+            )
+        return best
+
+    def set_best(self, phase: str, best: Best) -> None:
+        if phase == "serial":
+            self.round_best = best
+            self.round_bests[self.round] = best
+        else:
+            self.best_parallel = best
+
     def run(self) -> SearchState:
         config = self.config
         seed, waiting = self.barrier("seed", 0, "seed", None)
@@ -322,25 +473,16 @@ class _Replay:
                 and r.decision.round == round_
                 and r.decision.parallel is None
             ]
-            best, stuck, running = self.rounds_loop(
-                records, self.best_of(baseline), config.serial.n_stuck, config.serial.max_trials
+            result = self.round_result(
+                "serial", baseline, records, config.serial.n_stuck, config.serial.max_trials
             )
-            self.round_best = best
-            if _better(best.value, self.best_serial.value, self.direction):
-                self.best_serial = best
-            if not stuck:
-                return self.state("serial", "serial", parent=best)
-            if running:
-                return self.state(
-                    "serial",
-                    None,
-                    f"waiting for {len(running)} running serial trial(s) of round {round_} "
-                    "before ending the round",
-                    parent=best,
-                )
+            if _better(self.round_best.value, self.best_serial.value, self.direction):
+                self.best_serial = self.round_best
+            if isinstance(result, SearchState):
+                return dataclasses.replace(result, best_serial=self.best_serial)
             if round_ == last_round:
                 break
-            reignite, waiting = self.barrier("reignite", round_, "serial", best)
+            reignite, waiting = self.barrier("reignite", round_, "serial", result)
             if reignite is None:
                 assert waiting is not None
                 return waiting
@@ -362,19 +504,16 @@ class _Replay:
             for r in self.records
             if r.decision.kind in ("parallel", "exhausted") and r.decision.parallel is not None
         ]
-        best, stuck, running = self.rounds_loop(
-            records, self.best_of(pseed), config.parallel.n_stuck, config.parallel.max_trials
+        result = self.round_result(
+            "parallel", pseed, records, config.parallel.n_stuck, config.parallel.max_trials
         )
-        self.best_parallel = best
-        if not stuck:
-            return self.state("parallel", "parallel", parent=best)
-        if running:
-            return self.state(
-                "parallel",
-                None,
-                f"waiting for {len(running)} running parallel trial(s) before ending the phase",
-                parent=best,
-            )
+        if isinstance(result, SearchState):
+            return result
+        best = result
+        if config.verify.enabled:
+            waiting = self.verification()
+            if waiting is not None:
+                return waiting
         if not config.final.enabled:
             return self.state("done", None, parent=best)
         final, waiting = self.barrier("final", 0, "final", best)
@@ -382,3 +521,40 @@ class _Replay:
             assert waiting is not None
             return waiting
         return self.state("done", None, parent=best)
+
+    def verification(self) -> SearchState | None:
+        """The state while verification trials remain to decide or finish; ``None`` after."""
+        plan = verification_plan(self.state("verify", None))
+        records = [r for r in self.records if r.decision.kind == "verify"]
+        running = 0
+        for role, best in plan:
+            for repeat in range(self.config.verify.repeats):
+                attempts = [
+                    r
+                    for r in records
+                    if r.decision.candidate == (str(best.arch), _text(best.parallel))
+                    and r.decision.repeat == repeat
+                ]
+                _, status = self.attempts_state(attempts)
+                if status == "running":
+                    running += 1
+                elif status == "decide":
+                    pending = Decision(
+                        "verify",
+                        arch=best.arch,
+                        parallel=best.parallel,
+                        parent=best.number,
+                        round=self.round,
+                        role=role,
+                        repeat=repeat,
+                    )
+                    return self.state("verify", "verify", parent=best, pending=pending)
+        if running:
+            return self.state(
+                "verify", None, f"waiting for {running} running verification trial(s)"
+            )
+        return None
+
+
+def _text(code: Any) -> str | None:
+    return None if code is None else str(code)

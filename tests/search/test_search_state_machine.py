@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 from optuna.trial import FrozenTrial, TrialState
-from search_doubles import SEED_ARCH, frozen, make_config
+from search_doubles import SEED_ARCH, frozen
+from search_doubles import make_config as _make_config
 
 from spnas.arch import ParallelCode, SerialCode
 from spnas.exceptions import ArchError
@@ -70,6 +71,14 @@ def parallel(arch_text: str, code: str, parent: int) -> Decision:
         parent=parent,
         round=2,
     )
+
+
+def make_config(root: Path, **sections: dict) -> SearchConfig:
+    """The paper's greedy rule without verification: the state machine these tests replay
+    (equal training and verification: test_search_equal_training.py)."""
+    search = {"comparison": "greedy", **sections.pop("search", {})}
+    verify = {"enabled": False, **sections.pop("verify", {})}
+    return _make_config(root, search=search, verify=verify, **sections)
 
 
 @pytest.fixture
