@@ -276,7 +276,7 @@ def report_html(
     """A self-contained HTML summary: best networks, phase rows (Table 6), trials, figures.
 
     plotly.js is embedded once, inline (no CDN: the report opens without a network).
-    ``phases`` are the rows of ``spnas status`` (``_status(...)["phases"]``); without them the
+    ``phases`` are the rows of ``spnas status`` (``summarize(...)["phases"]``); without them the
     section is left out.
     """
     from html import escape

@@ -23,12 +23,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spnas.cli.search import _status
     from spnas.report import write_report
-    from spnas.search import load_search_study
+    from spnas.search import load_search_study, summarize
 
     study, config = load_search_study(args.study, args.storage)
-    status = _status(args.study, args.storage)
+    status = summarize(study.get_trials(deepcopy=False), config, args.study)
     for path in write_report(study, config, args.out, phases=status["phases"]):
         print(path)
     return 0

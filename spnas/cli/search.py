@@ -209,87 +209,10 @@ def run_worker_command(args: argparse.Namespace) -> int:
 
 
 def _status(name: str, storage: str) -> dict[str, Any]:
-    from spnas.search import load_search_study
-    from spnas.search._state import Decision, SearchState
+    from spnas.search import load_search_study, summarize
 
     study, config = load_search_study(name, storage)
-    trials = study.get_trials(deepcopy=False)
-    state = SearchState.from_trials(trials, config)
-    rows = []
-    for trial in trials:
-        decision = Decision.of(trial)
-        if decision is None or decision.kind == "idle":
-            continue
-        rows.append(
-            {
-                "number": trial.number,
-                "kind": decision.kind,
-                "state": trial.state.name,
-                "round": decision.round,
-                "arch": None if decision.arch is None else str(decision.arch),
-                "parallel": None if decision.parallel is None else str(decision.parallel),
-                "AP": trial.user_attrs.get("AP"),
-                "value": trial.value,
-                "gmacs": trial.user_attrs.get("gmacs"),
-            }
-        )
-
-    def best_entry(best: Any, parallel: bool) -> dict[str, Any] | None:
-        if best is None:
-            return None
-        attrs = trials[best.number].user_attrs
-        entry = {"arch": str(best.arch), "AP": attrs.get("AP"), "value": best.value}
-        if parallel:
-            entry["parallel"] = str(best.parallel)
-        entry["trial"] = best.number
-        return entry
-
-    return {
-        "study": name,
-        "phase": state.phase,
-        "done": state.done,
-        "round": state.round,
-        "metric": config.data.metric,
-        "waiting_for": state.waiting_for,
-        "reason": state.reason,
-        "best": {
-            "serial": best_entry(state.best_serial, parallel=False),
-            "parallel": best_entry(state.best_parallel, parallel=True),
-        },
-        "phases": _phase_table(state, config.direction),
-        "trials": rows,
-    }
-
-
-def _phase_table(state: Any, direction: str) -> list[dict[str, Any]]:
-    """Best value after the seed, each serial round, each reignition and the parallel phase
-    (the shape of the paper's Table 6)."""
-    groups: dict[str, list[float]] = {}
-    counts: dict[str, int] = {}
-    for record in state.records:
-        kind = record.decision.kind
-        if kind in ("exhausted", "idle"):
-            continue
-        if kind == "serial":
-            name = f"serial round {record.decision.round}"
-        elif kind == "reignite":
-            name = f"reignite {record.decision.round}"
-        elif kind in ("parallel_seed", "parallel"):
-            name = "parallel"
-        else:
-            name = kind
-        counts[name] = counts.get(name, 0) + 1
-        if record.value is not None:
-            groups.setdefault(name, []).append(record.value)
-    pick = max if direction == "maximize" else min
-    return [
-        {
-            "phase": name,
-            "best": pick(groups[name]) if name in groups else None,
-            "trials": counts[name],
-        }
-        for name in counts
-    ]
+    return summarize(study.get_trials(deepcopy=False), config, name)
 
 
 def _print_status(status: dict[str, Any]) -> None:
@@ -325,6 +248,26 @@ def _print_status(status: dict[str, Any]) -> None:
         value = "" if row["value"] is None else f"{row['value']:.2f}"
         code = (row["arch"] or "") + (f" {row['parallel']}" if row["parallel"] else "")
         print(f"  #{row['number']:<4} {row['kind']:<13} {row['state']:<8} {value:>7}  {code}")
+    if status["verify"] is not None:
+        _print_verification(status["verify"], metric)
+
+
+def _print_verification(verify: dict[str, Any], metric: str) -> None:
+    """The equal-training table: search value against values retrained from scratch."""
+
+    def fmt(value: float | None) -> str:
+        return "—" if value is None else f"{value:.2f}"
+
+    print(f"verification (retrained from scratch, {verify['repeats']} seed(s) each):")
+    print(f"  {'network':<9} {'search ' + metric:>10} {'retrained':>16}  repeats  architecture")
+    for n in verify["networks"]:
+        retrained = f"{fmt(n['mean'])} ± {fmt(n['std'])}"
+        repeats = " ".join(fmt(v) for v in n["retrained_ap"])
+        code = n["arch"] + (f" {n['parallel']}" if n["parallel"] else "")
+        print(f"  {n['role']:<9} {fmt(n['search_ap']):>10} {retrained:>16}  {repeats}  {code}")
+    tau = verify["kendall_tau"]
+    print(f"  Kendall τ (search vs retrained): {fmt(tau)}")
+    print(f"  {verify['verdict']}")
 
 
 def run_status(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from spnas.search._proposals import (
 from spnas.search._retrain import pretrain_backbone, retrain
 from spnas.search._sampler import SPNASSampler, get_decision
 from spnas.search._state import BARRIER_KINDS, KINDS, Best, Decision, Record, SearchState
+from spnas.search._summary import kendall_tau, summarize, verification_summary
 from spnas.search._worker import (
     check_inputs,
     create_search_study,
@@ -49,6 +50,7 @@ __all__ = [
     "check_inputs",
     "create_search_study",
     "get_decision",
+    "kendall_tau",
     "load_search_study",
     "prepare_data",
     "pretrain_backbone",
@@ -57,4 +59,6 @@ __all__ = [
     "retrain",
     "run_worker",
     "sample_parallel_code",
+    "summarize",
+    "verification_summary",
 ]

@@ -60,8 +60,9 @@ def fake_ap(kind: str, arch: Any, parallel: Any = None) -> float:
     Serial networks score 20–30 by a hash of their code, so a mutation improves on its parent
     about as often as chance says; a reignition adds 3 to its network's serial score (it is
     always an improvement, as in the paper); SPNets score 30–40 by a hash of both codes.
+    Controls and verification trials score as their network does.
     """
-    if kind in ("parallel_seed", "parallel", "final"):
+    if kind in ("parallel_seed", "parallel", "final") or parallel is not None:
         return 30.0 + 10.0 * _unit("parallel", arch, parallel)
     value = 20.0 + 10.0 * _unit("serial", arch)
     return value + 3.0 if kind == "reignite" else value
@@ -74,6 +75,11 @@ def infer_kind(spec: ModelSpec, init: InitWeights | None) -> str:
         return "seed"
     if name == "reignited.pth":
         return "reignite"
+    if name == "pretrained_backbone.pth":
+        return "verify"
+    assert init is not None
+    if init.parent_arch == spec.arch and init.parent_parallel == spec.parallel and not init.ops:
+        return "control"
     if spec.parallel is None:
         return "serial"
     return "parallel_seed" if spec.parallel.total == 0 else "parallel"

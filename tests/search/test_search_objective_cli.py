@@ -54,6 +54,11 @@ def test_objective_runs_a_search_in_process(finished_search: Any) -> None:
             continue
         attrs = trial.user_attrs
         decision = get_decision(trial)
+        if decision.kind == "verify":
+            # Retrained from scratch: crop pretraining, then detection; no weights kept.
+            assert attrs["pretrain_iters"] > 0 and attrs["train_iters"] == 1
+            assert WEIGHTS_ATTR not in attrs
+            continue
         assert attrs["kind"] == decision.kind and attrs["arch"] == str(decision.arch)
         assert attrs["AP"] == trial.value and attrs["gmacs"] > 0 and attrs["params_m"] > 0
         assert WEIGHTS_ATTR in attrs
@@ -168,10 +173,32 @@ def test_status_json(finished_search: Any, capsys: pytest.CaptureFixture[str]) -
     assert rows[0]["kind"] == "seed" and rows[0]["state"] == "COMPLETE"
     assert {r["kind"] for r in rows} >= {"seed", "serial", "reignite", "parallel"}
     assert "idle" not in {r["kind"] for r in rows}
+    # Verification: the seed, every round's best and the best SPNet, retrained 3 times each.
+    verify = status["verify"]
+    assert verify["complete"] is True and verify["repeats"] == 3
+    roles = [n["role"] for n in verify["networks"]]
+    assert roles[0] == "seed" and roles[-1] == "spnet" and len(roles) >= 2
+    for network in verify["networks"]:
+        assert {"role", "arch", "parallel", "search_ap", "retrained_ap", "mean", "std"} <= set(
+            network
+        )
+        assert len(network["retrained_ap"]) == 3 and None not in network["retrained_ap"]
+        assert network["mean"] == pytest.approx(sum(network["retrained_ap"]) / 3)
+    spnet = verify["networks"][-1]
+    assert (spnet["arch"], spnet["parallel"]) == (
+        str(state.best_parallel.arch),
+        str(state.best_parallel.parallel),
+    )
+    assert spnet["search_ap"] == pytest.approx(state.best_parallel.value)
+    assert set(verify["gain_over_seed"]) >= {"mean", "std"} and -1 <= verify["kendall_tau"] <= 1
+    verify_rows = [r for r in rows if r["kind"] == "verify"]
+    assert len(verify_rows) == 3 * len(roles) and {r["repeat"] for r in verify_rows} == {0, 1, 2}
 
     assert spnas.cli.main(argv) == 0
     text = capsys.readouterr().out
     assert f"study {config.study.name}: phase done" in text and "best parallel" in text
+    assert "verification (retrained from scratch, 3 seed(s) each)" in text
+    assert "Kendall τ" in text and verify["verdict"] in text
 
 
 def test_status_of_an_unknown_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

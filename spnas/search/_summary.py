@@ -1,0 +1,263 @@
+"""One pure summary of a search, read by ``spnas status``, the report and the dashboard.
+
+:func:`summarize` turns a study's trials into plain data (JSON-ready: non-finite numbers are
+``None``): the phase, the best networks, the rows of the paper's Table 6, every trial, and —
+once verification trials exist — :func:`verification_summary`: each verified network's search
+value against its values retrained from scratch (paper Fig. 4a), the gain of the searched
+network over the seed at equal training, and the rank agreement (Kendall τ).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from optuna.trial import FrozenTrial
+
+from spnas.search._state import Best, Decision, SearchState, verification_plan
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _code(arch: Any, parallel: Any) -> str:
+    return f"{arch}" + (f" {parallel}" if parallel is not None else "")
+
+
+def kendall_tau(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Kendall's τ-b of two paired sequences (ties counted); ``None`` when undefined."""
+    n = len(xs)
+    concordant = discordant = ties_x = ties_y = 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            dx, dy = xs[i] - xs[j], ys[i] - ys[j]
+            if dx == 0:
+                ties_x += 1
+            if dy == 0:
+                ties_y += 1
+            if dx * dy > 0:
+                concordant += 1
+            elif dx * dy < 0:
+                discordant += 1
+    pairs = n * (n - 1) // 2
+    denominator = math.sqrt((pairs - ties_x) * (pairs - ties_y))
+    return None if denominator == 0 else (concordant - discordant) / denominator
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    mean = statistics.fmean(values)
+    return mean, statistics.stdev(values) if len(values) > 1 else None
+
+
+def verification_summary(state: SearchState) -> dict[str, Any] | None:
+    """Retrained values of the verified networks and what they say; ``None`` before
+    verification started.
+
+    ``gain_over_seed`` is the searched network's (the best SPNet, else the last round's best)
+    retrained value minus the seed's, paired by repeat (same seed), signed so that a positive
+    gain is better whatever the metric's direction; ``beats_seed`` says whether its mean is
+    above the seed's own spread (the standard deviation of the seed's repeats).
+    """
+    records = [r for r in state.records if r.decision.kind == "verify"]
+    if not records:
+        return None
+    config = state.config
+    sign = 1.0 if config.direction == "maximize" else -1.0
+    repeats = config.verify.repeats
+    networks = []
+    by_role: dict[str, dict[int, float]] = {}
+    for role, best in verification_plan(state):
+        key = (str(best.arch), None if best.parallel is None else str(best.parallel))
+        values = {
+            r.decision.repeat: r.value
+            for r in records
+            if r.decision.candidate == key and r.value is not None and r.decision.repeat is not None
+        }
+        by_role[role] = values
+        mean, std = _mean_std(list(values.values()))
+        networks.append(_network_row(role, best, values, mean, std, repeats))
+    finished = sum(1 for r in records if r.finished)
+    summary: dict[str, Any] = {
+        "networks": networks,
+        "repeats": repeats,
+        "trials_finished": finished,
+        "complete": state.phase in ("final", "done"),
+        "gain_over_seed": None,
+        "beats_seed": None,
+        "kendall_tau": None,
+        "verdict": "verification is running",
+    }
+    ranked = [n for n in networks if n["mean"] is not None and n["search_ap"] is not None]
+    if len(ranked) >= 2:
+        summary["kendall_tau"] = kendall_tau(
+            [n["search_ap"] for n in ranked], [n["mean"] for n in ranked]
+        )
+    searched = [n for n in networks if n["role"] != "seed"]
+    seed = by_role.get("seed", {})
+    if searched and seed:
+        target = searched[-1]
+        paired = [
+            sign * (by_role[target["role"]][k] - seed[k])
+            for k in sorted(seed)
+            if k in by_role[target["role"]]
+        ]
+        gain, gain_std = _mean_std(paired)
+        _, seed_std = _mean_std(list(seed.values()))
+        summary["gain_over_seed"] = {
+            "network": target["role"],
+            "arch": target["arch"],
+            "parallel": target["parallel"],
+            "mean": gain,
+            "std": gain_std,
+            "n": len(paired),
+            "seed_std": seed_std,
+        }
+        if gain is not None:
+            summary["beats_seed"] = gain > (seed_std or 0.0)
+            summary["verdict"] = _verdict(summary["gain_over_seed"], config.data.metric)
+    if not summary["complete"]:
+        summary["verdict"] = "verification is running: " + summary["verdict"]
+    return summary
+
+
+def _network_row(
+    role: str,
+    best: Best,
+    values: dict[int, float],
+    mean: float | None,
+    std: float | None,
+    repeats: int,
+) -> dict[str, Any]:
+    return {
+        "role": role,
+        "arch": str(best.arch),
+        "parallel": None if best.parallel is None else str(best.parallel),
+        "trial": best.number,
+        "search_ap": _finite(best.value),
+        "retrained_ap": [_finite(values.get(k)) for k in range(repeats)],
+        "mean": _finite(mean),
+        "std": _finite(std),
+    }
+
+
+def _verdict(gain: dict[str, Any], metric: str) -> str:
+    mean, std, seed_std, n = gain["mean"], gain["std"], gain["seed_std"], gain["n"]
+    spread = f"{std:.2f}" if std is not None else "n/a"
+    seed_spread = f"{seed_std:.2f}" if seed_std is not None else "n/a"
+    what = f"{gain['network']} {_code(gain['arch'], gain['parallel'])}"
+    if seed_std is None:
+        return (
+            f"{what}: gain over the seed {mean:+.2f} {metric} from {n} repeat(s); with one "
+            "repeat the seed's spread is unknown, so this says nothing (set verify.repeats ≥ 3)"
+        )
+    if mean > seed_std:
+        factor = f"{mean / seed_std:.1f}× " if seed_std > 0 else ""
+        return (
+            f"{what} beats the seed at equal training: {mean:+.2f} ± {spread} {metric} over "
+            f"{n} seeds, {factor}the seed's own spread (σ {seed_spread})"
+        )
+    return (
+        f"{what} does NOT beat the seed by more than the seed's own spread at equal training: "
+        f"gain {mean:+.2f} ± {spread} {metric} over {n} seeds, seed σ {seed_spread}"
+    )
+
+
+def phase_table(state: SearchState) -> list[dict[str, Any]]:
+    """Best value after the seed, each serial round, each reignition and the parallel phase
+    (the shape of the paper's Table 6). A round's control counts in its round."""
+    groups: dict[str, list[float]] = {}
+    counts: dict[str, int] = {}
+    for record in state.records:
+        d = record.decision
+        if d.kind in ("exhausted", "idle", "verify"):
+            continue
+        if d.kind in ("parallel_seed", "parallel") or (d.kind == "control" and d.parallel):
+            name = "parallel"
+        elif d.kind in ("serial", "control"):
+            name = f"serial round {d.round}"
+        elif d.kind == "reignite":
+            name = f"reignite {d.round}"
+        else:
+            name = d.kind
+        counts[name] = counts.get(name, 0) + 1
+        if record.value is not None:
+            groups.setdefault(name, []).append(record.value)
+    pick = max if state.direction == "maximize" else min
+    return [
+        {"phase": name, "best": pick(groups[name]) if name in groups else None, "trials": n}
+        for name, n in counts.items()
+    ]
+
+
+def _trial_row(trial: FrozenTrial, decision: Decision) -> dict[str, Any]:
+    row = {
+        "number": trial.number,
+        "kind": decision.kind,
+        "state": trial.state.name,
+        "round": decision.round,
+        "arch": None if decision.arch is None else str(decision.arch),
+        "parallel": None if decision.parallel is None else str(decision.parallel),
+        "parent": decision.parent,
+        "AP": _finite(trial.user_attrs.get("AP")),
+        "value": _finite(trial.value),
+        "gmacs": trial.user_attrs.get("gmacs"),
+    }
+    if decision.role is not None:
+        row["role"], row["repeat"] = decision.role, decision.repeat
+    return row
+
+
+def summarize(trials: Sequence[FrozenTrial], config: Any, study: str = "") -> dict[str, Any]:
+    """The search's state as plain data (what ``spnas status --json`` prints).
+
+    Args:
+        trials: the study's trials.
+        config: its :class:`~spnas.search.SearchConfig`.
+        study: the study name, repeated in the result.
+    """
+    state = SearchState.from_trials(trials, config)
+    by_number = {t.number: t for t in trials}
+
+    def best_entry(best: Best | None) -> dict[str, Any] | None:
+        if best is None:
+            return None
+        entry: dict[str, Any] = {
+            "arch": str(best.arch),
+            "AP": _finite(by_number[best.number].user_attrs.get("AP")),
+            "value": _finite(best.value),
+        }
+        if best.parallel is not None:
+            entry["parallel"] = str(best.parallel)
+        entry["trial"] = best.number
+        return entry
+
+    rows = []
+    for trial in trials:
+        decision = Decision.of(trial)
+        if decision is not None and decision.kind != "idle":
+            rows.append(_trial_row(trial, decision))
+    return {
+        "study": study,
+        "phase": state.phase,
+        "done": state.done,
+        "round": state.round,
+        "metric": config.data.metric,
+        "direction": config.direction,
+        "comparison": config.search.comparison,
+        "waiting_for": state.waiting_for,
+        "reason": state.reason,
+        "best": {
+            "serial": best_entry(state.best_serial),
+            "parallel": best_entry(state.best_parallel),
+        },
+        "phases": phase_table(state),
+        "verify": verification_summary(state),
+        "trials": rows,
+    }
