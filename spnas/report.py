@@ -4,6 +4,8 @@
   phases (paper Fig. 3);
 - :func:`stage_flops_figure` — how the best networks spend their GMACs per stage (Fig. 4b);
 - :func:`ap_vs_gmacs_figure` — value against cost of every candidate (Fig. 5a);
+- :func:`verification_figure` — search value against the value retrained from scratch of the
+  verified networks (Fig. 4a), once verification ran;
 - :func:`trial_note` — the markdown note each trial carries in the dashboard.
 
 :func:`publish_to_dashboard` stores the figures in the study with
@@ -19,8 +21,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from spnas.search._config import SearchConfig
-from spnas.search._state import Decision, SearchState
+from spnas.search import Decision, SearchConfig, SearchState, summarize
 
 if TYPE_CHECKING:
     from spnas.modeling.flops import CostReport
@@ -32,12 +33,14 @@ KIND_COLOURS: dict[str, str] = {
     "reignite": "#d62728",
     "parallel_seed": "#9467bd",
     "parallel": "#2ca02c",
+    "control": "#17becf",
     "final": "#ff7f0e",
 }
 FIGURE_IDS: dict[str, str] = {
     "trajectory": "spnas-trajectory",
     "stage_flops": "spnas-stage-flops",
     "ap_vs_gmacs": "spnas-ap-vs-gmacs",
+    "verification": "spnas-verification",
 }
 
 
@@ -164,6 +167,42 @@ def ap_vs_gmacs_figure(trials: Sequence[FrozenTrial], config: SearchConfig) -> A
     return figure
 
 
+def verification_figure(verify: Mapping[str, Any], metric: str) -> Any:
+    """Search value against the value retrained from scratch, mean ± std over the repeats, of
+    every verified network (paper Fig. 4a); the title carries Kendall τ and the verdict."""
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    for network in verify["networks"]:
+        if network["mean"] is None or network["search_ap"] is None:
+            continue
+        code = network["arch"] + (f" {network['parallel']}" if network["parallel"] else "")
+        figure.add_trace(
+            go.Scatter(
+                x=[network["search_ap"]],
+                y=[network["mean"]],
+                error_y={"type": "data", "array": [network["std"] or 0.0], "visible": True},
+                mode="markers+text",
+                name=network["role"],
+                text=[network["role"]],
+                textposition="top center",
+                marker={"size": 11},
+                hovertemplate=f"{code}<br>search %{{x:.2f}}, retrained %{{y:.2f}}<extra></extra>",
+            )
+        )
+    tau = verify["kendall_tau"]
+    figure.update_layout(
+        title={
+            "text": f"Search against retraining from scratch (Kendall τ "
+            f"{'n/a' if tau is None else f'{tau:.2f}'})<br><sup>{verify['verdict']}</sup>",
+            "font": {"size": 14},
+        },
+        xaxis_title=f"search {metric}",
+        yaxis_title=f"retrained {metric} (mean ± std)",
+    )
+    return figure
+
+
 def trial_note(decision: Decision, attrs: Mapping[str, Any], value: float | None) -> str:
     """The markdown note of one trial: what it trained, from what, and how it did."""
 
@@ -174,6 +213,8 @@ def trial_note(decision: Decision, attrs: Mapping[str, Any], value: float | None
     lines.append(f"- **architecture**: `{decision.arch}`")
     if decision.parallel is not None:
         lines.append(f"- **parallel**: `{decision.parallel}`")
+    if decision.role is not None:
+        lines.append(f"- **verifies**: {decision.role}, repeat {decision.repeat}")
     if decision.parent is not None:
         lines.append(f"- **parent**: trial {decision.parent}")
     if decision.ops:
@@ -192,15 +233,10 @@ def trial_note(decision: Decision, attrs: Mapping[str, Any], value: float | None
 
 
 def publish_to_dashboard(study: optuna.Study, config: SearchConfig) -> None:
-    """Store (replace) the three figures in ``study`` for optuna-dashboard."""
+    """Store (replace) the search's figures in ``study`` for optuna-dashboard."""
     from optuna_dashboard import save_plotly_graph_object
 
-    trials = study.get_trials(deepcopy=False)
-    figures = {
-        "trajectory": trajectory_figure(trials, config),
-        "stage_flops": stage_flops_figure(trials, config),
-        "ap_vs_gmacs": ap_vs_gmacs_figure(trials, config),
-    }
+    figures = report_figures(study.get_trials(deepcopy=False), config)
     for name, figure in figures.items():
         save_plotly_graph_object(study, figure, graph_object_id=FIGURE_IDS[name])
 
@@ -210,18 +246,24 @@ REPORT_IMAGES: dict[str, str] = {
     "trajectory": "trajectory.png",
     "stage_flops": "stage_flops.png",
     "ap_vs_gmacs": "ap_vs_gmacs.png",
+    "verification": "verification.png",
 }
 #: Where Debian's ``chromium`` package puts the browser; kaleido is pointed at it.
 SYSTEM_CHROMIUM = "/usr/bin/chromium"
 
 
 def report_figures(trials: Sequence[FrozenTrial], config: SearchConfig) -> dict[str, Any]:
-    """The three search figures, by name (the keys of :data:`REPORT_IMAGES`)."""
-    return {
+    """The search figures, by name (keys of :data:`REPORT_IMAGES`); ``verification`` only
+    once verification trials exist."""
+    figures = {
         "trajectory": trajectory_figure(trials, config),
         "stage_flops": stage_flops_figure(trials, config),
         "ap_vs_gmacs": ap_vs_gmacs_figure(trials, config),
     }
+    verify = summarize(trials, config)["verify"]
+    if verify is not None:
+        figures["verification"] = verification_figure(verify, config.data.metric)
+    return figures
 
 
 def write_pngs(
@@ -336,6 +378,9 @@ def report_html(
                 [(row["phase"], row["best"], row["trials"]) for row in phases],
             ),
         ]
+    verify = summarize(trials, config)["verify"]
+    if verify is not None:
+        sections += _verification_html(verify, metric)
     sections += [
         "<h2>Trials</h2>",
         _html_table(
@@ -364,6 +409,35 @@ def report_html(
     )
 
 
+def _verification_html(verify: Mapping[str, Any], metric: str) -> list[str]:
+    from html import escape
+
+    def fmt(value: float | None) -> str:
+        return "—" if value is None else f"{value:.2f}"
+
+    rows = [
+        (
+            n["role"],
+            n["arch"],
+            n["parallel"],
+            n["search_ap"],
+            f"{fmt(n['mean'])} ± {fmt(n['std'])}",
+            " ".join(fmt(v) for v in n["retrained_ap"]),
+        )
+        for n in verify["networks"]
+    ]
+    tau = verify["kendall_tau"]
+    return [
+        "<h2>Verification: retrained from scratch at equal training</h2>",
+        f"<p><b>{escape(verify['verdict'])}</b></p>",
+        f"<p>Kendall τ between search and retrained {escape(metric)}: {fmt(tau)}</p>",
+        _html_table(
+            ["network", "architecture", "parallel", f"search {metric}", "retrained", "repeats"],
+            rows,
+        ),
+    ]
+
+
 def write_report(
     study: optuna.Study,
     config: SearchConfig,
@@ -371,14 +445,15 @@ def write_report(
     *,
     phases: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[Any]:
-    """Write the three figures as PNGs and ``index.html`` into ``out_dir``; return the paths."""
+    """Write the figures as PNGs and ``index.html`` into ``out_dir``; return the paths."""
     from pathlib import Path
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = report_figures(study.get_trials(deepcopy=False), config)
-    paths = [out / filename for filename in REPORT_IMAGES.values()]
-    write_pngs([figures[name] for name in REPORT_IMAGES], paths)
+    names = [name for name in REPORT_IMAGES if name in figures]
+    paths = [out / REPORT_IMAGES[name] for name in names]
+    write_pngs([figures[name] for name in names], paths)
     index = out / "index.html"
     index.write_text(report_html(study, config, figures, phases=phases), encoding="utf-8")
     paths.append(index)

@@ -83,3 +83,72 @@ def test_report_needs_its_arguments(missing: str) -> None:
     del argv[index : index + 2]
     with pytest.raises(SystemExit):
         main(argv)
+
+
+def make_verified_study(path: Path, name: str) -> str:
+    """A finished study at equal training: seed, one round (control, a better child), the
+    parallel phase (seed, control, a better code) and verification, 2 repeats each."""
+    config = SearchConfig.from_dict(
+        {
+            "study": {"name": name},
+            "model": {"seed_arch": SEED, "width": 8},
+            "serial": {"n_rounds": 0, "max_trials": 1},
+            "parallel": {"max_trials": 1},
+            "verify": {"repeats": 2},
+            "schedule": {"iters": 1, "min_size": 64},
+        }
+    )
+    url = f"sqlite:///{path}"
+    study = optuna.create_study(study_name=name, storage=url, direction=config.direction)
+    study.set_user_attr("spnas:config", config.to_dict())
+    zeros, code = "(0,0,0,0)", "(1,0,0,0)"
+    history = [
+        (Decision("seed", arch=SEED), 2.0),
+        (Decision("control", arch=SEED, parent=0, round=1), 3.0),
+        (Decision("serial", arch=CHILD, parent=0, ops=("expand(s1,after=0)",), round=1), 5.0),
+        (Decision("parallel_seed", arch=CHILD, parallel=zeros, parent=2), 6.0),
+        (Decision("control", arch=CHILD, parallel=zeros, parent=3, round=1), 6.5),
+        (Decision("parallel", arch=CHILD, parallel=code, parent=3, round=1), 7.0),
+    ]
+    verified = [("seed", SEED, None, 0, (3.0, 4.0)), ("round 1", CHILD, None, 2, (4.0, 5.5))]
+    verified.append(("spnet", CHILD, code, 5, (6.0, 8.0)))
+    for role, arch, parallel, parent, values in verified:
+        for repeat, value in enumerate(values):
+            history.append(
+                (
+                    Decision(
+                        "verify",
+                        arch=arch,
+                        parallel=parallel,
+                        parent=parent,
+                        round=1,
+                        role=role,
+                        repeat=repeat,
+                    ),
+                    value,
+                )
+            )
+    for decision, value in history:
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=value,
+                system_attrs=decision.to_attrs(),
+                user_attrs={"gmacs": 0.1, "AP": value, "params_m": 1.0},
+            )
+        )
+    return url
+
+
+def test_report_shows_verification(tmp_path: Path, capsys) -> None:
+    url = make_verified_study(tmp_path / "spnas.db", "verified")
+    out = tmp_path / "report"
+    assert main(["report", "--study", "verified", "--storage", url, "--out", str(out)]) == 0
+    with Image.open(out / "verification.png") as image:
+        assert image.format == "PNG" and image.width > 100
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert "Verification: retrained from scratch at equal training" in html
+    # spnet against the seed, paired by repeat: +3.0 and +4.0.
+    assert "beats the seed at equal training: +3.50 ± 0.71 AP over 2 seeds" in html
+    assert "Kendall τ between search and retrained AP: 1.00" in html
+    assert html.count("Plotly.newPlot") == 4
+    capsys.readouterr()

@@ -40,6 +40,7 @@ TINY_STUDY = {
         "num_workers": 0,
         "device": "cpu",
     },
+    "verify": {"repeats": 2, "schedule": {"iters": 8}},
     "search": {"wait_seconds": 0.5},
 }
 
@@ -69,9 +70,24 @@ def test_search_runs_every_phase_with_the_real_engine(tmp_path, capsys) -> None:
 
     assert status["done"] is True and status["phase"] == "done"
     kinds = [t["kind"] for t in status["trials"]]
-    # One trial per round and phase (max_trials: 1): Algorithm 1's whole path, in order.
-    assert kinds == ["seed", "serial", "reignite", "serial", "parallel_seed", "parallel"]
+    # One candidate per round and phase (max_trials: 1) beside each round's control:
+    # Algorithm 1's whole path at equal training, in order, then verification.
+    searched = [k for k in kinds if k != "verify"]
+    assert searched == [
+        "seed",
+        *("control", "serial"),
+        "reignite",
+        *("control", "serial"),
+        "parallel_seed",
+        *("control", "parallel"),
+    ]
     assert all(t["state"] == "COMPLETE" for t in status["trials"])
+    verify = status["verify"]
+    networks = verify["networks"]
+    assert networks[0]["role"] == "seed" and networks[-1]["role"] == "spnet"
+    assert kinds.count("verify") == 2 * len(networks)
+    assert all(None not in n["retrained_ap"] for n in networks)
+    assert verify["complete"] and verify["verdict"]
     assert status["best"]["parallel"]["parallel"].startswith("(")
     assert [p["phase"] for p in status["phases"]] == [
         "seed",
