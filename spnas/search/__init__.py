@@ -28,6 +28,7 @@ from spnas.search._summary import kendall_tau, summarize, verification_summary
 from spnas.search._worker import (
     check_inputs,
     create_search_study,
+    enable_verification,
     load_search_study,
     prepare_data,
     run_worker,
@@ -49,6 +50,7 @@ __all__ = [
     "SearchState",
     "check_inputs",
     "create_search_study",
+    "enable_verification",
     "get_decision",
     "kendall_tau",
     "load_search_study",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -132,6 +133,29 @@ def load_search_study(
             f"(no {CONFIG_ATTR!r} user attribute)"
         )
     return study, SearchConfig.from_dict(values)
+
+
+def enable_verification(
+    study: optuna.Study,
+    config: SearchConfig,
+    *,
+    repeats: int | None = None,
+    schedule: Mapping[str, Any] | None = None,
+) -> SearchConfig:
+    """Turn verification on for an existing study (``spnas verify``); returns the new config.
+
+    Only the ``verify`` section changes: workers (new or running) then retrain the seed, every
+    round's best and the best SPNet once the parallel phase is over, as part of the search.
+    """
+    section = dataclasses.replace(
+        config.verify,
+        enabled=True,
+        repeats=config.verify.repeats if repeats is None else repeats,
+        schedule=config.verify.schedule if schedule is None else dict(schedule),
+    )
+    updated = SearchConfig.from_dict({**config.to_dict(), "verify": dataclasses.asdict(section)})
+    study.set_user_attr(CONFIG_ATTR, updated.to_dict())
+    return updated
 
 
 class _DashboardFigures:
