@@ -1,23 +1,26 @@
-"""SP-NAS serial search against random search at equal compute (the paper's Table 9 question).
+"""SP-NAS against random search at equal budget, both picks retrained from scratch (Table 9).
 
-On the synthetic benchmark (shapes, 128 px, 4 classes), for each of ``--seeds`` seeds:
+For each benchmark profile (``spnas data synth --profile``) and each of ``--seeds`` seeds:
 
-- **SP-NAS**: the seed network ``BB(11,d1,d1,d1)``, crop-pretrained (the reignition routine)
-  and trained, then ``--trials`` serial trials: mutations of the round's best, each inheriting
-  its parent's trained weights (the real search: :func:`spnas.search.run_worker`).
-- **Random search**: ``--trials`` + 1 codes drawn uniformly from the same space (the same block
-  and stage bounds and as many channel doublings as the seed), each crop-pretrained by the same
-  routine and trained with the same schedule. Each is the seed trial of a one-trial study,
-  so it goes through exactly the code path of the SP-NAS seed.
-- **Seed baseline**: the SP-NAS seed trial alone.
+- **SP-NAS**: a whole search (``spnas search`` with 2 workers: seed, serial rounds with a
+  reignition, parallel phase) at equal training (``search.comparison: equal_training``), no
+  verification inside. Its budget is every optimizer step it took: each trial's detection
+  iterations plus the classification pretraining of the seed and of every reignition.
+- **Random search** at the same budget: codes drawn uniformly from the same space (serial code
+  with the seed's number of doublings, then a parallel code by the same FLOPs-inverse sampling
+  under the same FLOPs budget), each pretrained from scratch and trained one search schedule
+  (:func:`spnas.search.retrain`), until the next one would exceed the budget; its pick is the
+  best by that search value.
+- **Both picks and the seed are retrained** from scratch with the verification schedule,
+  ``--repeats`` seeds each (the same seeds for every network): the only difference between the
+  three is the architecture.
 
-Both searches train the same number of detectors for the same iterations; random search also
-pretrains every candidate (SP-NAS pretrains once), so compute is equal or in its favour.
-Reported: best and mean AP of each method per seed, and over seeds the mean, standard
-deviation, min and max of the per-seed bests.
+Then the data-specificity check (paper Fig. 4b): SP-NAS's pick of each profile is retrained on
+the other profile(s) with the same repeats.
 
-Run: ``.venv/bin/python benchmarks/search_vs_random.py [--seeds 3] [--trials 4] [--json]``
-(about 5 minutes per seed on a 2-core CPU).
+Run: ``.venv/bin/python benchmarks/search_vs_random.py [--profiles A B] [--seeds 3]
+[--repeats 3] [--json]``; it writes ``benchmarks/results/search_vs_random.json`` after every
+search, so a partial run keeps what it measured.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import logging
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,61 +36,43 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import base_parser, report, spread
 
 from spnas.arch import SearchSpace, SerialCode
-from spnas.search import SearchConfig, create_search_study, run_worker
+from spnas.search import SearchConfig, SearchState, load_search_study, retrain
+from spnas.search._proposals import flops_budget, sample_parallel_code, stage_costs
 
 NAME = "search_vs_random"
 SEED_ARCH = "BB(11,d1,d1,d1)"
-SPACE = {"min_blocks": 8, "max_blocks": 14, "min_stages": 4, "max_stages": 5}
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def study_values(root: Path, name: str, seed_arch: str, seed: int, trials: int) -> dict[str, Any]:
-    """The smoke study's settings (studies/smoke.yaml), one serial round of ``trials``."""
-    return {
-        "study": {
-            "name": name,
-            "storage": f"sqlite:///{root / 'studies.db'}",
-            "workdir": str(root / name),
-        },
-        "engine": {
-            "name": "detectron2",
-            "config": str(_configs() / "faster_rcnn_spnet_fpn_cpu.yaml"),
-            "show_progress": False,
-        },
-        "data": {"dir": str(root / "data"), "metric": "AP"},
-        "model": {
-            "seed_arch": seed_arch,
-            "width": 16,
-            "norm": "BN",
-            "fpn_channels": 32,
-            "anchor_size": 8,
-        },
-        "space": SPACE,
-        # n_stuck above the budget: every run trains exactly `trials` serial candidates.
-        "serial": {"n_mutations": 2, "n_stuck": trials + 1, "n_rounds": 0, "max_trials": trials},
-        "parallel": {"max_trials": 0},
-        "reignite": {"epochs": 4, "image_size": 32, "batch_size": 32},
-        "schedule": {
-            "iters": 150,
-            "ims_per_batch": 4,
-            "base_lr": 0.02,
-            "min_lr": 0.0001,
-            "warmup_iters": 10,
-            "min_size": 128,
-            "max_size": 128,
-            "num_workers": 0,
-        },
-        "search": {"seed": seed, "keep_top_k": 2, "wait_seconds": 0.5},
+def study_values(root: Path, profile: str, seed: int, args: Any) -> dict[str, Any]:
+    """The demo study's settings (studies/demo.yaml) on ``profile``'s data."""
+    demo = yaml.safe_load((ROOT / "studies" / "demo.yaml").read_text())
+    values = {key: demo[key] for key in demo if key != "study"}
+    values["study"] = {
+        "name": f"spnas-{profile}-{seed}",
+        "storage": f"sqlite:///{root / 'studies.db'}",
+        "workdir": str(root / f"spnas-{profile}-{seed}"),
     }
-
-
-def _configs() -> Path:
-    return Path(__file__).resolve().parents[1] / "detectron_configs"
+    values["engine"] = {
+        **demo["engine"],
+        "config": str(ROOT / demo["engine"]["config"]),
+        "show_progress": False,
+    }
+    values["data"] = {
+        **demo["data"],
+        "dir": str(root / f"data-{profile}"),
+        "synthetic": {**demo["data"]["synthetic"], "profile": profile},
+    }
+    values["search"] = {**demo.get("search", {}), "seed": seed, "comparison": "equal_training"}
+    values["verify"] = {**demo.get("verify", {}), "enabled": False}
+    return values
 
 
 def random_code(space: SearchSpace, doublings: int, rng: random.Random) -> SerialCode:
@@ -108,90 +94,216 @@ def random_code(space: SearchSpace, doublings: int, rng: random.Random) -> Seria
             return code
 
 
-def run_study(root: Path, values: dict[str, Any], trials: int) -> list[tuple[str, float]]:
-    """Run ``trials`` trials of a new study in this process; ``(kind, AP)`` of each."""
-    config = SearchConfig.from_dict(values)
-    create_search_study(config)
-    run_worker(config.study.name, config.study.storage, max_trials=trials)
-    study = optuna.load_study(study_name=config.study.name, storage=config.study.storage)
-    out = []
-    for trial in study.get_trials(states=[optuna.trial.TrialState.COMPLETE]):
-        out.append((str(trial.system_attrs.get("spnas:kind")), float(trial.value)))
-    return out
+def random_parallel(config: SearchConfig, arch: SerialCode, rng: random.Random) -> Any:
+    """A parallel code by the search's own FLOPs-inverse sampling, under its FLOPs budget."""
+    from spnas.modeling.flops import cost
+
+    costs, budget = stage_costs(config, arch), flops_budget(config, arch)
+    size = (config.schedule.min_size, config.schedule.min_size)
+    for _ in range(config.parallel.max_tries):
+        code = sample_parallel_code(arch, costs, config.space.max_subnets, rng)
+        gmacs = cost(arch, code, base_width=config.model.width, input_size=size).gmacs
+        if gmacs <= budget:
+            return code
+    return None
+
+
+def run_spnas(root: Path, values: dict[str, Any], workers: int) -> tuple[SearchConfig, Any]:
+    """Run the search with ``spnas search`` (as a user would); its config and final state."""
+    path = root / f"{values['study']['name']}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    log = root / f"{values['study']['name']}.log"
+    with open(log, "w") as out:
+        subprocess.run(
+            [sys.executable, "-m", "spnas", "search", str(path), "--workers", str(workers)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=True,
+        )
+    study, config = load_search_study(values["study"]["name"], values["study"]["storage"])
+    return config, study
+
+
+def search_budget(study: optuna.Study) -> int:
+    """Optimizer steps of every trial: detection iterations and classification pretraining."""
+    steps = 0
+    for trial in study.get_trials(deepcopy=False):
+        steps += int(trial.user_attrs.get("train_iters") or 0)
+        steps += int(trial.user_attrs.get("pretrain_iters") or 0)
+    return steps
+
+
+def retrained(
+    config: SearchConfig, arch: Any, parallel: Any, repeats: int, out: Path
+) -> list[float | None]:
+    """The network retrained from scratch with the verification schedule, one AP per seed."""
+    values: list[float | None] = []
+    for repeat in range(repeats):
+        try:
+            result = retrain(
+                config,
+                arch,
+                parallel,
+                seed=repeat,
+                out_dir=out / f"r{repeat}",
+                schedule=config.verify_schedule,
+            )
+            values.append(result.detection.metric(config.data.metric))
+        except FloatingPointError:  # a diverged training found nothing
+            values.append(0.0)
+    return values
+
+
+def run_random(
+    config: SearchConfig, budget: int, seed: int, out: Path
+) -> tuple[dict[str, Any], int, int]:
+    """Random search until the budget is spent: its pick, steps spent, candidates trained."""
+    rng = random.Random(f"random:{seed}")
+    doublings = str(SerialCode.parse(SEED_ARCH)).count("d")
+    spent, trained, best = 0, 0, None
+    cost_estimate = 0
+    while spent + cost_estimate <= budget:
+        arch = random_code(config.space, doublings, rng)
+        parallel = random_parallel(config, arch, rng)
+        try:
+            result = retrain(config, arch, parallel, seed=seed, out_dir=out / f"c{trained}")
+            value = result.detection.metric(config.data.metric)
+            steps = result.iterations
+        except FloatingPointError:
+            value, steps = 0.0, cost_estimate
+        spent += steps
+        cost_estimate = max(cost_estimate, steps)
+        trained += 1
+        if best is None or value > best["search_ap"]:
+            best = {"arch": str(arch), "parallel": None if parallel is None else str(parallel)}
+            best["search_ap"] = value
+    assert best is not None
+    return best, spent, trained
+
+
+def _mean(values: list[float | None]) -> float:
+    return statistics.fmean(v for v in values if v is not None)
 
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--profiles", nargs="+", default=["small-objects", "large-objects"])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--trials", type=int, default=4, help="serial trials after the seed")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2, help="workers of each SP-NAS search")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.basicConfig(level=logging.WARNING)
-
-    from spnas.data.synthetic import make_synthetic_dataset
-
-    space = SearchSpace(**SPACE)
-    doublings = str(SerialCode.parse(SEED_ARCH)).count("d")
-    per_seed = []
     started = time.monotonic()
+    result: dict[str, Any] = {"complete": False, "profiles": {}, "cross_profile": []}
     with tempfile.TemporaryDirectory(prefix="spnas-svr-") as tmp:
         root = Path(tmp)
-        make_synthetic_dataset(
-            root / "data", train=160, val=40, size=128, classes=4, seed=0, show_progress=False
-        )
-        for seed in range(args.seeds):
-            values = study_values(root, f"spnas-{seed}", SEED_ARCH, seed, args.trials)
-            spnas = run_study(root, values, args.trials + 1)
-            seed_ap = next(ap for kind, ap in spnas if kind == "seed")
-            rng = random.Random(seed)
-            randoms, diverged = [], 0
-            for index in range(args.trials + 1):
-                code = str(random_code(space, doublings, rng))
-                values = study_values(root, f"random-{seed}-{index}", code, seed, args.trials)
-                done = run_study(root, values, 1)
-                # A candidate whose training diverged is a failed trial of the random search:
-                # it found nothing (AP 0), as a search budget spent on it would.
-                randoms.append((code, done[0][1] if done else 0.0))
-                diverged += not done
-            row = {
-                "seed": seed,
-                "seed_baseline_ap": seed_ap,
-                "spnas_best_ap": max(ap for _, ap in spnas),
-                "spnas_mean_ap": statistics.fmean(ap for _, ap in spnas),
-                "spnas_trained": len(spnas),
-                "random_best_ap": max(ap for _, ap in randoms),
-                "random_mean_ap": statistics.fmean(ap for _, ap in randoms),
-                "random_trained": len(randoms),
-                "random_codes": randoms,
-                "random_diverged": diverged,
-            }
-            per_seed.append(row)
-            print(
-                f"seed {seed}: baseline {seed_ap:.2f}, SP-NAS best {row['spnas_best_ap']:.2f}, "
-                f"random best {row['random_best_ap']:.2f}",
-                flush=True,
-            )
-            report(NAME, summarize(per_seed, args, started, complete=False), args)
-    report(NAME, summarize(per_seed, args, started, complete=True), args)
+        picks: dict[str, list[tuple[SearchConfig, dict[str, Any]]]] = {}
+        for profile in args.profiles:
+            rows: list[dict[str, Any]] = []
+            entry: dict[str, Any] = {"per_seed": rows}
+            result["profiles"][profile] = entry
+            for seed in range(args.seeds):
+                values = study_values(root, profile, seed, args)
+                config, study = run_spnas(root, values, args.workers)
+                if seed == 0:
+                    entry["seed_retrained"] = retrained(
+                        config, SEED_ARCH, None, args.repeats, root / f"seed-{profile}"
+                    )
+                state = SearchState.from_trials(study.get_trials(deepcopy=False), config)
+                best = state.best_parallel or state.round_best
+                budget = search_budget(study)
+                spnas = {
+                    "arch": str(best.arch),
+                    "parallel": None if best.parallel is None else str(best.parallel),
+                    "search_ap": best.value,
+                    "trials": len(study.get_trials(deepcopy=False)),
+                    "budget_steps": budget,
+                }
+                spnas["retrained"] = retrained(
+                    config, best.arch, best.parallel, args.repeats, root / f"s-{profile}-{seed}"
+                )
+                pick, spent, trained = run_random(config, budget, seed, root / f"r{profile}{seed}")
+                pick.update(budget_steps=spent, trained=trained)
+                pick["retrained"] = retrained(
+                    config, pick["arch"], pick["parallel"], args.repeats, root / f"p{profile}{seed}"
+                )
+                rows.append(_row(seed, spnas, pick, entry["seed_retrained"]))
+                picks.setdefault(profile, []).append((config, spnas))
+                print(json_line(profile, rows[-1]), flush=True)
+                entry.update(_profile_summary(rows, entry["seed_retrained"]))
+                result["wall_s"] = time.monotonic() - started
+                report(NAME, result, args)
+        result["cross_profile"] = _cross_profile(picks, args.repeats, root)
+    result.update(complete=True, wall_s=time.monotonic() - started)
+    report(NAME, result, args)
 
 
-def summarize(
-    per_seed: list[dict[str, Any]], args: Any, started: float, complete: bool
+def _row(
+    seed: int, spnas: dict[str, Any], pick: dict[str, Any], seed_values: list[float | None]
 ) -> dict[str, Any]:
-    """The result over the seeds done so far (written after each seed)."""
+    spnas_mean, random_mean = _mean(spnas["retrained"]), _mean(pick["retrained"])
     return {
-        "complete": complete,
-        "seeds_done": len(per_seed),
-        "trials_per_method": args.trials + 1,
-        "per_seed": per_seed,
-        "seed_baseline_ap": spread([r["seed_baseline_ap"] for r in per_seed]),
-        "spnas_best_ap": spread([r["spnas_best_ap"] for r in per_seed]),
-        "random_best_ap": spread([r["random_best_ap"] for r in per_seed]),
-        "spnas_mean_ap": spread([r["spnas_mean_ap"] for r in per_seed]),
-        "random_mean_ap": spread([r["random_mean_ap"] for r in per_seed]),
-        "diverged_random_candidates": sum(row["random_diverged"] for row in per_seed),
-        "wall_s": time.monotonic() - started,
+        "seed": seed,
+        "spnas": spnas,
+        "random": pick,
+        "spnas_retrained_mean": spnas_mean,
+        "random_retrained_mean": random_mean,
+        "seed_retrained_mean": _mean(seed_values),
+        "spnas_beats_random": spnas_mean > random_mean,
     }
+
+
+def _profile_summary(rows: list[dict[str, Any]], seed_values: list[float | None]) -> dict:
+    seed_std = statistics.stdev(v for v in seed_values if v is not None)
+    spnas = [r["spnas_retrained_mean"] for r in rows]
+    gains = [m - _mean(seed_values) for m in spnas]
+    return {
+        "seed": spread([v for v in seed_values if v is not None]),
+        "spnas_retrained": spread(spnas),
+        "random_retrained": spread([r["random_retrained_mean"] for r in rows]),
+        "spnas_gain_over_seed": spread(gains),
+        "spnas_beats_seed_by_2_std": [g > 2 * seed_std for g in gains],
+        "spnas_beats_random": [r["spnas_beats_random"] for r in rows],
+    }
+
+
+def _cross_profile(
+    picks: dict[str, list[tuple[SearchConfig, dict[str, Any]]]], repeats: int, root: Path
+) -> list[dict[str, Any]]:
+    """Paper Fig. 4b: each profile's SP-NAS pick (seed 0) retrained on every other profile."""
+    rows = []
+    for source, searched in picks.items():
+        _, pick = searched[0]
+        for target, other in picks.items():
+            if target == source:
+                continue
+            config = other[0][0]
+            values = retrained(
+                config, pick["arch"], pick["parallel"], repeats, root / f"x-{source}-{target}"
+            )
+            rows.append(
+                {
+                    "searched_on": source,
+                    "retrained_on": target,
+                    "arch": pick["arch"],
+                    "parallel": pick["parallel"],
+                    "retrained": values,
+                    "mean": _mean(values),
+                    "native_pick_mean": _mean(other[0][1]["retrained"]),
+                }
+            )
+    return rows
+
+
+def json_line(profile: str, row: dict[str, Any]) -> str:
+    return (
+        f"{profile} seed {row['seed']}: retrained seed {row['seed_retrained_mean']:.2f}, "
+        f"SP-NAS {row['spnas_retrained_mean']:.2f} ({row['spnas']['arch']} "
+        f"{row['spnas']['parallel']}, {row['spnas']['budget_steps']} steps), random "
+        f"{row['random_retrained_mean']:.2f} ({row['random']['arch']} {row['random']['parallel']}, "
+        f"{row['random']['trained']} candidates, {row['random']['budget_steps']} steps)"
+    )
 
 
 if __name__ == "__main__":
