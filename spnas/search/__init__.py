@@ -21,6 +21,7 @@ from spnas.search._proposals import (
     propose_serial,
     sample_parallel_code,
 )
+from spnas.search._retrain import pretrain_backbone, retrain
 from spnas.search._sampler import SPNASSampler, get_decision
 from spnas.search._state import BARRIER_KINDS, KINDS, Best, Decision, Record, SearchState
 from spnas.search._worker import (
@@ -50,8 +51,10 @@ __all__ = [
     "get_decision",
     "load_search_study",
     "prepare_data",
+    "pretrain_backbone",
     "propose_parallel",
     "propose_serial",
+    "retrain",
     "run_worker",
     "sample_parallel_code",
 ]

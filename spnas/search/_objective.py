@@ -18,6 +18,7 @@ from spnas.data.coco import DatasetSplits
 from spnas.engines.base import DataSpec, Engine, InitWeights, build_engine
 from spnas.exceptions import WeightsError
 from spnas.search._config import SearchConfig
+from spnas.search._retrain import pretrain_backbone
 from spnas.search._sampler import get_decision
 from spnas.search._state import Decision, SearchState
 from spnas.storage import make_artifact_store
@@ -233,31 +234,7 @@ class Objective:
         return self._pretrain(config.seed_arch, path, init=None)
 
     def _pretrain(self, arch: Any, out: Path, init: Path | None) -> Path:
-        from spnas.pretrain import PretrainConfig, pretrain
-
-        r = self.config.reignite
-        pretrain(
-            arch,
-            out,
-            data=None if r.imagefolder else self.config.data.dir,
-            imagefolder=r.imagefolder,
-            config=PretrainConfig(
-                epochs=r.epochs,
-                batch_size=r.batch_size,
-                lr=r.lr,
-                min_lr=min(1e-4, r.lr),
-                image_size=r.image_size,
-                base_width=self.config.model.width,
-                stem=self.config.model.stem,
-                xb_groups=self.config.model.xb_groups,
-                seed=self.config.search.seed,
-            ),
-            init_weights=init,
-            norm=self.config.model.norm,
-            device=self.config.schedule.device,
-            show_progress=self.config.engine.show_progress,
-        )
-        return out
+        return pretrain_backbone(self.config, arch, out, init=init)
 
     def reignite(self, decision: Decision, parent_path: Path, out_dir: Path) -> Path:
         """Pretrain the round's best backbone, put it back into its detector's weights."""
