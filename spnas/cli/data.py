@@ -32,8 +32,18 @@ def _register_synth(actions: argparse._SubParsersAction) -> None:
         help="draw a synthetic shapes-detection data set",
         description=(
             "Draw a synthetic shapes-detection data set: OUT/train.json, OUT/val.json and PNG "
-            "images under OUT/images (the json file_name entries are relative to OUT/images)."
+            "images under OUT/images (the json file_name entries are relative to OUT/images). "
+            "A profile sets the object sizes, counts and classes: shapes (the default: 1-6 "
+            "shapes of 6 px to half the image), small-objects (many tiny shapes, for "
+            "high-resolution stages) or large-objects (a few large shapes told apart by "
+            "large-scale structure, for receptive field); see spnas.data.PROFILES."
         ),
+    )
+    parser.add_argument(
+        "--profile",
+        default="shapes",
+        metavar="NAME",
+        help="generator profile: shapes, small-objects or large-objects (default: shapes)",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--train", type=int, default=200, metavar="N", help="training images")
@@ -41,7 +51,11 @@ def _register_synth(actions: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", type=int, default=128, metavar="PX", help="image side")
     parser.add_argument("--classes", type=int, default=4, metavar="K", help="shape classes")
     parser.add_argument(
-        "--max-objects", type=int, default=6, metavar="N", help="most objects in one image"
+        "--max-objects",
+        type=int,
+        default=None,
+        metavar="N",
+        help="most objects in one image (default: the profile's, 6 for shapes)",
     )
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -59,10 +73,11 @@ def _run_synth(args: argparse.Namespace) -> int:
         classes=args.classes,
         max_objects=args.max_objects,
         seed=args.seed,
+        profile=args.profile,
         show_progress=not args.no_progress,
     )
     print(
-        f"synthetic data: {dataset.num_train_images} train images "
+        f"synthetic data ({dataset.profile}): {dataset.num_train_images} train images "
         f"({dataset.num_train_annotations} boxes), {dataset.num_val_images} val images "
         f"({dataset.num_val_annotations} boxes), {len(dataset.class_names)} classes "
         f"({', '.join(dataset.class_names)}), {dataset.image_size} px -> "

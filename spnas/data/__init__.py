@@ -3,7 +3,8 @@
 Every data set ends up as COCO-format json plus an image root, which both engines read:
 
 - :func:`make_synthetic_dataset` draws a small shapes-detection set, so that searches, tests and
-  demos run on a laptop with nothing downloaded.
+  demos run on a laptop with nothing downloaded; its :data:`PROFILES` (``shapes``,
+  ``small-objects``, ``large-objects``) make benchmarks where different backbones win.
 - :func:`voc_to_coco`, :func:`bdd_to_coco` and :func:`ecp_to_coco` convert Pascal VOC,
   BDD100K and EuroCity Persons into the same layout (``train.json``, ``val.json``,
   ``images/``), which :class:`spnas.data.coco.DatasetSplits` reads.
@@ -15,20 +16,32 @@ from __future__ import annotations
 
 from spnas.data.bdd import BDD_CLASSES, BDD_IMAGE_SIZE, bdd_to_coco
 from spnas.data.ecp import ECP_CLASSES, ECP_IGNORE_REGIONS, ECP_TIMES, ecp_to_coco
-from spnas.data.synthetic import SHAPES, SyntheticDataset, make_synthetic_dataset
+from spnas.data.synthetic import (
+    DEFAULT_PROFILE,
+    PROFILES,
+    SHAPES,
+    SyntheticDataset,
+    SyntheticProfile,
+    get_profile,
+    make_synthetic_dataset,
+)
 from spnas.data.voc import VOC_CLASSES, parse_voc_sets, voc_to_coco
 
 __all__ = [
     "BDD_CLASSES",
     "BDD_IMAGE_SIZE",
+    "DEFAULT_PROFILE",
     "ECP_CLASSES",
     "ECP_IGNORE_REGIONS",
     "ECP_TIMES",
+    "PROFILES",
     "SHAPES",
     "VOC_CLASSES",
     "SyntheticDataset",
+    "SyntheticProfile",
     "bdd_to_coco",
     "ecp_to_coco",
+    "get_profile",
     "make_synthetic_dataset",
     "parse_voc_sets",
     "voc_to_coco",

@@ -21,12 +21,15 @@ as "unmatched").
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -35,7 +38,15 @@ from tqdm import tqdm
 
 from spnas.exceptions import DataError
 
-__all__ = ["SHAPES", "SyntheticDataset", "make_synthetic_dataset"]
+__all__ = [
+    "DEFAULT_PROFILE",
+    "PROFILES",
+    "SHAPES",
+    "SyntheticDataset",
+    "SyntheticProfile",
+    "get_profile",
+    "make_synthetic_dataset",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -74,13 +85,106 @@ _COLOUR_JITTER = 30.0
 # Shapes are rasterised at this factor and box-filtered down, so small objects keep their
 # outline (anti-aliased) instead of collapsing to blocky masks.
 _SUPERSAMPLE = 4
-_MIN_LONG_SIDE_PX = 6
-_MIN_SHORT_SIDE_PX = 5
-_MIN_SIDE_FRACTION = 0.05
-_MAX_SIDE_FRACTION = 0.5
-_MAX_ASPECT = 2.0
-_MAX_OCCLUDED = 0.6
 _PLACEMENT_TRIES = 20
+
+
+@dataclass(frozen=True)
+class SyntheticProfile:
+    """The generator parameters of one kind of synthetic data set (see :data:`PROFILES`).
+
+    Sizes are in pixels unless named a fraction (of the image side). Every range is drawn
+    uniformly, object sides log-uniformly.
+
+    Attributes:
+        name: Registry key, written into the json ``info.description``.
+        description: One line on what the profile is for.
+        shapes: Class names in category-id order, a permutation of a subset of :data:`SHAPES`;
+            ``classes=K`` uses the first K.
+        min_long_side_px: Smallest longer object side.
+        min_side_fraction: Smallest longer side as a fraction of the image side (the larger of
+            the two minima applies).
+        max_side_fraction: Largest longer side as a fraction of the image side.
+        min_short_side_px: Smallest shorter side (capped by the longer side).
+        max_aspect: Largest ratio of the longer to the shorter side.
+        min_objects: Fewest objects drawn in one image (fewer survive when placement fails).
+        max_objects: Most objects in one image unless ``make_synthetic_dataset(max_objects=)``.
+        max_occluded: Largest fraction of an object a later one may hide.
+        max_blobs: Most soft colour blobs in the background.
+        max_lines: Most clutter lines in the background.
+        wall_fraction: Range of the wall of a ``ring`` or ``frame``, as a fraction of its
+            shorter side (at least 1.5 px).
+        stripe_period: Range of the period of ``stripes``, in pixels.
+    """
+
+    name: str
+    description: str
+    shapes: tuple[str, ...] = SHAPES
+    min_long_side_px: float = 6.0
+    min_side_fraction: float = 0.05
+    max_side_fraction: float = 0.5
+    min_short_side_px: int = 5
+    max_aspect: float = 2.0
+    min_objects: int = 1
+    max_objects: int = 6
+    max_occluded: float = 0.6
+    max_blobs: int = 4
+    max_lines: int = 4
+    wall_fraction: tuple[float, float] = (0.15, 0.3)
+    stripe_period: tuple[float, float] = (3.0, 6.0)
+
+
+#: The registered profiles by name; :data:`DEFAULT_PROFILE` reproduces the original data set.
+PROFILES: Mapping[str, SyntheticProfile] = MappingProxyType(
+    {
+        profile.name: profile
+        for profile in (
+            SyntheticProfile(
+                name="shapes",
+                description=(
+                    "1-6 shapes of 6 px to half the image, partly occluded, on a cluttered "
+                    "background (the original set)"
+                ),
+            ),
+            SyntheticProfile(
+                name="small-objects",
+                description=(
+                    "many tiny shapes (3-10 px at 128 px) whose class is in a few pixels of "
+                    "detail: rewards blocks at stride 4-8"
+                ),
+                min_long_side_px=3.0,
+                min_side_fraction=0.0,
+                max_side_fraction=10 / 128,
+                min_short_side_px=3,
+                max_aspect=1.5,
+                min_objects=8,
+                max_objects=20,
+                max_occluded=0.2,
+                max_lines=8,
+                stripe_period=(2.0, 3.0),
+            ),
+            SyntheticProfile(
+                name="large-objects",
+                description=(
+                    "1-3 large shapes (40-95 % of the image) in pairs told apart only by a "
+                    "thin-walled hole (disc/ring, box/frame): rewards receptive field"
+                ),
+                shapes=("disc", "ring", "box", "frame", "triangle", "cross", "stripes", "diamond"),
+                min_long_side_px=6.0,
+                min_side_fraction=0.4,
+                max_side_fraction=0.95,
+                max_aspect=1.5,
+                min_objects=1,
+                max_objects=3,
+                max_occluded=0.4,
+                max_blobs=6,
+                max_lines=8,
+                wall_fraction=(0.06, 0.12),
+                stripe_period=(10.0, 20.0),
+            ),
+        )
+    }
+)
+DEFAULT_PROFILE = "shapes"
 
 
 @dataclass(frozen=True)
@@ -99,6 +203,7 @@ class SyntheticDataset:
         num_val_images: Images in the validation split.
         num_train_annotations: Boxes in the training split.
         num_val_annotations: Boxes in the validation split.
+        profile: Name of the :class:`SyntheticProfile` it was drawn with.
     """
 
     root: Path
@@ -112,6 +217,19 @@ class SyntheticDataset:
     num_val_images: int
     num_train_annotations: int
     num_val_annotations: int
+    profile: str = DEFAULT_PROFILE
+
+
+def get_profile(name: str) -> SyntheticProfile:
+    """The registered profile called ``name``.
+
+    Raises:
+        DataError: No profile has that name; the message lists the registered ones.
+    """
+    try:
+        return PROFILES[name]
+    except (KeyError, TypeError):
+        raise DataError(f"profile: expected one of {', '.join(PROFILES)}, got {name!r}") from None
 
 
 def make_synthetic_dataset(
@@ -121,8 +239,9 @@ def make_synthetic_dataset(
     val: int = 50,
     size: int = 128,
     classes: int = 4,
-    max_objects: int = 6,
+    max_objects: int | None = None,
     seed: int = 0,
+    profile: str = DEFAULT_PROFILE,
     show_progress: bool = True,
 ) -> SyntheticDataset:
     """Draw a shapes-detection data set and write it in COCO format.
@@ -132,113 +251,136 @@ def make_synthetic_dataset(
     the output is byte-for-byte reproducible, train and val never share an image, and growing
     ``train`` keeps the images already generated.
 
-    Each image holds 1 to ``max_objects`` shapes. Their longer side is log-uniform between
-    ``max(6, 0.05 * size)`` and ``size / 2`` pixels, the aspect ratio is between 1:2 and 2:1, and
-    an object is placed only where it hides at most 60 % of every object below it. Boxes are the
-    tight extent of the visible (uncovered) drawn pixels; ``area`` is the visible pixel count, as
-    COCO computes it from segment masks.
+    ``profile`` chooses the generator parameters (:data:`PROFILES`). With the default ``shapes``
+    each image holds 1 to ``max_objects`` shapes, their longer side log-uniform between
+    ``max(6, 0.05 * size)`` and ``size / 2`` pixels, the aspect ratio between 1:2 and 2:1. In
+    every profile an object is placed only where it hides at most ``max_occluded`` of every object
+    below it; boxes are the tight extent of the visible (uncovered) drawn pixels, and ``area`` is
+    the visible pixel count, as COCO computes it from segment masks.
 
     Args:
         out_dir: Directory to write into; created if missing.
         train: Number of training images.
         val: Number of validation images.
         size: Side of the square images, in pixels (at least 32).
-        classes: Number of categories, the first ``classes`` of :data:`SHAPES`.
-        max_objects: Most objects drawn in one image.
+        classes: Number of categories, the first ``classes`` of the profile's shapes.
+        max_objects: Most objects drawn in one image (at least the profile's ``min_objects``);
+            ``None`` for the profile's.
         seed: Non-negative seed of the whole set.
+        profile: Name of a registered :class:`SyntheticProfile`.
         show_progress: Show a tqdm progress bar.
 
     Returns:
         The paths written and the counts of images and boxes.
 
     Raises:
-        DataError: An argument is out of range, or ``out_dir`` is an existing file.
+        DataError: An argument is out of range, ``profile`` is not registered, or ``out_dir`` is
+            an existing file.
     """
+    params = get_profile(profile)
+    if max_objects is None:
+        max_objects = params.max_objects
     _check_int("train", train, 1)
     _check_int("val", val, 1)
     _check_int("size", size, 32)
-    _check_int("classes", classes, 1, len(SHAPES))
-    _check_int("max_objects", max_objects, 1)
+    _check_int("classes", classes, 1, len(params.shapes))
+    _check_int("max_objects", max_objects, params.min_objects)
     _check_int("seed", seed, 0)
     root = Path(out_dir)
     if root.exists() and not root.is_dir():
         raise DataError(f"out_dir: expected a directory, got the existing file {str(root)!r}")
 
-    image_root = root / "images"
-    categories = [
-        {"id": k + 1, "name": name, "supercategory": "shape"}
-        for k, name in enumerate(SHAPES[:classes])
-    ]
-    num_annotations = {}
+    params = dataclasses.replace(params, shapes=params.shapes[:classes], max_objects=max_objects)
+    counts = {}
     with tqdm(total=train + val, desc="synth", unit="img", disable=not show_progress) as bar:
         for split_code, (split, num_images) in enumerate((("train", train), ("val", val))):
-            (image_root / split).mkdir(parents=True, exist_ok=True)
-            images: list[dict[str, Any]] = []
-            annotations: list[dict[str, Any]] = []
-            for index in range(num_images):
-                rng = np.random.default_rng(
-                    np.random.SeedSequence(seed, spawn_key=(split_code, index))
-                )
-                pixels, objects = _draw_image(rng, size, classes, max_objects)
-                image_id = index + 1
-                file_name = f"{split}/{image_id:06d}.png"
-                Image.fromarray(pixels).save(image_root / file_name, compress_level=1)
-                images.append(
-                    {"id": image_id, "file_name": file_name, "width": size, "height": size}
-                )
-                for category, bbox, area in objects:
-                    annotations.append(
-                        {
-                            "id": len(annotations) + 1,
-                            "image_id": image_id,
-                            "category_id": category + 1,
-                            "bbox": bbox,
-                            "area": area,
-                            "iscrowd": 0,
-                        }
-                    )
-                bar.update()
-            info = {
-                "description": f"spnas synthetic shapes, {split} split",
-                "version": "1",
-                "seed": seed,
-                "image_size": size,
-            }
-            _write_json(
-                root / f"{split}.json",
-                {
-                    "info": info,
-                    "licenses": [],
-                    "images": images,
-                    "annotations": annotations,
-                    "categories": categories,
-                },
+            counts[split] = _write_split(
+                root, split, split_code, num_images, size, seed, params, bar.update
             )
-            num_annotations[split] = len(annotations)
 
     dataset = SyntheticDataset(
         root=root,
         train_json=root / "train.json",
         val_json=root / "val.json",
-        image_root=image_root,
-        class_names=SHAPES[:classes],
+        image_root=root / "images",
+        class_names=params.shapes,
         image_size=size,
         seed=seed,
         num_train_images=train,
         num_val_images=val,
-        num_train_annotations=num_annotations["train"],
-        num_val_annotations=num_annotations["val"],
+        num_train_annotations=counts["train"],
+        num_val_annotations=counts["val"],
+        profile=params.name,
     )
     _logger.info(
-        "Wrote %d train images (%d boxes) and %d val images (%d boxes) of %d classes to %s",
+        "Wrote %d train images (%d boxes) and %d val images (%d boxes) of %d classes "
+        "(profile %s) to %s",
         train,
         dataset.num_train_annotations,
         val,
         dataset.num_val_annotations,
         classes,
+        params.name,
         root,
     )
     return dataset
+
+
+def _write_split(
+    root: Path,
+    split: str,
+    split_code: int,
+    num_images: int,
+    size: int,
+    seed: int,
+    params: SyntheticProfile,
+    advance: Callable[[], object],
+) -> int:
+    """Draw and save one split's images, then write its json; return its number of boxes."""
+    image_root = root / "images"
+    (image_root / split).mkdir(parents=True, exist_ok=True)
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    for index in range(num_images):
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(split_code, index)))
+        pixels, objects = _draw_image(rng, size, params)
+        image_id = index + 1
+        file_name = f"{split}/{image_id:06d}.png"
+        Image.fromarray(pixels).save(image_root / file_name, compress_level=1)
+        images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
+        for category, bbox, area in objects:
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category + 1,
+                    "bbox": bbox,
+                    "area": area,
+                    "iscrowd": 0,
+                }
+            )
+        advance()
+    categories = [
+        {"id": k + 1, "name": name, "supercategory": "shape"}
+        for k, name in enumerate(params.shapes)
+    ]
+    info = {
+        "description": f"spnas synthetic {params.name}, {split} split",
+        "version": "1",
+        "seed": seed,
+        "image_size": size,
+    }
+    _write_json(
+        root / f"{split}.json",
+        {
+            "info": info,
+            "licenses": [],
+            "images": images,
+            "annotations": annotations,
+            "categories": categories,
+        },
+    )
+    return len(annotations)
 
 
 def _check_int(name: str, value: object, low: int, high: int | None = None) -> None:
@@ -261,27 +403,28 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 def _draw_image(
-    rng: np.random.Generator, size: int, num_classes: int, max_objects: int
+    rng: np.random.Generator, size: int, params: SyntheticProfile
 ) -> tuple[np.ndarray, list[tuple[int, list[int], int]]]:
     """Return the ``uint8`` image and its objects as ``(class index, [x, y, w, h], area)``."""
-    canvas = _background(rng, size)
+    canvas = _background(rng, size, params)
     categories: list[int] = []
     # Full-image masks of the still-visible pixels of every placed object.
     visible: list[np.ndarray] = []
     full_areas: list[int] = []
-    for _ in range(int(rng.integers(1, max_objects + 1))):
-        category = int(rng.integers(num_classes))
-        w, h = _sample_extent(rng, size)
-        alpha = _shape_alpha(SHAPES[category], w, h, rng)
+    for _ in range(int(rng.integers(params.min_objects, params.max_objects + 1))):
+        category = int(rng.integers(len(params.shapes)))
+        shape = params.shapes[category]
+        w, h = _sample_extent(rng, size, params)
+        alpha = _shape_alpha(shape, w, h, rng, params.wall_fraction)
         solid = alpha >= 0.5
-        origin = _find_place(rng, size, solid, visible, full_areas)
+        origin = _find_place(rng, size, solid, visible, full_areas, params.max_occluded)
         if origin is None:
             continue
         x0, y0 = origin
         window = (slice(y0, y0 + h), slice(x0, x0 + w))
         a = alpha[..., None]
         canvas[window] = (
-            canvas[window] * (1.0 - a) + _texture(SHAPES[category], category, w, h, rng) * a
+            canvas[window] * (1.0 - a) + _texture(shape, w, h, rng, params.stripe_period) * a
         )
         for mask in visible:
             mask[window] &= ~solid
@@ -300,7 +443,7 @@ def _draw_image(
     return pixels, objects
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+def _background(rng: np.random.Generator, size: int, params: SyntheticProfile) -> np.ndarray:
     """A greyish gradient with soft colour blobs and opaque lines, as a float HxWx3 array."""
     grey = rng.uniform(50.0, 190.0)
     start = grey + rng.uniform(-30.0, 30.0, 3)
@@ -309,7 +452,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     canvas = start + (stop - start) * ramp[..., None]
 
     coords = np.arange(size, dtype=np.float64)
-    for _ in range(int(rng.integers(0, 5))):
+    for _ in range(int(rng.integers(0, params.max_blobs + 1))):
         cx, cy = rng.uniform(0.0, size, 2)
         sigma = rng.uniform(0.05, 0.25) * size
         gx = np.exp(-0.5 * ((coords - cx) / sigma) ** 2)
@@ -319,7 +462,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     # Lines use the objects' palette, so a detector cannot tell objects from clutter by colour.
     image = Image.fromarray(np.rint(np.clip(canvas, 0.0, 255.0)).astype(np.uint8))
     draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(0, 5))):
+    for _ in range(int(rng.integers(0, params.max_lines + 1))):
         ends = rng.uniform(-0.1 * size, 1.1 * size, 4)
         colour = _PALETTE[rng.integers(len(_PALETTE))] + rng.uniform(
             -_COLOUR_JITTER, _COLOUR_JITTER, 3
@@ -341,16 +484,20 @@ def _ramp(width: int, height: int, angle: float) -> np.ndarray:
     return ramp / extent
 
 
-def _sample_extent(rng: np.random.Generator, size: int) -> tuple[int, int]:
-    low = max(_MIN_LONG_SIDE_PX, _MIN_SIDE_FRACTION * size)
-    high = _MAX_SIDE_FRACTION * size
+def _sample_extent(
+    rng: np.random.Generator, size: int, params: SyntheticProfile
+) -> tuple[int, int]:
+    low = max(params.min_long_side_px, params.min_side_fraction * size)
+    high = params.max_side_fraction * size
     long_side = round(math.exp(rng.uniform(math.log(low), math.log(high))))
-    short_side = round(long_side / rng.uniform(1.0, _MAX_ASPECT))
-    short_side = max(short_side, min(long_side, _MIN_SHORT_SIDE_PX))
+    short_side = round(long_side / rng.uniform(1.0, params.max_aspect))
+    short_side = max(short_side, min(long_side, params.min_short_side_px))
     return (long_side, short_side) if rng.random() < 0.5 else (short_side, long_side)
 
 
-def _shape_alpha(shape: str, w: int, h: int, rng: np.random.Generator) -> np.ndarray:
+def _shape_alpha(
+    shape: str, w: int, h: int, rng: np.random.Generator, wall_fraction: tuple[float, float]
+) -> np.ndarray:
     """Coverage in ``[0, 1]`` of a shape whose extent is the whole ``h`` x ``w`` patch."""
     s = _SUPERSAMPLE
     width, height = w * s, h * s
@@ -389,7 +536,7 @@ def _shape_alpha(shape: str, w: int, h: int, rng: np.random.Generator) -> np.nda
 
     if shape in ("ring", "frame"):
         # At least 1.5 px of wall, so the hole of a tiny ring still reads as a hole.
-        wall = round(max(rng.uniform(0.15, 0.3) * min(width, height), 1.5 * s))
+        wall = round(max(rng.uniform(*wall_fraction) * min(width, height), 1.5 * s))
         if right - 2 * wall > 0 and bottom - 2 * wall > 0:
             hole = (wall, wall, right - wall, bottom - wall)
             if shape == "ring":
@@ -399,9 +546,12 @@ def _shape_alpha(shape: str, w: int, h: int, rng: np.random.Generator) -> np.nda
     return np.asarray(image.reduce(s), dtype=np.float32) / 255.0
 
 
-def _texture(shape: str, category: int, w: int, h: int, rng: np.random.Generator) -> np.ndarray:
+def _texture(
+    shape: str, w: int, h: int, rng: np.random.Generator, stripe_period: tuple[float, float]
+) -> np.ndarray:
     """The object's colours as a float HxWx3 array: one shaded palette colour, or two in stripes."""
-    choices = _CLASS_COLOURS[category]
+    # Colours follow the shape, not the category id, so a shape looks alike in every profile.
+    choices = _CLASS_COLOURS[SHAPES.index(shape)]
     first = int(rng.choice(choices))
     colour = _PALETTE[first] + rng.uniform(-_COLOUR_JITTER, _COLOUR_JITTER, 3)
     shading = 1.0 + rng.uniform(0.0, 0.4) * _ramp(w, h, rng.uniform(0.0, 2.0 * math.pi))
@@ -410,7 +560,7 @@ def _texture(shape: str, category: int, w: int, h: int, rng: np.random.Generator
         second = int(rng.choice([c for c in choices if c != first]))
         other = _PALETTE[second] + rng.uniform(-_COLOUR_JITTER, _COLOUR_JITTER, 3)
         angle = rng.uniform(0.0, math.pi)
-        period = rng.uniform(3.0, 6.0)
+        period = rng.uniform(*stripe_period)
         phase = np.cos(angle) * np.arange(w)[None, :] + np.sin(angle) * np.arange(h)[:, None]
         texture = np.where(
             ((phase / period) % 1.0 < 0.5)[..., None], texture, other * shading[..., None]
@@ -424,6 +574,7 @@ def _find_place(
     solid: np.ndarray,
     visible: list[np.ndarray],
     full_areas: list[int],
+    max_occluded: float,
 ) -> tuple[int, int] | None:
     """Top-left corner where ``solid`` fits inside the image without over-occluding anything."""
     h, w = solid.shape
@@ -432,7 +583,7 @@ def _find_place(
         y0 = int(rng.integers(0, size - h + 1))
         if all(
             np.count_nonzero(mask) - np.count_nonzero(mask[y0 : y0 + h, x0 : x0 + w] & solid)
-            >= (1.0 - _MAX_OCCLUDED) * full_area
+            >= (1.0 - max_occluded) * full_area
             for mask, full_area in zip(visible, full_areas, strict=True)
         ):
             return x0, y0

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -10,7 +12,14 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 import spnas.cli
-from spnas.data import SHAPES, SyntheticDataset, make_synthetic_dataset
+from spnas.data import (
+    DEFAULT_PROFILE,
+    PROFILES,
+    SHAPES,
+    SyntheticDataset,
+    SyntheticProfile,
+    make_synthetic_dataset,
+)
 from spnas.exceptions import DataError
 
 SIZE = 128
@@ -107,6 +116,131 @@ def test_scales_and_classes(dataset: SyntheticDataset) -> None:
     assert min(aspects) < 0.75 and max(aspects) > 1.33
 
 
+def test_default_profile_output_is_pinned(tmp_path: Path) -> None:
+    # The digests of the generator before profiles existed: the default data set (demo, smoke
+    # studies, earlier benchmark figures) must not change. Pixels are hashed decoded, so a
+    # different zlib does not matter.
+    dataset = make_synthetic_dataset(tmp_path, train=3, val=1, seed=0, show_progress=False)
+    assert dataset.profile == DEFAULT_PROFILE == "shapes"
+    assert hashlib.sha256(dataset.train_json.read_bytes()).hexdigest() == (
+        "db2bd01427abe7e2d2b1e9c43adeb7b29d7ab5e6ec08b91ea3a99c9268a65926"
+    )
+    pixels = hashlib.sha256()
+    for index in (1, 2, 3):
+        with Image.open(dataset.image_root / f"train/{index:06d}.png") as image:
+            pixels.update(np.asarray(image).tobytes())
+    assert pixels.hexdigest() == (
+        "1637d305f2acbd57151a478254dd92adc428e5e07b82826169da27389cad4157"
+    )
+
+
+def test_profiles_registry() -> None:
+    assert {"shapes", "small-objects", "large-objects"} <= set(PROFILES)
+    for name, profile in PROFILES.items():
+        assert isinstance(profile, SyntheticProfile) and profile.name == name
+        assert profile.description
+        assert set(profile.shapes) <= set(SHAPES) and len(set(profile.shapes)) == len(
+            profile.shapes
+        )
+        assert 1 <= profile.min_objects <= profile.max_objects
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        PROFILES["shapes"].max_objects = 3  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        PROFILES["mine"] = PROFILES["shapes"]  # type: ignore[index]
+
+
+def _annotations(dataset: SyntheticDataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Long sides, short sides and boxes per image of the training split."""
+    payload = json.loads(dataset.train_json.read_text())
+    boxes = np.array([ann["bbox"] for ann in payload["annotations"]])
+    per_image = Counter(ann["image_id"] for ann in payload["annotations"])
+    counts = np.array([per_image[image["id"]] for image in payload["images"]])
+    return boxes[:, 2:].max(axis=1), boxes[:, 2:].min(axis=1), counts
+
+
+@pytest.fixture(scope="module")
+def small_objects(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDataset:
+    return make_synthetic_dataset(
+        tmp_path_factory.mktemp("small"),
+        train=30,
+        val=2,
+        profile="small-objects",
+        seed=0,
+        show_progress=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def large_objects(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDataset:
+    return make_synthetic_dataset(
+        tmp_path_factory.mktemp("large"),
+        train=30,
+        val=2,
+        profile="large-objects",
+        seed=0,
+        show_progress=False,
+    )
+
+
+def test_small_objects_profile(small_objects: SyntheticDataset) -> None:
+    long_sides, short_sides, counts = _annotations(small_objects)
+    # Measured (seeds 0 and 1, 40 images): long sides 3-10 px, median 5-6, 8-20 boxes an image
+    # (mean 13.6-14.3); the default profile has a median of 20-23 px and at most 6 boxes.
+    assert long_sides.max() <= 10 and long_sides.min() >= 2
+    assert np.median(long_sides) <= 7
+    assert np.mean(long_sides <= 4) > 0.1
+    assert short_sides.min() >= 1
+    assert counts.min() >= 6 and counts.mean() > 11
+    assert small_objects.class_names == SHAPES[:4]
+
+
+def test_large_objects_profile(large_objects: SyntheticDataset) -> None:
+    long_sides, short_sides, counts = _annotations(large_objects)
+    # Measured (seeds 0 and 1, 40 images): long sides 43-122 px, median 75-81; short sides
+    # from 36 px; 1-3 boxes an image.
+    assert long_sides.min() >= 0.3 * SIZE and np.median(long_sides) >= 0.5 * SIZE
+    assert long_sides.max() <= SIZE
+    assert short_sides.min() >= 0.2 * SIZE
+    assert counts.min() >= 1 and counts.max() <= 3
+    # Classes come in pairs told apart only by a hole.
+    assert large_objects.class_names == ("disc", "ring", "box", "frame")
+
+
+@pytest.mark.parametrize("profile", ["small-objects", "large-objects"])
+def test_profile_is_deterministic_per_seed(tmp_path: Path, profile: str) -> None:
+    def draw(name: str, seed: int) -> SyntheticDataset:
+        return make_synthetic_dataset(
+            tmp_path / name, train=3, val=1, profile=profile, seed=seed, show_progress=False
+        )
+
+    first, again, other = draw("a", 2), draw("b", 2), draw("c", 3)
+    assert first.train_json.read_bytes() == again.train_json.read_bytes()
+    assert _image_bytes(first, "train") == _image_bytes(again, "train")
+    assert first.train_json.read_bytes() != other.train_json.read_bytes()
+    assert set(_image_bytes(first, "train").values()).isdisjoint(
+        _image_bytes(other, "train").values()
+    )
+    assert f"synthetic {profile}, train split" in first.train_json.read_text()
+
+
+def test_max_objects_overrides_the_profile(tmp_path: Path) -> None:
+    dataset = make_synthetic_dataset(
+        tmp_path, train=6, val=1, profile="small-objects", max_objects=8, show_progress=False
+    )
+    assert _annotations(dataset)[2].max() <= 8
+
+
+def test_unknown_profile_raises(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"^profile: expected one of shapes, .*got 'tiny'"):
+        make_synthetic_dataset(tmp_path, profile="tiny", show_progress=False)
+    # Below the profile's fewest objects an image.
+    with pytest.raises(DataError, match=r"^max_objects: expected an integer >= 8"):
+        make_synthetic_dataset(
+            tmp_path, profile="small-objects", max_objects=3, show_progress=False
+        )
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize(
     ("argument", "value"),
     [
@@ -149,6 +283,17 @@ def test_cli_synth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert str(tmp_path / "train.json") in out
     assert len(json.loads((tmp_path / "train.json").read_text())["images"]) == 3
     assert len(list((tmp_path / "images" / "val").glob("*.png"))) == 2
+
+
+@pytest.mark.usefixtures("data_command_only")
+def test_cli_synth_profile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["data", "synth", "--out", str(tmp_path), "--train", "2", "--val", "1"]
+    assert spnas.cli.main([*argv, "--profile", "large-objects", "--no-progress"]) == 0
+    assert "(large-objects)" in capsys.readouterr().out
+    payload = json.loads((tmp_path / "train.json").read_text())
+    assert [c["name"] for c in payload["categories"]] == ["disc", "ring", "box", "frame"]
+    assert spnas.cli.main([*argv, "--profile", "tiny", "--no-progress"]) != 0
+    assert "profile: expected one of" in capsys.readouterr().err
 
 
 @pytest.mark.usefixtures("data_command_only")
