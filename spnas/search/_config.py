@@ -103,6 +103,8 @@ def _from_mapping(cls: type, values: Any, where: str) -> Any:
         return cls(**kwargs)
     except (ConfigError, ArchError) as exc:
         text = str(exc)
+        if text.startswith(f"'{where}."):  # a nested section named its full path already
+            raise ConfigError(text) from exc
         # A section's own check names its key first ("seed_arch: …"): make it a full path.
         field = text.split(":", 1)[0]
         if field in fields:
@@ -136,8 +138,18 @@ class SyntheticSection:
     val: int = 50
     size: int = 128
     classes: int = 4
-    max_objects: int = 6
+    max_objects: int | None = None
     seed: int = 0
+    profile: str = "shapes"
+
+    def __post_init__(self) -> None:
+        from spnas.data.synthetic import PROFILES
+
+        if self.profile not in PROFILES:
+            raise ConfigError(
+                f"profile: {self.profile!r} is not a synthetic profile, expected one of "
+                f"{', '.join(PROFILES)}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +164,7 @@ class DataSection:
             raise ConfigError(
                 f"metric {self.metric!r}, expected one of {', '.join(METRIC_DIRECTIONS)}"
             )
+        self.synthetic_settings  # noqa: B018 - validates the mapping now, not at data time
 
     @property
     def synthetic_settings(self) -> SyntheticSection | None:

@@ -48,6 +48,7 @@ def prepare_data(config: SearchConfig) -> None:
         classes=synthetic.classes,
         max_objects=synthetic.max_objects,
         seed=synthetic.seed,
+        profile=synthetic.profile,
         show_progress=config.engine.show_progress,
     )
 
