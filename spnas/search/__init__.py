@@ -23,7 +23,15 @@ from spnas.search._proposals import (
 )
 from spnas.search._retrain import pretrain_backbone, retrain
 from spnas.search._sampler import SPNASSampler, get_decision
-from spnas.search._state import BARRIER_KINDS, KINDS, Best, Decision, Record, SearchState
+from spnas.search._state import (
+    BARRIER_KINDS,
+    KINDS,
+    Best,
+    Decision,
+    Record,
+    SearchState,
+    verification_plan,
+)
 from spnas.search._summary import kendall_tau, summarize, verification_summary
 from spnas.search._worker import (
     check_inputs,
@@ -62,5 +70,6 @@ __all__ = [
     "run_worker",
     "sample_parallel_code",
     "summarize",
+    "verification_plan",
     "verification_summary",
 ]

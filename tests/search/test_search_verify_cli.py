@@ -33,7 +33,7 @@ def test_verify_on_demand_retrains_the_search_networks(
     argv = ["verify", "--study", "greedy", "--storage", storage, "--repeats", "2", "--json"]
     assert main([*argv, "--threads", "1"]) == 0
     verify = json.loads(capsys.readouterr().out)
-    assert [n["role"] for n in verify["networks"]][0] == "seed"
+    assert verify["networks"][0]["role"] == "seed"
     assert verify["networks"][-1]["role"] == "spnet" and verify["repeats"] == 2
     for network in verify["networks"]:
         assert len(network["retrained_ap"]) == 2 and None not in network["retrained_ap"]

@@ -29,14 +29,16 @@ from spnas.search import (
     SearchState,
     create_search_study,
     load_search_study,
+    verification_plan,
 )
 from spnas.storage import make_storage
 
 pytestmark = pytest.mark.slow
 
 N_WORKERS = 4
-#: Wall-clock limit of one search (seconds); a healthy run takes 10-30 s on a loaded 2-core box.
-SEARCH_TIMEOUT_S = 90
+#: Wall-clock limit of one search (seconds); a healthy run takes 20-60 s on a loaded 2-core box
+#: (round controls and verification included).
+SEARCH_TIMEOUT_S = 150
 #: Heartbeats of the fault-tolerance runs: a killed worker's trial is stale after 5 s (3 s
 #: works too, but leaves a loaded machine little slack before a live trial looks stale).
 FAST_HEARTBEAT = {"heartbeat_interval": 1, "grace_period": 5}
@@ -139,6 +141,8 @@ def wait_for_workers(workers: Workers, name: str, url: str, timeout: float) -> N
 def new_study(
     tmp_path: Path, assets: Path, url: str | None, name: str, **sections: Any
 ) -> tuple[SearchConfig, str]:
+    # One verification repeat: the search tests check that it runs, not its statistics.
+    sections.setdefault("verify", {"repeats": 1})
     values = config_dict(tmp_path, name, assets, **sections)
     if url is not None:
         values["study"]["storage"] = url
@@ -190,7 +194,9 @@ def check_search(
         if d.kind in ("serial", "parallel"):
             assert d.parent is not None and trials[d.parent].state == TrialState.COMPLETE
 
-    # Replay each round by hand, in finish order: it ended stuck (or exhausted).
+    # Replay each round by hand, in finish order, at equal training: every candidate started
+    # from the round's baseline, the round's control continued the baseline, and the round
+    # ended stuck (or exhausted) against the control and the candidates that beat it.
     by_number = {t.number: t for t in trials}
     baseline = next(t for t, d in live if d.kind == "seed")
     for round_ in range(1, config.serial.n_rounds + 2):
@@ -202,13 +208,13 @@ def check_search(
             ),
             key=lambda td: (td[0].datetime_complete, td[0].number),
         )
-        lineage = {baseline.number} | {t.number for t, _ in members}
-        assert all(d.parent in lineage for _, d in members if d.kind == "serial"), text
-        _check_stuck(members, baseline.value, config.serial.n_stuck, config.direction, text)
+        control = _control_of(live, baseline.number, text)
+        assert all(d.parent == baseline.number for _, d in members if d.kind == "serial"), text
+        _check_stuck(members, control.value, config.serial.n_stuck, config.direction, text)
         if round_ <= config.serial.n_rounds:
             reignite = next(t for t, d in live if d.kind == "reignite" and d.round == round_)
             best = max(
-                [baseline, *[t for t, _ in members if t.value is not None]],
+                [control, *[t for t, _ in members if t.value is not None]],
                 key=lambda t: t.value if config.direction == "maximize" else -t.value,
             )
             assert Decision.of(reignite).parent == best.number, f"round {round_}\n{text}"
@@ -221,7 +227,22 @@ def check_search(
         ((t, d) for t, d in live if d.kind in ("parallel", "exhausted") and d.parallel),
         key=lambda td: (td[0].datetime_complete, td[0].number),
     )
-    _check_stuck(members, pseed.value, config.parallel.n_stuck, config.direction, text)
+    assert all(d.parent == pseed.number for _, d in members if d.kind == "parallel"), text
+    control = _control_of(live, pseed.number, text)
+    _check_stuck(members, control.value, config.parallel.n_stuck, config.direction, text)
+
+    # Verification: every planned network, every repeat, exactly once and complete.
+    verified = Counter((d.candidate, d.repeat) for t, d in live if d.kind == "verify")
+    assert set(verified.values()) == {1}, f"verification trained twice\n{text}"
+    assert all(t.state == TrialState.COMPLETE for t, d in live if d.kind == "verify"), text
+    planned = verification_plan(state)
+    assert planned[0][0] == "seed" and planned[-1][0] == "spnet", planned
+    expected = {
+        ((str(b.arch), None if b.parallel is None else str(b.parallel)), k)
+        for _, b in planned
+        for k in range(config.verify.repeats)
+    }
+    assert set(verified) == expected, text
 
     if artifacts is not None:
         assert state.best_parallel is not None
@@ -233,6 +254,14 @@ def check_search(
         orphans = {p.name for p in artifacts.iterdir()} - referenced
         assert not orphans, f"artifacts no trial refers to: {sorted(orphans)}\n{text}"
     return state
+
+
+def _control_of(live: list[tuple[FrozenTrial, Decision]], baseline: int, text: str) -> FrozenTrial:
+    """The one complete control trial of the round that started from trial ``baseline``."""
+    controls = [t for t, d in live if d.kind == "control" and d.parent == baseline]
+    assert len(controls) == 1, f"{len(controls)} controls of trial {baseline}\n{text}"
+    assert controls[0].state == TrialState.COMPLETE, text
+    return controls[0]
 
 
 def _check_stuck(
@@ -320,18 +349,19 @@ def run_fault_tolerance(tmp_path: Path, assets: Path, workers: Workers, url: str
     config, url = new_study(tmp_path, assets, url, "faults")
     hang_dir = tmp_path / "hang"
     hang_dir.mkdir()
-    # The first seed trial and the first serial trial hang until killed.
-    for kind in ("seed", "serial"):
+    # The first seed, serial and verification trials hang until killed.
+    kinds = ("seed", "serial", "verify")
+    for kind in kinds:
         (hang_dir / kind).touch()
     engine = {"sleep": 0.3, "hang_dir": str(hang_dir), "hang_seconds": 600.0}
     workers.start(N_WORKERS, config.study.name, url, tmp_path, engine, FAST_HEARTBEAT)
     killed = [
         _kill_when_hung(workers, hang_dir, kind, config.study.name, url, SEARCH_TIMEOUT_S)
-        for kind in ("seed", "serial")
+        for kind in kinds
     ]
     wait_for_workers(workers, config.study.name, url, SEARCH_TIMEOUT_S)
     survivors = [p for p in workers.procs if p.exitcode != -9]
-    assert len(survivors) == N_WORKERS - 2
+    assert len(survivors) == N_WORKERS - len(kinds)
     assert all(p.exitcode == 0 for p in survivors), workers.log_tails()
 
     study, _ = load_search_study(config.study.name, url)
