@@ -19,7 +19,7 @@ from spnas.engines.base import DataSpec, Engine, InitWeights, build_engine
 from spnas.exceptions import WeightsError
 from spnas.search._config import SearchConfig
 from spnas.search._sampler import get_decision
-from spnas.search._state import Decision, SearchState
+from spnas.search._state import BARRIER_KINDS, Decision, SearchState
 from spnas.storage import make_artifact_store
 
 if TYPE_CHECKING:
@@ -29,8 +29,6 @@ _logger = logging.getLogger(__name__)
 
 #: User attribute holding the artifact id of a trial's trained weights.
 WEIGHTS_ATTR = "spnas:weights"
-#: Kinds whose failure blocks the search; they are never pruned.
-_UNPRUNABLE = frozenset({"seed", "reignite", "parallel_seed", "final"})
 
 
 class OptunaReporter:
@@ -55,13 +53,6 @@ class OptunaReporter:
         self.trial.report(value, iteration)
         if self.prunable and self.trial.should_prune():
             raise optuna.TrialPruned(f"{self.metric} {value:.3f} at iteration {iteration}")
-
-
-def _backbone_prefix(state: Mapping[str, torch.Tensor]) -> str:
-    for key in state:
-        if key.endswith("stem.conv1.weight"):
-            return key.removesuffix("stem.conv1.weight")
-    raise WeightsError("the weights hold no SPNet backbone (no '…stem.conv1.weight' key)")
 
 
 def fetch_weights(study: optuna.Study, number: int, artifact_store: Any, path: Path) -> Path:
@@ -165,7 +156,7 @@ class Objective:
         spec = self.config.model_spec(decision.arch, decision.parallel, self._num_classes)
         schedule = self.config.final_schedule if decision.kind == "final" else self.config.schedule
         reporter = OptunaReporter(
-            trial, self.config.data.metric, prunable=decision.kind not in _UNPRUNABLE
+            trial, self.config.data.metric, prunable=decision.kind not in BARRIER_KINDS
         )
         result = self.engine.train_eval(spec, init, schedule, data, reporter, out_dir=out_dir)
         artifact_id = upload_artifact(
@@ -261,10 +252,10 @@ class Objective:
 
     def reignite(self, decision: Decision, parent_path: Path, out_dir: Path) -> Path:
         """Pretrain the round's best backbone, put it back into its detector's weights."""
+        from spnas.modeling import split_backbone
+
         state = torch.load(parent_path, map_location="cpu", weights_only=True)
-        prefix = _backbone_prefix(state)
-        backbone = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-        backbone = {k: v for k, v in backbone.items() if k.startswith(("stem.", "res"))}
+        prefix, backbone = split_backbone(state)
         init = out_dir / "parent_backbone.pth"
         torch.save(backbone, init)
         pretrained = self._pretrain(decision.arch, out_dir / "reignited_backbone.pth", init)
@@ -317,14 +308,10 @@ def _save_note(
 
 def build_search_engine(config: SearchConfig) -> Engine:
     """The engine a study's YAML names, configured as its trials use it."""
-    if config.engine.name == "detectron2":
-        from spnas.engines.detectron2 import Detectron2Engine
-
-        return Detectron2Engine(
-            config.engine.config,
-            opts=list(config.engine.opts),
-            show_progress=config.engine.show_progress,
-        )
-    engine = build_engine(config.engine.name)
-    engine.show_progress = config.engine.show_progress
-    return engine
+    section = config.engine
+    options: dict[str, Any] = {"show_progress": section.show_progress}
+    if section.config is not None:
+        options["config"] = section.config
+    if section.opts:
+        options["opts"] = list(section.opts)
+    return build_engine(section.name, **options)

@@ -3,7 +3,7 @@
 The two libraries implement the same detector with different names and layouts:
 
 ====================================  =====================================================
-detectron2                            torchvision (:mod:`spnas.engines.torchvision_engine`)
+detectron2                            torchvision (:mod:`spnas.engines.torchvision`)
 ====================================  =====================================================
 ``backbone.bottom_up.*``              ``backbone.body.*`` (the SPNet, same names)
 ``backbone.fpn_lateral{k}``           ``backbone.fpn.inner_blocks.{i}.0`` (stage ``i``)
@@ -40,7 +40,7 @@ from detectron2.config import CfgNode
 from spnas.arch import ParallelCode
 from spnas.data.normalization import PIXEL_MEAN_RGB, PIXEL_STD_RGB
 from spnas.engines.base import ModelSpec
-from spnas.engines.torchvision_engine import FasterRCNNLayout
+from spnas.engines.torchvision import FasterRCNNLayout
 from spnas.exceptions import ConfigError, WeightsError
 
 #: Config values a torchvision ``FasterRCNN`` cannot express, with the one it needs.
