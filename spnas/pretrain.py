@@ -242,19 +242,7 @@ def pretrain(
         weight_decay=config.weight_decay,
     )
     generator = torch.Generator().manual_seed(config.seed)
-    train_loader = DataLoader(
-        train_set,
-        batch_size=config.batch_size,
-        shuffle=True,
-        drop_last=len(train_set) > config.batch_size,
-        num_workers=config.num_workers,
-        generator=generator,
-    )
-    val_loader = (
-        DataLoader(val_set, batch_size=config.batch_size * 2, num_workers=config.num_workers)
-        if val_set is not None
-        else None
-    )
+    train_loader, val_loader = _loaders(train_set, val_set, config, generator)
 
     checkpoint = _Checkpoint(
         out.with_name(out.name + ".ckpt"),
@@ -284,7 +272,6 @@ def pretrain(
     accuracy = (
         evaluate_accuracy(model, val_loader, device) if val_loader is not None else stats.accuracy
     )
-    atomic_write(out, functools.partial(torch.save, _cpu_state(backbone)))
     result = PretrainResult(
         weights=out,
         code=code,
@@ -297,20 +284,47 @@ def pretrain(
         epochs=config.epochs,
         seconds=time.perf_counter() - started,
     )
+    _write_result(result, backbone)
+    checkpoint.path.unlink(missing_ok=True)
+    return result
+
+
+def _loaders(
+    train_set: Dataset, val_set: Dataset | None, config: PretrainConfig, generator: torch.Generator
+) -> tuple[DataLoader, DataLoader | None]:
+    """The shuffled training loader (drawing from ``generator``) and the validation one."""
+    train_loader = DataLoader(
+        train_set,
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=len(train_set) > config.batch_size,
+        num_workers=config.num_workers,
+        generator=generator,
+    )
+    val_loader = (
+        DataLoader(val_set, batch_size=config.batch_size * 2, num_workers=config.num_workers)
+        if val_set is not None
+        else None
+    )
+    return train_loader, val_loader
+
+
+def _write_result(result: PretrainResult, backbone: SerialNet) -> None:
+    """Write the backbone's weights and the ``<out>.json`` sidecar; log the accuracy."""
+    out = result.weights
+    atomic_write(out, functools.partial(torch.save, _cpu_state(backbone)))
     sidecar = json.dumps(result.to_dict(), indent=2)
     atomic_write(out.with_name(out.name + ".json"), lambda tmp: tmp.write_text(sidecar))
-    checkpoint.path.unlink(missing_ok=True)
     _logger.info(
         "pretrained %s: accuracy %.3f on %d %s examples (%d classes) in %.1f s → %s",
-        code,
-        accuracy,
+        result.code,
+        result.accuracy,
         result.num_val or result.num_train,
-        "validation" if val_loader is not None else "training",
-        num_classes,
+        "validation" if result.num_val else "training",
+        result.num_classes,
         result.seconds,
         out,
     )
-    return result
 
 
 def _load_data(
