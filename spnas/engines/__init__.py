@@ -13,8 +13,7 @@ and each engine imports its framework only when it is built.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from spnas._lazy import lazy_getattr
 
 _API = {
     "ENGINE_REGISTRY": "_registry",
@@ -37,9 +36,4 @@ _API = {
 
 __all__ = sorted(_API)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _API:
-        module = importlib.import_module(f"{__name__}.{_API[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _API)

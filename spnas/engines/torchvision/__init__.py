@@ -45,8 +45,7 @@ The API below loads on first use, so importing this package imports no torchvisi
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from spnas._lazy import lazy_getattr
 
 _API = {
     "SPNetFPN": "fpn",
@@ -63,9 +62,4 @@ _API = {
 
 __all__ = sorted(_API)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _API:
-        module = importlib.import_module(f"{__name__}.{_API[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _API)
