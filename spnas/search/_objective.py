@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Mapping
@@ -307,11 +308,12 @@ def _save_note(
 
 
 def build_search_engine(config: SearchConfig) -> Engine:
-    """The engine a study's YAML names, configured as its trials use it."""
+    """The engine a study's YAML names, built through the registry from its section."""
     section = config.engine
-    options: dict[str, Any] = {"show_progress": section.show_progress}
-    if section.config is not None:
-        options["config"] = section.config
-    if section.opts:
-        options["opts"] = list(section.opts)
+    # The keys the section sets; left out, an engine's own defaults apply.
+    options = {
+        field.name: getattr(section, field.name)
+        for field in dataclasses.fields(section)
+        if field.name != "name" and getattr(section, field.name) != field.default
+    }
     return build_engine(section.name, **options)

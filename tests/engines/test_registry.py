@@ -7,6 +7,7 @@ import inspect
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +67,36 @@ def test_choosing_an_engine_imports_no_other_engine() -> None:
         "detectron2._C",
         "spnas.engines.detectron2.compat",
     }
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ({"name": "torchvision", "show_progress": False}, {"show_progress": False}),
+        (
+            {"name": "detectron2", "config": "my.yaml", "opts": ["SOLVER.BASE_LR", 0.1]},
+            {"config_file": "my.yaml", "opts": ["SOLVER.BASE_LR", 0.1], "show_progress": True},
+        ),
+    ],
+)
+def test_a_study_engine_section_builds_its_engine(
+    section: dict, expected: dict, tmp_path: Path
+) -> None:
+    from spnas.search import SearchConfig
+    from spnas.search._objective import build_search_engine
+
+    config = SearchConfig.from_dict(
+        {"study": {"name": "s", "workdir": str(tmp_path)}, "engine": section}
+    )
+    engine = build_search_engine(config)
+    assert engine.name == section["name"]
+    for key, value in expected.items():
+        found = getattr(engine, key)
+        assert (Path(found).name if key == "config_file" else found) == value, key
+
+
+def test_a_study_naming_an_unknown_engine_is_refused(tmp_path: Path) -> None:
+    from spnas.search import SearchConfig
+
+    with pytest.raises(ConfigError, match=r"engine 'nope', expected one of detectron2, torch"):
+        SearchConfig.from_dict({"study": {"name": "s"}, "engine": {"name": "nope"}})
