@@ -9,6 +9,13 @@ detectron2).
 
 Importing this package stays cheap: the names below load on first use (they import torch),
 and each engine imports its framework only when it is built.
+
+Adding an engine touches its own package and one line: write ``spnas/engines/<name>/`` with a
+subclass of :class:`Engine` decorated with ``@register_engine("<name>")`` (override
+:meth:`Engine.from_config` when its config section's keys are not its constructor's), and add
+``"<name>": "spnas.engines.<name>.engine"`` to ``_BUILTIN_ENGINES`` in
+:mod:`spnas.engines._registry`. Studies then accept ``engine: {name: <name>, …}`` and
+``spnas train-eval --engine <name>``.
 """
 
 from __future__ import annotations
