@@ -187,7 +187,7 @@ def measure_artifacts(root: Path, repeats: int = 3) -> dict[str, float]:
 
     from spnas.arch import RESNET50
     from spnas.engines.base import ModelSpec
-    from spnas.engines.torchvision_engine import TorchvisionEngine
+    from spnas.engines.torchvision import TorchvisionEngine
 
     model = TorchvisionEngine().build_model(ModelSpec(RESNET50, num_classes=80))
     weights = root / "model_final.pth"

@@ -57,14 +57,9 @@ from torch import nn
 
 from spnas.arch import RESNET18, RESNET50, SerialCode
 from spnas.engines.base import ModelSpec, Schedule
-from spnas.engines.detectron2 import (
-    Detectron2Engine,
-    config_path,
-    configure_levels,
-    get_spnas_cfg,
-)
+from spnas.engines.detectron2 import config_path, configure_levels, get_spnas_cfg
 from spnas.engines.detectron2.engine import apply_spec
-from spnas.engines.torchvision_engine import TorchvisionEngine
+from spnas.engines.torchvision import TorchvisionEngine
 
 NAME = "parity"
 TARGET_RATIO = 1.05
@@ -261,7 +256,7 @@ def run_pair(name: str, args: Any) -> dict[str, Any]:
     cfg, spec = spnet_cfg(code, args.config, args.anchor_size)
     d2_cfg = resnet_cfg(cfg, depth, res2, stride_in_1x1=True)
     torch.manual_seed(0)
-    spnet = Detectron2Engine().build_model(spec, cfg)
+    spnet = build_model(cfg)
     torch.manual_seed(0)
     resnet = build_model(d2_cfg)
     data = synthetic(args.batch, args.size, seed=0)

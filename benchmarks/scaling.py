@@ -39,6 +39,7 @@ from _common import base_parser, report
 from spnas.engines.base import (
     DataSpec,
     Engine,
+    ExportedDetector,
     InitWeights,
     ModelSpec,
     Reporter,
@@ -59,12 +60,22 @@ class FixedDurationEngine(Engine):
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
 
-    def build_model(self, spec: ModelSpec) -> Any:
+    def build_model(self, spec: ModelSpec, schedule: Schedule | None = None) -> Any:
         raise NotImplementedError("the double builds no model")
 
     def evaluate(
-        self, spec: ModelSpec, weights: InitWeights | None, data: DataSpec, schedule: Schedule
+        self,
+        spec: ModelSpec,
+        weights: InitWeights | None,
+        schedule: Schedule,
+        data: DataSpec,
+        out_dir: str | Path = "output",
     ) -> dict[str, float]:
+        raise NotImplementedError("the double only trains")
+
+    def export(
+        self, spec: ModelSpec, weights: Path, schedule: Schedule, data: DataSpec, out_dir: Path
+    ) -> ExportedDetector:
         raise NotImplementedError("the double only trains")
 
     def train_eval(

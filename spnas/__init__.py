@@ -2,6 +2,13 @@
 
 The public API is re-exported here; implementations live in the subpackages. Importing
 :mod:`spnas` is cheap: it does not import torch or detectron2.
+
+Side effects: when detectron2 is installed, importing :mod:`spnas` prepares it, through
+:func:`spnas.engines.detectron2.compat.apply` — a placeholder ``detectron2._C`` when its
+compiled ops are missing, the ``PIL.Image.LINEAR`` alias Pillow 10 removed, and an import hook
+that registers the SPNet backbones in detectron2's ``BACKBONE_REGISTRY`` when
+``detectron2.modeling`` is imported (so that ``import spnas`` lets stock detectron2 build an
+exported config). :mod:`spnas.engines.detectron2.compat` documents each, with its reason.
 """
 
 from __future__ import annotations

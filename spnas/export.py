@@ -32,22 +32,14 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from spnas.data.coco import DatasetSplits
-from spnas.engines.base import DataSpec, ModelSpec
-from spnas.engines.torchvision_engine import load_detector as load_torchvision_detector
-from spnas.engines.torchvision_engine import save_detector
+from spnas.engines.base import DataSpec
+from spnas.engines.torchvision import load_detector as load_torchvision_detector
 from spnas.exceptions import ConfigError
 from spnas.storage import make_artifact_store
-
-if TYPE_CHECKING:
-    from detectron2.config import CfgNode
-
-    from spnas.engines.detectron2 import Detectron2Engine
-    from spnas.search import SearchConfig
 
 __all__ = ["ExportResult", "export_best", "load_torchvision_detector"]
 
@@ -96,35 +88,11 @@ def export_best(study_name: str, storage_url: str, out_dir: str | Path) -> Expor
     splits = DatasetSplits.from_dir(config.data.dir)
     train = splits.load("train", check_images=False)
     spec = config.model_spec(best.arch, best.parallel, len(train.categories))
+    data = DataSpec(splits, config.data.metric, config.data.lamr_category)
     engine = build_search_engine(config)
-    trained = torch.load(weights, map_location="cpu", weights_only=True)
-
-    skipped: list[str] = []
-    config_file: Path | None = None
-    if config.engine.name == "detectron2":
-        from spnas.engines.detectron2.to_torchvision import convert_state_dict, torchvision_layout
-
-        config_file = out / "config.yaml"
-        cfg = _write_detectron2_config(engine, spec, config, splits, weights, config_file)
-        model = engine.build_model(spec, cfg)
-        model.load_state_dict(trained)
-        try:
-            layout = torchvision_layout(cfg)
-            detector_state = convert_state_dict(trained, layout)
-        except ConfigError as exc:
-            layout = None
-            skipped.append(f"model_torchvision.pth: {exc}")
-    else:
-        layout = engine.layout(spec, config.final_schedule)
-        model = engine.build_model(spec, config.final_schedule)
-        model.load_state_dict(trained)
-        detector_state = trained
-        skipped.append("config.yaml: the study trained torchvision heads, not detectron2 ones")
-
-    torchvision_file: Path | None = None
-    if layout is not None:
-        torchvision_file = save_detector(detector_state, layout, out / "model_torchvision.pth")
-    _, backbone = find_backbone(model)
+    exported = engine.export(spec, weights, config.final_schedule, data, out)
+    skipped = exported.skipped
+    _, backbone = find_backbone(exported.model)
     backbone_file = out / "spnet_backbone.pth"
     torch.save({k: v.cpu() for k, v in backbone.state_dict().items()}, backbone_file)
     (out / "spnet.json").write_text(
@@ -147,31 +115,11 @@ def export_best(study_name: str, storage_url: str, out_dir: str | Path) -> Expor
         directory=out,
         weights=weights,
         backbone=backbone_file,
-        config=config_file,
-        torchvision=torchvision_file,
+        config=exported.config,
+        torchvision=exported.torchvision,
         trial=best.number,
         arch=str(best.arch),
         parallel=None if best.parallel is None else str(best.parallel),
         value=best.value,
         skipped=tuple(skipped),
     )
-
-
-def _write_detectron2_config(
-    engine: Detectron2Engine,
-    spec: ModelSpec,
-    config: SearchConfig,
-    splits: DatasetSplits,
-    weights: Path,
-    path: Path,
-) -> CfgNode:
-    """Write the detectron2 config of the exported detector; returns it."""
-    data = DataSpec(splits, config.data.metric, config.data.lamr_category)
-    cfg = engine.build_cfg(spec, config.final_schedule, data, path.parent / "train")
-    cfg.DATASETS.TRAIN = ()
-    cfg.DATASETS.TEST = ()
-    cfg.SPNAS.DATA_DIR = str(Path(config.data.dir).resolve())
-    cfg.MODEL.WEIGHTS = str(weights.resolve())
-    cfg.MODEL.DEVICE = "cpu"
-    path.write_text(cfg.dump())
-    return cfg

@@ -19,10 +19,9 @@ at every epoch end) when interrupted.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
-import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -32,12 +31,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from spnas._io import atomic_write
 from spnas.arch import SerialCode
 from spnas.data.coco import DatasetSplits, load_coco
 from spnas.data.crops import ObjectCrops
 from spnas.data.normalization import PIXEL_MEAN_RGB, PIXEL_STD_RGB
 from spnas.device import resolve_device
 from spnas.exceptions import ConfigError, DataError
+from spnas.lr_schedule import cosine_lr
 from spnas.modeling import SerialNet
 from spnas.modeling.torchvision_weights import read_weights
 
@@ -174,11 +175,6 @@ def _crop_splits(data: Path, image_size: int) -> tuple[Dataset, Dataset | None, 
     return train, val, train.num_classes
 
 
-def _lr_at(step: int, total: int, config: PretrainConfig) -> float:
-    progress = min(step / max(total, 1), 1.0)
-    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
-
-
 @torch.no_grad()
 def evaluate_accuracy(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
     """Top-1 accuracy of ``model`` over ``loader``."""
@@ -234,14 +230,118 @@ def pretrain(
     config = config or PretrainConfig()
     out = Path(out)
     device = resolve_device(device)
-    if imagefolder is not None:
-        train_set, val_set, num_classes = _imagefolder_splits(Path(imagefolder), config.image_size)
-    elif data is not None:
-        train_set, val_set, num_classes = _crop_splits(Path(data), config.image_size)
-    else:
-        raise DataError("pretraining needs data: an ImageFolder directory or a COCO data set")
+    train_set, val_set, num_classes = _load_data(data, imagefolder, config.image_size)
 
     torch.manual_seed(config.seed)
+    backbone = _build_backbone(code, config, norm, init_weights)
+    model = Classifier(backbone, num_classes).to(device)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    train_loader, val_loader = _loaders(train_set, val_set, config, generator)
+
+    checkpoint = _Checkpoint(
+        out.with_name(out.name + ".ckpt"),
+        {"code": str(code), "config": dataclasses.asdict(config), "norm": norm},
+    )
+    start_epoch, stats = 0, _EpochStats()
+    if resume:
+        start_epoch, stats = checkpoint.restore(model, optimizer, generator, code)
+
+    started = time.perf_counter()
+    progress = tqdm(
+        total=len(train_loader) * config.epochs,
+        initial=start_epoch * len(train_loader),
+        desc=f"pretrain {code}",
+        disable=not show_progress,
+        unit="it",
+        dynamic_ncols=True,
+    )
+    model.train()
+    for epoch in range(start_epoch, config.epochs):
+        stats = train_one_epoch(
+            model, optimizer, train_loader, device, epoch, config, progress, name=str(code)
+        )
+        checkpoint.save(model, optimizer, generator, epoch + 1, stats)
+    progress.close()
+
+    accuracy = (
+        evaluate_accuracy(model, val_loader, device) if val_loader is not None else stats.accuracy
+    )
+    result = PretrainResult(
+        weights=out,
+        code=code,
+        accuracy=accuracy,
+        train_accuracy=stats.accuracy,
+        train_loss=stats.loss,
+        num_classes=num_classes,
+        num_train=len(train_set),
+        num_val=len(val_set) if val_set is not None else 0,
+        epochs=config.epochs,
+        seconds=time.perf_counter() - started,
+    )
+    _write_result(result, backbone)
+    checkpoint.path.unlink(missing_ok=True)
+    return result
+
+
+def _loaders(
+    train_set: Dataset, val_set: Dataset | None, config: PretrainConfig, generator: torch.Generator
+) -> tuple[DataLoader, DataLoader | None]:
+    """The shuffled training loader (drawing from ``generator``) and the validation one."""
+    train_loader = DataLoader(
+        train_set,
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=len(train_set) > config.batch_size,
+        num_workers=config.num_workers,
+        generator=generator,
+    )
+    val_loader = (
+        DataLoader(val_set, batch_size=config.batch_size * 2, num_workers=config.num_workers)
+        if val_set is not None
+        else None
+    )
+    return train_loader, val_loader
+
+
+def _write_result(result: PretrainResult, backbone: SerialNet) -> None:
+    """Write the backbone's weights and the ``<out>.json`` sidecar; log the accuracy."""
+    out = result.weights
+    atomic_write(out, functools.partial(torch.save, _cpu_state(backbone)))
+    sidecar = json.dumps(result.to_dict(), indent=2)
+    atomic_write(out.with_name(out.name + ".json"), lambda tmp: tmp.write_text(sidecar))
+    _logger.info(
+        "pretrained %s: accuracy %.3f on %d %s examples (%d classes) in %.1f s → %s",
+        result.code,
+        result.accuracy,
+        result.num_val or result.num_train,
+        "validation" if result.num_val else "training",
+        result.num_classes,
+        result.seconds,
+        out,
+    )
+
+
+def _load_data(
+    data: str | Path | None, imagefolder: str | Path | None, image_size: int
+) -> tuple[Dataset, Dataset | None, int]:
+    """Train and validation sets and the class count, from whichever source is given."""
+    if imagefolder is not None:
+        return _imagefolder_splits(Path(imagefolder), image_size)
+    if data is not None:
+        return _crop_splits(Path(data), image_size)
+    raise DataError("pretraining needs data: an ImageFolder directory or a COCO data set")
+
+
+def _build_backbone(
+    code: SerialCode, config: PretrainConfig, norm: str, init_weights: str | Path | None
+) -> SerialNet:
+    """The SerialNet to pretrain, starting from the tensors of ``init_weights`` that fit."""
     backbone = SerialNet(
         code,
         base_width=config.base_width,
@@ -257,137 +357,132 @@ def pretrain(
         _logger.info(
             "pretrain: %d/%d backbone tensors from %s", len(fitting), len(target), init_weights
         )
-    model = Classifier(backbone, num_classes).to(device)
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-    )
-    generator = torch.Generator().manual_seed(config.seed)
-    train_loader = DataLoader(
-        train_set,
-        batch_size=config.batch_size,
-        shuffle=True,
-        drop_last=len(train_set) > config.batch_size,
-        num_workers=config.num_workers,
-        generator=generator,
-    )
-    val_loader = (
-        DataLoader(val_set, batch_size=config.batch_size * 2, num_workers=config.num_workers)
-        if val_set is not None
-        else None
-    )
+    return backbone
 
-    checkpoint = out.with_name(out.name + ".ckpt")
-    fingerprint = {"code": str(code), "config": dataclasses.asdict(config), "norm": norm}
-    start_epoch = 0
-    loss_sum = correct = seen = 0.0
-    if resume and checkpoint.is_file():
-        try:
-            saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except Exception as exc:  # truncated, e.g. written by an older version killed mid-save
-            saved = None
-            _logger.warning(
-                "pretrain: ignoring %s, unreadable (%s: %s)", checkpoint, type(exc).__name__, exc
-            )
-        if saved is None:
-            pass
-        elif isinstance(saved, dict) and saved.get("fingerprint") == json.dumps(
-            fingerprint, sort_keys=True
-        ):
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            torch.set_rng_state(saved["rng"])
-            generator.set_state(saved["generator"])
-            start_epoch = int(saved["epoch"])
-            # The last finished epoch's statistics, in case no epoch is left to run.
-            loss_sum, correct, seen = (float(v) for v in saved.get("stats", (0.0, 0.0, 0.0)))
-            _logger.info("pretrain: resuming %s from epoch %d", code, start_epoch)
-        else:
-            _logger.warning("pretrain: ignoring %s, written for another run", checkpoint)
 
-    steps_per_epoch = len(train_loader)
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+
+@dataclasses.dataclass
+class _EpochStats:
+    """Loss and accuracy sums over the examples of one training epoch."""
+
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    seen: float = 0.0
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.seen if self.seen else float("nan")
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.seen if self.seen else float("nan")
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    device: torch.device,
+    epoch: int,
+    config: PretrainConfig,
+    progress: tqdm,
+    name: str = "the network",
+) -> _EpochStats:
+    """One epoch of SGD with the cosine schedule over all ``config.epochs``; its statistics.
+
+    ``name`` (the architecture) names what diverged in the error message.
+
+    Raises:
+        FloatingPointError: when the loss becomes non-finite.
+    """
+    steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * config.epochs
-    started = time.perf_counter()
-    progress = tqdm(
-        total=total_steps,
-        initial=start_epoch * steps_per_epoch,
-        desc=f"pretrain {code}",
-        disable=not show_progress,
-        unit="it",
-        dynamic_ncols=True,
-    )
     criterion = nn.CrossEntropyLoss()
-    model.train()
-    for epoch in range(start_epoch, config.epochs):
-        loss_sum = correct = seen = 0.0
-        for step, (images, labels) in enumerate(train_loader):
-            for group in optimizer.param_groups:
-                group["lr"] = _lr_at(epoch * steps_per_epoch + step, total_steps, config)
-            images, labels = images.to(device), labels.to(device)
-            logits = model(images)
-            loss = criterion(logits, labels)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"pretraining {code} diverged at epoch {epoch}, step {step} (loss {loss}); "
-                    "lower the learning rate"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item() * len(labels)
-            correct += float((logits.argmax(1) == labels).sum())
-            seen += len(labels)
-            progress.update()
-            progress.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.3f}")
-        out.parent.mkdir(parents=True, exist_ok=True)
+    stats = _EpochStats()
+    for step, (images, labels) in enumerate(loader):
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(
+                epoch * steps_per_epoch + step, total_steps, config.lr, config.min_lr
+            )
+        images, labels = images.to(device), labels.to(device)
+        logits = model(images)
+        loss = criterion(logits, labels)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"pretraining {name} diverged at epoch {epoch}, step {step} (loss {loss}); "
+                "lower the learning rate"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        stats.loss_sum += loss.item() * len(labels)
+        stats.correct += float((logits.argmax(1) == labels).sum())
+        stats.seen += len(labels)
+        progress.update()
+        progress.set_postfix(epoch=epoch + 1, loss=f"{stats.loss:.3f}")
+    return stats
+
+
+class _Checkpoint:
+    """``<out>.ckpt``: the state of a run at an epoch end, for resuming it when interrupted.
+
+    ``fingerprint`` (code, config, norm) tells a checkpoint of this run from another's.
+    """
+
+    def __init__(self, path: Path, fingerprint: dict[str, Any]) -> None:
+        self.path = path
+        self.fingerprint = json.dumps(fingerprint, sort_keys=True)
+
+    def save(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+        epochs_done: int,
+        stats: _EpochStats,
+    ) -> None:
         # Written aside and renamed into place: a run killed while saving leaves the previous
         # checkpoint intact rather than a truncated one.
-        partial = checkpoint.with_name(checkpoint.name + ".tmp")
-        torch.save(
-            {
-                "fingerprint": json.dumps(fingerprint, sort_keys=True),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": torch.get_rng_state(),
-                "generator": generator.get_state(),
-                "epoch": epoch + 1,
-                "stats": [loss_sum, correct, seen],
-            },
-            partial,
-        )
-        os.replace(partial, checkpoint)
-    progress.close()
+        saved = {
+            "fingerprint": self.fingerprint,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+            "generator": generator.get_state(),
+            "epoch": epochs_done,
+            "stats": [stats.loss_sum, stats.correct, stats.seen],
+        }
+        atomic_write(self.path, functools.partial(torch.save, saved))
 
-    train_accuracy = correct / seen if seen else float("nan")
-    accuracy = (
-        evaluate_accuracy(model, val_loader, device) if val_loader is not None else train_accuracy
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().cpu() for k, v in backbone.state_dict().items()}, out)
-    result = PretrainResult(
-        weights=out,
-        code=code,
-        accuracy=accuracy,
-        train_accuracy=train_accuracy,
-        train_loss=loss_sum / seen if seen else float("nan"),
-        num_classes=num_classes,
-        num_train=len(train_set),
-        num_val=len(val_set) if val_set is not None else 0,
-        epochs=config.epochs,
-        seconds=time.perf_counter() - started,
-    )
-    out.with_name(out.name + ".json").write_text(json.dumps(result.to_dict(), indent=2))
-    checkpoint.unlink(missing_ok=True)
-    _logger.info(
-        "pretrained %s: accuracy %.3f on %d %s examples (%d classes) in %.1f s → %s",
-        code,
-        accuracy,
-        result.num_val or result.num_train,
-        "validation" if val_loader is not None else "training",
-        num_classes,
-        result.seconds,
-        out,
-    )
-    return result
+    def restore(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+        code: SerialCode,
+    ) -> tuple[int, _EpochStats]:
+        """Load this run's checkpoint into the arguments; the epochs it finished and the last
+        one's statistics (in case no epoch is left to run). ``(0, empty)`` when there is no
+        checkpoint of this run."""
+        if not self.path.is_file():
+            return 0, _EpochStats()
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated, e.g. written by an older version killed mid-save
+            _logger.warning(
+                "pretrain: ignoring %s, unreadable (%s: %s)", self.path, type(exc).__name__, exc
+            )
+            return 0, _EpochStats()
+        if not isinstance(saved, dict) or saved.get("fingerprint") != self.fingerprint:
+            _logger.warning("pretrain: ignoring %s, written for another run", self.path)
+            return 0, _EpochStats()
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["rng"])
+        generator.set_state(saved["generator"])
+        _logger.info("pretrain: resuming %s from epoch %d", code, int(saved["epoch"]))
+        stats = (float(v) for v in saved.get("stats", (0.0, 0.0, 0.0)))
+        return int(saved["epoch"]), _EpochStats(*stats)

@@ -157,25 +157,25 @@ def test_interrupted_run_resumes_from_its_checkpoint(
     checkpoint = tmp_path / "resumed.pth.ckpt"
     # 431 crops in batches of 32, the last partial batch dropped.
     per_epoch = two_epochs.num_train // 32
-    real_lr_at = spnas.pretrain._lr_at  # asked once per optimizer step, with the global step
+    real_lr = spnas.pretrain.cosine_lr  # asked once per optimizer step, with the global step
     steps: list[int] = []
 
-    def killed_in_epoch_2(step: int, total: int, cfg: PretrainConfig) -> float:
+    def killed_in_epoch_2(step: int, total: int, start: float, end: float) -> float:
         if step == per_epoch:  # the first step of the second epoch
             raise Interrupted(f"killed at step {step}")
-        return real_lr_at(step, total, cfg)
+        return real_lr(step, total, start, end)
 
-    def counting(step: int, total: int, cfg: PretrainConfig) -> float:
+    def counting(step: int, total: int, start: float, end: float) -> float:
         steps.append(step)
-        return real_lr_at(step, total, cfg)
+        return real_lr(step, total, start, end)
 
-    monkeypatch.setattr(spnas.pretrain, "_lr_at", killed_in_epoch_2)
+    monkeypatch.setattr(spnas.pretrain, "cosine_lr", killed_in_epoch_2)
     with pytest.raises(Interrupted):
         pretrain(CODE, out, data=shapes.root, config=config(2), show_progress=False)
     assert checkpoint.is_file() and not out.exists()
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
 
-    monkeypatch.setattr(spnas.pretrain, "_lr_at", counting)
+    monkeypatch.setattr(spnas.pretrain, "cosine_lr", counting)
     with caplog.at_level(logging.INFO, logger="spnas.pretrain"):
         result = pretrain(CODE, out, data=shapes.root, config=config(2), show_progress=False)
     assert f"resuming {CODE} from epoch 1" in caplog.text
@@ -213,7 +213,7 @@ def test_truncated_checkpoint_is_ignored(
     assert "unreadable" in caplog.text and "resuming" not in caplog.text
     assert result.epochs == 1 and out.is_file()
     assert not (tmp_path / "r18.pth.ckpt").exists()
-    assert not (tmp_path / "r18.pth.ckpt.tmp").exists()
+    assert not list(tmp_path.glob("*.tmp"))  # no partial checkpoint left behind
 
 
 # ---------------------------------------------------------------------------- ImageFolder
@@ -238,18 +238,26 @@ def write_imagefolder(shapes: SyntheticDataset, root: Path, per_class: dict[str,
     return counts
 
 
+# Measured (one thread, 40 train / 10 val crops per class, 8 epochs): validation accuracy
+# 0.55, 0.575, 0.70 with seeds 0, 1, 2 in ~3.5 s each (4 epochs: 0.35-0.43; 1 epoch, or 12 / 4
+# crops per class: 0.19-0.31, chance). Chance is 0.25; 0.45 on 40 crops is ~3 standard
+# deviations above it.
+IMAGEFOLDER_EPOCHS = 8
+IMAGEFOLDER_MIN_ACCURACY = 0.45
+
+
 def test_imagefolder_pretraining(shapes: SyntheticDataset, tmp_path: Path) -> None:
-    counts = write_imagefolder(shapes, tmp_path / "folder", {"train": 12, "val": 4})
+    counts = write_imagefolder(shapes, tmp_path / "folder", {"train": 40, "val": 10})
     result = pretrain(
         CODE,
         tmp_path / "folder.pth",
         imagefolder=tmp_path / "folder",
-        config=config(1),
+        config=config(IMAGEFOLDER_EPOCHS),
         show_progress=False,
     )
     assert result.num_classes == NUM_CLASSES
     assert (result.num_train, result.num_val) == (counts["train"], counts["val"])
-    assert 0.0 <= result.accuracy <= 1.0
+    assert result.accuracy >= IMAGEFOLDER_MIN_ACCURACY, result
     SerialNet(CODE, base_width=WIDTH).load_state_dict(load_state(result.weights), strict=True)
 
 
@@ -309,10 +317,19 @@ def test_cli_pretrain_prints_json(
     argv += ["--image-size", str(IMAGE_SIZE), "--out", str(out), "--no-progress", "--json"]
     assert spnas.cli.main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["code"] == str(CODE)
-    assert 0.0 <= printed["accuracy"] <= 1.0
+    assert printed["code"] == str(CODE) and printed["weights"] == str(out)
     assert printed["epochs"] == 1 and printed["num_classes"] == NUM_CLASSES
-    SerialNet(CODE, base_width=WIDTH).load_state_dict(load_state(out), strict=True)
+    # The flags reach the run: the API with the same settings (the CLI's defaults are
+    # PretrainConfig's) trains the same weights, bit for bit, and measures the same accuracy.
+    api = pretrain(
+        CODE,
+        tmp_path / "api.pth",
+        data=shapes.root,
+        config=PretrainConfig(epochs=1, base_width=WIDTH, image_size=IMAGE_SIZE),
+        show_progress=False,
+    )
+    assert (printed["accuracy"], printed["train_loss"]) == (api.accuracy, api.train_loss)
+    assert_same_weights(out, api.weights)
 
 
 def test_cli_pretrain_bad_code_exits_2(

@@ -7,6 +7,8 @@ import contextlib
 import json
 import sys
 
+from spnas.engines import engine_names
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -15,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train a Faster R-CNN with the given backbone on a COCO-format data set "
         "directory (train.json, val.json, images/) and evaluate it on the validation split.",
     )
-    parser.add_argument("--engine", default="detectron2", choices=("detectron2", "torchvision"))
+    parser.add_argument("--engine", default="detectron2", choices=engine_names())
     parser.add_argument("--arch", required=True, help='serial code, e.g. "BB(11,d1,d1,d1)"')
     parser.add_argument("--parallel", help='parallel code, e.g. "(0,1,1,0)"')
     parser.add_argument("--width", type=int, default=64, help="backbone base width")
@@ -84,13 +86,10 @@ def run(args: argparse.Namespace) -> int:
     if args.init:
         ops = tuple(str(op) for op in parse_ops(args.ops)) if args.ops else ()
         init = InitWeights(args.init, parent_arch=args.init_arch, ops=ops)
-    if args.engine == "detectron2":
-        from spnas.engines.detectron2 import Detectron2Engine
-
-        engine = Detectron2Engine(args.config, show_progress=not args.no_progress)
-    else:
-        engine = build_engine(args.engine)
-        engine.show_progress = not args.no_progress
+    options = {"show_progress": not args.no_progress}
+    if args.config:
+        options["config"] = args.config
+    engine = build_engine(args.engine, **options)
     # pycocotools and detectron2 print to stdout; keep it for the result (--json is parsed).
     with contextlib.redirect_stdout(sys.stderr):
         result = engine.train_eval(spec, init, schedule, data, out_dir=args.out)

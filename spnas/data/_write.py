@@ -27,6 +27,7 @@ from typing import Any
 
 from PIL import Image
 
+from spnas._io import atomic_write
 from spnas.data.coco import BOX_TOLERANCE_PX, DatasetSplits
 from spnas.exceptions import DataError
 
@@ -213,10 +214,8 @@ class CocoSplitWriter:
             ],
         }
         path = self.out_dir / f"{self.split}.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(payload, separators=(",", ":")), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        text = json.dumps(payload, separators=(",", ":"))
+        return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def finish(out_dir: Path, writers: Sequence[CocoSplitWriter], description: str) -> DatasetSplits:

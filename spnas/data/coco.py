@@ -177,68 +177,10 @@ def load_coco(
     if not isinstance(data, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(data).__name__}")
 
-    categories = _section(data, "categories", where)
-    known_categories: dict[int, Mapping[str, Any]] = {}
-    for i, cat in enumerate(categories):
-        rec = f"{where}: categories[{i}]"
-        cid = _require(cat, "id", int, rec)
-        _require(cat, "name", str, rec)
-        if cid in known_categories:
-            raise DataError(f"{rec}: duplicate category id {cid}")
-        known_categories[cid] = cat
-    if not known_categories:
-        raise DataError(f"{where}: 'categories' is empty, expected at least one category")
-
-    image_records: dict[int, dict[str, Any]] = {}
-    for i, img in enumerate(_section(data, "images", where)):
-        rec = f"{where}: images[{i}]"
-        iid = _require(img, "id", int, rec)
-        file_name = _require(img, "file_name", str, rec)
-        width = _require(img, "width", int, rec)
-        height = _require(img, "height", int, rec)
-        if width <= 0 or height <= 0:
-            raise DataError(f"{rec} (id {iid}): size {width}x{height}, expected positive sides")
-        if iid in image_records:
-            raise DataError(f"{rec}: duplicate image id {iid}")
-        path = image_root / file_name
-        if check_images and not path.is_file():
-            raise DataError(
-                f"{rec} (id {iid}): image file {file_name!r} not found under {str(image_root)!r}"
-            )
-        image_records[iid] = {"path": path, "width": width, "height": height, "anns": []}
-
+    known_categories = _read_categories(data, where)
+    image_records = _read_images(data, where, image_root, check_images)
     for i, ann in enumerate(_section(data, "annotations", where)):
-        rec = f"{where}: annotations[{i}]"
-        aid = ann.get("id", "?") if isinstance(ann, dict) else "?"
-        rec_id = f"{rec} (id {aid})"
-        iid = _require(ann, "image_id", int, rec_id)
-        cid = _require(ann, "category_id", int, rec_id)
-        bbox = _require(ann, "bbox", list, rec_id)
-        if iid not in image_records:
-            raise DataError(f"{rec_id}: image_id {iid} is not among the file's images")
-        if cid not in known_categories:
-            raise DataError(
-                f"{rec_id}: category_id {cid} is unknown, expected one of "
-                f"{sorted(known_categories)}"
-            )
-        if len(bbox) != 4 or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox
-        ):
-            raise DataError(f"{rec_id}: bbox {bbox!r}, expected [x, y, width, height] numbers")
-        image = image_records[iid]
-        x, y, w, h = (float(v) for v in bbox)
-        if w <= 0 or h <= 0:
-            raise DataError(f"{rec_id}: bbox {bbox!r} has a non-positive width or height")
-        tol = BOX_TOLERANCE_PX
-        if x < -tol or y < -tol or x + w > image["width"] + tol or y + h > image["height"] + tol:
-            raise DataError(
-                f"{rec_id}: bbox {bbox!r} lies outside its {image['width']}x{image['height']} "
-                f"image {image['path'].name!r} (image_id {iid})"
-            )
-        x0, y0 = max(x, 0.0), max(y, 0.0)
-        x1, y1 = min(x + w, float(image["width"])), min(y + h, float(image["height"]))
-        iscrowd = ann.get("iscrowd", 0)
-        image["anns"].append(((x0, y0, x1 - x0, y1 - y0), cid, int(bool(iscrowd))))
+        _read_annotation(ann, f"{where}: annotations[{i}]", image_records, known_categories)
 
     images = tuple(
         CocoImage(
@@ -266,3 +208,80 @@ def load_coco(
         len(known_categories),
     )
     return dataset
+
+
+def _read_categories(data: dict[str, Any], where: str) -> dict[int, Mapping[str, Any]]:
+    """The file's categories by id; at least one, ids unique."""
+    known_categories: dict[int, Mapping[str, Any]] = {}
+    for i, cat in enumerate(_section(data, "categories", where)):
+        rec = f"{where}: categories[{i}]"
+        cid = _require(cat, "id", int, rec)
+        _require(cat, "name", str, rec)
+        if cid in known_categories:
+            raise DataError(f"{rec}: duplicate category id {cid}")
+        known_categories[cid] = cat
+    if not known_categories:
+        raise DataError(f"{where}: 'categories' is empty, expected at least one category")
+    return known_categories
+
+
+def _read_images(
+    data: dict[str, Any], where: str, image_root: Path, check_images: bool
+) -> dict[int, dict[str, Any]]:
+    """The file's images by id (path, size and an empty annotation list each)."""
+    image_records: dict[int, dict[str, Any]] = {}
+    for i, img in enumerate(_section(data, "images", where)):
+        rec = f"{where}: images[{i}]"
+        iid = _require(img, "id", int, rec)
+        file_name = _require(img, "file_name", str, rec)
+        width = _require(img, "width", int, rec)
+        height = _require(img, "height", int, rec)
+        if width <= 0 or height <= 0:
+            raise DataError(f"{rec} (id {iid}): size {width}x{height}, expected positive sides")
+        if iid in image_records:
+            raise DataError(f"{rec}: duplicate image id {iid}")
+        path = image_root / file_name
+        if check_images and not path.is_file():
+            raise DataError(
+                f"{rec} (id {iid}): image file {file_name!r} not found under {str(image_root)!r}"
+            )
+        image_records[iid] = {"path": path, "width": width, "height": height, "anns": []}
+    return image_records
+
+
+def _read_annotation(
+    ann: Any,
+    rec: str,
+    image_records: dict[int, dict[str, Any]],
+    known_categories: Mapping[int, Any],
+) -> None:
+    """Check one annotation and append its box, clipped to its image, to the image's list."""
+    aid = ann.get("id", "?") if isinstance(ann, dict) else "?"
+    rec_id = f"{rec} (id {aid})"
+    iid = _require(ann, "image_id", int, rec_id)
+    cid = _require(ann, "category_id", int, rec_id)
+    bbox = _require(ann, "bbox", list, rec_id)
+    if iid not in image_records:
+        raise DataError(f"{rec_id}: image_id {iid} is not among the file's images")
+    if cid not in known_categories:
+        raise DataError(
+            f"{rec_id}: category_id {cid} is unknown, expected one of {sorted(known_categories)}"
+        )
+    if len(bbox) != 4 or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox
+    ):
+        raise DataError(f"{rec_id}: bbox {bbox!r}, expected [x, y, width, height] numbers")
+    image = image_records[iid]
+    x, y, w, h = (float(v) for v in bbox)
+    if w <= 0 or h <= 0:
+        raise DataError(f"{rec_id}: bbox {bbox!r} has a non-positive width or height")
+    tol = BOX_TOLERANCE_PX
+    if x < -tol or y < -tol or x + w > image["width"] + tol or y + h > image["height"] + tol:
+        raise DataError(
+            f"{rec_id}: bbox {bbox!r} lies outside its {image['width']}x{image['height']} "
+            f"image {image['path'].name!r} (image_id {iid})"
+        )
+    x0, y0 = max(x, 0.0), max(y, 0.0)
+    x1, y1 = min(x + w, float(image["width"])), min(y + h, float(image["height"]))
+    iscrowd = ann.get("iscrowd", 0)
+    image["anns"].append(((x0, y0, x1 - x0, y1 - y0), cid, int(bool(iscrowd))))

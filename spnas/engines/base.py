@@ -1,328 +1,110 @@
-"""The engine protocol: train a detector with a given backbone briefly and evaluate it.
+"""The engine contract: what every engine implements, with the same signatures.
 
 An engine turns a :class:`ModelSpec` (architecture and detector settings), optional
 :class:`InitWeights`, a :class:`Schedule` and a :class:`DataSpec` into a :class:`TrialResult`.
-The search calls it once per trial; ``spnas train-eval`` calls it from the command line.
-
-Engines are registered by name in :data:`ENGINE_REGISTRY` and built with :func:`build_engine`;
-a registered engine is a zero-argument factory returning an :class:`Engine`.
+The search calls it once per trial; ``spnas train-eval`` calls it from the command line and
+``spnas export`` calls :meth:`Engine.export`. Engines are registered by name and built from
+their config section with :func:`build_engine` (:mod:`spnas.engines._registry`).
 
 Weights files are whole-detector state dicts (as the engine's model names them); a file whose
 keys are a bare backbone's (``stem.*``, ``res2.*`` — e.g. from ``spnas pretrain``) initialises
 the backbone only.
+
+The value types and the registry are defined in :mod:`spnas.engines._types` and
+:mod:`spnas.engines._registry`, and importable from here as well as from :mod:`spnas.engines`.
 """
 
 from __future__ import annotations
 
 import abc
-import dataclasses
-import importlib
+import functools
+import inspect
 import logging
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from spnas.arch import ParallelCode, SerialCode
-from spnas.data.coco import DatasetSplits
-from spnas.exceptions import ConfigError, SpnasError, WeightsError
+from spnas._io import atomic_write
+from spnas.engines._registry import ENGINE_REGISTRY, build_engine, engine_names, register_engine
+from spnas.engines._types import (
+    METRIC_DIRECTIONS,
+    DataSpec,
+    ExportedDetector,
+    InitWeights,
+    ModelSpec,
+    NullReporter,
+    Reporter,
+    Schedule,
+    TrialDiverged,
+    TrialResult,
+)
+from spnas.exceptions import ConfigError, WeightsError
+
+__all__ = [
+    "ENGINE_REGISTRY",
+    "METRIC_DIRECTIONS",
+    "DataSpec",
+    "Engine",
+    "ExportedDetector",
+    "InitWeights",
+    "ModelSpec",
+    "NullReporter",
+    "Reporter",
+    "Schedule",
+    "TrialDiverged",
+    "TrialResult",
+    "build_engine",
+    "engine_names",
+    "register_engine",
+    "save_state_dict",
+]
 
 _logger = logging.getLogger(__name__)
 
-#: Metrics a trial can optimise, with their direction.
-METRIC_DIRECTIONS: dict[str, str] = {
-    "AP": "maximize",
-    "AP50": "maximize",
-    "AP75": "maximize",
-    "APs": "maximize",
-    "APm": "maximize",
-    "APl": "maximize",
-    "LAMR": "minimize",
-}
-
-
-class TrialDiverged(SpnasError, FloatingPointError):
-    """Training produced a non-finite loss; the trial ends, the process stays usable."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """The detector a trial trains.
-
-    Attributes:
-        arch: serial code of the backbone.
-        parallel: parallel code; ``None`` for a SerialNet backbone.
-        num_classes: foreground classes of the data set.
-        base_width: backbone base width.
-        stem: ``"resnet"`` or ``"deep"``.
-        norm: backbone norm (``BN``, ``SyncBN``, ``FrozenBN``, ``GN``).
-        xb_groups: groups of XB blocks' 3×3 convs.
-        fpn_channels: FPN output channels.
-        anchor_size: anchor size at the stride-4 level (``p2``); it doubles per level. 32 suits
-            COCO-size images (800 px); use 8 for 128 px images.
-    """
-
-    arch: SerialCode
-    num_classes: int
-    parallel: ParallelCode | None = None
-    base_width: int = 64
-    stem: str = "resnet"
-    norm: str = "BN"
-    xb_groups: int = 32
-    fpn_channels: int = 256
-    anchor_size: int = 32
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "arch", SerialCode.parse(self.arch))
-        if self.parallel is not None:
-            parallel = ParallelCode.parse(self.parallel)
-            if parallel.num_stages != self.arch.num_stages:
-                raise ConfigError(
-                    f"parallel code {parallel} has {parallel.num_stages} stages, expected "
-                    f"{self.arch.num_stages} to match {self.arch}"
-                )
-            object.__setattr__(self, "parallel", parallel)
-        if self.num_classes < 1:
-            raise ConfigError(f"num_classes={self.num_classes!r}: expected at least 1")
-
-    @property
-    def stage_names(self) -> tuple[str, ...]:
-        return self.arch.stage_names
-
-    def to_dict(self) -> dict[str, Any]:
-        values = dataclasses.asdict(self)
-        values["arch"] = str(self.arch)
-        values["parallel"] = None if self.parallel is None else str(self.parallel)
-        return values
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> ModelSpec:
-        return cls(**dict(values))
-
-
-@dataclasses.dataclass(frozen=True)
-class Schedule:
-    """How long and how a trial trains (paper §4: the fast scheme for search trials).
-
-    Length is ``iters`` when given, else ``epochs`` over the training set.
-
-    Attributes:
-        name: ``"fast"`` (cosine LR, the search's short runs) or ``"full"`` (steps ×0.1).
-        iters: training iterations.
-        epochs: training epochs (used when ``iters`` is ``None``).
-        ims_per_batch: images per iteration.
-        base_lr: peak learning rate (0.02 for 16 images per batch in the paper).
-        min_lr: final learning rate of the cosine schedule.
-        momentum, weight_decay: SGD settings.
-        steps: for ``full``: fractions of training where the LR drops ×0.1 (16/24, 22/24).
-        warmup_iters: linear warm-up length.
-        eval_period: evaluate every this many iterations (0: only at the end).
-        min_size, max_size: training and test image resizing (shorter side, longer side cap).
-        num_workers: data loading processes.
-        device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
-        seed: random seed.
-    """
-
-    name: str = "fast"
-    iters: int | None = None
-    epochs: float | None = 3.0
-    ims_per_batch: int = 16
-    base_lr: float = 0.02
-    min_lr: float = 1e-4
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    steps: tuple[float, ...] = (16 / 24, 22 / 24)
-    warmup_iters: int = 100
-    eval_period: int = 0
-    min_size: int = 800
-    max_size: int = 1333
-    num_workers: int = 2
-    device: str = "auto"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.name not in ("fast", "full"):
-            raise ConfigError(f"schedule name {self.name!r}: expected 'fast' or 'full'")
-        if self.iters is None and self.epochs is None:
-            raise ConfigError("schedule needs iters or epochs")
-        if self.iters is not None and self.iters < 1:
-            raise ConfigError(f"schedule iters={self.iters!r}: expected a positive integer")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ConfigError(f"schedule epochs={self.epochs!r}: expected a positive number")
-        if self.ims_per_batch < 1:
-            raise ConfigError(f"schedule ims_per_batch={self.ims_per_batch!r}: expected ≥ 1")
-        object.__setattr__(self, "steps", tuple(self.steps))
-
-    @classmethod
-    def fast(cls, **overrides: Any) -> Schedule:
-        """The paper's fast scheme: SGD 0.9, wd 1e-4, cosine 0.02 → 1e-4, a few epochs."""
-        return cls(**{"name": "fast", "epochs": 3.0, **overrides})
-
-    @classmethod
-    def full(cls, **overrides: Any) -> Schedule:
-        """The paper's full scheme: 24 epochs, LR ×0.1 at epochs 16 and 22."""
-        return cls(**{"name": "full", "epochs": 24.0, **overrides})
-
-    def total_iters(self, num_train_images: int) -> int:
-        if self.iters is not None:
-            return self.iters
-        assert self.epochs is not None
-        return max(1, math.ceil(self.epochs * num_train_images / self.ims_per_batch))
-
-    def lr_at(self, iteration: int, total: int) -> float:
-        """The learning rate at ``iteration`` of ``total`` (with linear warm-up)."""
-        warmup = min(self.warmup_iters, max(total // 5, 1))
-        factor = min(1.0, (iteration + 1) / warmup) if warmup else 1.0
-        progress = min(iteration / max(total, 1), 1.0)
-        if self.name == "fast":
-            lr = self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (
-                1 + math.cos(math.pi * progress)
-            )
-        else:
-            lr = self.base_lr * 0.1 ** sum(progress >= s for s in self.steps)
-        return lr * factor
-
-    def to_dict(self) -> dict[str, Any]:
-        values = dataclasses.asdict(self)
-        values["steps"] = list(self.steps)
-        return values
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> Schedule:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        for key in values:
-            if key not in fields:
-                raise ConfigError(
-                    f"unknown schedule key {key!r}, expected one of {', '.join(sorted(fields))}"
-                )
-        return cls(**dict(values))
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSpec:
-    """The data a trial trains and evaluates on.
-
-    Attributes:
-        splits: train/val json and image root.
-        metric: the trial's objective: ``AP`` (COCO, BDD), ``AP50`` (VOC), ``LAMR`` (ECP).
-        lamr_category: category id LAMR is computed on (``None``: mean over categories).
-    """
-
-    splits: DatasetSplits
-    metric: str = "AP"
-    lamr_category: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.metric not in METRIC_DIRECTIONS:
-            raise ConfigError(
-                f"metric {self.metric!r}: expected one of {', '.join(METRIC_DIRECTIONS)}"
-            )
-
-    @classmethod
-    def from_dir(cls, root: str | Path, metric: str = "AP", **kwargs: Any) -> DataSpec:
-        return cls(DatasetSplits.from_dir(root), metric, **kwargs)
-
-    @property
-    def direction(self) -> str:
-        return METRIC_DIRECTIONS[self.metric]
-
-
-@dataclasses.dataclass(frozen=True)
-class InitWeights:
-    """Weights a trial starts from.
-
-    Attributes:
-        path: a state dict: a whole detector's, or a bare backbone's.
-        parent_arch: the architecture the weights belong to; ``None`` when it is the trial's.
-        parent_parallel: the parallel code the weights belong to (``None``: serial).
-        ops: the morphisms from ``parent_arch`` to the trial's architecture.
-    """
-
-    path: Path
-    parent_arch: SerialCode | None = None
-    parent_parallel: ParallelCode | None = None
-    ops: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Path(self.path))
-        if self.parent_arch is not None:
-            object.__setattr__(self, "parent_arch", SerialCode.parse(self.parent_arch))
-        if self.parent_parallel is not None:
-            object.__setattr__(self, "parent_parallel", ParallelCode.parse(self.parent_parallel))
-        object.__setattr__(self, "ops", tuple(str(op) for op in self.ops))
-
-
-@dataclasses.dataclass
-class TrialResult:
-    """What one trial measured.
-
-    ``metrics`` holds COCO AP, AP50, AP75, APs, APm, APl and ``AP-<class>`` in percent (NaN
-    where a size range has no object), and ``LAMR`` as a fraction when requested.
-    """
-
-    metrics: dict[str, float]
-    weights: Path
-    gmacs: float
-    params_m: float
-    train_seconds: float
-    eval_seconds: float
-    images_per_second: float
-    iterations: int
-    inherited_fraction: float | None = None
-
-    def metric(self, name: str) -> float:
-        if name not in self.metrics:
-            raise ConfigError(f"metric {name!r} was not computed; have {sorted(self.metrics)}")
-        return self.metrics[name]
-
-    def to_dict(self) -> dict[str, Any]:
-        def clean(value: float) -> float | None:
-            return None if isinstance(value, float) and not math.isfinite(value) else value
-
-        values = dataclasses.asdict(self)
-        values["weights"] = str(self.weights)
-        values["metrics"] = {k: clean(v) for k, v in self.metrics.items()}
-        return values
-
-
-class Reporter(Protocol):
-    """Receives a trial's progress; the search forwards evaluations to Optuna for pruning.
-
-    ``evaluation`` may raise :class:`optuna.TrialPruned`; engines let it propagate.
-    """
-
-    def progress(self, iteration: int, total: int, loss: float) -> None: ...
-
-    def evaluation(self, iteration: int, metrics: Mapping[str, float]) -> None: ...
-
-
-class NullReporter:
-    """A reporter that ignores everything."""
-
-    def progress(self, iteration: int, total: int, loss: float) -> None:
-        pass
-
-    def evaluation(self, iteration: int, metrics: Mapping[str, float]) -> None:
-        pass
-
 
 class Engine(abc.ABC):
-    """Trains and evaluates detectors with SPNet backbones.
+    """Trains, evaluates and exports detectors with SPNet backbones.
 
-    Subclasses implement model building, training and evaluation; weights loading and
-    inheritance (:meth:`initialize`) are shared, so both engines inherit identically.
+    Subclasses implement the four abstract methods with exactly these signatures, so that
+    callers never ask which engine they hold. Weights loading and inheritance
+    (:meth:`initialize`) are shared, so every engine inherits identically.
     """
 
-    name: str = ""
+    #: The name the engine is registered under (:func:`register_engine`).
+    name: ClassVar[str] = ""
     #: Show a progress bar while training (set False in batch jobs and tests).
     show_progress: bool = True
 
+    @classmethod
+    def from_config(cls, options: Mapping[str, Any]) -> Engine:
+        """The engine an ``engine`` config section describes: its keys other than ``name``.
+
+        The default passes ``options`` to the constructor as keyword arguments; engines
+        whose section keys differ from their constructor's override it.
+
+        Raises:
+            ConfigError: naming an option the constructor does not take.
+        """
+        parameters = inspect.signature(cls).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            for key in options:
+                if key not in parameters:
+                    raise ConfigError(
+                        f"engine {cls.name!r} has no option {key!r}, expected one of "
+                        f"{', '.join(sorted(parameters))}"
+                    )
+        return cls(**options)
+
     @abc.abstractmethod
-    def build_model(self, spec: ModelSpec) -> nn.Module:
-        """A detector for ``spec`` (random weights, new blocks not yet identities)."""
+    def build_model(self, spec: ModelSpec, schedule: Schedule | None = None) -> nn.Module:
+        """A detector for ``spec`` with random weights (new blocks not yet identities).
+
+        ``schedule`` sets what the detector takes from training (image sizes, the base
+        config of its scheme); the :class:`Schedule` defaults when ``None``.
+        """
 
     @abc.abstractmethod
     def train_eval(
@@ -336,7 +118,10 @@ class Engine(abc.ABC):
     ) -> TrialResult:
         """Train ``spec`` from ``init_weights`` by ``schedule`` on ``data``; evaluate on val.
 
-        Writes the trained detector's state dict to ``out_dir/model_final.pth``.
+        Evaluates every ``schedule.eval_period`` iterations (when positive) and at the end,
+        passing the metrics to ``reporter.evaluation`` (which may raise
+        :class:`optuna.TrialPruned`; it propagates). Writes the trained detector's state dict
+        to ``out_dir/model_final.pth``.
 
         Raises:
             TrialDiverged: when the loss becomes non-finite.
@@ -344,12 +129,38 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def evaluate(
-        self, spec: ModelSpec, weights: InitWeights | None, data: DataSpec, schedule: Schedule
+        self,
+        spec: ModelSpec,
+        weights: InitWeights | None,
+        schedule: Schedule,
+        data: DataSpec,
+        out_dir: str | Path = "output",
     ) -> dict[str, float]:
-        """Evaluate ``spec`` initialised from ``weights`` on the validation split, untrained."""
+        """Evaluate ``spec`` initialised from ``weights`` on the validation split, untrained.
+
+        Uses the schedule's device, seed (for randomly initialised tensors) and image sizes.
+        """
+
+    @abc.abstractmethod
+    def export(
+        self,
+        spec: ModelSpec,
+        weights: Path,
+        schedule: Schedule,
+        data: DataSpec,
+        out_dir: Path,
+    ) -> ExportedDetector:
+        """Rebuild the detector ``weights`` (a state dict this engine trained) belongs to and
+        write what its users load into ``out_dir``: a torchvision detector file
+        (``model_torchvision.pth``) where the heads allow it, and the engine's own files.
+
+        ``schedule`` is the one the detector is to be trained or run with (the study's full
+        scheme); ``data`` the data set it was trained on.
+        """
 
     def initialize(self, model: nn.Module, init: InitWeights | None) -> float | None:
         """Load ``init`` into ``model`` through its morphisms; returns the inherited fraction."""
+        from spnas.modeling import is_bare_backbone
         from spnas.modeling.torchvision_weights import read_weights
         from spnas.morphism import find_backbone, inherit
 
@@ -357,7 +168,7 @@ class Engine(abc.ABC):
             return None
         state = read_weights(init.path)
         prefix, backbone = find_backbone(model)
-        if prefix and state and all(k.startswith(("stem.", "res")) for k in state):
+        if prefix and is_bare_backbone(state):
             state = {prefix + k: v for k, v in state.items()}
         report = inherit(
             state,
@@ -376,51 +187,7 @@ class Engine(abc.ABC):
         return report.fraction
 
 
-ENGINE_REGISTRY: dict[str, Callable[[], Engine]] = {}
-
-
-def register_engine(name: str) -> Callable[[Callable[[], Engine]], Callable[[], Engine]]:
-    """Register an engine factory under ``name`` (decorator)."""
-
-    def decorator(factory: Callable[[], Engine]) -> Callable[[], Engine]:
-        ENGINE_REGISTRY[name] = factory
-        return factory
-
-    return decorator
-
-
-#: Modules that register the built-in engines; imported on first use so that choosing one
-#: engine never imports the other's dependencies.
-_BUILTIN_ENGINES = {
-    "detectron2": "spnas.engines.detectron2.engine",
-    "torchvision": "spnas.engines.torchvision_engine",
-}
-
-
-def build_engine(name: str) -> Engine:
-    """The engine registered as ``name`` (``detectron2`` or ``torchvision`` built in).
-
-    Raises:
-        ConfigError: for an unknown name, or an engine whose dependencies are missing.
-    """
-    if name not in ENGINE_REGISTRY and name in _BUILTIN_ENGINES:
-        try:
-            importlib.import_module(_BUILTIN_ENGINES[name])
-        except ImportError as exc:
-            raise ConfigError(
-                f"engine {name!r} cannot be used: {exc}. Install its dependencies "
-                "(`make setup` installs detectron2) or choose engine 'torchvision'"
-            ) from exc
-    if name not in ENGINE_REGISTRY:
-        known = sorted(set(ENGINE_REGISTRY) | set(_BUILTIN_ENGINES))
-        raise ConfigError(f"unknown engine {name!r}, expected one of {', '.join(known)}")
-    return ENGINE_REGISTRY[name]()
-
-
 def save_state_dict(model: nn.Module, path: Path) -> Path:
     """Write ``model``'s weights as a plain state dict (``torch.load(weights_only=True)``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    tmp.replace(path)
-    return path
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return atomic_write(path, functools.partial(torch.save, state))

@@ -9,12 +9,19 @@ from __future__ import annotations
 from spnas.modeling.blocks import BasicBlock, Bottleneck, ResidualBlock, ResNeXtBlock
 from spnas.modeling.flops import CostReport, StageCost, cost, measure
 from spnas.modeling.norm import get_norm, zero_affine
-from spnas.modeling.serialnet import SerialNet, ShapeSpec
+from spnas.modeling.serialnet import (
+    BACKBONE_KEY_PREFIXES,
+    SerialNet,
+    ShapeSpec,
+    is_bare_backbone,
+    split_backbone,
+)
 from spnas.modeling.spnet import SPNet, UpsampleFusion
 from spnas.modeling.stems import DeepStem, ResNetStem
 from spnas.modeling.torchvision_weights import load_torchvision_resnet, read_weights
 
 __all__ = [
+    "BACKBONE_KEY_PREFIXES",
     "BasicBlock",
     "Bottleneck",
     "CostReport",
@@ -29,8 +36,10 @@ __all__ = [
     "UpsampleFusion",
     "cost",
     "get_norm",
+    "is_bare_backbone",
     "load_torchvision_resnet",
     "measure",
     "read_weights",
+    "split_backbone",
     "zero_affine",
 ]

@@ -12,16 +12,46 @@ Module names (the keys of weight inheritance; stable across versions)::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from spnas.arch import SerialCode
-from spnas.exceptions import ConfigError
+from spnas.exceptions import ConfigError, WeightsError
 from spnas.modeling.blocks import build_block
 from spnas.modeling.norm import NORMS
 from spnas.modeling.stems import build_stem
+
+#: Key prefixes of a SerialNet's (and an SPNet's) own state dict: the stem and the stages.
+BACKBONE_KEY_PREFIXES: tuple[str, ...] = ("stem.", "res")
+
+#: The key that marks where a backbone sits inside a detector's state dict.
+_STEM_KEY = "stem.conv1.weight"
+
+
+def is_bare_backbone(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether ``state`` is a backbone's own state dict (e.g. ``spnas pretrain``'s output):
+    not empty, and every key a stem or stage key with no detector prefix."""
+    return bool(state) and all(key.startswith(BACKBONE_KEY_PREFIXES) for key in state)
+
+
+def split_backbone(state: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
+    """The prefix under which a detector's ``state`` holds its SerialNet/SPNet (``""`` for a
+    bare backbone), and that backbone's own state dict.
+
+    Raises:
+        WeightsError: when ``state`` holds no backbone.
+    """
+    prefix = next((k.removesuffix(_STEM_KEY) for k in state if k.endswith(_STEM_KEY)), None)
+    if prefix is None:
+        raise WeightsError(f"the weights hold no SPNet backbone (no '…{_STEM_KEY}' key)")
+    backbone = {
+        key.removeprefix(prefix): value
+        for key, value in state.items()
+        if key.startswith(prefix) and key.removeprefix(prefix).startswith(BACKBONE_KEY_PREFIXES)
+    }
+    return prefix, backbone
 
 
 @dataclasses.dataclass(frozen=True)

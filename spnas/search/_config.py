@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from spnas.arch import SearchSpace, SerialCode
+from spnas.engines import engine_names
 from spnas.engines.base import METRIC_DIRECTIONS, ModelSpec, Schedule
 from spnas.exceptions import ArchError, ConfigError
 
@@ -128,8 +129,8 @@ class EngineSection:
     show_progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.name not in ("detectron2", "torchvision"):
-            raise ConfigError(f"engine {self.name!r}, expected 'detectron2' or 'torchvision'")
+        if self.name not in engine_names():
+            raise ConfigError(f"engine {self.name!r}, expected one of {', '.join(engine_names())}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Mapping
@@ -20,7 +21,7 @@ from spnas.exceptions import WeightsError
 from spnas.search._config import SearchConfig
 from spnas.search._retrain import pretrain_backbone, retrain
 from spnas.search._sampler import get_decision
-from spnas.search._state import Decision, SearchState
+from spnas.search._state import UNPRUNABLE_KINDS, Decision, SearchState
 from spnas.storage import make_artifact_store
 
 if TYPE_CHECKING:
@@ -30,15 +31,13 @@ _logger = logging.getLogger(__name__)
 
 #: User attribute holding the artifact id of a trial's trained weights.
 WEIGHTS_ATTR = "spnas:weights"
-#: Kinds whose failure blocks the search; they are never pruned.
-_UNPRUNABLE = frozenset({"seed", "reignite", "parallel_seed", "final", "control", "verify"})
 
 
 class OptunaReporter:
     """Forwards a trial's evaluations to Optuna, so any pruner can stop it.
 
-    Barrier trials report their values but are never pruned: the search cannot go on
-    without them.
+    Barriers, controls and verification trials report their values but are never pruned:
+    the search cannot go on, or judge a round, without them.
     """
 
     def __init__(self, trial: optuna.Trial, metric: str, prunable: bool) -> None:
@@ -56,13 +55,6 @@ class OptunaReporter:
         self.trial.report(value, iteration)
         if self.prunable and self.trial.should_prune():
             raise optuna.TrialPruned(f"{self.metric} {value:.3f} at iteration {iteration}")
-
-
-def _backbone_prefix(state: Mapping[str, torch.Tensor]) -> str:
-    for key in state:
-        if key.endswith("stem.conv1.weight"):
-            return key.removesuffix("stem.conv1.weight")
-    raise WeightsError("the weights hold no SPNet backbone (no '…stem.conv1.weight' key)")
 
 
 def fetch_weights(study: optuna.Study, number: int, artifact_store: Any, path: Path) -> Path:
@@ -165,7 +157,7 @@ class Objective:
         out_dir = self.workdir / "trials" / f"{trial.number:05d}"
         out_dir.mkdir(parents=True, exist_ok=True)
         reporter = OptunaReporter(
-            trial, self.config.data.metric, prunable=decision.kind not in _UNPRUNABLE
+            trial, self.config.data.metric, prunable=decision.kind not in UNPRUNABLE_KINDS
         )
         self._pretrain_iters = 0
         if decision.kind == "verify":
@@ -263,10 +255,10 @@ class Objective:
 
     def reignite(self, decision: Decision, parent_path: Path, out_dir: Path) -> Path:
         """Pretrain the round's best backbone, put it back into its detector's weights."""
+        from spnas.modeling import split_backbone
+
         state = torch.load(parent_path, map_location="cpu", weights_only=True)
-        prefix = _backbone_prefix(state)
-        backbone = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-        backbone = {k: v for k, v in backbone.items() if k.startswith(("stem.", "res"))}
+        prefix, backbone = split_backbone(state)
         init = out_dir / "parent_backbone.pth"
         torch.save(backbone, init)
         pretrained = self._pretrain(decision.arch, out_dir / "reignited_backbone.pth", init)
@@ -324,15 +316,12 @@ def _save_note(
 
 
 def build_search_engine(config: SearchConfig) -> Engine:
-    """The engine a study's YAML names, configured as its trials use it."""
-    if config.engine.name == "detectron2":
-        from spnas.engines.detectron2 import Detectron2Engine
-
-        return Detectron2Engine(
-            config.engine.config,
-            opts=list(config.engine.opts),
-            show_progress=config.engine.show_progress,
-        )
-    engine = build_engine(config.engine.name)
-    engine.show_progress = config.engine.show_progress
-    return engine
+    """The engine a study's YAML names, built through the registry from its section."""
+    section = config.engine
+    # The keys the section sets; left out, an engine's own defaults apply.
+    options = {
+        field.name: getattr(section, field.name)
+        for field in dataclasses.fields(section)
+        if field.name != "name" and getattr(section, field.name) != field.default
+    }
+    return build_engine(section.name, **options)

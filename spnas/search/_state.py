@@ -71,6 +71,9 @@ KINDS: tuple[str, ...] = (
     "idle",
 )
 BARRIER_KINDS: frozenset[str] = frozenset({"seed", "reignite", "parallel_seed", "final"})
+#: Kinds whose value the search needs (barriers, a round's control, verification): a pruner
+#: never stops them.
+UNPRUNABLE_KINDS: frozenset[str] = BARRIER_KINDS | {"control", "verify"}
 PHASES: tuple[str, ...] = ("seed", "serial", "parallel", "verify", "final", "done", "failed")
 
 

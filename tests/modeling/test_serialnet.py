@@ -268,3 +268,30 @@ def test_backward_reaches_every_parameter(code: str) -> None:
 def test_non_nchw_input_raises() -> None:
     with pytest.raises(ValueError, match="NCHW"):
         SerialNet("BB(1)", base_width=16)(torch.randn(3, 64, 64))
+
+
+# -- backbone keys in state dicts ------------------------------------------------------------
+
+
+def test_split_backbone_finds_the_backbone_inside_a_detector_state() -> None:
+    from spnas.modeling import is_bare_backbone, split_backbone
+
+    bare = SerialNet(RESNET18, base_width=8).state_dict()
+    assert is_bare_backbone(bare)
+    assert split_backbone(bare) == ("", bare)
+    detector = {f"backbone.bottom_up.{k}": v for k, v in bare.items()}
+    detector["backbone.fpn_lateral2.weight"] = torch.zeros(1)
+    detector["roi_heads.box_predictor.cls_score.bias"] = torch.zeros(1)
+    assert not is_bare_backbone(detector)
+    prefix, backbone = split_backbone(detector)
+    assert prefix == "backbone.bottom_up."
+    assert backbone.keys() == bare.keys()
+    assert not is_bare_backbone({})
+
+
+def test_split_backbone_of_weights_without_a_backbone_names_the_key() -> None:
+    from spnas.exceptions import WeightsError
+    from spnas.modeling import split_backbone
+
+    with pytest.raises(WeightsError, match=r"no '…stem\.conv1\.weight' key"):
+        split_backbone({"head.weight": torch.zeros(1)})

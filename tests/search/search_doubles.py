@@ -32,6 +32,7 @@ from torch import nn
 from spnas.engines.base import (
     DataSpec,
     Engine,
+    ExportedDetector,
     InitWeights,
     ModelSpec,
     Reporter,
@@ -135,12 +136,22 @@ class FakeEngine(Engine):
         self.hang_seconds = hang_seconds
         self.calls: list[tuple[str, str, str | None]] = []
 
-    def build_model(self, spec: ModelSpec) -> nn.Module:
+    def build_model(self, spec: ModelSpec, schedule: Schedule | None = None) -> nn.Module:
         return FakeDetector(spec)
 
     def evaluate(
-        self, spec: ModelSpec, weights: InitWeights | None, data: DataSpec, schedule: Schedule
+        self,
+        spec: ModelSpec,
+        weights: InitWeights | None,
+        schedule: Schedule,
+        data: DataSpec,
+        out_dir: str | Path = "output",
     ) -> dict[str, float]:
+        raise NotImplementedError("FakeEngine only trains")
+
+    def export(
+        self, spec: ModelSpec, weights: Path, schedule: Schedule, data: DataSpec, out_dir: Path
+    ) -> ExportedDetector:
         raise NotImplementedError("FakeEngine only trains")
 
     def _maybe_hang(self, kind: str, out_dir: Path) -> None:

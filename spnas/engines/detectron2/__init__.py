@@ -11,9 +11,7 @@ Public API: :func:`add_spnas_config`, :func:`configure_levels`, :func:`get_spnas
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from spnas._lazy import lazy_getattr
 from spnas.engines.detectron2 import compat
 
 compat.apply()
@@ -32,9 +30,4 @@ _API = {
 
 __all__ = sorted(_API)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _API:
-        module = importlib.import_module(f"{__name__}.{_API[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _API)

@@ -1,20 +1,37 @@
-"""Make detectron2 0.6 work when it was installed from its PyPI sources.
+"""What ``import spnas`` does to the process: every side effect of importing spnas is here.
 
-detectron2 has no wheels, and the one PyPI distribution of its sources, ``pb1-detectron2==0.6``
-(installed by ``tools/install_detectron2.sh``), lacks the C++/CUDA files of ``detectron2._C``.
-Two things then break, both at import time:
+:func:`apply` runs when :mod:`spnas` (or :mod:`spnas.engines.detectron2`) is imported. When
+detectron2 is not installed it does nothing. Otherwise it does three things, each only when
+needed, each idempotent, none importing torch or detectron2 (so ``import spnas`` stays cheap):
 
-* ``detectron2.layers`` (and so ``detectron2.modeling``) and ``detectron2.evaluation`` run
-  ``from detectron2 import _C``. Only a few features call into it: deformable convolution,
-  rotated boxes and the fast COCO evaluation. The ops detection needs, NMS and ROIAlign, come
-  from torchvision. :func:`apply` installs a placeholder ``detectron2._C`` whose ops raise
-  :class:`MissingCompiledOpError`, naming the feature, when they are actually called.
-* ``detectron2.data.transforms`` uses ``PIL.Image.LINEAR`` as a default argument; Pillow 10
-  removed that alias of ``PIL.Image.BILINEAR``. :func:`apply` restores it.
+1. **A placeholder ``detectron2._C``** in ``sys.modules``, when detectron2 lacks its compiled
+   ops. detectron2 has no wheels, and the one PyPI distribution of its sources,
+   ``pb1-detectron2==0.6`` (installed by ``tools/install_detectron2.sh``), lacks the C++/CUDA
+   files of ``detectron2._C``; ``detectron2.layers`` (and so ``detectron2.modeling``) and
+   ``detectron2.evaluation`` run ``from detectron2 import _C`` at import time. Only a few
+   features call into it: deformable convolution, rotated boxes and the fast COCO evaluation.
+   The ops detection needs, NMS and ROIAlign, come from torchvision. The placeholder's ops
+   raise :class:`MissingCompiledOpError`, naming the feature, when they are actually called.
+   When the real compiled ops are present (an upstream build), no placeholder is installed;
+   :func:`has_compiled_ops` tells the two apart.
+2. **``PIL.Image.LINEAR``**, an alias of ``PIL.Image.BILINEAR``, when Pillow lacks it:
+   ``detectron2.data.transforms`` uses it as a default argument, and Pillow 10 removed it.
+3. **An import hook** (a :data:`sys.meta_path` finder, :class:`_RegisterAfterImport`) that
+   imports :mod:`spnas.engines.detectron2.backbone` right after detectron2 imports
+   ``detectron2.modeling``, so that ``BACKBONE_REGISTRY`` has ``build_spnet_backbone`` and
+   ``build_spnet_fpn_backbone``. That is what lets stock detectron2 code build an exported
+   config after a bare ``import spnas``, as the README shows::
 
-:func:`apply` runs when :mod:`spnas` is imported, so it stays cheap: it imports neither torch
-nor detectron2, and does nothing when detectron2 is not installed. When the real compiled ops
-are present (an upstream build), no placeholder is installed.
+       import spnas
+       from detectron2.config import get_cfg
+       from detectron2.engine import DefaultPredictor
+       cfg = get_cfg(); cfg.set_new_allowed(True); cfg.merge_from_file("export/config.yaml")
+       predictor = DefaultPredictor(cfg)
+
+   The hook removes itself once it has run; when ``detectron2.modeling`` is already imported,
+   the backbones are registered at once instead.
+
+Nothing else in spnas changes global state at import time.
 """
 
 from __future__ import annotations

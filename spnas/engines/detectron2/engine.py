@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from detectron2.config import CfgNode
 from detectron2.utils.env import seed_all_rng
 from torch import nn
 
+from spnas._io import atomic_write
 from spnas.data.coco import load_coco
 from spnas.device import resolve_device
 from spnas.engines.base import (
     DataSpec,
     Engine,
+    ExportedDetector,
     InitWeights,
     ModelSpec,
     Reporter,
@@ -28,6 +32,7 @@ from spnas.engines.base import (
 from spnas.engines.detectron2.config import config_path, configure_levels, get_spnas_cfg
 from spnas.engines.detectron2.data import register_coco_split
 from spnas.engines.detectron2.trainer import SPNASTrainer, flatten_metrics
+from spnas.exceptions import ConfigError
 from spnas.modeling.flops import cost
 
 _logger = logging.getLogger(__name__)
@@ -130,13 +135,23 @@ class Detectron2Engine(Engine):
             cfg.merge_from_list(self.opts)
         return configure_levels(cfg)
 
-    def build_model(self, spec: ModelSpec, cfg: CfgNode | None = None) -> nn.Module:
-        if cfg is None:
-            cfg = get_spnas_cfg(str(self.config_file or config_path(_BASE_CONFIGS["fast"])))
-            apply_spec(cfg, spec)
-            cfg.MODEL.DEVICE = "cpu"
-            configure_levels(cfg)
-        return SPNASTrainer.build_model(cfg)
+    @classmethod
+    def from_config(cls, options: Mapping[str, Any]) -> Detectron2Engine:
+        """The engine of an ``engine`` section: ``config`` (a detectron2 YAML), ``opts``,
+        ``show_progress``."""
+        options = dict(options)
+        if "config" in options:
+            options["config_file"] = options.pop("config")
+        return super().from_config(options)
+
+    def build_model(self, spec: ModelSpec, schedule: Schedule | None = None) -> nn.Module:
+        """A detector for ``spec`` on the CPU, from the config of ``schedule``'s scheme (the
+        fast one when ``None``) with ``spec`` applied; :meth:`build_cfg` adds the data."""
+        name = (schedule or Schedule()).name
+        cfg = get_spnas_cfg(str(self.config_file or config_path(_BASE_CONFIGS[name])))
+        apply_spec(cfg, spec)
+        cfg.MODEL.DEVICE = "cpu"
+        return SPNASTrainer.build_model(configure_levels(cfg))
 
     def train_eval(
         self,
@@ -188,12 +203,45 @@ class Detectron2Engine(Engine):
         self,
         spec: ModelSpec,
         weights: InitWeights | None,
-        data: DataSpec,
         schedule: Schedule,
+        data: DataSpec,
         out_dir: str | Path = "output",
     ) -> dict[str, float]:
         cfg = self.build_cfg(spec, schedule, data, out_dir)
-        model = self.build_model(spec, cfg)
+        model = SPNASTrainer.build_model(cfg)
         self.initialize(model, weights)
         with torch.no_grad():
             return flatten_metrics(SPNASTrainer.test(cfg, model))
+
+    def export(
+        self,
+        spec: ModelSpec,
+        weights: Path,
+        schedule: Schedule,
+        data: DataSpec,
+        out_dir: Path,
+    ) -> ExportedDetector:
+        """Write ``config.yaml`` (a detectron2 config whose ``MODEL.WEIGHTS`` is ``weights``
+        and ``SPNAS.DATA_DIR`` the data set) and ``model_torchvision.pth`` (the detector
+        converted, where torchvision can express its heads)."""
+        from spnas.engines.detectron2.to_torchvision import convert_state_dict, torchvision_layout
+        from spnas.engines.torchvision import save_detector
+
+        out_dir = Path(out_dir)
+        cfg = self.build_cfg(spec, schedule, data, out_dir / "train")
+        cfg.DATASETS.TRAIN = ()
+        cfg.DATASETS.TEST = ()
+        cfg.SPNAS.DATA_DIR = str(Path(data.splits.root).resolve())
+        cfg.MODEL.WEIGHTS = str(Path(weights).resolve())
+        cfg.MODEL.DEVICE = "cpu"
+        config = atomic_write(out_dir / "config.yaml", lambda tmp: tmp.write_text(cfg.dump()))
+        model = SPNASTrainer.build_model(cfg)
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        try:
+            layout = torchvision_layout(cfg)
+            detector_state = convert_state_dict(state, layout)
+        except ConfigError as exc:
+            return ExportedDetector(model, config, skipped=(f"model_torchvision.pth: {exc}",))
+        torchvision = save_detector(detector_state, layout, out_dir / "model_torchvision.pth")
+        return ExportedDetector(model, config, torchvision)

@@ -3,7 +3,7 @@
 The two libraries implement the same detector with different names and layouts:
 
 ====================================  =====================================================
-detectron2                            torchvision (:mod:`spnas.engines.torchvision_engine`)
+detectron2                            torchvision (:mod:`spnas.engines.torchvision`)
 ====================================  =====================================================
 ``backbone.bottom_up.*``              ``backbone.body.*`` (the SPNet, same names)
 ``backbone.fpn_lateral{k}``           ``backbone.fpn.inner_blocks.{i}.0`` (stage ``i``)
@@ -40,7 +40,7 @@ from detectron2.config import CfgNode
 from spnas.arch import ParallelCode
 from spnas.data.normalization import PIXEL_MEAN_RGB, PIXEL_STD_RGB
 from spnas.engines.base import ModelSpec
-from spnas.engines.torchvision_engine import FasterRCNNLayout
+from spnas.engines.torchvision import FasterRCNNLayout
 from spnas.exceptions import ConfigError, WeightsError
 
 #: Config values a torchvision ``FasterRCNN`` cannot express, with the one it needs.
@@ -90,15 +90,7 @@ def torchvision_layout(cfg: CfgNode) -> FasterRCNNLayout:
         ConfigError: naming the first config key whose value torchvision's ``FasterRCNN``
             cannot express (cascade heads, masks, class-agnostic boxes, BGR input, …).
     """
-    for key, expected in _REQUIRED:
-        found = _value(cfg, key)
-        if isinstance(expected, tuple):
-            found = tuple(float(v) for v in found)
-        if found != expected:
-            raise ConfigError(
-                f"{key} is {found!r}; a torchvision FasterRCNN needs {expected!r}, so this "
-                "detector cannot be exported for torchvision"
-            )
+    _check_required(cfg)
     spnas = cfg.MODEL.SPNAS
     spec = ModelSpec(
         spnas.ARCH,
@@ -110,47 +102,14 @@ def torchvision_layout(cfg: CfgNode) -> FasterRCNNLayout:
         xb_groups=spnas.XB_GROUPS,
         fpn_channels=cfg.MODEL.FPN.OUT_CHANNELS,
     )
-    levels = spec.arch.num_stages + 1
-    if list(cfg.MODEL.RPN.IN_FEATURES) != [f"p{k}" for k in range(2, levels + 2)]:
-        raise ConfigError(
-            f"MODEL.RPN.IN_FEATURES is {list(cfg.MODEL.RPN.IN_FEATURES)}; torchvision's RPN "
-            f"reads every FPN level, p2 … p{levels + 1} for {spec.arch}"
-        )
-    if list(cfg.MODEL.ROI_HEADS.IN_FEATURES) != [f"p{k}" for k in range(2, levels + 1)]:
-        raise ConfigError(
-            f"MODEL.ROI_HEADS.IN_FEATURES is {list(cfg.MODEL.ROI_HEADS.IN_FEATURES)}; "
-            f"torchvision pools from the stage levels, p2 … p{levels} for {spec.arch}"
-        )
-    ratios = _per_level(
-        cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS, levels, "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS"
-    )
-    if any(list(r) != list(ratios[0]) for r in ratios):
-        raise ConfigError(
-            "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS differ between levels; torchvision's RPN "
-            "head needs the same anchors per location at every level"
-        )
-    sizes = _per_level(cfg.MODEL.ANCHOR_GENERATOR.SIZES, levels, "MODEL.ANCHOR_GENERATOR.SIZES")
-    if any(len(s) != len(sizes[0]) for s in sizes):
-        raise ConfigError("MODEL.ANCHOR_GENERATOR.SIZES has a different count at some level")
-    if cfg.MODEL.ANCHOR_GENERATOR.OFFSET != 0.0:
-        raise ConfigError(
-            f"MODEL.ANCHOR_GENERATOR.OFFSET is {cfg.MODEL.ANCHOR_GENERATOR.OFFSET}; torchvision "
-            "places anchors at offset 0"
-        )
-    for key, expected in (("PIXEL_MEAN", PIXEL_MEAN_RGB), ("PIXEL_STD", PIXEL_STD_RGB)):
-        found = [float(v) for v in cfg.MODEL[key]]
-        if len(found) != 3 or not all(
-            math.isclose(a, b, rel_tol=1e-6) for a, b in zip(found, expected, strict=True)
-        ):
-            raise ConfigError(
-                f"MODEL.{key} is {found}; the torchvision export normalises with the ImageNet "
-                f"statistics {list(expected)} that spnas backbones are pretrained with"
-            )
+    _check_in_features(cfg, spec)
+    sizes, ratios = _anchors(cfg, spec.arch.num_stages + 1)
+    _check_normalization(cfg)
     rpn, roi = cfg.MODEL.RPN, cfg.MODEL.ROI_HEADS
     return FasterRCNNLayout(
         spec=spec,
-        anchor_sizes=tuple(tuple(float(v) for v in s) for s in sizes),
-        aspect_ratios=tuple(float(r) for r in ratios[0]),
+        anchor_sizes=sizes,
+        aspect_ratios=ratios,
         representation_size=cfg.MODEL.ROI_BOX_HEAD.FC_DIM,
         min_size=cfg.INPUT.MIN_SIZE_TEST,
         max_size=cfg.INPUT.MAX_SIZE_TEST,
@@ -180,6 +139,68 @@ def torchvision_layout(cfg: CfgNode) -> FasterRCNNLayout:
     )
 
 
+def _check_required(cfg: CfgNode) -> None:
+    for key, expected in _REQUIRED:
+        found = _value(cfg, key)
+        if isinstance(expected, tuple):
+            found = tuple(float(v) for v in found)
+        if found != expected:
+            raise ConfigError(
+                f"{key} is {found!r}; a torchvision FasterRCNN needs {expected!r}, so this "
+                "detector cannot be exported for torchvision"
+            )
+
+
+def _check_in_features(cfg: CfgNode, spec: ModelSpec) -> None:
+    levels = spec.arch.num_stages + 1
+    if list(cfg.MODEL.RPN.IN_FEATURES) != [f"p{k}" for k in range(2, levels + 2)]:
+        raise ConfigError(
+            f"MODEL.RPN.IN_FEATURES is {list(cfg.MODEL.RPN.IN_FEATURES)}; torchvision's RPN "
+            f"reads every FPN level, p2 … p{levels + 1} for {spec.arch}"
+        )
+    if list(cfg.MODEL.ROI_HEADS.IN_FEATURES) != [f"p{k}" for k in range(2, levels + 1)]:
+        raise ConfigError(
+            f"MODEL.ROI_HEADS.IN_FEATURES is {list(cfg.MODEL.ROI_HEADS.IN_FEATURES)}; "
+            f"torchvision pools from the stage levels, p2 … p{levels} for {spec.arch}"
+        )
+
+
+def _anchors(cfg: CfgNode, levels: int) -> tuple[tuple[tuple[float, ...], ...], tuple[float, ...]]:
+    """Anchor sizes per level and the aspect ratios (the same at every level)."""
+    ratios = _per_level(
+        cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS, levels, "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS"
+    )
+    if any(list(r) != list(ratios[0]) for r in ratios):
+        raise ConfigError(
+            "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS differ between levels; torchvision's RPN "
+            "head needs the same anchors per location at every level"
+        )
+    sizes = _per_level(cfg.MODEL.ANCHOR_GENERATOR.SIZES, levels, "MODEL.ANCHOR_GENERATOR.SIZES")
+    if any(len(s) != len(sizes[0]) for s in sizes):
+        raise ConfigError("MODEL.ANCHOR_GENERATOR.SIZES has a different count at some level")
+    if cfg.MODEL.ANCHOR_GENERATOR.OFFSET != 0.0:
+        raise ConfigError(
+            f"MODEL.ANCHOR_GENERATOR.OFFSET is {cfg.MODEL.ANCHOR_GENERATOR.OFFSET}; torchvision "
+            "places anchors at offset 0"
+        )
+    return (
+        tuple(tuple(float(v) for v in s) for s in sizes),
+        tuple(float(r) for r in ratios[0]),
+    )
+
+
+def _check_normalization(cfg: CfgNode) -> None:
+    for key, expected in (("PIXEL_MEAN", PIXEL_MEAN_RGB), ("PIXEL_STD", PIXEL_STD_RGB)):
+        found = [float(v) for v in cfg.MODEL[key]]
+        if len(found) != 3 or not all(
+            math.isclose(a, b, rel_tol=1e-6) for a, b in zip(found, expected, strict=True)
+        ):
+            raise ConfigError(
+                f"MODEL.{key} is {found}; the torchvision export normalises with the ImageNet "
+                f"statistics {list(expected)} that spnas backbones are pretrained with"
+            )
+
+
 def _anchor_permutation(num_sizes: int, num_ratios: int) -> torch.Tensor:
     """``perm[t]`` = detectron2's anchor index of torchvision's anchor ``t`` at a location.
 
@@ -198,62 +219,16 @@ def convert_state_dict(
     Raises:
         WeightsError: naming a key that is missing, or left over (a head torchvision lacks).
     """
-    spec = layout.spec
-    stages = spec.arch.stage_names
-    remaining = dict(state)
-
-    def take(key: str) -> torch.Tensor:
-        if key not in remaining:
-            raise WeightsError(
-                f"detectron2 weights lack {key!r}, expected a Faster R-CNN of {spec.arch}"
-            )
-        return remaining.pop(key)
-
-    out: dict[str, torch.Tensor] = {}
-    for key in [k for k in remaining if k.startswith("backbone.bottom_up.")]:
-        out["backbone.body." + key.removeprefix("backbone.bottom_up.")] = take(key)
-    for i, stage in enumerate(stages):
-        level = int(stage.removeprefix("res"))  # detectron2 names FPN convs by log2(stride)
-        for d2_name, tv_name in (("fpn_lateral", "inner_blocks"), ("fpn_output", "layer_blocks")):
-            for param in ("weight", "bias"):
-                out[f"backbone.fpn.{tv_name}.{i}.0.{param}"] = take(
-                    f"backbone.{d2_name}{level}.{param}"
-                )
-
-    num_sizes, num_ratios = len(layout.anchor_sizes[0]), len(layout.aspect_ratios)
-    perm = _anchor_permutation(num_sizes, num_ratios)
-    rpn = "proposal_generator.rpn_head."
-    for param in ("weight", "bias"):
-        out[f"rpn.head.conv.0.0.{param}"] = take(f"{rpn}conv.{param}")
-        out[f"rpn.head.cls_logits.{param}"] = take(f"{rpn}objectness_logits.{param}")[perm]
-        deltas = take(f"{rpn}anchor_deltas.{param}")
-        # (A·4, …) → (A, 4, …): the 4 box deltas of each anchor stay together.
-        grouped = deltas.reshape(num_sizes * num_ratios, 4, *deltas.shape[1:])
-        out[f"rpn.head.bbox_pred.{param}"] = grouped[perm].reshape(deltas.shape)
-
-    for d2_name, tv_name in (("fc1", "fc6"), ("fc2", "fc7")):
-        for param in ("weight", "bias"):
-            out[f"roi_heads.box_head.{tv_name}.{param}"] = take(
-                f"roi_heads.box_head.{d2_name}.{param}"
-            )
-    k = spec.num_classes
-    order = torch.tensor([k, *range(k)])  # background first
-    for param in ("weight", "bias"):
-        scores = take(f"roi_heads.box_predictor.cls_score.{param}")
-        out[f"roi_heads.box_predictor.cls_score.{param}"] = scores[order]
-        boxes = take(f"roi_heads.box_predictor.bbox_pred.{param}")
-        if boxes.shape[0] != 4 * k:
-            raise WeightsError(
-                f"roi_heads.box_predictor.bbox_pred.{param} has {boxes.shape[0]} rows, expected "
-                f"{4 * k} (class-specific boxes of {k} classes)"
-            )
-        background = torch.zeros((4, *boxes.shape[1:]), dtype=boxes.dtype)
-        out[f"roi_heads.box_predictor.bbox_pred.{param}"] = torch.cat([background, boxes])
-
+    tensors = _Tensors(state, layout.spec)
+    out = {
+        **_convert_backbone(tensors, layout.spec),
+        **_convert_rpn(tensors, layout),
+        **_convert_box_head(tensors, layout.spec.num_classes),
+    }
     # The input normalisation is the layout's; anchors are recomputed from it.
     leftover = [
         key
-        for key in remaining
+        for key in tensors.remaining
         if key not in ("pixel_mean", "pixel_std") and "anchor_generator" not in key
     ]
     if leftover:
@@ -261,4 +236,72 @@ def convert_state_dict(
             f"detectron2 weights have {len(leftover)} tensors a torchvision FasterRCNN has no "
             f"place for, e.g. {leftover[0]!r}"
         )
+    return out
+
+
+class _Tensors:
+    """The detectron2 tensors not converted yet; :meth:`take` hands each out once."""
+
+    def __init__(self, state: Mapping[str, torch.Tensor], spec: ModelSpec) -> None:
+        self.remaining = dict(state)
+        self.spec = spec
+
+    def take(self, key: str) -> torch.Tensor:
+        if key not in self.remaining:
+            raise WeightsError(
+                f"detectron2 weights lack {key!r}, expected a Faster R-CNN of {self.spec.arch}"
+            )
+        return self.remaining.pop(key)
+
+
+def _convert_backbone(tensors: _Tensors, spec: ModelSpec) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for key in [k for k in tensors.remaining if k.startswith("backbone.bottom_up.")]:
+        out["backbone.body." + key.removeprefix("backbone.bottom_up.")] = tensors.take(key)
+    for i, stage in enumerate(spec.arch.stage_names):
+        level = int(stage.removeprefix("res"))  # detectron2 names FPN convs by log2(stride)
+        for d2_name, tv_name in (("fpn_lateral", "inner_blocks"), ("fpn_output", "layer_blocks")):
+            for param in ("weight", "bias"):
+                out[f"backbone.fpn.{tv_name}.{i}.0.{param}"] = tensors.take(
+                    f"backbone.{d2_name}{level}.{param}"
+                )
+    return out
+
+
+def _convert_rpn(tensors: _Tensors, layout: FasterRCNNLayout) -> dict[str, torch.Tensor]:
+    num_sizes, num_ratios = len(layout.anchor_sizes[0]), len(layout.aspect_ratios)
+    perm = _anchor_permutation(num_sizes, num_ratios)
+    rpn = "proposal_generator.rpn_head."
+    out: dict[str, torch.Tensor] = {}
+    for param in ("weight", "bias"):
+        out[f"rpn.head.conv.0.0.{param}"] = tensors.take(f"{rpn}conv.{param}")
+        logits = tensors.take(f"{rpn}objectness_logits.{param}")
+        out[f"rpn.head.cls_logits.{param}"] = logits[perm]
+        deltas = tensors.take(f"{rpn}anchor_deltas.{param}")
+        # (A·4, …) → (A, 4, …): the 4 box deltas of each anchor stay together.
+        grouped = deltas.reshape(num_sizes * num_ratios, 4, *deltas.shape[1:])
+        out[f"rpn.head.bbox_pred.{param}"] = grouped[perm].reshape(deltas.shape)
+    return out
+
+
+def _convert_box_head(tensors: _Tensors, num_classes: int) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for d2_name, tv_name in (("fc1", "fc6"), ("fc2", "fc7")):
+        for param in ("weight", "bias"):
+            out[f"roi_heads.box_head.{tv_name}.{param}"] = tensors.take(
+                f"roi_heads.box_head.{d2_name}.{param}"
+            )
+    k = num_classes
+    order = torch.tensor([k, *range(k)])  # background first
+    for param in ("weight", "bias"):
+        scores = tensors.take(f"roi_heads.box_predictor.cls_score.{param}")
+        out[f"roi_heads.box_predictor.cls_score.{param}"] = scores[order]
+        boxes = tensors.take(f"roi_heads.box_predictor.bbox_pred.{param}")
+        if boxes.shape[0] != 4 * k:
+            raise WeightsError(
+                f"roi_heads.box_predictor.bbox_pred.{param} has {boxes.shape[0]} rows, expected "
+                f"{4 * k} (class-specific boxes of {k} classes)"
+            )
+        background = torch.zeros((4, *boxes.shape[1:]), dtype=boxes.dtype)
+        out[f"roi_heads.box_predictor.bbox_pred.{param}"] = torch.cat([background, boxes])
     return out

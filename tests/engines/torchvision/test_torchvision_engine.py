@@ -24,7 +24,7 @@ from spnas.engines.base import (
     TrialResult,
     build_engine,
 )
-from spnas.engines.torchvision_engine import TorchvisionEngine
+from spnas.engines.torchvision import TorchvisionEngine
 from spnas.exceptions import ConfigError
 from spnas.morphism import apply_all
 from spnas.pretrain import PretrainConfig, pretrain
@@ -214,7 +214,7 @@ def test_registry_and_options() -> None:
 
 def test_class_count_must_match_data(engine: TorchvisionEngine, tiny: DataSpec) -> None:
     with pytest.raises(ConfigError, match=r"num_classes=3, but .* has 4 categories"):
-        engine.evaluate(tiny_spec(num_classes=3), None, tiny, tiny_schedule())
+        engine.evaluate(tiny_spec(num_classes=3), None, tiny_schedule(), tiny)
 
 
 # -- training --------------------------------------------------------------------------------
@@ -305,7 +305,7 @@ def test_lamr_metric(engine: TorchvisionEngine, tiny: DataSpec, tmp_path: Path) 
     schedule = tiny_schedule(iters=2, num_workers=1)
     result = engine.train_eval(tiny_spec(), None, schedule, data, out_dir=tmp_path)
     assert 0.0 <= result.metrics["LAMR"] <= 1.0
-    metrics = engine.evaluate(tiny_spec(), InitWeights(result.weights), data, schedule)
+    metrics = engine.evaluate(tiny_spec(), InitWeights(result.weights), schedule, data)
     assert metrics["LAMR"] == pytest.approx(result.metrics["LAMR"])
 
 
@@ -358,7 +358,7 @@ def test_detector_learns_from_pretrained_backbone(
     parent: Parent, engine: TorchvisionEngine
 ) -> None:
     untrained = engine.evaluate(
-        parent.spec, InitWeights(parent.pretrained), parent.data, parent.schedule
+        parent.spec, InitWeights(parent.pretrained), parent.schedule, parent.data
     )
     print(
         f"untrained AP {untrained['AP']:.2f}; trained AP {parent.result.metrics['AP']:.2f} "
@@ -375,14 +375,14 @@ def test_detector_learns_from_pretrained_backbone(
 @pytest.mark.slow
 def test_expanded_child_evaluates_as_parent(parent: Parent, engine: TorchvisionEngine) -> None:
     weights = parent.result.weights
-    reloaded = engine.evaluate(parent.spec, InitWeights(weights), parent.data, parent.schedule)
+    reloaded = engine.evaluate(parent.spec, InitWeights(weights), parent.schedule, parent.data)
     assert reloaded["AP"] == pytest.approx(parent.result.metrics["AP"], abs=1e-6)
 
     ops = ("expand(s1,after=0)",)
     child = dataclasses.replace(parent.spec, arch=apply_all(parent.spec.arch, ops))
     assert child.arch != parent.spec.arch
     init = InitWeights(weights, parent_arch=parent.spec.arch, ops=ops)
-    metrics = engine.evaluate(child, init, parent.data, parent.schedule)
+    metrics = engine.evaluate(child, init, parent.schedule, parent.data)
     # The new block starts as an identity (zero last norm), so the untrained child detects
     # exactly what its parent detects.
     assert metrics["AP"] == pytest.approx(reloaded["AP"], abs=0.1)

@@ -15,7 +15,7 @@ import pytest
 import spnas  # applies the compat layer before detectron2 is imported below
 from spnas.engines.detectron2 import compat
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+_REPO_ROOT = Path(__file__).resolve().parents[3]
 _HAS_DETECTRON2 = importlib.util.find_spec("detectron2") is not None
 needs_detectron2 = pytest.mark.skipif(
     not _HAS_DETECTRON2,

@@ -174,12 +174,12 @@ def test_expanded_child_evaluates_like_its_parent(engine, trained, synthetic) ->
     result, _ = trained
     data = DataSpec.from_dir(synthetic)
     sched = schedule(1)
-    parent_ap = engine.evaluate(spec(), InitWeights(result.weights), data, sched)["AP"]
+    parent_ap = engine.evaluate(spec(), InitWeights(result.weights), sched, data)["AP"]
     child = engine.evaluate(
         spec("BB(11,d11,d1,d1)"),
         InitWeights(result.weights, parent_arch=ARCH, ops=("expand(s1,after=0)",)),
-        data,
         sched,
+        data,
     )
     # Expansion is an exact identity in eval mode, so the detections are the same.
     assert math.isclose(child["AP"], parent_ap, abs_tol=0.1)
@@ -209,7 +209,8 @@ def test_divergence_ends_the_trial_and_the_engine_stays_usable(
 def test_torchvision_conversion_keeps_the_accuracy(synthetic, trained) -> None:
     from spnas.engines.detectron2.engine import apply_spec
     from spnas.engines.detectron2.to_torchvision import convert_state_dict, torchvision_layout
-    from spnas.engines.torchvision_engine import TorchvisionEngine, build_faster_rcnn
+    from spnas.engines.torchvision import build_faster_rcnn
+    from spnas.engines.torchvision.evaluation import evaluate_detector
 
     result, _ = trained
     cfg = apply_spec(get_spnas_cfg(str(config_path(CPU_CONFIG))), spec())
@@ -219,9 +220,7 @@ def test_torchvision_conversion_keeps_the_accuracy(synthetic, trained) -> None:
     state = torch.load(result.weights, map_location="cpu", weights_only=True)
     model.load_state_dict(convert_state_dict(state, layout))
     data = DataSpec.from_dir(synthetic)
-    metrics = TorchvisionEngine()._evaluate(
-        model, data.splits.load("val"), data, torch.device("cpu")
-    )
+    metrics = evaluate_detector(model, data.splits.load("val"), data, torch.device("cpu"))
     # Measured on this 2-core CPU: AP 3.89 in detectron2 and 3.89 after conversion (2.47 with
     # torchvision's rounded anchors and unaligned RoIAlign instead of detectron2's geometry).
     assert metrics["AP"] == pytest.approx(result.metrics["AP"], abs=0.05)
@@ -232,7 +231,7 @@ def test_torchvision_conversion_keeps_the_accuracy(synthetic, trained) -> None:
 def test_lamr_metric(engine, synthetic, trained) -> None:
     result, _ = trained
     data = DataSpec.from_dir(synthetic, metric="LAMR")
-    metrics = engine.evaluate(spec(), InitWeights(result.weights), data, schedule(1))
+    metrics = engine.evaluate(spec(), InitWeights(result.weights), schedule(1), data)
     assert 0.0 <= metrics["LAMR"] <= 1.0
     assert "AP" in metrics
 

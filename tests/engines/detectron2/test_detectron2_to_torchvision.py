@@ -10,7 +10,7 @@ from spnas.engines.detectron2 import config_path, configure_levels
 from spnas.engines.detectron2.config import get_spnas_cfg
 from spnas.engines.detectron2.engine import apply_spec
 from spnas.engines.detectron2.to_torchvision import convert_state_dict, torchvision_layout
-from spnas.engines.torchvision_engine import (
+from spnas.engines.torchvision import (
     build_faster_rcnn,
     load_detector,
     save_detector,
