@@ -17,10 +17,10 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spnas.engines.base import DataSpec, InitWeights, NullReporter, Reporter, Schedule
+from spnas.engines import DataSpec, InitWeights, NullReporter, Reporter, Schedule
 
 if TYPE_CHECKING:
-    from spnas.engines.base import Engine, TrialResult
+    from spnas.engines import Engine, TrialResult
     from spnas.pretrain import PretrainResult
     from spnas.search._config import SearchConfig
 
