@@ -288,20 +288,15 @@ def make_synthetic_dataset(
         DataError: An argument is out of range, ``profile`` is not registered, or ``out_dir`` is
             an existing file.
     """
-    params = get_profile(profile)
-    if max_objects is None:
-        max_objects = params.max_objects
+    params = _checked_profile(profile, classes, max_objects)
     _check_int("train", train, 1)
     _check_int("val", val, 1)
     _check_int("size", size, 32)
-    _check_int("classes", classes, 1, len(params.shapes))
-    _check_int("max_objects", max_objects, params.min_objects)
     _check_int("seed", seed, 0)
     root = Path(out_dir)
     if root.exists() and not root.is_dir():
         raise DataError(f"out_dir: expected a directory, got the existing file {str(root)!r}")
 
-    params = dataclasses.replace(params, shapes=params.shapes[:classes], max_objects=max_objects)
     counts = {}
     with tqdm(total=train + val, desc="synth", unit="img", disable=not show_progress) as bar:
         for split_code, (split, num_images) in enumerate((("train", train), ("val", val))):
@@ -335,6 +330,16 @@ def make_synthetic_dataset(
         root,
     )
     return dataset
+
+
+def _checked_profile(name: str, classes: int, max_objects: int | None) -> SyntheticProfile:
+    """The profile ``name`` narrowed to its first ``classes`` shapes and to ``max_objects``."""
+    params = get_profile(name)
+    if max_objects is None:
+        max_objects = params.max_objects
+    _check_int("classes", classes, 1, len(params.shapes))
+    _check_int("max_objects", max_objects, params.min_objects)
+    return dataclasses.replace(params, shapes=params.shapes[:classes], max_objects=max_objects)
 
 
 def _write_split(
