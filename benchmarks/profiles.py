@@ -88,11 +88,14 @@ def summarize(
         table = {}
         for net, run in nets.items():
             aps = run["ap"]
+            if not aps:
+                continue
             table[net] = {
                 "arch": NETS[net],
                 "ap": aps,
                 "mean": statistics.fmean(aps),
                 "std": statistics.stdev(aps) if len(aps) > 1 else 0.0,
+                "diverged": run["diverged"],
                 "gmacs": run["gmacs"],
                 "retrain_seconds": statistics.fmean(run["seconds"]),
             }
@@ -122,6 +125,7 @@ def print_table(result: dict[str, Any]) -> None:
             print(
                 f"{profile:15} {net:9} {row['arch']:22} {row['mean']:7.2f} ± {row['std']:5.2f}"
                 f"  [{repeats}]  {row['gmacs']:.3f} GMACs  {row['retrain_seconds']:.0f} s"
+                + (f"  ({row['diverged']} diverged)" if row["diverged"] else "")
             )
         ratio = entry.get("gain_in_seed_std")
         print(
@@ -143,6 +147,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
+    from spnas.engines.base import TrialDiverged
     from spnas.search import SearchConfig, retrain
 
     started = time.monotonic()
@@ -162,14 +167,22 @@ def main() -> None:
         for seed in range(args.repeats):
             for profile, config in configs.items():
                 for net in args.nets:
-                    begun = time.monotonic()
-                    result = retrain(
-                        config,
-                        NETS[net],
-                        seed=seed,
-                        out_dir=root / profile / "retrain" / f"{net}-{seed}",
+                    run = runs.setdefault(profile, {}).setdefault(
+                        net, {"ap": [], "seconds": [], "diverged": 0}
                     )
-                    run = runs.setdefault(profile, {}).setdefault(net, {"ap": [], "seconds": []})
+                    begun = time.monotonic()
+                    try:
+                        result = retrain(
+                            config,
+                            NETS[net],
+                            seed=seed,
+                            out_dir=root / profile / "retrain" / f"{net}-{seed}",
+                        )
+                    except TrialDiverged as exc:
+                        # Reported, not averaged in: a diverged run has no AP to compare.
+                        run["diverged"] += 1
+                        print(f"{profile} {net} seed {seed}: diverged ({exc})", flush=True)
+                        continue
                     run["ap"].append(float(result.metrics[config.data.metric]))
                     run["seconds"].append(time.monotonic() - begun)
                     run["gmacs"] = result.gmacs
