@@ -35,15 +35,15 @@ def _register_synth(actions: argparse._SubParsersAction) -> None:
             "images under OUT/images (the json file_name entries are relative to OUT/images). "
             "A profile sets the object sizes, counts and classes: shapes (the default: 1-6 "
             "shapes of 6 px to half the image), small-objects (many tiny shapes, for "
-            "high-resolution stages) or large-objects (a few large shapes told apart by "
-            "large-scale structure, for receptive field); see spnas.data.PROFILES."
+            "high-resolution stages) or large-objects (a few large shapes whose classes differ "
+            "by a thin-walled hole, for receptive field); see spnas.data.PROFILES."
         ),
     )
     parser.add_argument(
         "--profile",
         default="shapes",
         metavar="NAME",
-        help="generator profile: shapes, small-objects or large-objects (default: shapes)",
+        help="generator profile (default: shapes)",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--train", type=int, default=200, metavar="N", help="training images")

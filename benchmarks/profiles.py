@@ -1,0 +1,208 @@
+"""Does the architecture matter on the benchmark profiles? Hand-made networks at equal training.
+
+Before searching on a synthetic profile (``spnas data synth --profile NAME``), check that it can
+reward a search at all: on each profile, every network of ``NETS`` is retrained from scratch
+the same way (:func:`spnas.search.retrain`: crop pretraining from random weights with the
+study's ``reignite`` settings, then one detection schedule, both seeded with the repeat's
+seed; every network sees the same seeds), with the settings of the profile's study YAML
+(``studies/bench-*.yaml``). Reported per profile and network: each repeat's AP, mean, standard
+deviation, GMACs and seconds per retrain; per profile, the gain of the network suited to it
+over the seed ``BB(11,d1,d1,d1)`` in units of the seed's standard deviation (the target is
+more than 2), and which network is best.
+
+Run: ``.venv/bin/python benchmarks/profiles.py [--repeats 3] [--iters N] [--json]``
+(``--profiles`` and ``--nets`` choose a subset). Results go to
+``benchmarks/results/profiles.json``, rewritten after every retrain.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import base_parser, write_result
+
+NAME = "profiles"
+ROOT = Path(__file__).resolve().parents[1]
+
+#: The hand-made networks (block type BB, 8–14 blocks, 4–5 stages: the bench studies' space).
+NETS: dict[str, str] = {
+    # ResNet-18's layout, the studies' seed.
+    "seed": "BB(11,d1,d1,d1)",
+    # Blocks moved to strides 4 and 8, where tiny objects are resolved.
+    "high-res": "BB(1111,d111,d1,d1)",
+    # Blocks moved to strides 32 and 64 (a fifth stage): receptive field and a learned top
+    # FPN level for large objects.
+    "deep": "BB(11,d1,d1,d11,1)",
+}
+#: Per profile: its study YAML and the network of NETS made for it.
+PROFILES: dict[str, tuple[str, str]] = {
+    "small-objects": ("studies/bench-small.yaml", "high-res"),
+    "large-objects": ("studies/bench-large.yaml", "deep"),
+}
+
+
+def study_values(profile: str, root: Path, iters: int) -> dict[str, Any]:
+    """The profile's study YAML with its data and work directories under ``root``.
+
+    The data set is generated here (:func:`prepare_data`), so ``data.synthetic`` is dropped.
+    """
+    values = yaml.safe_load((ROOT / PROFILES[profile][0]).read_text(encoding="utf-8"))
+    values["study"]["workdir"] = str(root / profile / "work")
+    values["study"]["storage"] = f"sqlite:///{root / profile / 'study.db'}"
+    values["data"]["dir"] = str(root / profile / "data")
+    values["data"].pop("synthetic")
+    values["engine"]["config"] = str(ROOT / values["engine"]["config"])
+    if iters:
+        values["schedule"]["iters"] = iters
+    return values
+
+
+def prepare_data(profile: str, root: Path) -> dict[str, Any]:
+    """Generate the profile's data set as its study YAML describes it; the settings used."""
+    from spnas.data.synthetic import make_synthetic_dataset
+
+    values = yaml.safe_load((ROOT / PROFILES[profile][0]).read_text(encoding="utf-8"))
+    synthetic = dict(values["data"]["synthetic"])
+    synthetic["profile"] = profile
+    make_synthetic_dataset(root / profile / "data", **synthetic, show_progress=False)
+    return synthetic
+
+
+def summarize(
+    runs: dict[str, dict[str, dict[str, Any]]], settings: dict[str, Any], complete: bool
+) -> dict[str, Any]:
+    """Per profile and network: APs, mean, std, GMACs, seconds; and the profile's verdict."""
+    profiles: dict[str, Any] = {}
+    for profile, nets in runs.items():
+        table = {}
+        for net, run in nets.items():
+            aps = run["ap"]
+            if not aps:
+                continue
+            table[net] = {
+                "arch": NETS[net],
+                "ap": aps,
+                "mean": statistics.fmean(aps),
+                "std": statistics.stdev(aps) if len(aps) > 1 else 0.0,
+                "diverged": run["diverged"],
+                "gmacs": run["gmacs"],
+                "retrain_seconds": statistics.fmean(run["seconds"]),
+            }
+        profiles[profile] = {"nets": table, **verdict(profile, table)}
+    return {"complete": complete, **settings, "profiles": profiles}
+
+
+def verdict(profile: str, table: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The suited network's gain over the seed, in seed standard deviations, and the best net."""
+    out: dict[str, Any] = {"suited": PROFILES[profile][1]}
+    if table:
+        out["best"] = max(table, key=lambda net: table[net]["mean"])
+    seed, suited = table.get("seed"), table.get(out["suited"])
+    if seed and suited:
+        gain = suited["mean"] - seed["mean"]
+        out["gain_over_seed"] = gain
+        out["gain_in_seed_std"] = gain / seed["std"] if seed["std"] > 0 else None
+    return out
+
+
+def print_table(result: dict[str, Any]) -> None:
+    """One row per profile and network: AP mean ± std (repeats), GMACs, seconds per retrain."""
+    print(f"{'profile':15} {'net':9} {'arch':22} {'AP mean ± std':>15}  repeats")
+    for profile, entry in result["profiles"].items():
+        for net, row in entry["nets"].items():
+            repeats = ", ".join(f"{ap:.1f}" for ap in row["ap"])
+            print(
+                f"{profile:15} {net:9} {row['arch']:22} {row['mean']:7.2f} ± {row['std']:5.2f}"
+                f"  [{repeats}]  {row['gmacs']:.3f} GMACs  {row['retrain_seconds']:.0f} s"
+                + (f"  ({row['diverged']} diverged)" if row["diverged"] else "")
+            )
+        ratio = entry.get("gain_in_seed_std")
+        print(
+            f"{profile:15} best: {entry.get('best')}; {entry['suited']} - seed = "
+            f"{entry.get('gain_over_seed', float('nan')):+.2f} AP"
+            + (f" = {ratio:+.1f} seed std" if ratio is not None else "")
+        )
+
+
+def main() -> None:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="seeds per network")
+    parser.add_argument("--profiles", nargs="+", default=list(PROFILES), choices=list(PROFILES))
+    parser.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
+    parser.add_argument(
+        "--iters", type=int, default=300, help="detection iterations (0: the study's schedule)"
+    )
+    parser.add_argument("--workdir", type=Path, default=None, help="keep data and weights here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    from spnas.engines.base import TrialDiverged
+    from spnas.search import SearchConfig, retrain
+
+    started = time.monotonic()
+    runs: dict[str, dict[str, dict[str, Any]]] = {}
+    settings: dict[str, Any] = {"repeats": args.repeats, "data": {}, "schedule": {}}
+    with tempfile.TemporaryDirectory(prefix="spnas-profiles-") as tmp:
+        root = args.workdir or Path(tmp)
+        configs = {}
+        for profile in args.profiles:
+            settings["data"][profile] = prepare_data(profile, root)
+            configs[profile] = SearchConfig.from_dict(study_values(profile, root, args.iters))
+            settings["schedule"][profile] = {
+                "iters": configs[profile].schedule.iters,
+                "reignite_epochs": configs[profile].reignite.epochs,
+            }
+        # Repeats outermost: a run stopped early still has every network on every profile.
+        for seed in range(args.repeats):
+            for profile, config in configs.items():
+                for net in args.nets:
+                    run = runs.setdefault(profile, {}).setdefault(
+                        net, {"ap": [], "seconds": [], "diverged": 0}
+                    )
+                    begun = time.monotonic()
+                    try:
+                        result = retrain(
+                            config,
+                            NETS[net],
+                            seed=seed,
+                            out_dir=root / profile / "retrain" / f"{net}-{seed}",
+                        )
+                    except TrialDiverged as exc:
+                        # Reported, not averaged in: a diverged run has no AP to compare.
+                        run["diverged"] += 1
+                        print(f"{profile} {net} seed {seed}: diverged ({exc})", flush=True)
+                        continue
+                    run["ap"].append(float(result.metrics[config.data.metric]))
+                    run["seconds"].append(time.monotonic() - begun)
+                    run["gmacs"] = result.gmacs
+                    print(
+                        f"{profile} {net} seed {seed}: AP {run['ap'][-1]:.2f} "
+                        f"({run['seconds'][-1]:.0f} s)",
+                        flush=True,
+                    )
+                    partial = summarize(runs, settings, complete=False)
+                    partial["wall_s"] = time.monotonic() - started
+                    write_result(NAME, partial, args.out)
+    result = summarize(runs, settings, complete=True)
+    result["wall_s"] = time.monotonic() - started
+    path = write_result(NAME, result, args.out)
+    if args.json:
+        print(json.dumps(json.loads(path.read_text()), indent=2))
+    else:
+        print_table(result)
+        print(f"written: {path}")
+
+
+if __name__ == "__main__":
+    main()
