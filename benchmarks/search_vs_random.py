@@ -2,9 +2,9 @@
 
 For each benchmark profile (``spnas data synth --profile``) and each of ``--seeds`` seeds:
 
-- **SP-NAS**: a whole search (``spnas search`` with 2 workers: seed, serial rounds with a
-  reignition, parallel phase) at equal training (``search.comparison: equal_training``), no
-  verification inside. Its budget is every optimizer step it took: each trial's detection
+- **SP-NAS**: a whole search (``spnas search`` with 2 workers on the profile's study YAML,
+  ``studies/bench-*.yaml``: seed, serial rounds with a reignition, parallel phase) at equal
+  training (``search.comparison: equal_training``), no verification inside. Its budget is every optimizer step it took: each trial's detection
   iterations plus the classification pretraining of the seed and of every reignition.
 - **Random search** at the same budget: codes drawn uniformly from the same space (serial code
   with the seed's number of doublings, then a parallel code by the same FLOPs-inverse sampling
@@ -41,9 +41,11 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import base_parser, report, spread
+from profiles import PROFILES
 
 from spnas.arch import SearchSpace, SerialCode
 from spnas.search import SearchConfig, SearchState, load_search_study, retrain
+from spnas.search._config import apply_override
 from spnas.search._proposals import flops_budget, sample_parallel_code, stage_costs
 
 NAME = "search_vs_random"
@@ -51,27 +53,28 @@ SEED_ARCH = "BB(11,d1,d1,d1)"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def study_values(root: Path, profile: str, seed: int, args: Any) -> dict[str, Any]:
-    """The demo study's settings (studies/demo.yaml) on ``profile``'s data."""
-    demo = yaml.safe_load((ROOT / "studies" / "demo.yaml").read_text())
-    values = {key: demo[key] for key in demo if key != "study"}
+def study_values(
+    root: Path, profile: str, seed: int, overrides: list[str] | tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The profile's study YAML (``studies/bench-*.yaml``) with ``overrides`` (``--set``),
+    its files under ``root``."""
+    values = yaml.safe_load((ROOT / PROFILES[profile][0]).read_text(encoding="utf-8"))
+    for item in overrides:
+        apply_override(values, item)
+    name = f"spnas-{profile}-{seed}"
     values["study"] = {
-        "name": f"spnas-{profile}-{seed}",
+        "name": name,
         "storage": f"sqlite:///{root / 'studies.db'}",
-        "workdir": str(root / f"spnas-{profile}-{seed}"),
+        "workdir": str(root / name),
     }
     values["engine"] = {
-        **demo["engine"],
-        "config": str(ROOT / demo["engine"]["config"]),
+        **values["engine"],
+        "config": str(ROOT / values["engine"]["config"]),
         "show_progress": False,
     }
-    values["data"] = {
-        **demo["data"],
-        "dir": str(root / f"data-{profile}"),
-        "synthetic": {**demo["data"]["synthetic"], "profile": profile},
-    }
-    values["search"] = {**demo.get("search", {}), "seed": seed, "comparison": "equal_training"}
-    values["verify"] = {**demo.get("verify", {}), "enabled": False}
+    values["data"] = {**values["data"], "dir": str(root / f"data-{profile}")}
+    values["search"] = {**values.get("search", {}), "seed": seed, "comparison": "equal_training"}
+    values["verify"] = {**values.get("verify", {}), "enabled": False}
     return values
 
 
@@ -191,11 +194,24 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="workers of each SP-NAS search")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of every profile's study YAML (e.g. schedule.iters=100)",
+    )
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.basicConfig(level=logging.WARNING)
     started = time.monotonic()
-    result: dict[str, Any] = {"complete": False, "profiles": {}, "cross_profile": []}
+    result: dict[str, Any] = {
+        "complete": False,
+        "settings": {"seeds": args.seeds, "repeats": args.repeats, "overrides": args.overrides},
+        "profiles": {},
+        "cross_profile": [],
+    }
     with tempfile.TemporaryDirectory(prefix="spnas-svr-") as tmp:
         root = Path(tmp)
         picks: dict[str, list[tuple[SearchConfig, dict[str, Any]]]] = {}
@@ -204,7 +220,7 @@ def main() -> None:
             entry: dict[str, Any] = {"per_seed": rows}
             result["profiles"][profile] = entry
             for seed in range(args.seeds):
-                values = study_values(root, profile, seed, args)
+                values = study_values(root, profile, seed, args.overrides)
                 config, study = run_spnas(root, values, args.workers)
                 if seed == 0:
                     entry["seed_retrained"] = retrained(
