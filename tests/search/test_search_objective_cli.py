@@ -154,6 +154,33 @@ def test_smoke_study_yaml_is_valid() -> None:
     assert config.study.storage.startswith("sqlite:////")
 
 
+@pytest.mark.parametrize(
+    ("name", "profile"),
+    [("demo", "small-objects"), ("bench-small", "small-objects"), ("bench-large", "large-objects")],
+)
+def test_benchmark_study_yamls_generate_their_profile(
+    name: str, profile: str, tmp_path: Path
+) -> None:
+    from spnas.search import prepare_data
+
+    root = Path(__file__).resolve().parents[2]
+    config = SearchConfig.from_yaml(
+        root / "studies" / f"{name}.yaml",
+        [f"data.dir={tmp_path / 'data'}", "data.synthetic.train=2", "data.synthetic.val=1"],
+    )
+    assert config.data.synthetic_settings.profile == profile
+    assert config.search.comparison == "equal_training"
+    prepare_data(config)
+    info = json.loads((tmp_path / "data" / "train.json").read_text())["info"]
+    assert profile in info["description"]
+
+
+def test_unknown_synthetic_profile_is_named(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    with pytest.raises(ConfigError, match=r"'data.synthetic.profile': 'tiny' is not a synthetic"):
+        SearchConfig.from_yaml(root / "studies" / "demo.yaml", ["data.synthetic.profile=tiny"])
+
+
 # --------------------------------------------------------------------------- spnas status
 def test_status_json(finished_search: Any, capsys: pytest.CaptureFixture[str]) -> None:
     config, _, state = finished_search
