@@ -457,6 +457,28 @@ class _Replay:
             self.best_parallel = best
 
     def run(self) -> SearchState:
+        """Algorithm 1: the serial phase, the parallel phase, then verification and final."""
+        serial_best = self.serial_phase()
+        if isinstance(serial_best, SearchState):
+            return serial_best
+        best = self.parallel_phase(serial_best)
+        if isinstance(best, SearchState):
+            return best
+        if self.config.verify.enabled:
+            waiting = self.verification()
+            if waiting is not None:
+                return waiting
+        if not self.config.final.enabled:
+            return self.state("done", None, parent=best)
+        final, waiting = self.barrier("final", 0, "final", best)
+        if final is None:
+            assert waiting is not None
+            return waiting
+        return self.state("done", None, parent=best)
+
+    def serial_phase(self) -> Best | SearchState:
+        """The seed, then rounds ``1 .. n_rounds + 1``; rounds ``1..n_rounds`` end with a
+        reignition. Returns the last round's best, or the state while the phase runs."""
         config = self.config
         seed, waiting = self.barrier("seed", 0, "seed", None)
         if seed is None:
@@ -464,7 +486,6 @@ class _Replay:
             return waiting
         self.best_serial = self.best_of(seed)
         baseline = seed
-        # Serial rounds 1 .. n_rounds + 1; rounds 1..n_rounds end with a reignition.
         last_round = config.serial.n_rounds + 1
         for round_ in range(1, last_round + 1):
             self.round = round_
@@ -479,12 +500,13 @@ class _Replay:
             result = self.round_result(
                 "serial", baseline, records, config.serial.n_stuck, config.serial.max_trials
             )
+            assert self.round_best is not None
             if _better(self.round_best.value, self.best_serial.value, self.direction):
                 self.best_serial = self.round_best
             if isinstance(result, SearchState):
                 return dataclasses.replace(result, best_serial=self.best_serial)
             if round_ == last_round:
-                break
+                return result
             reignite, waiting = self.barrier("reignite", round_, "serial", result)
             if reignite is None:
                 assert waiting is not None
@@ -492,11 +514,11 @@ class _Replay:
             baseline = reignite
             if _better(reignite.value, self.best_serial.value, self.direction):
                 self.best_serial = self.best_of(reignite)
+        raise AssertionError("unreachable: the last round returns")
 
-        # The parallel phase stacks subnets on the final round's best network.
-        self.round = last_round
-        serial_best = self.round_best
-        assert serial_best is not None
+    def parallel_phase(self, serial_best: Best) -> Best | SearchState:
+        """Subnets stacked on the last round's best network; the best SPNet, or the state."""
+        config = self.config
         pseed, waiting = self.barrier("parallel_seed", 0, "parallel", serial_best)
         if pseed is None:
             assert waiting is not None
@@ -507,23 +529,9 @@ class _Replay:
             for r in self.records
             if r.decision.kind in ("parallel", "exhausted") and r.decision.parallel is not None
         ]
-        result = self.round_result(
+        return self.round_result(
             "parallel", pseed, records, config.parallel.n_stuck, config.parallel.max_trials
         )
-        if isinstance(result, SearchState):
-            return result
-        best = result
-        if config.verify.enabled:
-            waiting = self.verification()
-            if waiting is not None:
-                return waiting
-        if not config.final.enabled:
-            return self.state("done", None, parent=best)
-        final, waiting = self.barrier("final", 0, "final", best)
-        if final is None:
-            assert waiting is not None
-            return waiting
-        return self.state("done", None, parent=best)
 
     def verification(self) -> SearchState | None:
         """The state while verification trials remain to decide or finish; ``None`` after."""
