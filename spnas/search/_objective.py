@@ -26,6 +26,7 @@ from spnas.modeling.torchvision_weights import load_tensor_file
 from spnas.search._config import SearchConfig
 from spnas.search._retrain import pretrain_backbone, retrain
 from spnas.search._sampler import get_decision
+from spnas.search._signals import raise_if_preempted
 from spnas.search._state import UNPRUNABLE_KINDS, Decision, SearchState
 from spnas.storage import StorageError, make_artifact_store, redact
 
@@ -53,7 +54,9 @@ class OptunaReporter:
         self.prunable = prunable
 
     def progress(self, iteration: int, total: int, loss: float) -> None:
-        pass
+        # A stop signal whose exception was lost (see spnas.search._signals) stops the trial
+        # here, at the next iteration.
+        raise_if_preempted()
 
     def evaluation(self, iteration: int, metrics: Mapping[str, float]) -> None:
         value = metrics.get(self.metric)

@@ -9,6 +9,11 @@ treats ``KeyboardInterrupt`` subclasses as failures, then re-raises them), and
 :class:`~optuna.storages.RetryHeartbeatStaleTrialCallback` (as a stale trial's), so that the next worker to ask for a
 trial trains the same decision at once. Later signals are ignored while the worker winds
 down.
+
+An exception raised by a signal handler is lost when the signal arrives while Python runs a
+finalizer or a callback whose exceptions are only printed (a garbage-collected connection,
+say). The signal is therefore also remembered, and :func:`raise_if_preempted` raises it again
+at safe points: every training progress report and every turn of the worker loop.
 """
 
 from __future__ import annotations
@@ -39,21 +44,30 @@ class Preempted(KeyboardInterrupt):
         self.signum = signum
 
 
+#: The signal received while :func:`preemption_signals` is active (at most one).
+_received: list[int] = []
+
+
+def raise_if_preempted() -> None:
+    """Raise :class:`Preempted` when a stop signal was received (see the module docstring)."""
+    if _received:
+        raise Preempted(_received[0])
+
+
 @contextlib.contextmanager
 def preemption_signals() -> Iterator[None]:
-    """While active, the first SIGTERM or SIGINT raises :class:`Preempted`; later ones are
-    ignored. The previous handlers are restored on exit. Outside the main thread (where
-    Python cannot install handlers) this does nothing."""
+    """While active, the first SIGTERM or SIGINT raises :class:`Preempted` (and
+    :func:`raise_if_preempted` raises it again); later ones are ignored. The previous handlers
+    are restored on exit. Outside the main thread (where Python cannot install handlers) this
+    does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    fired = False
 
     def handler(signum: int, frame: object) -> None:
-        nonlocal fired
-        if fired:
+        if _received:
             return
-        fired = True
+        _received.append(signum)
         raise Preempted(signum)
 
     previous = {sig: signal.signal(sig, handler) for sig in PREEMPTION_SIGNALS}
@@ -62,6 +76,7 @@ def preemption_signals() -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+        _received.clear()
 
 
 def requeue_interrupted(study: optuna.Study, trial_id: int | None) -> int | None:

@@ -17,7 +17,12 @@ from spnas.search._config import CONFIG_ATTR, SearchConfig
 from spnas.search._objective import Objective, clean_trial_dir, load_pretrained_seed
 from spnas.search._resume import resume_failed_search
 from spnas.search._sampler import SPNASSampler
-from spnas.search._signals import Preempted, preemption_signals, requeue_interrupted
+from spnas.search._signals import (
+    Preempted,
+    preemption_signals,
+    raise_if_preempted,
+    requeue_interrupted,
+)
 from spnas.search._state import SearchState
 from spnas.storage import (
     StorageError,
@@ -283,6 +288,7 @@ def run_worker(
     with preemption_signals():
         while True:
             try:
+                raise_if_preempted()
                 state = SearchState.from_trials(study.get_trials(deepcopy=False), config)
                 if state.done:
                     _logger.info("study %r is %s", study_name, state.phase)

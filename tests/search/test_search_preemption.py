@@ -140,7 +140,11 @@ def stop(proc: subprocess.Popen, log: Path) -> list[int]:
         proc.wait(timeout=STOP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         proc.kill()
-        pytest.fail(f"spnas search still running {STOP_TIMEOUT_S} s after SIGTERM")
+        tails = "\n".join(
+            f"--- {path.name}\n{path.read_text()[-2500:]}"
+            for path in sorted(log.parent.glob("work/logs/*.log"))
+        )
+        pytest.fail(f"spnas search still running {STOP_TIMEOUT_S} s after SIGTERM\n{tails}")
     left = [pid for pid in pids if alive(pid)]
     for pid in left:
         os.kill(pid, signal.SIGKILL)
