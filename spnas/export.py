@@ -29,12 +29,14 @@ torchvision's); detectors that torchvision cannot express (cascade heads) get no
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 from pathlib import Path
 
 import torch
 
+from spnas._io import atomic_write
 from spnas.data.coco import DatasetSplits
 from spnas.engines.base import DataSpec
 from spnas.engines.torchvision import load_detector as load_torchvision_detector
@@ -94,21 +96,22 @@ def export_best(study_name: str, storage_url: str, out_dir: str | Path) -> Expor
     skipped = exported.skipped
     _, backbone = find_backbone(exported.model)
     backbone_file = out / "spnet_backbone.pth"
-    torch.save({k: v.cpu() for k, v in backbone.state_dict().items()}, backbone_file)
-    (out / "spnet.json").write_text(
-        json.dumps(
-            {
-                "code": str(best.arch),
-                "parallel": None if best.parallel is None else str(best.parallel),
-                "base_width": spec.base_width,
-                "stem": spec.stem,
-                "norm": spec.norm,
-                "xb_groups": spec.xb_groups,
-            },
-            indent=2,
-        )
+    backbone_state = {k: v.cpu() for k, v in backbone.state_dict().items()}
+    atomic_write(backbone_file, functools.partial(torch.save, backbone_state))
+    spnet = json.dumps(
+        {
+            "code": str(best.arch),
+            "parallel": None if best.parallel is None else str(best.parallel),
+            "base_width": spec.base_width,
+            "stem": spec.stem,
+            "norm": spec.norm,
+            "xb_groups": spec.xb_groups,
+        },
+        indent=2,
     )
-    (out / "classes.json").write_text(json.dumps(list(train.class_names)))
+    atomic_write(out / "spnet.json", lambda tmp: tmp.write_text(spnet))
+    classes = json.dumps(list(train.class_names))
+    atomic_write(out / "classes.json", lambda tmp: tmp.write_text(classes))
     for reason in skipped:
         _logger.warning("not written: %s", reason)
     return ExportResult(

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from spnas._io import atomic_write
 from spnas.search import Decision, SearchConfig, SearchState, summarize
 
 if TYPE_CHECKING:
@@ -455,6 +456,7 @@ def write_report(
     paths = [out / REPORT_IMAGES[name] for name in names]
     write_pngs([figures[name] for name in names], paths)
     index = out / "index.html"
-    index.write_text(report_html(study, config, figures, phases=phases), encoding="utf-8")
+    html = report_html(study, config, figures, phases=phases)
+    atomic_write(index, lambda tmp: tmp.write_text(html, encoding="utf-8"))
     paths.append(index)
     return paths

@@ -18,7 +18,14 @@ trial's system attributes, so it keeps its SP-NAS decision.
 Artifact locations: a directory (``FileSystemArtifactStore``; share it between nodes, e.g. on
 NFS) or ``s3://bucket[/prefix]`` (``Boto3ArtifactStore``; needs ``boto3``).
 
-Passwords never appear in logs or error messages: use :func:`redact` on any URL you print.
+Passwords never appear in logs or error messages: use :func:`redact` on any URL you print,
+and :func:`hide_password` on any text (an exception message) that may quote a password. The
+study stores its storage URL with the password removed (:func:`strip_password`); workers read
+the full URL from ``--storage-file`` or the environment variable ``SPNAS_STORAGE``
+(:func:`storage_url_from`), never from their command line, which ``ps`` shows to every user.
+
+File system artifacts are written atomically (a temporary file renamed into place), so a
+worker killed during an upload leaves no half-written artifact.
 """
 
 from __future__ import annotations
@@ -41,8 +48,13 @@ GRACE_PERIOD_S = 600
 MAX_RETRY = 2
 RECONNECT_TIMEOUT_S = 120.0
 
+#: Environment variable holding the storage URL of ``spnas worker`` (and other commands).
+STORAGE_ENV = "SPNAS_STORAGE"
+
+# For URLs quoted inside longer text: everything between "user:" and the last "@" of the
+# whitespace-free token is hidden, so a password with "@", ":" or "/" in it cannot leak.
 _PASSWORD = re.compile(
-    r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@]+:)(?P<password>[^@]*)(?P<tail>@)"
+    r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<password>\S*)(?P<tail>@)"
 )
 
 
@@ -50,17 +62,90 @@ class StorageError(SpnasError):
     """A storage or artifact store cannot be reached or created."""
 
 
+def _parse(url: str) -> Any:
+    """The SQLAlchemy URL of ``url``, or ``None`` when it is not one."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url)
+    except Exception:  # ArgumentError, ValueError: free text, not a URL
+        return None
+
+
+def _passwords(url: str) -> list[str]:
+    """The password of ``url`` as it may appear in text: decoded, and as written in the URL."""
+    found = []
+    parsed = _parse(url)
+    if parsed is not None and parsed.password:
+        found.append(str(parsed.password))
+    match = _PASSWORD.search(url)
+    if match and match["password"]:
+        found.append(match["password"])
+    return sorted(set(found), key=len, reverse=True)
+
+
 def redact(url: str) -> str:
-    """``url`` with its password replaced by ``***``."""
-    return _PASSWORD.sub(r"\g<head>***\g<tail>", str(url))
+    """``url`` (or a text quoting URLs) with every password replaced by ``***``.
+
+    A URL is parsed by SQLAlchemy, so a password with any characters (percent-encoded, as URLs
+    require) is hidden whole.
+    """
+    url = str(url)
+    parsed = _parse(url)
+    if parsed is not None and parsed.password is not None:
+        text = parsed.render_as_string(hide_password=True)
+    else:
+        text = url
+    return _PASSWORD.sub(r"\g<head>***\g<tail>", text)
+
+
+def hide_password(text: str, url: str) -> str:
+    """``text`` with the password of ``url`` replaced by ``***`` wherever it occurs (exactly,
+    decoded or as written in the URL), and any URL's password redacted."""
+    text = str(text)
+    for password in _passwords(str(url)):
+        text = text.replace(password, "***")
+    return redact(text)
 
 
 def _redact_exception(exc: BaseException, url: str) -> str:
-    text = str(exc)
-    password = _PASSWORD.search(url)
-    if password and password["password"]:
-        text = text.replace(password["password"], "***")
-    return redact(text)
+    return hide_password(str(exc), url)
+
+
+def strip_password(url: str) -> str:
+    """``url`` without its password (the form a study stores); other URLs unchanged."""
+    parsed = _parse(str(url))
+    if parsed is None or parsed.password is None:
+        return str(url)
+    return parsed._replace(password=None).render_as_string(hide_password=False)
+
+
+def storage_url_from(
+    url: str | None = None, file: str | Path | None = None, *, what: str = "--storage"
+) -> str:
+    """The storage URL a command runs on: ``url`` (``--storage``, shown by ``ps``: avoid it
+    when the URL holds a password), else the first line of ``file`` (``--storage-file``), else
+    the environment variable ``SPNAS_STORAGE``.
+
+    Raises:
+        StorageError: when none is given, or the file cannot be read.
+    """
+    import os
+
+    if url:
+        return str(url)
+    if file is not None:
+        try:
+            lines = Path(file).read_text(encoding="utf-8").split()
+        except OSError as exc:
+            raise StorageError(f"--storage-file {str(file)!r} cannot be read: {exc}") from None
+        if not lines:
+            raise StorageError(f"--storage-file {str(file)!r} is empty: expected a storage URL")
+        return lines[0]
+    env = os.environ.get(STORAGE_ENV)
+    if env:
+        return env
+    raise StorageError(f"no storage: pass {what} URL, --storage-file FILE or set {STORAGE_ENV}")
 
 
 def default_storage_url(directory: str | Path = ".") -> str:
@@ -197,7 +282,7 @@ def make_artifact_store(
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StorageError(f"artifact directory {location!r} cannot be created: {exc}") from exc
-    return optuna.artifacts.FileSystemArtifactStore(str(path))
+    return _AtomicFileSystemStore(str(path))
 
 
 def check_artifact_store(location: str | Path) -> None:
@@ -239,3 +324,18 @@ class _PrefixedStore:
 
     def remove(self, artifact_id: str) -> None:
         self._store.remove(self._prefix + artifact_id)
+
+
+class _AtomicFileSystemStore(optuna.artifacts.FileSystemArtifactStore):
+    """A file system artifact store whose writes are atomic (see :mod:`spnas._io`)."""
+
+    def write(self, artifact_id: str, content_body: Any) -> None:
+        import shutil
+
+        from spnas._io import atomic_write
+
+        def copy(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                shutil.copyfileobj(content_body, f)
+
+        atomic_write(self._get_filepath(artifact_id), copy)

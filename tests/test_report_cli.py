@@ -76,13 +76,15 @@ def test_report_of_a_missing_study_is_a_config_error(tmp_path: Path, capsys) -> 
     assert "no study 'nope'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("missing", ["--out", "--storage"])
-def test_report_needs_its_arguments(missing: str) -> None:
-    argv = ["report", "--study", "s", "--storage", "sqlite:///x.db", "--out", "o"]
-    index = argv.index(missing)
-    del argv[index : index + 2]
+def test_report_needs_its_arguments(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit):
-        main(argv)
+        main(["report", "--study", "s", "--storage", "sqlite:///x.db"])
+    # The storage may come from --storage, --storage-file or SPNAS_STORAGE: none is an error.
+    monkeypatch.delenv("SPNAS_STORAGE", raising=False)
+    assert main(["report", "--study", "s", "--out", "o"]) == 2
+    assert "SPNAS_STORAGE" in capsys.readouterr().err
 
 
 def make_verified_study(path: Path, name: str) -> str:

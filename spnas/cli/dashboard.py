@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from spnas.cli._storage import add_storage_arguments, storage_url
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -12,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Serve optuna-dashboard for the studies in STORAGE: trials with their "
         "notes, and the search figures (trajectory, per-stage GMACs, AP against GMACs).",
     )
-    parser.add_argument("--storage", required=True, help="storage URL")
+    add_storage_arguments(parser)
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)"
@@ -26,8 +28,9 @@ def run(args: argparse.Namespace) -> int:
 
     from spnas.storage import make_artifact_store, make_storage, redact
 
-    storage = make_storage(args.storage)
+    url = storage_url(args)
+    storage = make_storage(url)
     store = make_artifact_store(args.artifacts) if args.artifacts else None
-    print(f"optuna-dashboard for {redact(args.storage)} at http://{args.host}:{args.port}/")
+    print(f"optuna-dashboard for {redact(url)} at http://{args.host}:{args.port}/")
     run_server(storage, host=args.host, port=args.port, artifact_store=store)
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from spnas.cli._storage import add_storage_arguments, storage_url
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -15,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "spnet.json).",
     )
     parser.add_argument("--study", required=True, help="study name")
-    parser.add_argument("--storage", required=True, help="storage URL")
+    add_storage_arguments(parser)
     parser.add_argument("--out", required=True, help="output directory")
     parser.set_defaults(func=run)
 
@@ -23,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from spnas.export import export_best
 
-    result = export_best(args.study, args.storage, args.out)
+    result = export_best(args.study, storage_url(args), args.out)
     code = result.arch + (f" {result.parallel}" if result.parallel else "")
     print(f"exported trial {result.trial} ({code}, value {result.value:.2f}) to {result.directory}")
     if result.config is not None:

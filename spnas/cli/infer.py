@@ -20,6 +20,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--score", type=float, default=0.5, help="minimum score to draw")
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="let WEIGHTS be a pickle (.pkl) file; pickles can run code: only for files you trust",
+    )
     parser.set_defaults(func=run)
 
 
@@ -44,13 +49,13 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from spnas.device import resolve_device
-    from spnas.engines.detectron2 import get_spnas_cfg
+    from spnas.engines.detectron2 import check_model_weights, get_spnas_cfg
     from spnas.exceptions import DataError
-    from spnas.modeling.torchvision_weights import read_weights
 
-    read_weights(args.weights)  # a missing or foreign file fails here, naming it
     cfg = get_spnas_cfg(args.config)
     cfg.MODEL.WEIGHTS = str(Path(args.weights).resolve())
+    # A missing, foreign or pickled file fails here, naming it.
+    check_model_weights(cfg, allow_pickle=args.allow_pickle)
     cfg.MODEL.DEVICE = str(resolve_device(args.device))
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.score
     classes_file = Path(args.config).with_name("classes.json")

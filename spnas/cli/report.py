@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from spnas.cli._storage import add_storage_arguments, storage_url
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -17,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "self-contained index.html (best networks, phases, trials, interactive figures).",
     )
     parser.add_argument("--study", required=True, help="study name")
-    parser.add_argument("--storage", required=True, help="storage URL")
+    add_storage_arguments(parser)
     parser.add_argument("--out", required=True, help="output directory (created when missing)")
     parser.set_defaults(func=run)
 
@@ -26,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from spnas.report import write_report
     from spnas.search import load_search_study, summarize
 
-    study, config = load_search_study(args.study, args.storage)
+    url = storage_url(args)
+    study, config = load_search_study(args.study, url)
     status = summarize(study.get_trials(deepcopy=False), config, args.study)
     for path in write_report(study, config, args.out, phases=status["phases"]):
         print(path)

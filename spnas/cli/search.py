@@ -6,19 +6,35 @@
 - ``spnas worker --study NAME --storage URL`` joins a search from any node; it needs no YAML.
 - ``spnas status --study NAME --storage URL [--json]`` prints the phase, round, best networks
   and the trials.
+- ``spnas resume --study NAME --storage URL`` queues a new attempt of the barrier that made a
+  search fail (workers starting on a failed search do the same).
+
+Every command takes the storage URL from ``--storage``, ``--storage-file FILE`` or the
+environment variable ``SPNAS_STORAGE``; ``spnas search`` gives it to its workers in their
+environment, never on their command line (which ``ps`` shows).
+
+``spnas search`` forwards SIGTERM and SIGINT to its workers and waits for them: each fails
+its running trial, queues its retry and exits 0, so a preempted search resumes at once when
+started again.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from spnas.cli._storage import add_storage_arguments, storage_url
 
 _logger = logging.getLogger(__name__)
 
@@ -31,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     search.add_argument("study_file", help="study YAML, e.g. studies/smoke.yaml")
     search.add_argument("--workers", type=int, default=1, help="local worker processes")
-    search.add_argument("--storage", help="storage URL (overrides study.storage)")
+    add_storage_arguments(search, "storage URL (overrides study.storage)")
     search.add_argument(
         "--set",
         dest="overrides",
@@ -51,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run trials of an existing study until its search is done.",
     )
     worker.add_argument("--study", required=True, help="study name")
-    worker.add_argument("--storage", required=True, help="storage URL")
+    add_storage_arguments(worker)
     worker.add_argument("--max-trials", type=int, help="stop after this many trials here")
     worker.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     worker.set_defaults(func=run_worker_command)
@@ -62,9 +78,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Print where a search stands.",
     )
     status.add_argument("--study", required=True, help="study name")
-    status.add_argument("--storage", required=True, help="storage URL")
+    add_storage_arguments(status)
     status.add_argument("--json", action="store_true", help="print a JSON object")
     status.set_defaults(func=run_status)
+
+    resume = subparsers.add_parser(
+        "resume",
+        help="resume a search that stopped as failed, once the cause is fixed",
+        description="Queue a new attempt of the barrier trial that failed too often (its "
+        "earlier attempts no longer count); then start workers. Completed trials are kept.",
+    )
+    resume.add_argument("--study", required=True, help="study name")
+    add_storage_arguments(resume)
+    resume.set_defaults(func=run_resume)
 
 
 def _set_threads(threads: int | None) -> None:
@@ -77,14 +103,14 @@ def _set_threads(threads: int | None) -> None:
 def run_search(args: argparse.Namespace) -> int:
     from spnas.exceptions import ConfigError
     from spnas.search import SearchConfig, create_search_study, prepare_data
-    from spnas.storage import redact
+    from spnas.storage import STORAGE_ENV, redact
 
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: expected at least 1")
-    overrides = list(args.overrides)
-    if args.storage:
-        overrides.append(f"study.storage={args.storage}")
-    config = SearchConfig.from_yaml(args.study_file, overrides)
+    config = SearchConfig.from_yaml(args.study_file, list(args.overrides))
+    if args.storage or args.storage_file or os.environ.get(STORAGE_ENV):
+        study = dataclasses.replace(config.study, storage=storage_url(args))
+        config = dataclasses.replace(config, study=study).resolved(Path.cwd())
     storage = config.study.storage
     assert storage is not None
     prepare_data(config)
@@ -97,14 +123,46 @@ def run_search(args: argparse.Namespace) -> int:
         f"{threads} thread(s) each, logs in {logs}"
     )
     procs = _start_workers(config.study.name, storage, args.workers, threads, logs)
-    state = _watch(config.study.name, storage, procs)
+    with _forward_signals(procs) as received:
+        state = _watch(config.study.name, storage, procs, received)
     _print_status(_status(config.study.name, storage))
+    if received:
+        # Preempted: a clean stop when every worker re-queued its trial and exited 0.
+        return 0 if all(p.returncode == 0 for p in procs) else 1
     return 0 if state is not None and state.phase == "done" else 1
+
+
+#: After forwarding a signal, how long ``spnas search`` waits for its workers before
+#: killing them.
+STOP_TIMEOUT_S = 120.0
+
+
+@contextlib.contextmanager
+def _forward_signals(procs: list[subprocess.Popen]) -> Iterator[list[int]]:
+    """While active, SIGTERM/SIGINT are passed on to every live worker; yields the list of
+    signals received (watched by :func:`_watch`, which then waits for the workers)."""
+    received: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        received.append(signum)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    stops = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, forward) for sig in stops}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _start_workers(
     name: str, storage: str, count: int, threads: int, logs: Path
 ) -> list[subprocess.Popen]:
+    from spnas.storage import STORAGE_ENV
+
     gpus = _visible_gpus()
     procs = []
     for index in range(count):
@@ -114,18 +172,10 @@ def _start_workers(
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
-        command = [
-            sys.executable,
-            "-m",
-            "spnas",
-            "worker",
-            "--study",
-            name,
-            "--storage",
-            storage,
-            "--threads",
-            str(threads),
-        ]
+        # The URL may hold a password: in the environment, not on the command line.
+        env[STORAGE_ENV] = storage
+        command = [sys.executable, "-m", "spnas", "worker", "--study", name]
+        command += ["--threads", str(threads)]
         log = open(logs / f"worker-{index}.log", "a", encoding="utf-8")  # noqa: SIM115
         procs.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
     return procs
@@ -156,11 +206,14 @@ def _describe(state: Any, finished: int) -> str:
     return text
 
 
-def _watch(name: str, storage: str, procs: list[subprocess.Popen]) -> Any:
+def _watch(
+    name: str, storage: str, procs: list[subprocess.Popen], received: list[int] | None = None
+) -> Any:
     """Show the search's progress until every worker has exited.
 
     On a terminal a tqdm bar updates in place; in a log file a line is written when the
-    search's status changes.
+    search's status changes. Once a signal was forwarded (``received``), workers still alive
+    after :data:`STOP_TIMEOUT_S` are killed.
     """
     from tqdm import tqdm
 
@@ -172,6 +225,7 @@ def _watch(name: str, storage: str, procs: list[subprocess.Popen]) -> Any:
     interactive = sys.stdout.isatty()
     bar = tqdm(desc="search", unit="trial", dynamic_ncols=True, disable=not interactive)
     last = ""
+    stopping = 0.0
     try:
         while True:
             trials = study.get_trials(deepcopy=False)
@@ -187,7 +241,12 @@ def _watch(name: str, storage: str, procs: list[subprocess.Popen]) -> Any:
                 last = text
             if all(p.poll() is not None for p in procs):
                 break
-            time.sleep(2.0)
+            if received:
+                stopping = stopping or time.monotonic()
+                if time.monotonic() - stopping > STOP_TIMEOUT_S:
+                    for p in procs:
+                        p.kill()
+            time.sleep(0.5 if received else 2.0)
     except KeyboardInterrupt:
         for p in procs:
             p.terminate()
@@ -201,11 +260,32 @@ def _watch(name: str, storage: str, procs: list[subprocess.Popen]) -> Any:
 
 
 def run_worker_command(args: argparse.Namespace) -> int:
-    from spnas.search import run_worker
+    # Until run_worker takes SIGTERM over (after torch and the study are loaded), it stops the
+    # worker like Ctrl-C: no trial is running yet, so there is nothing to re-queue.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        from spnas.search import run_worker
 
-    _set_threads(args.threads)
-    state = run_worker(args.study, args.storage, max_trials=args.max_trials)
+        _set_threads(args.threads)
+        state = run_worker(args.study, storage_url(args), max_trials=args.max_trials)
+    except KeyboardInterrupt as exc:
+        if type(exc) is not KeyboardInterrupt:  # Preempted escaping run_worker: unexpected
+            raise
+        _logger.warning("stopped before joining the search")
+        return 0
     return 0 if state.phase != "failed" else 1
+
+
+def run_resume(args: argparse.Namespace) -> int:
+    from spnas.search import load_search_study, resume_failed_search
+
+    study, config = load_search_study(args.study, storage_url(args))
+    retried = resume_failed_search(study, config, settle=0.0)
+    if retried is None:
+        print(f"study {args.study}: not failed (or already resumed); nothing to do")
+    else:
+        print(f"study {args.study}: queued a new attempt of trial {retried}; start workers")
+    return 0
 
 
 def _status(name: str, storage: str) -> dict[str, Any]:
@@ -271,7 +351,7 @@ def _print_verification(verify: dict[str, Any], metric: str) -> None:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    status = _status(args.study, args.storage)
+    status = _status(args.study, storage_url(args))
     if args.json:
         print(json.dumps(status, indent=2))
     else:

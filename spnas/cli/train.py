@@ -21,6 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="let MODEL.WEIGHTS be a pickle (.pkl) file; pickles can run code: only for "
+        "files you trust",
+    )
+    parser.add_argument(
         "--opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides"
     )
     parser.set_defaults(func=run)
@@ -33,13 +39,14 @@ def run(args: argparse.Namespace) -> int:
     from spnas.data.coco import DatasetSplits
     from spnas.device import resolve_device
     from spnas.engines.base import save_state_dict
-    from spnas.engines.detectron2 import SPNASTrainer, get_spnas_cfg
+    from spnas.engines.detectron2 import SPNASTrainer, check_model_weights, get_spnas_cfg
     from spnas.engines.detectron2.data import register_coco_split
     from spnas.exceptions import ConfigError
 
     cfg = get_spnas_cfg(args.config)
     if args.opts:
         cfg.merge_from_list(args.opts)
+    check_model_weights(cfg, allow_pickle=args.allow_pickle)
     data_dir = args.data or cfg.SPNAS.DATA_DIR
     if not data_dir:
         raise ConfigError(f"{args.config}: SPNAS.DATA_DIR is empty; pass --data DIR")

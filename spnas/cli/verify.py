@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+from spnas.cli._storage import add_storage_arguments, storage_url
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -24,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "best SPNet retrained from scratch, --repeats seeds each, as trials of the study.",
     )
     parser.add_argument("--study", required=True, help="study name")
-    parser.add_argument("--storage", required=True, help="storage URL")
+    add_storage_arguments(parser)
     parser.add_argument("--repeats", type=int, help="seeds per network (default: verify.repeats)")
     parser.add_argument("--workers", type=int, default=1, help="local worker processes")
     parser.add_argument("--threads", type=int, help="torch threads per worker")
@@ -43,15 +45,16 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers {args.workers}: expected at least 1")
     if args.repeats is not None and args.repeats < 1:
         raise ConfigError(f"--repeats {args.repeats}: expected at least 1")
-    study, config = load_search_study(args.study, args.storage)
+    url = storage_url(args)
+    study, config = load_search_study(args.study, url)
     config = enable_verification(study, config, repeats=args.repeats)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     logs = Path(config.study.workdir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    procs = _start_workers(args.study, args.storage, args.workers, threads, logs)
+    procs = _start_workers(args.study, url, args.workers, threads, logs)
     # With --json, stdout carries the result alone; progress goes to stderr.
     with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
-        state = _watch(args.study, args.storage, procs)
+        state = _watch(args.study, url, procs)
     summary = summarize(study.get_trials(deepcopy=False), config, args.study)
     verify = summary["verify"]
     if args.json:

@@ -8,19 +8,21 @@ Public API:
   your own samplers;
 - :class:`Decision`, :func:`get_decision` — what a trial trains, inside your own objective;
 - :class:`Objective`, :func:`create_search_study`, :func:`load_search_study`,
-  :func:`run_worker`, :func:`prepare_data` — what ``spnas search`` and ``spnas worker`` run.
+  :func:`run_worker`, :func:`prepare_data` — what ``spnas search`` and ``spnas worker`` run;
+- :func:`resume_failed_search` — what ``spnas resume`` (and every starting worker) runs.
 """
 
 from __future__ import annotations
 
 from spnas.search._config import CONFIG_ATTR, SearchConfig
-from spnas.search._objective import WEIGHTS_ATTR, Objective, OptunaReporter
+from spnas.search._objective import WEIGHTS_ATTR, WEIGHTS_SHA256_ATTR, Objective, OptunaReporter
 from spnas.search._proposals import (
     SearchExhausted,
     propose_parallel,
     propose_serial,
     sample_parallel_code,
 )
+from spnas.search._resume import resume_failed_search
 from spnas.search._retrain import pretrain_backbone, retrain
 from spnas.search._sampler import SPNASSampler, get_decision
 from spnas.search._state import (
@@ -47,6 +49,7 @@ __all__ = [
     "CONFIG_ATTR",
     "KINDS",
     "WEIGHTS_ATTR",
+    "WEIGHTS_SHA256_ATTR",
     "Best",
     "Decision",
     "Objective",
@@ -66,6 +69,7 @@ __all__ = [
     "pretrain_backbone",
     "propose_parallel",
     "propose_serial",
+    "resume_failed_search",
     "retrain",
     "run_worker",
     "sample_parallel_code",

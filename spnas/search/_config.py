@@ -16,7 +16,7 @@ values of the wrong type are errors naming the key)::
     verify:    enabled, repeats, schedule (overrides of ``schedule`` for retraining)
     final:     enabled, schedule
     search:    seed, comparison (equal_training | greedy), keep_top_k, wait_seconds,
-               max_barrier_attempts
+               max_barrier_attempts, barrier_backoff_seconds
 
 Relative paths are resolved against the directory ``spnas search`` runs in, and stored
 absolute, so workers on other nodes (``spnas worker``, no YAML) see the same files.
@@ -25,6 +25,7 @@ absolute, so workers on other nodes (``spnas worker``, no YAML) see the same fil
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -258,6 +259,8 @@ class SearchSection:
     keep_top_k: int = 3
     wait_seconds: float = 2.0
     max_barrier_attempts: int = 3
+    #: The wait after a barrier's first failure; it doubles after each further one.
+    barrier_backoff_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         if self.comparison not in COMPARISONS:
@@ -327,6 +330,7 @@ class SearchConfig:
         config = cls(space=space, schedule=schedule, **sections)
         if not config.study.name:
             raise ConfigError("missing key 'study.name': every study needs a name")
+        check_study_name(config.study.name)
         if config.final.schedule is not None:
             _from_mapping(Schedule, config.final.schedule, "final.schedule")
         if config.verify.schedule is not None:
@@ -424,6 +428,26 @@ class SearchConfig:
         values["space"] = self.space.to_dict()
         values["schedule"] = self.schedule.to_dict()
         return values
+
+
+#: A study name is also a directory name (``runs/<name>``): one path component, no more.
+_STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_study_name(name: str) -> None:
+    """Refuse a study name that is not a plain directory name.
+
+    The default workdir, database and artifacts live in ``runs/<study.name>``: a name with
+    ``/``, ``..`` or a leading ``.`` (or an absolute path) would write outside ``runs/``.
+
+    Raises:
+        ConfigError: naming the key ``study.name`` and the characters allowed.
+    """
+    if not _STUDY_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(
+            f"'study.name' is {name!r}: expected 1-128 letters, digits, '-', '_' and '.', "
+            "starting with a letter or digit and without '..' (it names a directory)"
+        )
 
 
 def _plain(value: Any) -> Any:

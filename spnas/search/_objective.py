@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
+import os
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,14 +18,17 @@ from optuna.artifacts import download_artifact, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import TrialState
 
+from spnas._io import atomic_write, sha256_file
 from spnas.data.coco import DatasetSplits
 from spnas.engines.base import DataSpec, Engine, InitWeights, build_engine
 from spnas.exceptions import WeightsError
+from spnas.modeling.torchvision_weights import load_tensor_file
 from spnas.search._config import SearchConfig
 from spnas.search._retrain import pretrain_backbone, retrain
 from spnas.search._sampler import get_decision
+from spnas.search._signals import raise_if_preempted
 from spnas.search._state import UNPRUNABLE_KINDS, Decision, SearchState
-from spnas.storage import make_artifact_store
+from spnas.storage import StorageError, make_artifact_store, redact
 
 if TYPE_CHECKING:
     from spnas.modeling import SerialNet
@@ -31,6 +37,8 @@ _logger = logging.getLogger(__name__)
 
 #: User attribute holding the artifact id of a trial's trained weights.
 WEIGHTS_ATTR = "spnas:weights"
+#: User attribute holding the SHA-256 of those weights, checked on every download.
+WEIGHTS_SHA256_ATTR = "spnas:weights_sha256"
 
 
 class OptunaReporter:
@@ -46,7 +54,9 @@ class OptunaReporter:
         self.prunable = prunable
 
     def progress(self, iteration: int, total: int, loss: float) -> None:
-        pass
+        # A stop signal whose exception was lost (see spnas.search._signals) stops the trial
+        # here, at the next iteration.
+        raise_if_preempted()
 
     def evaluation(self, iteration: int, metrics: Mapping[str, float]) -> None:
         value = metrics.get(self.metric)
@@ -60,24 +70,52 @@ class OptunaReporter:
 def fetch_weights(study: optuna.Study, number: int, artifact_store: Any, path: Path) -> Path:
     """Download the trained weights of trial ``number`` to ``path``.
 
+    The download goes to a temporary file renamed into place, and its SHA-256 must match the
+    one the trial stored (``spnas:weights_sha256``): a partial or altered artifact is fetched
+    once more, then refused, never used. (Trials from before checksums were stored have
+    none and are not checked.)
+
     Raises:
-        WeightsError: when the trial has none, or they were deleted from the store.
+        WeightsError: when the trial has none, they were deleted from the store, cannot be
+            read from it, or fail their checksum twice.
     """
     trial = study.get_trials(deepcopy=False)[number]
     artifact_id = trial.user_attrs.get(WEIGHTS_ATTR)
     if artifact_id is None:
         raise WeightsError(f"trial {number} has no weights ({WEIGHTS_ATTR} is unset)")
+    expected = trial.user_attrs.get(WEIGHTS_SHA256_ATTR)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)  # a re-run (retry, re-export) replaces an earlier download
-    try:
-        download_artifact(
-            artifact_store=artifact_store, artifact_id=artifact_id, file_path=str(path)
+    for attempt in (1, 2):
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            download_artifact(
+                artifact_store=artifact_store, artifact_id=artifact_id, file_path=str(tmp)
+            )
+        except ArtifactNotFound as exc:
+            raise WeightsError(
+                f"weights of trial {number} (artifact {artifact_id}) are gone from the store"
+            ) from exc
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise WeightsError(
+                f"weights of trial {number} (artifact {artifact_id}) could not be downloaded "
+                f"to {str(path)!r}: {exc}"
+            ) from exc
+        actual = sha256_file(tmp)
+        if expected is None or actual == expected:
+            os.replace(tmp, path)
+            return path
+        tmp.unlink()
+        _logger.warning(
+            "weights of trial %d (artifact %s): checksum mismatch (attempt %d of 2)",
+            number,
+            artifact_id,
+            attempt,
         )
-    except ArtifactNotFound as exc:
-        raise WeightsError(
-            f"weights of trial {number} (artifact {artifact_id}) are gone from the store"
-        ) from exc
-    return path
+    raise WeightsError(
+        f"weights of trial {number} (artifact {artifact_id}) fail their SHA-256 check twice "
+        f"(expected {expected}, got {actual}): the stored file is truncated or altered"
+    )
 
 
 def load_pretrained_seed(config: SearchConfig) -> SerialNet:
@@ -182,11 +220,9 @@ class Objective:
             )
             result = self.engine.train_eval(spec, init, schedule, data, reporter, out_dir=out_dir)
             # Verification retrains from scratch: its weights are never a parent.
-            artifact_id = upload_artifact(
-                artifact_store=self.artifact_store,
-                file_path=str(result.weights),
-                study_or_trial=trial,
-            )
+            check_still_running(trial)
+            artifact_id, digest = self.upload(trial, Path(result.weights))
+            trial.set_user_attr(WEIGHTS_SHA256_ATTR, digest)
             trial.set_user_attr(WEIGHTS_ATTR, artifact_id)
         value = result.metric(self.config.data.metric)
         attrs = {
@@ -211,6 +247,28 @@ class Objective:
         return value
 
     # ------------------------------------------------------------------ weights
+    def upload(self, trial: optuna.Trial, weights: Path) -> tuple[str, str]:
+        """Upload ``weights`` to the artifact store; returns (artifact id, SHA-256).
+
+        Raises:
+            StorageError: naming the artifact location and the file when the upload fails
+                (a full disk, a missing bucket): the trial fails, and its barrier is retried
+                after a back-off (``search.barrier_backoff_seconds``).
+        """
+        digest = sha256_file(weights)
+        try:
+            artifact_id = upload_artifact(
+                artifact_store=self.artifact_store,
+                file_path=str(weights),
+                study_or_trial=trial,
+            )
+        except OSError as exc:
+            raise StorageError(
+                f"trial {trial.number}: uploading {str(weights)!r} to the artifact store "
+                f"{redact(str(self.config.study.artifacts))!r} failed: {exc}"
+            ) from exc
+        return artifact_id, digest
+
     def fetch(self, study: optuna.Study, number: int, path: Path) -> Path:
         """Download trial ``number``'s weights to ``path``."""
         return fetch_weights(study, number, self.artifact_store, path)
@@ -239,13 +297,15 @@ class Objective:
         config = self.config
         path = self.workdir / "seed_backbone.pth"
         if path.is_file():
-            return path
+            try:
+                load_tensor_file(path, "seed backbone")
+                return path
+            except WeightsError as exc:  # written by an older version killed mid-write
+                _logger.warning("%s; making it again", exc)
+                path.unlink(missing_ok=True)
         if config.model.pretrained:
             net = load_pretrained_seed(config)
-            tmp = path.with_name(path.name + ".tmp")
-            torch.save(net.state_dict(), tmp)
-            tmp.replace(path)
-            return path
+            return atomic_write(path, functools.partial(torch.save, net.state_dict()))
         return self._pretrain(config.seed_arch, path, init=None)
 
     def _pretrain(self, arch: Any, out: Path, init: Path | None) -> Path:
@@ -260,12 +320,12 @@ class Objective:
         state = torch.load(parent_path, map_location="cpu", weights_only=True)
         prefix, backbone = split_backbone(state)
         init = out_dir / "parent_backbone.pth"
-        torch.save(backbone, init)
+        atomic_write(init, functools.partial(torch.save, backbone))
         pretrained = self._pretrain(decision.arch, out_dir / "reignited_backbone.pth", init)
         fresh = torch.load(pretrained, map_location="cpu", weights_only=True)
         state.update({prefix + k: v for k, v in fresh.items()})
         composed = out_dir / "reignited.pth"
-        torch.save(state, composed)
+        atomic_write(composed, functools.partial(torch.save, state))
         return composed
 
     def prune_weights(self, study: optuna.Study, keep: set[int]) -> None:
@@ -325,3 +385,42 @@ def build_search_engine(config: SearchConfig) -> Engine:
         if field.name != "name" and getattr(section, field.name) != field.default
     }
     return build_engine(section.name, **options)
+
+
+class StaleTrialError(RuntimeError):
+    """The trial was finished by someone else (declared stale while this worker was paused)."""
+
+
+def check_still_running(trial: optuna.Trial) -> None:
+    """Raise :class:`StaleTrialError` when ``trial`` is no longer RUNNING in the storage.
+
+    A worker paused (SIGSTOP, a frozen VM) beyond the heartbeat grace period finds its trial
+    failed as stale and retried by another worker when it wakes: its result is discarded
+    before anything is uploaded, and the worker goes on with a new trial.
+    """
+    state = trial.study._storage.get_trial(trial._trial_id).state
+    if state != TrialState.RUNNING:
+        raise StaleTrialError(
+            f"trial {trial.number} is {state.name} in the storage (declared stale while this "
+            "worker was paused): its result is discarded, its retry trains it again"
+        )
+
+
+#: Files of a trial's folder that only matter while it runs (weights, pretraining
+#: checkpoints, partial writes); logs and metrics stay.
+_SCRATCH = ("*.pth", "*.pth.ckpt", "*.tmp")
+
+
+def clean_trial_dir(workdir: str | Path, number: int) -> None:
+    """Delete the weights and scratch files left in trial ``number``'s folder.
+
+    Run after every trial, whatever its end (complete, pruned, failed, interrupted): the
+    artifact store keeps the weights that matter, so the work directory's disk use does not
+    grow with the number of trials.
+    """
+    out_dir = Path(workdir) / "trials" / f"{number:05d}"
+    if not out_dir.is_dir():
+        return
+    for pattern in _SCRATCH:
+        for path in out_dir.rglob(pattern):
+            path.unlink(missing_ok=True)

@@ -232,6 +232,21 @@ class SearchState:
         return _Replay(trials, config).run()
 
 
+def barrier_backoff(attempts: Sequence[Record], base_seconds: float) -> float:
+    """Seconds left before a failed barrier may be tried again (0: now).
+
+    The ``n``-th failure waits ``base_seconds * 2 ** (n - 1)`` from its end, so a transient
+    fault (a full disk being cleaned, a file system remounting, a bucket throttling) has
+    time to pass before the attempts run out, instead of all failing within seconds.
+    """
+    ends = [r.finished_at for r in attempts if r.finished_at is not None]
+    if not ends or base_seconds <= 0:
+        return 0.0
+    delay = base_seconds * 2 ** (len(attempts) - 1)
+    elapsed = (datetime.now() - max(ends)).total_seconds()
+    return max(0.0, delay - elapsed)
+
+
 def _better(a: float, b: float, direction: str) -> bool:
     return a > b if direction == "maximize" else a < b
 
@@ -363,6 +378,17 @@ class _Replay:
             return None, self.state(phase, None, f"waiting for {what} to finish", parent)
         if status == "failed":
             return None, self.failed(kind, attempts)
+        wait = barrier_backoff(attempts, self.config.search.barrier_backoff_seconds)
+        if wait > 0:
+            what = f"{kind}" + (f" (round {round_})" if round_ else "")
+            limit = self.config.search.max_barrier_attempts
+            return None, self.state(
+                phase,
+                None,
+                f"waiting {wait:.0f} s before attempt {len(attempts) + 1} of {limit} of the "
+                f"{what} barrier (trial {attempts[-1].number} failed)",
+                parent,
+            )
         return None, self.state(phase, kind, parent=parent)
 
     def rounds_loop(

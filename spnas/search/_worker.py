@@ -14,10 +14,24 @@ import sqlalchemy.exc
 
 from spnas.exceptions import ConfigError
 from spnas.search._config import CONFIG_ATTR, SearchConfig
-from spnas.search._objective import Objective, load_pretrained_seed
+from spnas.search._objective import Objective, clean_trial_dir, load_pretrained_seed
+from spnas.search._resume import resume_failed_search
 from spnas.search._sampler import SPNASSampler
+from spnas.search._signals import (
+    Preempted,
+    preemption_signals,
+    raise_if_preempted,
+    requeue_interrupted,
+)
 from spnas.search._state import SearchState
-from spnas.storage import StorageError, check_artifact_store, make_storage, redact
+from spnas.storage import (
+    StorageError,
+    check_artifact_store,
+    hide_password,
+    make_storage,
+    redact,
+    strip_password,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -66,6 +80,10 @@ def check_inputs(config: SearchConfig) -> None:
     from spnas.data.coco import DatasetSplits
 
     DatasetSplits.from_dir(config.data.dir)
+    if config.engine.name == "detectron2" and config.engine.config:
+        from spnas.engines.detectron2 import get_spnas_cfg
+
+        get_spnas_cfg(config.engine.config)  # safe YAML: a python tag fails here, naming it
     if config.model.pretrained:
         load_pretrained_seed(config)
     if config.study.artifacts:
@@ -76,8 +94,9 @@ def create_search_study(config: SearchConfig, storage_url: str | None = None) ->
     """Create the study (or open it, when it exists with the same configuration).
 
     The configuration is stored in the study's user attribute ``spnas:config``, so workers
-    need only the study name and the storage URL. The inputs are checked first
-    (:func:`check_inputs`).
+    need only the study name and the storage URL; its storage URL is stored without the
+    password (the attribute is shown by ``optuna studies`` and the dashboard). The inputs are
+    checked first (:func:`check_inputs`).
 
     Raises:
         ConfigError: when a study of that name exists with another configuration.
@@ -97,9 +116,14 @@ def create_search_study(config: SearchConfig, storage_url: str | None = None) ->
         sampler=SPNASSampler(config),
     )
     stored = study.user_attrs.get(CONFIG_ATTR)
-    wanted = config.to_dict()
-    if stored is None:
+    wanted = _storable(config.to_dict())
+    if stored is not None:
+        # Defaults of keys added since the study was created count as unchanged.
+        stored = _storable(SearchConfig.from_dict(stored).to_dict())
+    if stored is None or (stored == wanted and study.user_attrs[CONFIG_ATTR] != wanted):
+        # New, or stored by an older version (with the password, or fewer keys): (re)write it.
         study.set_user_attr(CONFIG_ATTR, wanted)
+    if stored is None:
         _logger.info("created study %r in %s", config.study.name, redact(url))
     elif stored != wanted:
         changes = _differences(stored, wanted)
@@ -112,13 +136,22 @@ def create_search_study(config: SearchConfig, storage_url: str | None = None) ->
     return study
 
 
+def _storable(values: dict[str, Any]) -> dict[str, Any]:
+    """A config mapping as the study stores it: the storage URL without its password."""
+    study = dict(values["study"])
+    if study.get("storage"):
+        study["storage"] = strip_password(study["storage"])
+    return {**values, "study": study}
+
+
 def load_search_study(
     study_name: str, storage_url: str, *, storage_options: Mapping[str, Any] | None = None
 ) -> tuple[optuna.Study, SearchConfig]:
     """Open an existing search study and its stored configuration.
 
     ``storage_options`` go to :func:`~spnas.storage.make_storage` (e.g. ``heartbeat_interval``,
-    ``grace_period``).
+    ``grace_period``). The configuration's ``study.storage`` is ``storage_url`` (the study
+    stores it without the password).
     """
     storage = make_storage(storage_url, **(storage_options or {}))
     try:
@@ -133,7 +166,9 @@ def load_search_study(
             f"study {study_name!r} in {redact(storage_url)} is not an spnas search "
             f"(no {CONFIG_ATTR!r} user attribute)"
         )
-    return study, SearchConfig.from_dict(values)
+    config = SearchConfig.from_dict(values)
+    study_section = dataclasses.replace(config.study, storage=storage_url)
+    return study, dataclasses.replace(config, study=study_section)
 
 
 def enable_verification(
@@ -155,7 +190,7 @@ def enable_verification(
         schedule=config.verify.schedule if schedule is None else dict(schedule),
     )
     updated = SearchConfig.from_dict({**config.to_dict(), "verify": dataclasses.asdict(section)})
-    study.set_user_attr(CONFIG_ATTR, updated.to_dict())
+    study.set_user_attr(CONFIG_ATTR, _storable(updated.to_dict()))  # never the password
     return updated
 
 
@@ -216,52 +251,121 @@ def run_worker(
 
     Any number of workers may run this at once, on any node that reaches the storage. A trial
     that raises is recorded as failed and the worker goes on; a failed barrier is retried
-    (``search.max_barrier_attempts`` times). A storage error (a database restart) pauses the
+    (``search.max_barrier_attempts`` times, waiting ``search.barrier_backoff_seconds``,
+    doubled after each failure, in between). A storage error (a database restart) pauses the
     worker instead of ending it, up to ``MAX_STORAGE_OUTAGES`` in a row. ``storage_options``
     go to :func:`~spnas.storage.make_storage` (e.g. a shorter ``heartbeat_interval``).
+
+    Fault tolerance:
+
+    - a search that stopped as ``failed`` is resumed when a worker starts
+      (:func:`~spnas.search.resume_failed_search`);
+    - SIGTERM or SIGINT fails the running trial at once, queues its retry and returns
+      (:mod:`spnas.search._signals`), so that a preempted worker's trial is taken up by the
+      next worker without waiting for the heartbeat grace period;
+    - a worker paused beyond the grace period (its trial failed as stale and retried
+      elsewhere) discards its result when it wakes and goes on with a new trial;
+    - every trial's weights and scratch files are deleted from its folder when it ends,
+      whatever the end (:func:`~spnas.search._objective.clean_trial_dir`).
 
     Returns:
         The search state when the worker stopped.
     """
     study, config = load_search_study(study_name, storage_url, storage_options=storage_options)
+    resume_failed_search(study, config)
     objective = objective or Objective(config)
     figures = _DashboardFigures(config)
+    current: dict[str, int] = {}
+
+    def run(trial: optuna.Trial) -> Any:
+        current["id"], current["number"] = trial._trial_id, trial.number
+        return objective(trial)
+
+    def clean(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        clean_trial_dir(config.study.workdir, trial.number)
+
     ran = outages = 0
-    while True:
-        try:
-            state = SearchState.from_trials(study.get_trials(deepcopy=False), config)
-            if state.done:
-                _logger.info("study %r is %s", study_name, state.phase)
-                if ran:
-                    figures.publish(study)
-                return state
-            if max_trials is not None and ran >= max_trials:
-                return state
-            study.optimize(
-                objective,
-                n_trials=1,
-                catch=(Exception,),
-                gc_after_trial=True,
-                callbacks=[figures],
-            )
-        except _STORAGE_ERRORS as exc:
-            # A query in flight when the database went away. New connections wait for it
-            # (make_storage); a trial whose result could not be written goes stale and is
-            # retried with its decision.
-            outages += 1
-            if outages > MAX_STORAGE_OUTAGES:
-                raise StorageError(
-                    f"storage {redact(storage_url)!r} failed {outages} times in a row; last: "
-                    f"{type(exc).__name__}: {redact(str(exc)).splitlines()[0]}"
-                ) from None
-            _logger.warning(
-                "storage error (%s), going on in %.0f s (%d/%d)",
-                type(exc).__name__,
-                STORAGE_OUTAGE_WAIT_S,
-                outages,
-                MAX_STORAGE_OUTAGES,
-            )
-            time.sleep(STORAGE_OUTAGE_WAIT_S)
-            continue
-        outages = 0
-        ran += 1
+    with preemption_signals():
+        while True:
+            try:
+                raise_if_preempted()
+                state = SearchState.from_trials(study.get_trials(deepcopy=False), config)
+                if state.done:
+                    _logger.info("study %r is %s", study_name, state.phase)
+                    if ran:
+                        figures.publish(study)
+                    return state
+                if max_trials is not None and ran >= max_trials:
+                    return state
+                current.clear()
+                study.optimize(
+                    run,
+                    n_trials=1,
+                    catch=(Exception,),
+                    gc_after_trial=True,
+                    callbacks=[clean, figures],
+                )
+            except Preempted as exc:
+                return _preempted(study, config, current, exc)
+            except _STORAGE_ERRORS as exc:
+                # A query in flight when the database went away. New connections wait for it
+                # (make_storage); a trial whose result could not be written goes stale and is
+                # retried with its decision.
+                outages += 1
+                if outages > MAX_STORAGE_OUTAGES:
+                    raise StorageError(
+                        f"storage {redact(storage_url)!r} failed {outages} times in a row; "
+                        f"last: {type(exc).__name__}: "
+                        f"{hide_password(str(exc), storage_url).splitlines()[0]}"
+                    ) from None
+                _logger.warning(
+                    "storage error (%s), going on in %.0f s (%d/%d)",
+                    type(exc).__name__,
+                    STORAGE_OUTAGE_WAIT_S,
+                    outages,
+                    MAX_STORAGE_OUTAGES,
+                )
+                time.sleep(STORAGE_OUTAGE_WAIT_S)
+                continue
+            except Exception as exc:
+                # The objective's own errors are caught by optimize (the trial fails). What
+                # escapes it is a write failing because the trial was finished by another
+                # worker (failed as stale while this one was paused past the grace period, and
+                # retried): the final result, or the decision of a trial that was waiting.
+                stale = isinstance(exc, optuna.exceptions.UpdateFinishedTrialError)
+                if not (stale or _finished_elsewhere(study, current)):
+                    raise
+                _logger.warning(
+                    "trial %s was declared stale while this worker was paused; its result is "
+                    "discarded and its retry, if any, trains it again",
+                    current.get("number", "(deciding)"),
+                )
+                if "number" in current:
+                    clean_trial_dir(config.study.workdir, current["number"])
+                continue
+            outages = 0
+            ran += 1
+
+
+def _finished_elsewhere(study: optuna.Study, current: Mapping[str, int]) -> bool:
+    """Whether this worker's current trial was failed by another worker (declared stale)."""
+    if "id" not in current:
+        return False
+    return study._storage.get_trial(current["id"]).state == optuna.trial.TrialState.FAIL
+
+
+def _preempted(
+    study: optuna.Study, config: SearchConfig, current: Mapping[str, int], exc: Preempted
+) -> SearchState:
+    """Re-queue the trial a signal interrupted; the state to return from :func:`run_worker`."""
+    import signal
+
+    retried = requeue_interrupted(study, current.get("id"))
+    if "number" in current:
+        clean_trial_dir(config.study.workdir, current["number"])
+    _logger.warning(
+        "stopped by %s%s",
+        signal.Signals(exc.signum).name,
+        "" if retried is None else f"; trial {retried} failed and queued for a retry",
+    )
+    return SearchState.from_trials(study.get_trials(deepcopy=False), config)

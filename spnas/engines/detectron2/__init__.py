@@ -6,7 +6,8 @@ on every start. The API below loads on first use; :func:`add_spnas_config` regis
 ``build_spnet_backbone`` and ``build_spnet_fpn_backbone`` in ``BACKBONE_REGISTRY``.
 
 Public API: :func:`add_spnas_config`, :func:`configure_levels`, :func:`get_spnas_cfg`,
-:func:`config_path`, :class:`SPNetBackbone`, :class:`SPNASTrainer`, :class:`Detectron2Engine`.
+:func:`merge_config_file`, :func:`check_model_weights`, :func:`config_path`,
+:class:`SPNetBackbone`, :class:`SPNASTrainer`, :class:`Detectron2Engine`.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ _API = {
     "build_spnet_backbone": "backbone",
     "build_spnet_fpn_backbone": "backbone",
     "add_spnas_config": "config",
+    "check_model_weights": "config",
     "config_path": "config",
     "configure_levels": "config",
     "get_spnas_cfg": "config",
+    "merge_config_file": "config",
     "Detectron2Engine": "engine",
     "SPNASTrainer": "trainer",
 }

@@ -33,6 +33,12 @@ Keys:
 
 ``SOLVER.BASE_LR_END`` (the final LR of ``WarmupCosineLR``) is added too when the installed
 detectron2 (0.6) does not have it; newer versions define it themselves.
+
+Configs and weights are files people exchange, so nothing read from them may run code:
+:func:`get_spnas_cfg` reads YAML with ``yaml.safe_load`` only (detectron2's
+``merge_from_file`` falls back to ``yaml.unsafe_load``, which runs ``!!python/…`` tags), and
+:func:`check_model_weights` refuses a ``MODEL.WEIGHTS`` that detectron2's checkpointer would
+unpickle (``.pkl``) unless the user opts in.
 """
 
 from __future__ import annotations
@@ -92,8 +98,60 @@ def get_spnas_cfg(config_file: str | None = None) -> CN:
 
     cfg = add_spnas_config(get_cfg())
     if config_file is not None:
-        cfg.merge_from_file(config_file)
+        merge_config_file(cfg, config_file)
     return configure_levels(cfg)
+
+
+def merge_config_file(cfg: CN, config_file: str | Path) -> CN:
+    """``cfg.merge_from_file(config_file)`` with safe YAML only (its ``_BASE_`` files too).
+
+    Raises:
+        ConfigError: naming the file and line of a ``!!python/…`` tag (or any YAML error).
+    """
+    import yaml
+
+    try:
+        cfg.merge_from_file(str(config_file), allow_unsafe=False)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{mark.name!s}, line {mark.line + 1}" if mark else str(config_file)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(
+            f"detectron2 config {where}: {problem} (configs are read with yaml.safe_load: "
+            "python tags, which could run code, are refused)"
+        ) from None
+    return cfg
+
+
+def check_model_weights(cfg: CN, *, allow_pickle: bool = False) -> None:
+    """Refuse a ``MODEL.WEIGHTS`` whose loading could run code.
+
+    detectron2's checkpointer reads ``.pkl`` files with :mod:`pickle`, which runs whatever the
+    file says. Other local files are read here with ``torch.load(weights_only=True)`` first,
+    so that one pickling anything but tensors fails with its name instead of reaching the
+    checkpointer.
+
+    Args:
+        cfg: a detectron2 config.
+        allow_pickle: the user's explicit opt-in (``--allow-pickle``) for a file they trust.
+
+    Raises:
+        WeightsError: naming ``MODEL.WEIGHTS``, the file, and the way out.
+    """
+    from spnas.exceptions import WeightsError
+    from spnas.modeling.torchvision_weights import read_weights
+
+    weights = str(cfg.MODEL.WEIGHTS)
+    if not weights or allow_pickle:
+        return
+    if weights.endswith(".pkl"):
+        raise WeightsError(
+            f"MODEL.WEIGHTS {weights!r} is a pickle file, which detectron2 loads with pickle "
+            "(it can run code): convert it to a .pth state dict, or pass --allow-pickle if you "
+            "trust its source"
+        )
+    if "://" not in weights:
+        read_weights(weights)
 
 
 def configure_levels(cfg: CN) -> CN:

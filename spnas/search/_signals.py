@@ -1,0 +1,107 @@
+"""Preemption: SIGTERM and SIGINT end a worker cleanly, its running trial re-queued at once.
+
+Clusters preempt with SIGTERM (SLURM, Kubernetes) and people with Ctrl-C (SIGINT). Without a
+handler the worker dies and its trial stays RUNNING until the heartbeat grace period (600 s)
+makes it stale; only then is it retried. With :func:`preemption_signals` active, the first
+signal raises :class:`Preempted` in the main thread. Optuna marks the running trial FAIL (it
+treats ``KeyboardInterrupt`` subclasses as failures, then re-raises them), and
+:func:`requeue_interrupted` queues its retry with Optuna's
+:class:`~optuna.storages.RetryHeartbeatStaleTrialCallback` (as a stale trial's), so that the next worker to ask for a
+trial trains the same decision at once. Later signals are ignored while the worker winds
+down.
+
+An exception raised by a signal handler is lost when the signal arrives while Python runs a
+finalizer or a callback whose exceptions are only printed (a garbage-collected connection,
+say). The signal is therefore also remembered, and :func:`raise_if_preempted` raises it again
+at safe points: every training progress report and every turn of the worker loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import warnings
+from collections.abc import Iterator
+
+import optuna
+from optuna.trial import TrialState
+
+from spnas.search._state import Decision
+
+_logger = logging.getLogger(__name__)
+
+#: The signals a worker (and ``spnas search``) treats as "stop now, resume later".
+PREEMPTION_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
+
+
+class Preempted(KeyboardInterrupt):
+    """Raised in the main thread when the process receives SIGTERM or SIGINT."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+#: The signal received while :func:`preemption_signals` is active (at most one).
+_received: list[int] = []
+
+
+def raise_if_preempted() -> None:
+    """Raise :class:`Preempted` when a stop signal was received (see the module docstring)."""
+    if _received:
+        raise Preempted(_received[0])
+
+
+@contextlib.contextmanager
+def preemption_signals() -> Iterator[None]:
+    """While active, the first SIGTERM or SIGINT raises :class:`Preempted` (and
+    :func:`raise_if_preempted` raises it again); later ones are ignored. The previous handlers
+    are restored on exit. Outside the main thread (where Python cannot install handlers) this
+    does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if _received:
+            return
+        _received.append(signum)
+        raise Preempted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in PREEMPTION_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        _received.clear()
+
+
+def requeue_interrupted(study: optuna.Study, trial_id: int | None) -> int | None:
+    """Fail the trial a preempted worker was running (when still RUNNING) and queue its retry.
+
+    Nothing is queued for a trial that finished anyway, has no decision yet (undecided trials
+    need no retry), or was already retried (declared stale by another worker).
+
+    Returns:
+        The number of the interrupted trial when a retry was queued, else ``None``.
+    """
+    if trial_id is None:
+        return None
+    storage = study._storage
+    trial = storage.get_trial(trial_id)
+    if trial.state == TrialState.RUNNING:
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        trial = storage.get_trial(trial_id)
+    if trial.state != TrialState.FAIL or Decision.of(trial) is None:
+        return None
+    trials = study.get_trials(deepcopy=False)
+    if any(trial.number in t.system_attrs.get("retry_history", []) for t in trials):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)(study, trial)
+    return trial.number

@@ -1,0 +1,312 @@
+"""Preemption, pauses and faults with real processes and real signals.
+
+- SIGTERM to ``spnas search`` reaches its workers: each fails its running trial and queues its
+  retry, every process exits 0, none is left behind, and a worker started again takes the
+  interrupted trial at once (no 600 s heartbeat grace).
+- During a PostgreSQL search whose URL holds a password, the password is in no command line
+  (``ps``), log or printed output.
+- A worker paused (SIGSTOP) past the heartbeat grace, whose trial was failed as stale and
+  retried elsewhere, discards its result when it wakes (SIGCONT) and goes on.
+- A search that failed because its artifact store broke (a barrier failed every attempt)
+  resumes when workers start again after the store is repaired; completed trials are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+from search_doubles import config_dict
+from test_search_workers import (
+    FAST_HEARTBEAT,
+    SEARCH_TIMEOUT_S,
+    Workers,
+    check_search,
+    describe,
+    new_study,
+    wait_for_workers,
+)
+
+from spnas.search import Decision, SearchState, load_search_study
+from spnas.storage import STORAGE_ENV, make_storage
+
+pytestmark = pytest.mark.slow
+
+PASSWORD = "p@ss:w/rd%?#"
+#: How long ``spnas search`` may take to stop after SIGTERM (workers re-queue and exit).
+STOP_TIMEOUT_S = 60
+
+
+@pytest.fixture
+def group() -> Any:
+    """Worker processes of a test (``test_search_workers.Workers``), killed at teardown."""
+    workers = Workers()
+    yield workers
+    workers.kill_all()
+
+
+def trials_of(name: str, url: str) -> list[FrozenTrial]:
+    """The study's trials (none while it does not exist yet), over a connection closed after."""
+    storage = make_storage(url)
+    try:
+        return optuna.load_study(study_name=name, storage=storage).get_trials()
+    except KeyError:
+        return []
+    finally:
+        engine = getattr(storage, "engine", None)
+        if engine is not None:
+            engine.dispose()
+
+
+def children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def start_search(
+    tmp_path: Path, values: dict[str, Any], env: dict[str, str], count: int = 2
+) -> tuple[subprocess.Popen, Path]:
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(values))
+    log = tmp_path / "search.log"
+    command = [sys.executable, "-m", "spnas", "search", str(study), "--workers", str(count)]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [*command, "--threads", "1"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a signal to the test's group must not reach it
+        )
+    return proc, log
+
+
+def wait_until(predicate: Any, what: str, proc: subprocess.Popen, log: Path, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"{what} did not happen:\n{log.read_text()[-4000:]}")
+        time.sleep(0.3)
+
+
+def running_decided(name: str, url: str, kind: str) -> FrozenTrial | None:
+    for trial in trials_of(name, url):
+        decision = Decision.of(trial)
+        if trial.state == TrialState.RUNNING and decision and decision.kind == kind:
+            return trial
+    return None
+
+
+def stop(proc: subprocess.Popen, log: Path) -> list[int]:
+    """SIGTERM ``spnas search``; returns its workers' pids (all checked gone)."""
+    pids = children(proc.pid)
+    assert pids, "spnas search has no workers"
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        tails = "\n".join(
+            f"--- {path.name}\n{path.read_text()[-2500:]}"
+            for path in sorted(log.parent.glob("work/logs/*.log"))
+        )
+        pytest.fail(f"spnas search still running {STOP_TIMEOUT_S} s after SIGTERM\n{tails}")
+    left = [pid for pid in pids if alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"workers left running after SIGTERM: {left}\n{log.read_text()[-3000:]}"
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    return pids
+
+
+# --------------------------------------------------------------------------- SIGTERM
+def test_sigterm_to_search_requeues_the_trial_and_leaves_no_process(
+    tmp_path: Path, search_assets: Path
+) -> None:
+    # Trials long enough (60 iterations: ~30 s on a loaded 2-core machine) to be interrupted.
+    values = config_dict(tmp_path, "preempted", search_assets, schedule={"iters": 60})
+    url = values["study"]["storage"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc, log = start_search(tmp_path, values, env)
+    seed = wait_until(
+        lambda: running_decided("preempted", url, "seed"), "a running seed trial", proc, log, 180
+    )
+    stop(proc, log)
+
+    trials = trials_of("preempted", url)
+    text = describe(trials)
+    assert not [t for t in trials if t.state == TrialState.RUNNING], text
+    assert trials[seed.number].state == TrialState.FAIL, text
+    retries = [t for t in trials if seed.number in t.system_attrs.get("retry_history", [])]
+    assert len(retries) == 1 and retries[0].state == TrialState.WAITING, text
+    assert Decision.of(retries[0]) == Decision.of(seed), text
+    logs = "".join(p.read_text() for p in (tmp_path / "work" / "logs").glob("*.log"))
+    assert "stopped by SIGTERM" in logs, logs[-3000:]
+
+    # A worker started again (default heartbeats: a 600 s grace) trains the retry first.
+    started = time.monotonic()
+    worker = subprocess.run(
+        [sys.executable, "-m", "spnas", "worker", "--study", "preempted", "--max-trials", "1"],
+        env=dict(env, **{STORAGE_ENV: url}),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert worker.returncode == 0, worker.stderr[-3000:]
+    assert time.monotonic() - started < 300
+    trials = trials_of("preempted", url)
+    assert trials[retries[0].number].state == TrialState.COMPLETE, describe(trials)
+
+
+@pytest.mark.postgres
+def test_no_password_in_ps_or_logs_during_a_postgres_search(
+    tmp_path: Path, search_assets: Path, postgresql_server: Any
+) -> None:
+    plain = postgresql_server.new_database("spnas_ps")
+    head, rest = plain.split("://", 1)
+    user, host = rest.split("@", 1)
+    url = f"{head}://{user}:{quote(PASSWORD, safe='')}@{host}"  # trust auth accepts any
+    values = config_dict(tmp_path, "hidden", search_assets)
+    values["study"].pop("storage")
+    env = dict(os.environ, OMP_NUM_THREADS="1", **{STORAGE_ENV: url})
+    proc, log = start_search(tmp_path, values, env)
+    secrets = (PASSWORD, quote(PASSWORD, safe=""), quote(PASSWORD))
+    seen = 0
+
+    def completed_and_ps_clean() -> bool:
+        nonlocal seen
+        listing = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True)
+        assert not [s for s in secrets if s in listing.stdout], "password visible in ps"
+        seen += 1
+        trials = trials_of("hidden", url)
+        return sum(t.state == TrialState.COMPLETE for t in trials) >= 3
+
+    wait_until(completed_and_ps_clean, "3 completed trials", proc, log, 240)
+    assert seen >= 2 and len(children(proc.pid)) == 2
+    stop(proc, log)
+    outputs = [log, *sorted((tmp_path / "work" / "logs").glob("*.log"))]
+    assert len(outputs) == 3
+    for path in outputs:
+        text = path.read_text()
+        assert not [s for s in secrets if s in text], f"password in {path.name}"
+    assert "postgres" in log.read_text()  # the URL is printed, redacted
+
+
+# --------------------------------------------------------------------------- pauses
+def test_a_worker_paused_past_the_grace_period_rejoins(
+    tmp_path: Path, search_assets: Path, group: Workers
+) -> None:
+    config, url = new_study(tmp_path, search_assets, None, "paused")
+    hang_dir = tmp_path / "hang"
+    hang_dir.mkdir()
+    (hang_dir / "serial").touch()
+    hang = 8.0
+    engine = {"sleep": 0.3, "hang_dir": str(hang_dir), "hang_seconds": hang}
+    group.start(3, config.study.name, url, tmp_path, engine, FAST_HEARTBEAT)
+    pid_file = hang_dir / "serial.pid"
+    deadline = time.monotonic() + SEARCH_TIMEOUT_S
+    while not pid_file.exists():
+        assert time.monotonic() < deadline, group.log_tails()
+        time.sleep(0.1)
+    claimed = time.monotonic()
+    pid_text, out_dir = pid_file.read_text().split(maxsplit=1)
+    number = int(Path(out_dir).name)
+    paused = group.by_pid(int(pid_text))
+    os.kill(paused.pid, signal.SIGSTOP)
+    try:
+        # The other workers fail the silent trial as stale (grace 5 s) and queue its retry.
+        while trials_of("paused", url)[number].state != TrialState.FAIL:
+            assert time.monotonic() - claimed < 60, group.log_tails()
+            time.sleep(0.3)
+        time.sleep(max(0.0, hang + 1 - (time.monotonic() - claimed)))
+    finally:
+        os.kill(paused.pid, signal.SIGCONT)
+    wait_for_workers(group, config.study.name, url, SEARCH_TIMEOUT_S)
+    assert [p.exitcode for p in group.procs] == [0, 0, 0], group.log_tails()
+    log = group.logs[group.procs.index(paused)].read_text()
+    assert f"trial {number} was declared stale" in log, log[-3000:]
+    study, _ = load_search_study(config.study.name, url)
+    trials = study.get_trials()
+    assert trials[number].state == TrialState.FAIL
+    # The paused worker uploaded nothing: check_search finds no orphan artifact.
+    check_search(trials, config, Path(config.study.artifacts))
+
+
+# --------------------------------------------------------------------------- failed → resumed
+def test_a_search_failed_by_a_broken_artifact_store_resumes_after_repair(
+    tmp_path: Path, search_assets: Path, group: Workers
+) -> None:
+    config, url = new_study(
+        tmp_path,
+        search_assets,
+        None,
+        "broken",
+        search={"max_barrier_attempts": 2, "barrier_backoff_seconds": 0.5},
+    )
+    hang_dir = tmp_path / "hang"
+    hang_dir.mkdir()
+    (hang_dir / "reignite").touch()
+    engine = {"sleep": 0.2, "hang_dir": str(hang_dir), "hang_seconds": 3.0}
+    group.start(2, config.study.name, url, tmp_path, engine)
+    pid_file = hang_dir / "reignite.pid"
+    deadline = time.monotonic() + SEARCH_TIMEOUT_S
+    while not pid_file.exists():
+        assert time.monotonic() < deadline and group.alive(), group.log_tails()
+        time.sleep(0.1)
+    # The reignition trains while its artifact store goes away (a file system unmounted,
+    # a full disk): its upload fails, and so does every later attempt.
+    artifacts = Path(config.study.artifacts)
+    shutil.move(artifacts, tmp_path / "artifacts-away")
+    artifacts.write_text("not a directory")
+    wait_for_workers(group, config.study.name, url, SEARCH_TIMEOUT_S)
+    before = trials_of("broken", url)
+    state = SearchState.from_trials(before, config)
+    assert state.phase == "failed", describe(before)
+
+    artifacts.unlink()
+    shutil.move(tmp_path / "artifacts-away", artifacts)
+    group.start(2, config.study.name, url, tmp_path, {"sleep": 0.2})
+    wait_for_workers(group, config.study.name, url, SEARCH_TIMEOUT_S)
+    assert [p.exitcode for p in group.procs[2:]] == [0, 0], group.log_tails()
+    trials = trials_of("broken", url)
+    text = describe(trials)
+    for old in before:
+        if old.state == TrialState.COMPLETE:
+            assert trials[old.number].state == TrialState.COMPLETE, text
+            assert trials[old.number].value == old.value, text
+    check_search(trials, config, Path(config.study.artifacts))
