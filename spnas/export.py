@@ -74,8 +74,7 @@ def export_best(study_name: str, storage_url: str, out_dir: str | Path) -> Expor
         WeightsError: when the best trial's weights are gone from the artifact store.
     """
     from spnas.morphism import find_backbone
-    from spnas.search import SearchState, load_search_study
-    from spnas.search._objective import build_search_engine, fetch_weights
+    from spnas.search import SearchState, build_search_engine, fetch_weights, load_search_study
 
     study, config = load_search_study(study_name, storage_url)
     state = SearchState.from_trials(study.get_trials(deepcopy=False), config)

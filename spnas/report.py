@@ -6,7 +6,9 @@
 - :func:`ap_vs_gmacs_figure` — value against cost of every candidate (Fig. 5a);
 - :func:`verification_figure` — search value against the value retrained from scratch of the
   verified networks (Fig. 4a), once verification ran;
-- :func:`trial_note` — the markdown note each trial carries in the dashboard.
+- :class:`DashboardFigures` — an Optuna callback that keeps them up to date in a worker
+  (``spnas worker`` passes it to :func:`~spnas.search.run_worker`); the markdown note of each
+  trial is :func:`spnas.search.trial_note`, written by the objective.
 
 :func:`publish_to_dashboard` stores the figures in the study with
 ``optuna_dashboard.save_plotly_graph_object`` under fixed ids, so each call replaces them.
@@ -15,6 +17,8 @@
 from __future__ import annotations
 
 import functools
+import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -22,10 +26,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from spnas._io import atomic_write
-from spnas.search import Decision, SearchConfig, SearchState, summarize
+from spnas.search import CONFIG_ATTR, Decision, SearchConfig, SearchState, summarize
 
 if TYPE_CHECKING:
     from spnas.modeling.flops import CostReport
+
+_logger = logging.getLogger(__name__)
 
 #: Colours of the trial kinds, shared by every figure.
 KIND_COLOURS: dict[str, str] = {
@@ -204,35 +210,6 @@ def verification_figure(verify: Mapping[str, Any], metric: str) -> Any:
     return figure
 
 
-def trial_note(decision: Decision, attrs: Mapping[str, Any], value: float | None) -> str:
-    """The markdown note of one trial: what it trained, from what, and how it did."""
-
-    def fmt(x: Any, digits: int = 2) -> str:
-        return "—" if x is None else f"{x:.{digits}f}"
-
-    lines = [f"### {decision.kind}" + (f" (round {decision.round})" if decision.round else "")]
-    lines.append(f"- **architecture**: `{decision.arch}`")
-    if decision.parallel is not None:
-        lines.append(f"- **parallel**: `{decision.parallel}`")
-    if decision.role is not None:
-        lines.append(f"- **verifies**: {decision.role}, repeat {decision.repeat}")
-    if decision.parent is not None:
-        lines.append(f"- **parent**: trial {decision.parent}")
-    if decision.ops:
-        lines.append("- **ops**: " + ", ".join(f"`{op}`" for op in decision.ops))
-    lines.append(
-        f"- **value**: {fmt(value)}; AP {fmt(attrs.get('AP'))}, AP50 {fmt(attrs.get('AP50'))}"
-    )
-    lines.append(
-        f"- **cost**: {fmt(attrs.get('gmacs'), 3)} GMACs, {fmt(attrs.get('params_m'))} M parameters"
-    )
-    if attrs.get("inherited_fraction") is not None:
-        lines.append(f"- **inherited**: {attrs['inherited_fraction']:.1%} of parameters")
-    if attrs.get("train_s") is not None:
-        lines.append(f"- **training**: {attrs['train_s']:.0f} s")
-    return "\n".join(lines)
-
-
 def publish_to_dashboard(study: optuna.Study, config: SearchConfig) -> None:
     """Store (replace) the search's figures in ``study`` for optuna-dashboard."""
     from optuna_dashboard import save_plotly_graph_object
@@ -240,6 +217,48 @@ def publish_to_dashboard(study: optuna.Study, config: SearchConfig) -> None:
     figures = report_figures(study.get_trials(deepcopy=False), config)
     for name, figure in figures.items():
         save_plotly_graph_object(study, figure, graph_object_id=FIGURE_IDS[name])
+
+
+#: Seconds between two refreshes of the dashboard figures by one worker.
+FIGURE_REFRESH_S = 60.0
+
+
+class DashboardFigures:
+    """Optuna callback: refresh the study's figures in optuna-dashboard after a completed
+    trial, at most once per :data:`FIGURE_REFRESH_S` in each worker (the first time that long
+    after it started), and once more when the search is done.
+
+    Building the figures takes a second or more of CPU (the FLOPs of the best networks); with
+    many workers on few cores, refreshing after every trial slowed the search itself. A
+    failure to draw is logged, never raised: figures are a convenience.
+
+    Args:
+        config: the search configuration; by default read from the study (``spnas:config``).
+    """
+
+    def __init__(self, config: SearchConfig | None = None) -> None:
+        self.config = config
+        self._last = time.monotonic()
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state != TrialState.COMPLETE:
+            return
+        config = self.config_for(study)
+        done = SearchState.from_trials(study.get_trials(deepcopy=False), config).done
+        if done or time.monotonic() - self._last >= FIGURE_REFRESH_S:
+            self.publish(study)
+
+    def config_for(self, study: optuna.Study) -> SearchConfig:
+        if self.config is None:
+            self.config = SearchConfig.from_dict(study.user_attrs[CONFIG_ATTR])
+        return self.config
+
+    def publish(self, study: optuna.Study) -> None:
+        self._last = time.monotonic()
+        try:
+            publish_to_dashboard(study, self.config_for(study))
+        except Exception as exc:
+            _logger.warning("dashboard figures not updated (%s: %s)", type(exc).__name__, exc)
 
 
 #: The files :func:`write_report` writes, besides ``index.html``.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from spnas.report import ap_vs_gmacs_figure, stage_flops_figure, trajectory_figure, trial_note
-from spnas.search import Decision, SearchConfig
+from spnas.report import ap_vs_gmacs_figure, stage_flops_figure, trajectory_figure
+from spnas.search import Decision, SearchConfig, trial_note
 
 SEED = "BB(11,d1,d1,d1)"
 CHILD = "BB(11,d11,d1,d1)"

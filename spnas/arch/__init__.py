@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 from spnas.arch._parallel import ParallelCode
+from spnas.arch._scanner import Scanner
 from spnas.arch._serial import BLOCK_TYPES, EXPANSION, BlockSpec, SerialCode
 from spnas.arch._space import SearchSpace
 from spnas.exceptions import ArchError
@@ -40,6 +41,7 @@ __all__ = [
     "ArchError",
     "BlockSpec",
     "ParallelCode",
+    "Scanner",
     "SearchSpace",
     "SerialCode",
 ]

@@ -217,8 +217,7 @@ def _watch(
     """
     from tqdm import tqdm
 
-    from spnas.search import load_search_study
-    from spnas.search._state import SearchState
+    from spnas.search import SearchState, load_search_study
 
     study, config = load_search_study(name, storage)
     state = None
@@ -264,10 +263,16 @@ def run_worker_command(args: argparse.Namespace) -> int:
     # worker like Ctrl-C: no trial is running yet, so there is nothing to re-queue.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
+        from spnas.report import DashboardFigures
         from spnas.search import run_worker
 
         _set_threads(args.threads)
-        state = run_worker(args.study, storage_url(args), max_trials=args.max_trials)
+        state = run_worker(
+            args.study,
+            storage_url(args),
+            max_trials=args.max_trials,
+            callbacks=[DashboardFigures()],
+        )
     except KeyboardInterrupt as exc:
         if type(exc) is not KeyboardInterrupt:  # Preempted escaping run_worker: unexpected
             raise

@@ -19,8 +19,7 @@ import dataclasses
 from collections.abc import Iterable, Iterator
 from typing import ClassVar, NamedTuple, TypeVar
 
-from spnas.arch import SearchSpace, SerialCode
-from spnas.arch._scanner import Scanner
+from spnas.arch import Scanner, SearchSpace, SerialCode
 from spnas.exceptions import ArchError
 
 #: Op kinds, in the order :func:`valid_ops` lists them.

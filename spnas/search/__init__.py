@@ -15,6 +15,7 @@ Public API:
 from __future__ import annotations
 
 from spnas.search._config import CONFIG_ATTR, SearchConfig
+from spnas.search._notes import trial_note
 from spnas.search._objective import WEIGHTS_ATTR, WEIGHTS_SHA256_ATTR, Objective, OptunaReporter
 from spnas.search._proposals import (
     SearchExhausted,
@@ -59,9 +60,11 @@ __all__ = [
     "SearchConfig",
     "SearchExhausted",
     "SearchState",
+    "build_search_engine",
     "check_inputs",
     "create_search_study",
     "enable_verification",
+    "fetch_weights",
     "get_decision",
     "kendall_tau",
     "load_search_study",
@@ -74,6 +77,7 @@ __all__ = [
     "run_worker",
     "sample_parallel_code",
     "summarize",
+    "trial_note",
     "verification_plan",
     "verification_summary",
 ]

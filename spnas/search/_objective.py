@@ -24,6 +24,7 @@ from spnas.engines.base import DataSpec, Engine, InitWeights, build_engine
 from spnas.exceptions import WeightsError
 from spnas.modeling.torchvision_weights import load_tensor_file
 from spnas.search._config import SearchConfig
+from spnas.search._notes import trial_note
 from spnas.search._retrain import pretrain_backbone, retrain
 from spnas.search._sampler import get_decision
 from spnas.search._signals import raise_if_preempted
@@ -365,8 +366,6 @@ def _save_note(
     # The dashboard note is a convenience: a failure to write it must not fail the trial.
     try:
         from optuna_dashboard import save_note
-
-        from spnas.report import trial_note
 
         save_note(trial, trial_note(decision, attrs, value))
     except Exception as exc:

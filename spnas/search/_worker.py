@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -194,40 +194,6 @@ def enable_verification(
     return updated
 
 
-class _DashboardFigures:
-    """Refresh the study's figures in optuna-dashboard after a completed trial, at most once
-    per ``FIGURE_REFRESH_S`` in each worker (the first time that long after it started), and
-    once more when the search is done.
-
-    Building the figures takes a second or more of CPU (the FLOPs of the best networks); with
-    many workers on few cores, refreshing after every trial slowed the search itself.
-    """
-
-    def __init__(self, config: SearchConfig) -> None:
-        self.config = config
-        self._last = time.monotonic()
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if trial.state != optuna.trial.TrialState.COMPLETE:
-            return
-        if time.monotonic() - self._last < FIGURE_REFRESH_S:
-            return
-        self.publish(study)
-
-    def publish(self, study: optuna.Study) -> None:
-        self._last = time.monotonic()
-        try:
-            from spnas.report import publish_to_dashboard
-
-            publish_to_dashboard(study, self.config)
-        except Exception as exc:  # figures are a convenience; the search goes on without
-            _logger.warning("dashboard figures not updated (%s: %s)", type(exc).__name__, exc)
-
-
-#: Seconds between two refreshes of the dashboard figures by one worker.
-FIGURE_REFRESH_S = 60.0
-
-
 #: Errors of a storage call that the next call may not meet (a restarting database server).
 _STORAGE_ERRORS: tuple[type[BaseException], ...] = (
     optuna.exceptions.StorageInternalError,
@@ -246,6 +212,7 @@ def run_worker(
     max_trials: int | None = None,
     objective: Any | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
 ) -> SearchState:
     """Run trials of a search until it is done (or ``max_trials`` were run here).
 
@@ -254,7 +221,9 @@ def run_worker(
     (``search.max_barrier_attempts`` times, waiting ``search.barrier_backoff_seconds``,
     doubled after each failure, in between). A storage error (a database restart) pauses the
     worker instead of ending it, up to ``MAX_STORAGE_OUTAGES`` in a row. ``storage_options``
-    go to :func:`~spnas.storage.make_storage` (e.g. a shorter ``heartbeat_interval``).
+    go to :func:`~spnas.storage.make_storage` (e.g. a shorter ``heartbeat_interval``);
+    ``callbacks`` are Optuna callbacks called after every trial (``spnas worker`` passes
+    :class:`spnas.report.DashboardFigures`).
 
     Fault tolerance:
 
@@ -274,7 +243,6 @@ def run_worker(
     study, config = load_search_study(study_name, storage_url, storage_options=storage_options)
     resume_failed_search(study, config)
     objective = objective or Objective(config)
-    figures = _DashboardFigures(config)
     current: dict[str, int] = {}
 
     def run(trial: optuna.Trial) -> Any:
@@ -292,8 +260,6 @@ def run_worker(
                 state = SearchState.from_trials(study.get_trials(deepcopy=False), config)
                 if state.done:
                     _logger.info("study %r is %s", study_name, state.phase)
-                    if ran:
-                        figures.publish(study)
                     return state
                 if max_trials is not None and ran >= max_trials:
                     return state
@@ -303,7 +269,7 @@ def run_worker(
                     n_trials=1,
                     catch=(Exception,),
                     gc_after_trial=True,
-                    callbacks=[clean, figures],
+                    callbacks=[clean, *callbacks],
                 )
             except Preempted as exc:
                 return _preempted(study, config, current, exc)
