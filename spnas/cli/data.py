@@ -34,9 +34,9 @@ def _register_synth(actions: argparse._SubParsersAction) -> None:
             "Draw a synthetic shapes-detection data set: OUT/train.json, OUT/val.json and PNG "
             "images under OUT/images (the json file_name entries are relative to OUT/images). "
             "A profile sets the object sizes, counts and classes: shapes (the default: 1-6 "
-            "shapes of 6 px to half the image), small-objects (many tiny shapes, for "
-            "high-resolution stages) or large-objects (a few large shapes whose classes differ "
-            "by a thin-walled hole, for receptive field); see spnas.data.PROFILES."
+            "shapes of 6 px to half the image), small-objects (8-20 shapes of 4-12 px) or "
+            "large-objects (1-3 shapes of 40-95 % of the image whose classes differ by a "
+            "thin-walled hole); see spnas.data.PROFILES."
         ),
     )
     parser.add_argument(
