@@ -26,10 +26,13 @@ import contextlib
 import datetime
 import functools
 import logging
+import os
 import pickle
 import queue as queue_module
 import socket
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -198,6 +201,7 @@ def launch(
             timeout,
             messages,
             threads,
+            os.getpid(),
         ),
         nprocs=num_processes,
         join=False,
@@ -291,9 +295,11 @@ def _worker(
     timeout: datetime.timedelta,
     messages: Any,
     threads: int,
+    launcher_pid: int,
 ) -> None:
     global _queue
     rank = machine_rank * num_processes + local_rank
+    threading.Thread(target=_exit_with, args=(launcher_pid,), daemon=True).start()
     torch.set_num_threads(threads)
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
@@ -313,6 +319,14 @@ def _worker(
             messages.put(("result", result))
     finally:
         dist.destroy_process_group()
+
+
+def _exit_with(launcher_pid: int) -> None:
+    """Exit when the launching process is gone (killed: it could not stop us), so that a
+    stopped search worker leaves no process training on its GPUs."""
+    while os.getppid() == launcher_pid:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def _create_local_group(num_machines: int, num_processes: int, machine_rank: int) -> None:
@@ -374,6 +388,12 @@ def data_parallel(train_eval: Callable[..., TrialResult]) -> Callable[..., Trial
         if schedule.gpus_per_trial == 1 or dist.is_initialized():
             return train_eval(engine, spec, init_weights, schedule, data, reporter, out_dir)
         device = resolve_device(schedule.device)
+        if device.index is not None:
+            raise ConfigError(
+                f"schedule device {schedule.device!r} with gpus_per_trial="
+                f"{schedule.gpus_per_trial}: expected 'cuda', 'auto' or 'cpu' (each process "
+                "takes its own GPU; choose the GPUs with CUDA_VISIBLE_DEVICES)"
+            )
 
         def forward(message: tuple[Any, ...]) -> None:
             if reporter is not None:

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,6 +40,43 @@ def _rank_1_exits() -> None:
     if dist.get_rank() == 1:
         os._exit(3)
     dist.barrier()
+
+
+def _write_pid_and_wait(folder: str) -> None:
+    Path(folder, f"{dist.get_rank()}.pid").write_text(str(os.getpid()))
+    time.sleep(600)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def test_processes_exit_when_the_launcher_is_killed(tmp_path: Path) -> None:
+    script = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+        "from test_distributed import _write_pid_and_wait; "
+        "from spnas.engines.distributed import launch; "
+        f"launch(_write_pid_and_wait, 2, args=({str(tmp_path)!r},))"
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.glob("*.pid"))) < 2:
+            assert time.monotonic() < deadline and launcher.poll() is None
+            time.sleep(0.5)
+    finally:
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait()
+    pids = [int(p.read_text()) for p in tmp_path.glob("*.pid")]
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    # They check for their launcher every second.
+    assert not [pid for pid in pids if _alive(pid)]
 
 
 def test_launch_returns_rank_0_value_and_forwards_its_messages() -> None:

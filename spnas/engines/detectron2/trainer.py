@@ -36,6 +36,7 @@ from detectron2.modeling import build_model
 from detectron2.solver import LRMultiplier, WarmupParamScheduler
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter
+from detectron2.utils.logger import setup_logger
 from fvcore.common.param_scheduler import CosineParamScheduler
 
 from spnas.device import resolve_amp
@@ -72,6 +73,8 @@ class SPNASTrainer(DefaultTrainer):
         self.eval_seconds = 0.0
         # DefaultTrainer.__init__, but for the DDP device ids and AMP on the CPU.
         TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()  # as DefaultTrainer: detectron2's logger was not set up
         cfg = self.auto_scale_workers(cfg, comm.get_world_size())
         amp = resolve_amp(cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE)
         if amp != cfg.SOLVER.AMP.ENABLED:

@@ -36,7 +36,7 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
     A trial must be reproducible from its schedule's seed, yet must not change the random
     state of the caller (the search process runs many trials, and reports its own sampling).
     """
-    devices = [device.index or 0] if device.type == "cuda" else []
+    devices = [_cuda_index(device)] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
@@ -86,7 +86,7 @@ def train(
     main = is_main_process()
     trained: nn.Module = model
     if get_world_size() > 1:
-        ids = [device.index or torch.cuda.current_device()] if device.type == "cuda" else None
+        ids = [_cuda_index(device)] if device.type == "cuda" else None
         trained = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     amp = resolve_amp(schedule.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
@@ -184,6 +184,12 @@ def _step(
     scaler.step(optimizer)
     scaler.update()
     return loss.detach().item()
+
+
+def _cuda_index(device: torch.device) -> int:
+    """The GPU ``device`` names; ``cuda`` alone is the current one (a data-parallel process's
+    own, not GPU 0)."""
+    return torch.cuda.current_device() if device.index is None else device.index
 
 
 def _infinite(loader: DataLoader) -> Iterator[Any]:
