@@ -202,6 +202,7 @@ def launch(
             messages,
             threads,
             os.getpid(),
+            logging.getLogger().getEffectiveLevel(),
         ),
         nprocs=num_processes,
         join=False,
@@ -296,9 +297,13 @@ def _worker(
     messages: Any,
     threads: int,
     launcher_pid: int,
+    log_level: int,
 ) -> None:
     global _queue
     rank = machine_rank * num_processes + local_rank
+    logging.basicConfig(
+        level=log_level, format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s"
+    )
     threading.Thread(target=_exit_with, args=(launcher_pid,), daemon=True).start()
     torch.set_num_threads(threads)
     if backend == "nccl":

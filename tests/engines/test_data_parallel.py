@@ -34,7 +34,8 @@ TRAIN_EVAL = [
 
 
 def _spnas(*args: str, timeout: float = 900) -> dict:
-    """Run ``python -m spnas ARGS`` (this tree's code: PYTHONPATH is inherited); its JSON."""
+    """Run ``python -m spnas ARGS`` (this tree's code: PYTHONPATH is inherited); its JSON
+    output, with its standard error under ``"stderr"``."""
     run = subprocess.run(
         [sys.executable, "-m", "spnas", *args],
         capture_output=True,
@@ -43,7 +44,7 @@ def _spnas(*args: str, timeout: float = 900) -> dict:
         check=False,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout)
+    return {**json.loads(run.stdout), "stderr": run.stderr}
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +78,7 @@ def runs(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, 
 def test_two_processes_train_as_well_as_one_at_the_same_total_batch(runs: dict) -> None:
     one, two = runs[1], runs[2]
     assert one["iterations"] == two["iterations"] == ITERS
+    assert "amp: mixed precision needs CUDA; training on cpu in float32" in one["stderr"]
     # Measured on the loaded 2-core CPU (48 train / 16 val images, 96 px, 150 iterations of 4
     # images, one thread per process): 1 process AP 3.69 (AP50 18.1, 99 s of training);
     # 2 processes AP 3.50 (AP50 12.0, 40 s). Untrained, AP is 0. Each process samples its own
