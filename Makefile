@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.spnas-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo lint bench clean
+.PHONY: setup test demo lint bench gpu-check clean
 
 # Re-installs only when a dependency file changes.
 $(STAMP): requirements.txt requirements-build.txt requirements-detectron2.txt setup.py tools/install_detectron2.sh tools/install_chromium.sh
@@ -48,6 +48,11 @@ bench: setup
 	OMP_WAIT_POLICY=PASSIVE $(PY) benchmarks/scaling.py
 	OMP_WAIT_POLICY=PASSIVE $(PY) benchmarks/parity.py
 	OMP_WAIT_POLICY=PASSIVE $(PY) benchmarks/search_vs_random.py
+
+# On a machine with a GPU (under 8 minutes): the smoke search on CUDA with 2 workers sharing it,
+# SPNet-R50 against detectron2's R50-FPN images/s at 800x1333 with AMP off and on, peak memory.
+gpu-check: setup
+	$(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache *.egg-info

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from spnas.exceptions import ConfigError
+
+_logger = logging.getLogger(__name__)
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -22,3 +26,13 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r}: CUDA is not available on this machine")
     return resolved
+
+
+def resolve_amp(amp: bool, device: str | torch.device) -> bool:
+    """Whether to train in mixed precision: ``amp`` on CUDA; on another device a one-line
+    warning and ``False`` (a study written for GPUs still runs, in float32, on a CPU)."""
+    device = torch.device(device)
+    if amp and device.type != "cuda":
+        _logger.warning("amp: mixed precision needs CUDA; training on %s in float32", device)
+        return False
+    return amp

@@ -122,7 +122,9 @@ def run_search(args: argparse.Namespace) -> int:
         f"study {config.study.name!r} in {redact(storage)}: {args.workers} worker(s), "
         f"{threads} thread(s) each, logs in {logs}"
     )
-    procs = _start_workers(config.study.name, storage, args.workers, threads, logs)
+    procs = _start_workers(
+        config.study.name, storage, args.workers, threads, logs, config.schedule.gpus_per_trial
+    )
     with _forward_signals(procs) as received:
         state = _watch(config.study.name, storage, procs, received)
     _print_status(_status(config.study.name, storage))
@@ -159,7 +161,7 @@ def _forward_signals(procs: list[subprocess.Popen]) -> Iterator[list[int]]:
 
 
 def _start_workers(
-    name: str, storage: str, count: int, threads: int, logs: Path
+    name: str, storage: str, count: int, threads: int, logs: Path, gpus_per_trial: int = 1
 ) -> list[subprocess.Popen]:
     from spnas.storage import STORAGE_ENV
 
@@ -171,7 +173,7 @@ def _start_workers(
         # other workers (measured: a training step 20x slower on a loaded 2-core machine).
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(worker_gpus(gpus, index, gpus_per_trial))
         # The URL may hold a password: in the environment, not on the command line.
         env[STORAGE_ENV] = storage
         command = [sys.executable, "-m", "spnas", "worker", "--study", name]
@@ -179,6 +181,20 @@ def _start_workers(
         log = open(logs / f"worker-{index}.log", "a", encoding="utf-8")  # noqa: SIM115
         procs.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
     return procs
+
+
+def worker_gpus(gpus: list[str], index: int, gpus_per_trial: int) -> list[str]:
+    """The devices worker ``index`` owns: the next ``gpus_per_trial`` of ``gpus``, round
+    robin, so that workers share devices when there are more workers than devices allow."""
+    if gpus_per_trial > len(gpus):
+        from spnas.exceptions import ConfigError
+
+        raise ConfigError(
+            f"schedule.gpus_per_trial={gpus_per_trial}: only {len(gpus)} GPU(s) visible "
+            f"({','.join(gpus)})"
+        )
+    start = index * gpus_per_trial
+    return [gpus[(start + i) % len(gpus)] for i in range(gpus_per_trial)]
 
 
 def _visible_gpus() -> list[str]:

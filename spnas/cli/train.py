@@ -19,6 +19,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", help="output directory (default: OUTPUT_DIR)")
     parser.add_argument("--iters", type=int, help="override SOLVER.MAX_ITER")
     parser.add_argument("--device", default="auto")
+    # Distributed training, as detectron2's tools/train_net.py.
+    parser.add_argument(
+        "--num-gpus", type=int, default=1, help="processes on this machine (Gloo on the CPU)"
+    )
+    parser.add_argument("--num-machines", type=int, default=1)
+    parser.add_argument("--machine-rank", type=int, default=0, help="this machine's rank")
+    parser.add_argument(
+        "--dist-url", default="auto", help="tcp://HOST:PORT of machine 0 (auto: one machine)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the last checkpoint in OUTPUT_DIR"
+    )
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.add_argument(
         "--allow-pickle",
@@ -38,9 +50,9 @@ def run(args: argparse.Namespace) -> int:
 
     from spnas.data.coco import DatasetSplits
     from spnas.device import resolve_device
-    from spnas.engines.base import save_state_dict
-    from spnas.engines.detectron2 import SPNASTrainer, check_model_weights, get_spnas_cfg
-    from spnas.engines.detectron2.data import register_coco_split
+    from spnas.engines.detectron2 import check_model_weights, get_spnas_cfg
+    from spnas.engines.detectron2.train_net import train_net
+    from spnas.engines.distributed import launch
     from spnas.exceptions import ConfigError
 
     cfg = get_spnas_cfg(args.config)
@@ -50,9 +62,7 @@ def run(args: argparse.Namespace) -> int:
     data_dir = args.data or cfg.SPNAS.DATA_DIR
     if not data_dir:
         raise ConfigError(f"{args.config}: SPNAS.DATA_DIR is empty; pass --data DIR")
-    splits = DatasetSplits.from_dir(data_dir)
-    cfg.DATASETS.TRAIN = (register_coco_split(splits.train_json, splits.image_root),)
-    cfg.DATASETS.TEST = (register_coco_split(splits.val_json, splits.image_root),)
+    cfg.SPNAS.DATA_DIR = str(DatasetSplits.from_dir(data_dir).root)
     cfg.MODEL.DEVICE = str(resolve_device(args.device))
     if args.iters:
         cfg.SOLVER.MAX_ITER = args.iters
@@ -62,14 +72,21 @@ def run(args: argparse.Namespace) -> int:
         cfg.OUTPUT_DIR = args.out
     Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
     with contextlib.redirect_stdout(sys.stderr):
-        trainer = SPNASTrainer(cfg)
-        trainer.resume_or_load(resume=False)  # starts from MODEL.WEIGHTS
-        trainer.train()
-    weights = save_state_dict(trainer.model, Path(cfg.OUTPUT_DIR) / "model_trained.pth")
+        result = launch(
+            train_net,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(cfg, args.resume),
+            backend="nccl" if cfg.MODEL.DEVICE.startswith("cuda") else "gloo",
+        )
+    if result is None:  # a machine other than the first: rank 0 reports
+        return 0
+    metrics, weights = result["metrics"], result["weights"]
     if args.json:
-        print(json.dumps({"metrics": trainer.last_metrics, "weights": str(weights)}, indent=2))
+        print(json.dumps({"metrics": metrics, "weights": weights}, indent=2))
     else:
-        metrics = trainer.last_metrics
         shown = ", ".join(f"{k} {metrics[k]:.2f}" for k in ("AP", "AP50", "AP75") if k in metrics)
-        print(f"trained {cfg.SOLVER.MAX_ITER} iterations: {shown} -> {weights}")
+        print(f"trained {result['iterations']} iterations: {shown} -> {weights}")
     return 0

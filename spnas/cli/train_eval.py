@@ -38,6 +38,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--eval-period", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=2, help="data loading processes")
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--num-gpus",
+        type=int,
+        default=1,
+        help="data-parallel processes (one per GPU; Gloo on the CPU); --ims-per-batch is "
+        "their total batch",
+    )
+    parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init", help="weights: a detector or bare backbone state dict")
     parser.add_argument("--init-arch", help="architecture of --init when it differs (a parent)")
@@ -81,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         device=args.device,
         seed=args.seed,
+        gpus_per_trial=args.num_gpus,
+        amp=args.amp,
     )
     init = None
     if args.init:

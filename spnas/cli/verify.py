@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from spnas.cli.search import _print_verification, _start_workers, _watch
+    from spnas.cli.search import _forward_signals, _print_verification, _start_workers, _watch
     from spnas.exceptions import ConfigError
     from spnas.search import enable_verification, load_search_study, summarize
 
@@ -51,10 +51,15 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     logs = Path(config.study.workdir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    procs = _start_workers(args.study, url, args.workers, threads, logs)
-    # With --json, stdout carries the result alone; progress goes to stderr.
-    with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
-        state = _watch(args.study, url, procs)
+    gpus_per_trial = config.verify_schedule.gpus_per_trial
+    procs = _start_workers(args.study, url, args.workers, threads, logs, gpus_per_trial)
+    # With --json, stdout carries the result alone; progress goes to stderr. SIGTERM/SIGINT
+    # reach the workers, which re-queue their trials, as under `spnas search`.
+    with (
+        contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout),
+        _forward_signals(procs) as received,
+    ):
+        state = _watch(args.study, url, procs, received)
     summary = summarize(study.get_trials(deepcopy=False), config, args.study)
     verify = summary["verify"]
     if args.json:

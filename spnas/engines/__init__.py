@@ -15,7 +15,10 @@ subclass of :class:`Engine` decorated with ``@register_engine("<name>")`` (overr
 :meth:`Engine.from_config` when its config section's keys are not its constructor's), and add
 ``"<name>": "spnas.engines.<name>.engine"`` to ``_BUILTIN_ENGINES`` in
 :mod:`spnas.engines._registry`. Studies then accept ``engine: {name: <name>, …}`` and
-``spnas train-eval --engine <name>``.
+``spnas train-eval --engine <name>``. Decorating its ``train_eval`` with
+:func:`data_parallel` (and training a ``DistributedDataParallel`` when a process group exists)
+gives it ``schedule.gpus_per_trial``, as both built-in engines do
+(:mod:`spnas.engines.distributed`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ _API = {
     "Schedule": "_types",
     "TrialDiverged": "_types",
     "TrialResult": "_types",
+    "DistributedError": "distributed",
+    "data_parallel": "distributed",
+    "launch": "distributed",
 }
 
 __all__ = sorted(_API)

@@ -114,6 +114,13 @@ class Schedule:
         num_workers: data loading processes.
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
         seed: random seed.
+        gpus_per_trial: processes a trial trains in, data-parallel (one per GPU; Gloo on
+            the CPU). ``ims_per_batch`` is the total batch over them and ``base_lr`` is used
+            as given (detectron2's ``SOLVER.REFERENCE_WORLD_SIZE: 0``), so the result does
+            not depend on the process count (:mod:`spnas.engines.distributed`).
+        amp: mixed precision on CUDA (detectron2's ``SOLVER.AMP.ENABLED``; ``torch.autocast``
+            and a grad scaler in the torchvision engine). On the CPU a warning is logged and
+            training runs in float32.
     """
 
     name: str = "fast"
@@ -132,6 +139,8 @@ class Schedule:
     num_workers: int = 2
     device: str = "auto"
     seed: int = 0
+    gpus_per_trial: int = 1
+    amp: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in ("fast", "full"):
@@ -144,6 +153,12 @@ class Schedule:
             raise ConfigError(f"schedule epochs={self.epochs!r}: expected a positive number")
         if self.ims_per_batch < 1:
             raise ConfigError(f"schedule ims_per_batch={self.ims_per_batch!r}: expected ≥ 1")
+        if self.gpus_per_trial < 1 or self.ims_per_batch % self.gpus_per_trial:
+            raise ConfigError(
+                f"schedule gpus_per_trial={self.gpus_per_trial!r}: expected a positive "
+                f"divisor of ims_per_batch={self.ims_per_batch} (the total batch, split "
+                "evenly over the processes)"
+            )
         object.__setattr__(self, "steps", tuple(self.steps))
 
     @classmethod

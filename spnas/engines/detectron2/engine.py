@@ -32,6 +32,7 @@ from spnas.engines.base import (
 from spnas.engines.detectron2.config import config_path, configure_levels, get_spnas_cfg
 from spnas.engines.detectron2.data import register_coco_split
 from spnas.engines.detectron2.trainer import SPNASTrainer, flatten_metrics
+from spnas.engines.distributed import data_parallel, is_main_process, unwrap
 from spnas.exceptions import ConfigError
 from spnas.modeling.flops import cost
 
@@ -112,7 +113,10 @@ class Detectron2Engine(Engine):
         cfg.INPUT.MIN_SIZE_TEST = schedule.min_size
         cfg.INPUT.MAX_SIZE_TEST = schedule.max_size
         cfg.DATALOADER.NUM_WORKERS = schedule.num_workers
+        # The total batch over all processes, at the schedule's LR whatever their number.
         cfg.SOLVER.IMS_PER_BATCH = schedule.ims_per_batch
+        cfg.SOLVER.REFERENCE_WORLD_SIZE = 0
+        cfg.SOLVER.AMP.ENABLED = schedule.amp
         cfg.SOLVER.BASE_LR = schedule.base_lr
         cfg.SOLVER.BASE_LR_END = schedule.min_lr
         cfg.SOLVER.MOMENTUM = schedule.momentum
@@ -153,6 +157,7 @@ class Detectron2Engine(Engine):
         cfg.MODEL.DEVICE = "cpu"
         return SPNASTrainer.build_model(configure_levels(cfg))
 
+    @data_parallel
     def train_eval(
         self,
         spec: ModelSpec,
@@ -167,7 +172,8 @@ class Detectron2Engine(Engine):
         Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
         seed_all_rng(schedule.seed)
         trainer = SPNASTrainer(cfg, reporter=reporter, show_progress=self.show_progress)
-        inherited = self.initialize(trainer.model, init_weights)
+        # Every process loads the same weights into its replica.
+        inherited = self.initialize(unwrap(trainer.model), init_weights)
         started = time.perf_counter()
         try:
             trainer.train()
@@ -178,7 +184,9 @@ class Detectron2Engine(Engine):
             ) from exc
         elapsed = time.perf_counter() - started
         train_seconds = max(elapsed - trainer.eval_seconds, 1e-9)
-        weights = save_state_dict(trainer.model, out_dir / "model_final.pth")
+        weights = out_dir / "model_final.pth"
+        if is_main_process():
+            save_state_dict(unwrap(trainer.model), weights)
         report = cost(
             spec.arch,
             spec.parallel,

@@ -9,6 +9,7 @@ from typing import Any
 
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
+from detectron2.utils import comm
 
 from spnas.evaluation import log_average_miss_rate
 
@@ -31,6 +32,10 @@ class SearchCOCOEvaluator(COCOEvaluator):
 
 class LAMREvaluator(DatasetEvaluator):
     """Collects box detections and reports ``{"lamr": {"LAMR": value}}`` (lower is better).
+
+    In a data-parallel run each process sees a shard of the images: the detections are
+    gathered in the main process, which reports; the others return ``None`` (as
+    ``COCOEvaluator`` does).
 
     Args:
         dataset_name: a registered COCO-format split (its metadata has ``json_file``).
@@ -65,8 +70,15 @@ class LAMREvaluator(DatasetEvaluator):
                     }
                 )
 
-    def evaluate(self) -> OrderedDict:
+    def evaluate(self) -> OrderedDict | None:
+        results = self._results
+        if comm.get_world_size() > 1:
+            comm.synchronize()
+            shards = comm.gather(results, dst=0)
+            if not comm.is_main_process():
+                return None
+            results = [r for shard in shards for r in shard]
         with open(self._json_file, encoding="utf-8") as handle:
             gt = json.load(handle)
-        value = log_average_miss_rate(gt, self._results, self._category_id)
+        value = log_average_miss_rate(gt, results, self._category_id)
         return OrderedDict(lamr={"LAMR": value})

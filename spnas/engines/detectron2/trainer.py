@@ -10,7 +10,12 @@
   search forwards it to Optuna for pruning);
 - console and JSON event writers only (no TensorBoard dependency);
 - periodic checkpoints only when ``SOLVER.CHECKPOINT_PERIOD`` is below ``SOLVER.MAX_ITER``
-  (fast search trials are short and are re-run whole when retried).
+  (fast search trials are short and are re-run whole when retried);
+- data-parallel training on the CPU too (``DistributedDataParallel`` over Gloo, without the
+  device ids detectron2 0.6 always passes), distributed evaluation, and writers and the
+  progress bar in the main process only;
+- ``SOLVER.AMP.ENABLED`` on the CPU logs a warning and trains in float32 (detectron2's
+  ``AMPTrainer`` needs CUDA).
 """
 
 from __future__ import annotations
@@ -18,16 +23,23 @@ from __future__ import annotations
 import logging
 import os
 import time
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
-from detectron2.engine import DefaultTrainer, hooks
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
+from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import DatasetEvaluators
 from detectron2.modeling import build_model
 from detectron2.solver import LRMultiplier, WarmupParamScheduler
+from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter
+from detectron2.utils.logger import setup_logger
 from fvcore.common.param_scheduler import CosineParamScheduler
 
+from spnas.device import resolve_amp
 from spnas.engines.base import NullReporter, Reporter
 from spnas.engines.detectron2.compat import has_compiled_ops
 from spnas.engines.detectron2.evaluation import LAMREvaluator, SearchCOCOEvaluator
@@ -59,7 +71,31 @@ class SPNASTrainer(DefaultTrainer):
         self.show_progress = show_progress
         self.last_metrics: dict[str, float] = {}
         self.eval_seconds = 0.0
-        super().__init__(cfg)
+        # DefaultTrainer.__init__, but for the DDP device ids and AMP on the CPU.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()  # as DefaultTrainer: detectron2's logger was not set up
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+        amp = resolve_amp(cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE)
+        if amp != cfg.SOLVER.AMP.ENABLED:
+            cfg = cfg.clone()
+            cfg.SOLVER.AMP.ENABLED = amp
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        on_cpu = torch.device(cfg.MODEL.DEVICE).type == "cpu"
+        # A CPU module takes no device ids; detectron2 0.6 passes the local rank.
+        ddp_options = {"device_ids": None} if on_cpu else {}
+        model = create_ddp_model(model, broadcast_buffers=False, **ddp_options)
+        self._trainer = (AMPTrainer if amp else SimpleTrainer)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     @classmethod
     def build_model(cls, cfg):
@@ -86,7 +122,7 @@ class SPNASTrainer(DefaultTrainer):
             SearchCOCOEvaluator(
                 dataset_name,
                 tasks=("bbox",),
-                distributed=False,
+                distributed=comm.get_world_size() > 1,
                 output_dir=None,
                 use_fast_impl=has_compiled_ops(),
             )
@@ -107,16 +143,21 @@ class SPNASTrainer(DefaultTrainer):
         ret: list[hooks.HookBase] = [hooks.IterationTimer(), hooks.LRScheduler()]
         if 0 < cfg.SOLVER.CHECKPOINT_PERIOD < cfg.SOLVER.MAX_ITER:
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
-        ret.append(ProgressBarHook(f"train {cfg.MODEL.SPNAS.ARCH}", enabled=self.show_progress))
+        main = comm.is_main_process()
+        description = f"train {cfg.MODEL.SPNAS.ARCH}"
+        ret.append(ProgressBarHook(description, enabled=self.show_progress and main))
         ret.append(ReporterHook(self.reporter))
         ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, self._evaluate_and_report))
-        ret.append(hooks.PeriodicWriter(self.build_writers(), period=20))
+        if main:
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=20))
         return ret
 
     def _evaluate_and_report(self) -> dict[str, Any]:
         started = time.perf_counter()
         results = self.test(self.cfg, self.model)
         self.eval_seconds += time.perf_counter() - started
+        if not comm.is_main_process():  # distributed evaluation gathers results in rank 0
+            return results
         self.last_metrics = flatten_metrics(results)
         # Periodic evaluations run after step ``iter``; the last one after training, when
         # ``iter`` has already moved past ``max_iter - 1``.

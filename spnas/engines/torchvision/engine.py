@@ -26,6 +26,7 @@ from spnas.engines.base import (
     register_engine,
     save_state_dict,
 )
+from spnas.engines.distributed import data_parallel, is_main_process
 from spnas.engines.torchvision.builder import build_faster_rcnn
 from spnas.engines.torchvision.evaluation import evaluate_detector
 from spnas.engines.torchvision.layout import (
@@ -113,6 +114,7 @@ class TorchvisionEngine(Engine):
         """A Faster R-CNN for ``spec`` with random weights (see :meth:`layout`)."""
         return build_faster_rcnn(self.layout(spec, schedule))
 
+    @data_parallel
     def train_eval(
         self,
         spec: ModelSpec,
@@ -123,7 +125,11 @@ class TorchvisionEngine(Engine):
         out_dir: str | Path = "output",
     ) -> TrialResult:
         """See :meth:`Engine.train_eval`. A diverged trial's message names the iteration and
-        every loss component."""
+        every loss component.
+
+        Data-parallel (``schedule.gpus_per_trial`` > 1): ``DistributedDataParallel`` with a
+        ``DistributedSampler``; the main process evaluates (the others wait at their next
+        step) and writes the weights."""
         reporter = reporter or NullReporter()
         device = resolve_device(schedule.device)
         train_set = data.splits.load("train")
@@ -151,10 +157,12 @@ class TorchvisionEngine(Engine):
                 show_progress=self.show_progress,
             )
             total = schedule.total_iters(len(train_set))
-            started = time.perf_counter()
-            metrics = evaluate(model)
-            times.eval_seconds += time.perf_counter() - started
-            reporter.evaluation(total, metrics)
+            metrics: dict[str, float] = {}
+            if is_main_process():
+                started = time.perf_counter()
+                metrics = evaluate(model)
+                times.eval_seconds += time.perf_counter() - started
+                reporter.evaluation(total, metrics)
             # Inside the seeded block: measuring builds a network, which draws random numbers.
             report = cost(
                 spec.arch,
@@ -164,7 +172,9 @@ class TorchvisionEngine(Engine):
                 input_size=(schedule.min_size, schedule.min_size),
             )
 
-        weights = save_state_dict(model, Path(out_dir) / "model_final.pth")
+        weights = Path(out_dir) / "model_final.pth"
+        if is_main_process():
+            save_state_dict(model, weights)
         train_seconds = times.train_seconds
         return TrialResult(
             metrics=metrics,

@@ -1,0 +1,430 @@
+"""Data-parallel trials and distributed training: one process per device, rank 0 reports.
+
+:func:`launch` starts ``main_func`` in ``num_processes`` processes per machine with
+:func:`torch.multiprocessing.start_processes` (the launcher torch ships; detectron2 0.6's own
+``detectron2.engine.launch`` asserts CUDA and NCCL, so it cannot run on the CPU). Each process
+joins one process group — NCCL on GPUs, Gloo on the CPU — and, as detectron2's launcher does,
+a group of the processes on its machine (``detectron2.utils.comm``'s local group, when
+detectron2 is installed). Global rank 0's return value comes back to the caller, and so do
+the messages it :func:`post`\\ s (the search's reporter lives in the calling process, where
+its Optuna trial is); their standard output goes to standard error, leaving the caller's to
+its results (``--json``). When any process fails, torch's launcher terminates the others and
+:func:`launch` raises: a trial is never half-trained.
+
+:func:`data_parallel` wraps an engine's ``train_eval`` so that a schedule with
+``gpus_per_trial`` > 1 runs it in that many processes; the engines then train with
+``DistributedDataParallel`` (detectron2's ``DefaultTrainer`` does; the torchvision engine
+with a ``DistributedSampler``). The batch follows detectron2's ``REFERENCE_WORLD_SIZE: 0``
+rule: ``ims_per_batch`` is the *total* batch over all processes (each takes
+``ims_per_batch / gpus_per_trial`` images) and ``base_lr`` is used as given, so a trial's
+result does not depend on how many devices ran it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import functools
+import logging
+import os
+import pickle
+import queue as queue_module
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.multiprocessing.spawn import ProcessException
+
+from spnas.device import resolve_device
+from spnas.exceptions import ConfigError, SpnasError
+
+if TYPE_CHECKING:
+    from spnas.engines.base import (
+        DataSpec,
+        Engine,
+        InitWeights,
+        ModelSpec,
+        Reporter,
+        Schedule,
+        TrialResult,
+    )
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "DistributedError",
+    "data_parallel",
+    "get_rank",
+    "get_world_size",
+    "is_main_process",
+    "launch",
+    "post",
+    "unwrap",
+]
+
+_logger = logging.getLogger(__name__)
+
+#: How long a collective may wait for the slowest process (detectron2's default): rank 0
+#: evaluates alone in the torchvision engine while the others wait.
+DEFAULT_TIMEOUT = datetime.timedelta(minutes=30)
+
+#: Seconds between two looks at the processes while waiting for them.
+_POLL_S = 0.2
+
+# Where :func:`post` sends messages: the launcher's queue in a launched process of global
+# rank 0, the caller's handler when :func:`launch` ran ``main_func`` in its own process.
+_queue: Any = None
+_handler: Callable[[Any], None] | None = None
+
+
+class DistributedError(SpnasError, RuntimeError):
+    """A process of a data-parallel run failed (crashed, was killed, or raised)."""
+
+
+def get_world_size() -> int:
+    """Processes in the current process group (1 when there is none)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def get_rank() -> int:
+    """This process's global rank (0 when there is no process group)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main_process() -> bool:
+    """Whether this process writes weights, metrics and reports: global rank 0."""
+    return get_rank() == 0
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module a ``DistributedDataParallel`` wraps (``model`` itself otherwise)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def post(message: Any) -> None:
+    """Send ``message`` (picklable) from global rank 0 to :func:`launch`'s ``on_message``.
+
+    Does nothing in other processes, or when the launcher was given no handler.
+    """
+    if _handler is not None:
+        _handler(message)
+    elif _queue is not None:
+        _queue.put(("message", message))
+
+
+def launch(
+    main_func: Callable[..., Any],
+    num_processes: int,
+    *,
+    num_machines: int = 1,
+    machine_rank: int = 0,
+    dist_url: str = "auto",
+    args: Sequence[Any] = (),
+    backend: str | None = None,
+    on_message: Callable[[Any], None] | None = None,
+    timeout: datetime.timedelta = DEFAULT_TIMEOUT,
+) -> Any:
+    """Run ``main_func(*args)`` in ``num_processes`` processes on each of ``num_machines``.
+
+    Call it on every machine, with its ``machine_rank``, as detectron2's ``launch``. With one
+    process in all, ``main_func`` runs here, in this process.
+
+    Args:
+        main_func: a picklable (module-level) function; it runs with the process group
+            initialised.
+        num_processes: processes on this machine (one per GPU).
+        dist_url: where the processes meet, e.g. ``tcp://10.0.0.1:29500``; ``"auto"``: a
+            free port on this machine (one machine only).
+        backend: ``"nccl"`` or ``"gloo"``; by default NCCL when CUDA is available, else Gloo.
+        on_message: called here with every message global rank 0 :func:`post`\\ s; what it
+            raises (e.g. :class:`optuna.TrialPruned`) stops the processes and propagates.
+        timeout: of the process group's collectives.
+
+    Returns:
+        ``main_func``'s return value in global rank 0 (``None`` on other machines).
+
+    Raises:
+        ConfigError: for a process count or machine rank out of range, or ``dist_url="auto"``
+            with several machines.
+        DistributedError: when a process fails; the message names its rank and error. An
+            :class:`~spnas.exceptions.SpnasError` a process raised (a diverged trial, bad
+            input) is raised as itself.
+    """
+    global _handler
+    if num_processes < 1 or num_machines < 1:
+        raise ConfigError(
+            f"num_processes={num_processes}, num_machines={num_machines}: expected at least 1"
+        )
+    if not 0 <= machine_rank < num_machines:
+        raise ConfigError(
+            f"machine_rank={machine_rank}: expected 0 to {num_machines - 1} "
+            f"(num_machines={num_machines})"
+        )
+    world_size = num_processes * num_machines
+    if world_size == 1:
+        _handler = on_message
+        try:
+            return main_func(*args)
+        finally:
+            _handler = None
+    if dist_url == "auto":
+        if num_machines > 1:
+            raise ConfigError("dist_url 'auto' works on one machine; pass tcp://HOST:PORT")
+        dist_url = f"tcp://127.0.0.1:{_free_port()}"
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl" and torch.cuda.device_count() < num_processes:
+        raise ConfigError(
+            f"{num_processes} processes on NCCL need as many GPUs; "
+            f"{torch.cuda.device_count()} visible"
+        )
+    messages = mp.get_context("spawn").SimpleQueue()
+    # Each process takes its share of this one's CPU threads (data-parallel on the CPU).
+    threads = max(1, torch.get_num_threads() // num_processes)
+    context = mp.start_processes(
+        _worker,
+        args=(
+            main_func,
+            tuple(args),
+            world_size,
+            num_processes,
+            machine_rank,
+            dist_url,
+            backend,
+            timeout,
+            messages,
+            threads,
+            os.getpid(),
+            logging.getLogger().getEffectiveLevel(),
+        ),
+        nprocs=num_processes,
+        join=False,
+        start_method="spawn",
+    )
+    _logger.info(
+        "started %d %s process(es) of %d (machine %d of %d) at %s",
+        num_processes,
+        backend,
+        world_size,
+        machine_rank,
+        num_machines,
+        dist_url,
+    )
+    outcome: dict[str, Any] = {"errors": []}
+    try:
+        while True:
+            _drain(messages, outcome, on_message)
+            if context.join(timeout=_POLL_S):
+                break
+    except ProcessException as exc:
+        # torch's launcher has terminated the other processes.
+        _drain(messages, outcome, None)
+        raise _failure(exc, outcome["errors"], world_size) from None
+    except BaseException:
+        # on_message raised (a pruned trial) or the caller was interrupted: stop them all.
+        _stop(context)
+        raise
+    _drain(messages, outcome, on_message)
+    return outcome.get("result")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _drain(
+    messages: Any, outcome: dict[str, Any], on_message: Callable[[Any], None] | None
+) -> None:
+    while True:
+        try:
+            if messages.empty():
+                return
+            kind, *payload = messages.get()
+        except (EOFError, OSError, queue_module.Empty):
+            return
+        if kind == "message":
+            if on_message is not None:
+                on_message(payload[0])
+        elif kind == "result":
+            outcome["result"] = payload[0]
+        else:
+            outcome["errors"].append((payload[0], payload[1]))
+
+
+def _failure(
+    exc: ProcessException, errors: list[tuple[int, BaseException]], world_size: int
+) -> SpnasError:
+    for _, error in errors:
+        if isinstance(error, SpnasError):
+            return error
+    detail = "; ".join(f"rank {rank}: {type(e).__name__}: {e}" for rank, e in errors)
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # A raised exception's message is its traceback: its last line names the error.
+    last = lines[-1] if lines else type(exc).__name__
+    return DistributedError(
+        f"data-parallel run of {world_size} processes failed: local process "
+        f"{exc.error_index} (pid {exc.error_pid}): {last}" + (f"; {detail}" if detail else "")
+    )
+
+
+def _stop(context: Any) -> None:
+    for process in context.processes:
+        if process.is_alive():
+            process.terminate()
+    for process in context.processes:
+        process.join()
+
+
+def _worker(
+    local_rank: int,
+    main_func: Callable[..., Any],
+    args: tuple[Any, ...],
+    world_size: int,
+    num_processes: int,
+    machine_rank: int,
+    dist_url: str,
+    backend: str,
+    timeout: datetime.timedelta,
+    messages: Any,
+    threads: int,
+    launcher_pid: int,
+    log_level: int,
+) -> None:
+    global _queue
+    rank = machine_rank * num_processes + local_rank
+    logging.basicConfig(
+        level=log_level, format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s"
+    )
+    threading.Thread(target=_exit_with, args=(launcher_pid,), daemon=True).start()
+    torch.set_num_threads(threads)
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(
+        backend, init_method=dist_url, world_size=world_size, rank=rank, timeout=timeout
+    )
+    try:
+        _create_local_group(world_size // num_processes, num_processes, machine_rank)
+        _queue = messages if rank == 0 else None
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                result = main_func(*args)
+        except BaseException as exc:
+            messages.put(("error", rank, _picklable(exc)))
+            raise
+        if rank == 0:
+            messages.put(("result", result))
+    finally:
+        dist.destroy_process_group()
+
+
+def _exit_with(launcher_pid: int) -> None:
+    """Exit when the launching process is gone (killed: it could not stop us), so that a
+    stopped search worker leaves no process training on its GPUs."""
+    while os.getppid() == launcher_pid:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _create_local_group(num_machines: int, num_processes: int, machine_rank: int) -> None:
+    """Create the group of each machine's processes (every process creates every group, as
+    torch requires) and hand this machine's to detectron2, as its own launcher does."""
+    local = None
+    for machine in range(num_machines):
+        ranks = list(range(machine * num_processes, (machine + 1) * num_processes))
+        group = dist.new_group(ranks)
+        if machine == machine_rank:
+            local = group
+    try:
+        from detectron2.utils import comm
+    except ImportError:  # the torchvision engine needs no local group
+        return
+    comm._LOCAL_PROCESS_GROUP = local
+
+
+def _picklable(exc: BaseException) -> BaseException:
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+# ----------------------------------------------------------------- data-parallel trials
+
+
+class _PostingReporter:
+    """Rank 0's reporter: forwards progress and evaluations to the launching process."""
+
+    def progress(self, iteration: int, total: int, loss: float) -> None:
+        post(("progress", iteration, total, loss))
+
+    def evaluation(self, iteration: int, metrics: Any) -> None:
+        post(("evaluation", iteration, dict(metrics)))
+
+
+def data_parallel(train_eval: Callable[..., TrialResult]) -> Callable[..., TrialResult]:
+    """Decorate an engine's ``train_eval``: run it in ``schedule.gpus_per_trial`` processes.
+
+    With one process per trial, or inside a process group already, the engine's method runs
+    as it is. Otherwise :func:`launch` runs it in every process (NCCL when the schedule's
+    device is CUDA, else Gloo); global rank 0 writes the weights and its reporter forwards to
+    ``reporter`` here, so pruning and the Optuna report happen in the caller's process.
+    """
+
+    @functools.wraps(train_eval)
+    def wrapper(
+        engine: Engine,
+        spec: ModelSpec,
+        init_weights: InitWeights | None,
+        schedule: Schedule,
+        data: DataSpec,
+        reporter: Reporter | None = None,
+        out_dir: str | Path = "output",
+    ) -> TrialResult:
+        if schedule.gpus_per_trial == 1 or dist.is_initialized():
+            return train_eval(engine, spec, init_weights, schedule, data, reporter, out_dir)
+        device = resolve_device(schedule.device)
+        if device.index is not None:
+            raise ConfigError(
+                f"schedule device {schedule.device!r} with gpus_per_trial="
+                f"{schedule.gpus_per_trial}: expected 'cuda', 'auto' or 'cpu' (each process "
+                "takes its own GPU; choose the GPUs with CUDA_VISIBLE_DEVICES)"
+            )
+
+        def forward(message: tuple[Any, ...]) -> None:
+            if reporter is not None:
+                getattr(reporter, message[0])(*message[1:])
+
+        return launch(
+            _train_eval_rank,
+            schedule.gpus_per_trial,
+            args=(engine, spec, init_weights, schedule, data, str(out_dir)),
+            backend="nccl" if device.type == "cuda" else "gloo",
+            on_message=forward,
+        )
+
+    return wrapper
+
+
+def _train_eval_rank(
+    engine: Engine,
+    spec: ModelSpec,
+    init_weights: InitWeights | None,
+    schedule: Schedule,
+    data: DataSpec,
+    out_dir: str,
+) -> TrialResult | None:
+    reporter = _PostingReporter() if is_main_process() else None
+    if not is_main_process():
+        engine.show_progress = False
+    result = engine.train_eval(spec, init_weights, schedule, data, reporter, out_dir)
+    return result if is_main_process() else None

@@ -1,0 +1,142 @@
+"""The launcher of data-parallel runs (real processes, Gloo on the CPU), the schedule's
+data-parallel and AMP keys, and the GPUs ``spnas search`` gives each worker."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from spnas.cli.search import worker_gpus
+from spnas.device import resolve_amp
+from spnas.engines.base import Schedule
+from spnas.engines.distributed import DistributedError, get_world_size, launch, post
+from spnas.exceptions import ConfigError, DataError
+
+
+def _sum_of_ranks(offset: int) -> tuple[int, int]:
+    """All-reduces the ranks; rank 0 posts a message. Returns (sum + offset, world size)."""
+    value = torch.tensor([float(dist.get_rank())])
+    dist.all_reduce(value)
+    post(("rank", dist.get_rank()))
+    return int(value.item()) + offset, get_world_size()
+
+
+def _rank_1_raises() -> None:
+    if dist.get_rank() == 1:
+        raise DataError("rank 1: bad record")
+    dist.barrier()
+
+
+def _rank_1_exits() -> None:
+    if dist.get_rank() == 1:
+        os._exit(3)
+    dist.barrier()
+
+
+def _write_pid_and_wait(folder: str) -> None:
+    Path(folder, f"{dist.get_rank()}.pid").write_text(str(os.getpid()))
+    time.sleep(600)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def test_processes_exit_when_the_launcher_is_killed(tmp_path: Path) -> None:
+    script = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+        "from test_distributed import _write_pid_and_wait; "
+        "from spnas.engines.distributed import launch; "
+        f"launch(_write_pid_and_wait, 2, args=({str(tmp_path)!r},))"
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.glob("*.pid"))) < 2:
+            assert time.monotonic() < deadline and launcher.poll() is None
+            time.sleep(0.5)
+    finally:
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait()
+    pids = [int(p.read_text()) for p in tmp_path.glob("*.pid")]
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    # They check for their launcher every second.
+    assert not [pid for pid in pids if _alive(pid)]
+
+
+def test_launch_returns_rank_0_value_and_forwards_its_messages() -> None:
+    messages: list[object] = []
+    result = launch(_sum_of_ranks, 2, args=(10,), on_message=messages.append)
+    # Ranks 0 and 1 summed over Gloo: 0 + 1; only rank 0 posts and returns.
+    assert result == (11, 2)
+    assert messages == [("rank", 0)]
+
+
+def test_launch_with_one_process_runs_here() -> None:
+    messages: list[object] = []
+    assert launch(_sum_of_ranks_local, 1, on_message=messages.append) == 1
+    assert messages == ["here"]
+
+
+def _sum_of_ranks_local() -> int:
+    post("here")
+    return get_world_size()
+
+
+def test_an_error_a_rank_raises_is_raised_as_itself() -> None:
+    with pytest.raises(DataError, match="rank 1: bad record"):
+        launch(_rank_1_raises, 2)
+
+
+def test_a_rank_that_dies_fails_the_run() -> None:
+    with pytest.raises(DistributedError, match="exit code 3"):
+        launch(_rank_1_exits, 2)
+
+
+def test_launch_rejects_bad_counts() -> None:
+    with pytest.raises(ConfigError, match="machine_rank=2"):
+        launch(_sum_of_ranks, 2, num_machines=2, machine_rank=2)
+    with pytest.raises(ConfigError, match="dist_url 'auto'"):
+        launch(_sum_of_ranks, 2, num_machines=2, machine_rank=0)
+
+
+def test_schedule_splits_its_batch_evenly() -> None:
+    assert Schedule(ims_per_batch=4, gpus_per_trial=2).gpus_per_trial == 2
+    with pytest.raises(ConfigError, match=r"gpus_per_trial=3.*ims_per_batch=4"):
+        Schedule(ims_per_batch=4, gpus_per_trial=3)
+    with pytest.raises(ConfigError, match="gpus_per_trial=0"):
+        Schedule(gpus_per_trial=0)
+    assert Schedule.from_dict({"amp": True, "gpus_per_trial": 2}).to_dict()["amp"] is True
+
+
+def test_amp_on_the_cpu_warns_and_trains_in_float32(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="spnas.device"):
+        assert resolve_amp(True, "cpu") is False
+    assert [r.getMessage() for r in caplog.records] == [
+        "amp: mixed precision needs CUDA; training on cpu in float32"
+    ]
+    assert resolve_amp(False, "cpu") is False
+
+
+def test_workers_get_their_own_gpus_round_robin() -> None:
+    gpus = ["0", "1", "2", "3"]
+    assert [worker_gpus(gpus, i, 2) for i in range(2)] == [["0", "1"], ["2", "3"]]
+    # More workers than the devices allow share them (the GPU check's 2 workers on 1 GPU).
+    assert [worker_gpus(["0"], i, 1) for i in range(2)] == [["0"], ["0"]]
+    with pytest.raises(ConfigError, match="gpus_per_trial=2: only 1 GPU"):
+        worker_gpus(["0"], 0, 2)
