@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+from spnas.arch._cost import CodeCost, code_cost
 from spnas.arch._parallel import ParallelCode
 from spnas.arch._serial import BLOCK_TYPES, EXPANSION, BlockSpec, SerialCode
 from spnas.arch._space import SearchSpace
@@ -39,7 +40,9 @@ __all__ = [
     "RESNEXT101",
     "ArchError",
     "BlockSpec",
+    "CodeCost",
     "ParallelCode",
     "SearchSpace",
     "SerialCode",
+    "code_cost",
 ]
