@@ -48,9 +48,12 @@ def propose_serial(state: SearchState, rng: random.Random) -> Decision:
     )
 
 
-def _gmacs(config, arch: SerialCode, parallel: ParallelCode | None = None) -> CodeCost:
-    # Counted from the code (spnas.arch.code_cost): tracing each candidate with fvcore took
-    # seconds per parallel decision, while a serial decision took milliseconds.
+def config_cost(config, arch: SerialCode, parallel: ParallelCode | None = None) -> CodeCost:
+    """Cost of ``arch`` (and ``parallel``) with the study's model settings at its input size.
+
+    Counted from the code (:func:`spnas.arch.code_cost`): tracing each candidate with fvcore
+    took seconds per parallel decision, while a serial decision took milliseconds.
+    """
     size = (config.schedule.min_size, config.schedule.min_size)
     m = config.model
     return code_cost(
@@ -60,7 +63,7 @@ def _gmacs(config, arch: SerialCode, parallel: ParallelCode | None = None) -> Co
 
 def stage_costs(config, arch: SerialCode) -> tuple[float, ...]:
     """GMACs of each stage of the SerialNet ``arch`` at the trial's input size."""
-    return _gmacs(config, arch).stage_gmacs
+    return config_cost(config, arch).stage_gmacs
 
 
 def flops_budget(config, arch: SerialCode) -> float:
@@ -68,7 +71,7 @@ def flops_budget(config, arch: SerialCode) -> float:
     if config.parallel.budget_gmacs is not None:
         return config.parallel.budget_gmacs
     ratio = config.parallel.budget_ratio if config.parallel.budget_ratio is not None else 2.0
-    return _gmacs(config, arch).gmacs * ratio
+    return config_cost(config, arch).gmacs * ratio
 
 
 def sample_parallel_code(
@@ -112,7 +115,7 @@ def propose_parallel(state: SearchState, rng: random.Random) -> Decision:
         code = sample_parallel_code(arch, costs, config.space.max_subnets, rng)
         if str(code) in taken:
             continue
-        if _gmacs(config, arch, code).gmacs > budget:
+        if config_cost(config, arch, code).gmacs > budget:
             over_budget += 1
             continue
         return Decision(
