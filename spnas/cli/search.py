@@ -201,8 +201,10 @@ def _watch(name: str, storage: str, procs: list[subprocess.Popen]) -> Any:
 
 
 def run_worker_command(args: argparse.Namespace) -> int:
-    from spnas.search import run_worker
+    from spnas.search import check_inputs, load_search_study, run_worker
 
+    # A worker on another node reads the data, weights and store from its own mounts.
+    check_inputs(load_search_study(args.study, args.storage)[1])
     _set_threads(args.threads)
     state = run_worker(args.study, args.storage, max_trials=args.max_trials)
     return 0 if state.phase != "failed" else 1

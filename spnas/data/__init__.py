@@ -13,6 +13,7 @@ Importing this package is cheap: it does not import torch or detectron2.
 
 from __future__ import annotations
 
+from spnas.data._validate import validate_dataset
 from spnas.data.bdd import BDD_CLASSES, BDD_IMAGE_SIZE, bdd_to_coco
 from spnas.data.ecp import ECP_CLASSES, ECP_IGNORE_REGIONS, ECP_TIMES, ecp_to_coco
 from spnas.data.synthetic import SHAPES, SyntheticDataset, make_synthetic_dataset
@@ -31,5 +32,6 @@ __all__ = [
     "ecp_to_coco",
     "make_synthetic_dataset",
     "parse_voc_sets",
+    "validate_dataset",
     "voc_to_coco",
 ]

@@ -56,14 +56,27 @@ def check_inputs(config: SearchConfig) -> None:
     its name instead of failing every trial of the seed barrier.
 
     Raises:
-        DataError: the data set directory, or its ``train.json`` / ``val.json``, is missing.
+        ConfigError: the seed network is too big for the device (estimated from its code,
+            before building it), or ``engine.config`` does not exist.
+        DataError: the data set directory, or its ``train.json`` / ``val.json``, is missing,
+            a record is malformed (a non-finite, degenerate or outside box…), or an image is
+            missing or does not decode (the message names the file and the record).
         WeightsError: ``model.pretrained`` is missing, truncated, not a state dict, or does
             not fit the seed network (the message names the file and the key).
         StorageError: the artifact store cannot be created or written.
     """
+    from spnas.data import validate_dataset
     from spnas.data.coco import DatasetSplits
+    from spnas.search._checks import check_cost
 
-    DatasetSplits.from_dir(config.data.dir)
+    check_cost(config)
+    engine_config = config.engine.config
+    if config.engine.name == "detectron2" and engine_config and not Path(engine_config).is_file():
+        raise ConfigError(
+            f"'engine.config' is {engine_config!r}, which does not exist (relative paths "
+            "in a study YAML are relative to the YAML's folder)"
+        )
+    validate_dataset(DatasetSplits.from_dir(config.data.dir), config.engine.show_progress)
     if config.model.pretrained:
         load_pretrained_seed(config)
     if config.study.artifacts:
