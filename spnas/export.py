@@ -3,7 +3,9 @@
 ``export_best`` writes, into one folder:
 
 - ``config.yaml`` — a detectron2 config of the detector (``MODEL.SPNAS`` keys, the study's full
-  schedule, ``SPNAS.DATA_DIR`` pointing at the study's data, ``MODEL.WEIGHTS`` below);
+  schedule, ``SPNAS.DATA_DIR`` pointing at the study's data, ``MODEL.WEIGHTS`` below); only the
+  keys that differ from detectron2's defaults, so that it loads under the detectron2 0.6
+  sources and upstream detectron2 alike;
 - ``model_final.pth`` — the trained detector's state dict, as its engine trained it;
 - ``model_torchvision.pth`` — the detector as torchvision's ``FasterRCNN`` (layout + weights
   in one file; converted from detectron2 when the study trained with it);
@@ -173,5 +175,30 @@ def _write_detectron2_config(
     cfg.SPNAS.DATA_DIR = str(Path(config.data.dir).resolve())
     cfg.MODEL.WEIGHTS = str(weights.resolve())
     cfg.MODEL.DEVICE = "cpu"
-    path.write_text(cfg.dump())
+    path.write_text(_changed_keys(cfg).dump())
     return cfg
+
+
+def _changed_keys(cfg: CfgNode) -> CfgNode:
+    """The keys of ``cfg`` that detectron2's defaults (``get_cfg()``) lack or hold otherwise.
+
+    A full dump names every key of the detectron2 it was written under, and each detectron2
+    refuses the keys it does not know (``DATALOADER.REPEAT_SQRT``, written by upstream
+    detectron2, is a ``KeyError`` for the 0.6 sources). The keys a config changes exist in
+    both, so this config loads under either.
+    """
+    from detectron2.config import CfgNode, get_cfg
+
+    def changed(node: CfgNode, defaults: CfgNode | None) -> dict:
+        out = {}
+        for key, value in node.items():
+            default = None if defaults is None else defaults.get(key)
+            if isinstance(value, CfgNode):
+                sub = changed(value, default if isinstance(default, CfgNode) else None)
+                if sub or default is None:
+                    out[key] = sub
+            elif defaults is None or key not in defaults or default != value:
+                out[key] = value
+        return out
+
+    return CfgNode(changed(cfg, get_cfg()))
