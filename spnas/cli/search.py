@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import subprocess
@@ -19,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from spnas.cli._json import dumps
 
 _logger = logging.getLogger(__name__)
 
@@ -332,7 +333,7 @@ def _print_status(status: dict[str, Any]) -> None:
 def run_status(args: argparse.Namespace) -> int:
     status = _status(args.study, args.storage)
     if args.json:
-        print(json.dumps(status, indent=2))
+        print(dumps(status, indent=2))
     else:
         _print_status(status)
     return 0

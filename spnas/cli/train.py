@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from spnas.cli._json import dumps
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         trainer.train()
     weights = save_state_dict(trainer.model, Path(cfg.OUTPUT_DIR) / "model_trained.pth")
     if args.json:
-        print(json.dumps({"metrics": trainer.last_metrics, "weights": str(weights)}, indent=2))
+        print(dumps({"metrics": trainer.last_metrics, "weights": str(weights)}, indent=2))
     else:
         metrics = trainer.last_metrics
         shown = ", ".join(f"{k} {metrics[k]:.2f}" for k in ("AP", "AP50", "AP75") if k in metrics)
