@@ -4,6 +4,8 @@
   phases (paper Fig. 3);
 - :func:`stage_flops_figure` — how the best networks spend their GMACs per stage (Fig. 4b);
 - :func:`ap_vs_gmacs_figure` — value against cost of every candidate (Fig. 5a);
+- :func:`param_importances_figure` — Optuna's importance of the architecture params
+  (``blocks``, ``blocks_sI``, ``subnets_sI``, ``gmacs``…) for the value, in reports;
 - :func:`trial_note` — the markdown note each trial carries in the dashboard.
 
 :func:`publish_to_dashboard` stores the figures in the study with
@@ -224,6 +226,25 @@ def report_figures(trials: Sequence[FrozenTrial], config: SearchConfig) -> dict[
     }
 
 
+def param_importances_figure(study: optuna.Study) -> Any | None:
+    """``optuna.visualization.plot_param_importances`` of ``study``, or ``None`` when fewer
+    than two completed trials carry the architecture params (studies written before spnas
+    recorded them) or their values do not vary."""
+    import logging
+    import warnings
+
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if sum("blocks" in t.params for t in completed) < 2:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.visualization.plot_param_importances(study)
+    except (RuntimeError, ValueError) as exc:  # e.g. no param varies
+        logging.getLogger(__name__).info("no param importances: %s", exc)
+        return None
+
+
 def write_pngs(
     figures: Sequence[Any], paths: Sequence[Any], *, width: int = 900, height: int = 600
 ) -> None:
@@ -371,14 +392,20 @@ def write_report(
     *,
     phases: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[Any]:
-    """Write the three figures as PNGs and ``index.html`` into ``out_dir``; return the paths."""
+    """Write the three figures (and the param importances, when the study has them) as PNGs
+    and ``index.html`` into ``out_dir``; return the paths."""
     from pathlib import Path
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = report_figures(study.get_trials(deepcopy=False), config)
-    paths = [out / filename for filename in REPORT_IMAGES.values()]
-    write_pngs([figures[name] for name in REPORT_IMAGES], paths)
+    images = dict(REPORT_IMAGES)
+    importances = param_importances_figure(study)
+    if importances is not None:
+        figures["param_importances"] = importances
+        images["param_importances"] = "param_importances.png"
+    paths = [out / filename for filename in images.values()]
+    write_pngs([figures[name] for name in images], paths)
     index = out / "index.html"
     index.write_text(report_html(study, config, figures, phases=phases), encoding="utf-8")
     paths.append(index)
