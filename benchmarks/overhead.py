@@ -139,13 +139,17 @@ def serial_history(config: SearchConfig, n: int, seed: int = 0) -> list[FrozenTr
 
 def parallel_history(config: SearchConfig, n: int, seed: int = 0) -> list[FrozenTrial]:
     """A seed, a worse serial trial (the serial phase ends), the parallel seed, and parallel
-    trials of distinct codes up to ``n`` trials, as the search writes them."""
+    trials of distinct codes up to ``n`` trials, as the search writes them.
+
+    The codes are drawn uniformly among all of them, not by the sampler's FLOPs-inverse
+    weights: those favour the cheap stages so strongly that 5,000 distinct draws take hours,
+    and would leave the next proposal nothing new near the cheap stages."""
+    import itertools
+
     from spnas.arch import ParallelCode
-    from spnas.search._proposals import sample_parallel_code, stage_costs
 
     rng = random.Random(seed)
     arch = config.seed_arch
-    costs = stage_costs(config, arch)
     zeros = ParallelCode.zeros(arch.num_stages)
     history = [
         (Decision("seed", arch=arch), 20.0),
@@ -161,13 +165,11 @@ def parallel_history(config: SearchConfig, n: int, seed: int = 0) -> list[Frozen
         ),
         (Decision("parallel_seed", arch=arch, parallel=zeros, parent=0), 30.0),
     ]
-    taken = {str(zeros)}
+    counts = range(config.space.max_subnets + 1)
+    codes = [c for c in itertools.product(counts, repeat=arch.num_stages) if any(c)]
     best, best_value = 2, 30.0
-    while len(history) < n:
-        code = sample_parallel_code(arch, costs, config.space.max_subnets, rng)
-        if str(code) in taken:
-            continue
-        taken.add(str(code))
+    for subnets in rng.sample(codes, n - len(history)):
+        code = ParallelCode(subnets)
         value = best_value + rng.uniform(-2.0, 0.3)
         history.append((Decision("parallel", arch, code, parent=best), value))
         if value > best_value:
