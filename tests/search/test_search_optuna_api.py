@@ -9,20 +9,14 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from search_doubles import FakeEngine, fake_ap, make_config
+from search_doubles import FakeEngine, make_config
+from search_doubles import fake_objective as objective
 
 from spnas.exceptions import ConfigError
 from spnas.search import Objective, SearchState, SPNASSampler, get_decision
 from spnas.search._params import architecture_distributions
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def objective(trial: optuna.Trial) -> float:
-    decision = get_decision(trial)
-    if decision.kind in ("idle", "exhausted"):
-        raise optuna.TrialPruned(f"nothing to train: {decision.kind}")
-    return fake_ap(decision.kind, decision.arch, decision.parallel)
 
 
 def test_two_asks_in_a_row_return_promptly(tmp_path: Path) -> None:

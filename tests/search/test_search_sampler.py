@@ -17,6 +17,7 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 from search_doubles import SEED_ARCH, fake_ap, frozen, make_config
+from search_doubles import fake_objective as objective
 
 from spnas.arch import SerialCode
 from spnas.exceptions import ConfigError
@@ -24,13 +25,6 @@ from spnas.search import CONFIG_ATTR, Decision, SearchState, SPNASSampler, get_d
 from spnas.storage import make_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def objective(trial: optuna.Trial) -> float:
-    decision = get_decision(trial)
-    if decision.kind in ("idle", "exhausted"):
-        raise optuna.TrialPruned(f"nothing to train: {decision.kind}")
-    return fake_ap(decision.kind, decision.arch, decision.parallel)
 
 
 def kinds_of(study: optuna.Study) -> list[str]:
