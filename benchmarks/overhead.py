@@ -8,11 +8,17 @@ same number of trials on the same storage:
   improving now and then), with ``n_stuck`` too large for the round to end;
 - a plain study of N trials with one float parameter.
 
+- an SP-NAS study in its parallel phase: a seed, one serial trial that ends the serial phase,
+  the parallel seed, and parallel trials up to N (distinct parallel codes of a 7-stage
+  network), with ``parallel.n_stuck`` too large for the phase to end.
+
 Then ``--measure`` trials are run on each without training: ``ask`` (the SPNASSampler replays
-the history, waits for nothing, proposes a new mutation of the best and writes its decision;
-RandomSampler draws a number) and ``tell``. ``sampler_ms_per_trial`` and
-``random_sampler_ms_per_trial`` are the medians of ask + tell; ``decision_ms`` is the
-SPNASSampler's ``before_trial`` alone (target: ≤ 50 ms at 1,000 trials).
+the history, waits for nothing, proposes a new mutation of the best — or a new parallel code
+within the FLOPs budget — and writes its decision; RandomSampler draws a number) and ``tell``.
+``sampler_ms_per_trial`` and ``random_sampler_ms_per_trial`` are the medians of ask + tell;
+``decision_ms`` is the SPNASSampler's ``before_trial`` alone (target: ≤ 50 ms at 1,000
+trials), ``parallel_decision_ms`` the same in the parallel phase, and
+``parallel_to_serial`` their ratio (target: ≤ 2).
 
 Weights travel through the artifact store twice per trial (the parent's down, the child's up):
 ``artifact`` times ``upload_artifact`` / ``download_artifact`` of a realistic state dict, a
@@ -49,44 +55,48 @@ from spnas.storage import make_storage
 
 NAME = "overhead"
 SEED_ARCH = "BB(11,d1,d1,d1)"
+#: Seven stages: 4^7 parallel codes, enough distinct ones for 5,000 parallel trials.
+PARALLEL_ARCH = "BB(11,d1,d1,d1,1,1,1)"
 TARGET_DECISION_MS = 50.0
+TARGET_PARALLEL_RATIO = 2.0
 
 
-def study_config(root: Path, name: str, storage: str) -> SearchConfig:
-    """A search stuck in its first serial round for good: every ask is a serial proposal."""
+def study_config(root: Path, name: str, storage: str, phase: str = "serial") -> SearchConfig:
+    """A search stuck in its first serial round (or its parallel phase) for good: every ask
+    is a serial (or parallel) proposal."""
     from spnas.data.synthetic import make_synthetic_dataset
 
     if not (root / "data" / "train.json").is_file():
         make_synthetic_dataset(root / "data", train=2, val=2, size=32, show_progress=False)
-    return SearchConfig.from_dict(
-        {
-            "study": {
-                "name": name,
-                "storage": storage,
-                "artifacts": str(root / "artifacts"),
-                "workdir": str(root / "work"),
-            },
-            "data": {"dir": str(root / "data")},
-            "model": {"seed_arch": SEED_ARCH, "width": 16},
-            "space": {"min_blocks": 8, "max_blocks": 40, "max_stages": 7},
-            "serial": {"n_mutations": 3, "n_stuck": 10**9, "n_rounds": 1},
-            "search": {"wait_seconds": 0.01},
-        }
-    )
+    values: dict[str, Any] = {
+        "study": {
+            "name": name,
+            "storage": storage,
+            "artifacts": str(root / "artifacts"),
+            "workdir": str(root / "work"),
+        },
+        "data": {"dir": str(root / "data")},
+        "model": {"seed_arch": SEED_ARCH, "width": 16},
+        "space": {"min_blocks": 8, "max_blocks": 40, "max_stages": 7},
+        "serial": {"n_mutations": 3, "n_stuck": 10**9, "n_rounds": 1},
+        "search": {"wait_seconds": 0.01},
+    }
+    if phase == "parallel":
+        values["model"]["seed_arch"] = PARALLEL_ARCH
+        values["serial"] = {"n_stuck": 1, "n_rounds": 0}
+        values["parallel"] = {"n_stuck": 10**9, "budget_ratio": 100.0}
+    return SearchConfig.from_dict(values)
 
 
-def serial_history(config: SearchConfig, n: int, seed: int = 0) -> list[FrozenTrial]:
-    """A seed trial and ``n - 1`` serial trials as the search writes them."""
-    from spnas.morphism import format_ops, mutate
+def _frozen(config: SearchConfig, history: list[tuple[Decision, float]]) -> list[FrozenTrial]:
+    """Completed trials of ``history`` as the search writes them (decision, params, gmacs)."""
+    from spnas.search._params import architecture_distributions, architecture_values
 
-    rng = random.Random(seed)
     start = datetime.datetime(2026, 1, 1)
-    trials: list[FrozenTrial] = []
-    best_arch, best_number, best_value = config.seed_arch, 0, 20.0
-    taken = {str(best_arch)}
-
-    def add(decision: Decision, value: float) -> None:
-        number = len(trials)
+    distributions = architecture_distributions(config)
+    trials = []
+    for number, (decision, value) in enumerate(history):
+        params = architecture_values(config, decision)
         trials.append(
             FrozenTrial(
                 number=number,
@@ -94,26 +104,77 @@ def serial_history(config: SearchConfig, n: int, seed: int = 0) -> list[FrozenTr
                 value=value,
                 datetime_start=start + datetime.timedelta(minutes=10 * number),
                 datetime_complete=start + datetime.timedelta(minutes=10 * number + 9),
-                params={},
-                distributions={},
-                user_attrs={"spnas:gmacs": 1.0 + rng.random()},
+                params=params,
+                distributions={name: distributions[name] for name in params},
+                user_attrs={"gmacs": params["gmacs"]},
                 system_attrs=decision.to_attrs(),
                 intermediate_values={},
                 trial_id=number,
             )
         )
+    return trials
 
-    add(Decision(kind="seed", arch=best_arch), best_value)
+
+def serial_history(config: SearchConfig, n: int, seed: int = 0) -> list[FrozenTrial]:
+    """A seed trial and ``n - 1`` serial trials as the search writes them."""
+    from spnas.morphism import format_ops, mutate
+
+    rng = random.Random(seed)
+    best_arch, best_number, best_value = config.seed_arch, 0, 20.0
+    taken = {str(best_arch)}
+    history = [(Decision(kind="seed", arch=best_arch), best_value)]
     for _ in range(n - 1):
         child, ops = mutate(best_arch, config.space, rng, n_ops=3, avoid=taken)
         taken.add(str(child))
         ops_text = tuple(format_ops(ops).split("; "))
         # Most children are a little worse than their parent, about one in eight better.
         value = best_value + rng.uniform(-2.0, 0.3)
-        add(Decision("serial", child, parent=best_number, ops=ops_text, round=1), value)
+        history.append(
+            (Decision("serial", child, parent=best_number, ops=ops_text, round=1), value)
+        )
         if value > best_value:
-            best_arch, best_number, best_value = child, len(trials) - 1, value
-    return trials
+            best_arch, best_number, best_value = child, len(history) - 1, value
+    return _frozen(config, history)
+
+
+def parallel_history(config: SearchConfig, n: int, seed: int = 0) -> list[FrozenTrial]:
+    """A seed, a worse serial trial (the serial phase ends), the parallel seed, and parallel
+    trials of distinct codes up to ``n`` trials, as the search writes them.
+
+    The codes are drawn uniformly among all of them, not by the sampler's FLOPs-inverse
+    weights: those favour the cheap stages so strongly that 5,000 distinct draws take hours,
+    and would leave the next proposal nothing new near the cheap stages."""
+    import itertools
+
+    from spnas.arch import ParallelCode
+
+    rng = random.Random(seed)
+    arch = config.seed_arch
+    zeros = ParallelCode.zeros(arch.num_stages)
+    history = [
+        (Decision("seed", arch=arch), 20.0),
+        (
+            Decision(
+                "serial",
+                arch=arch.with_stages((*arch.stages[:-1], "11")),
+                parent=0,
+                ops=("expand",),
+                round=1,
+            ),
+            10.0,
+        ),
+        (Decision("parallel_seed", arch=arch, parallel=zeros, parent=0), 30.0),
+    ]
+    counts = range(config.space.max_subnets + 1)
+    codes = [c for c in itertools.product(counts, repeat=arch.num_stages) if any(c)]
+    best, best_value = 2, 30.0
+    for subnets in rng.sample(codes, n - len(history)):
+        code = ParallelCode(subnets)
+        value = best_value + rng.uniform(-2.0, 0.3)
+        history.append((Decision("parallel", arch, code, parent=best), value))
+        if value > best_value:
+            best, best_value = len(history) - 1, value
+    return _frozen(config, history)
 
 
 def plain_history(n: int, seed: int = 0) -> list[FrozenTrial]:
@@ -142,9 +203,13 @@ def _median_ms(values: list[float]) -> float:
     return 1000.0 * statistics.median(values)
 
 
-def measure_spnas(config: SearchConfig, url: str, n: int, measure: int) -> dict[str, float]:
+def measure_spnas(
+    config: SearchConfig, url: str, n: int, measure: int, kind: str = "serial"
+) -> dict[str, float]:
+    """Ask + tell ``measure`` trials of ``kind`` after a history of ``n`` trials."""
     study = create_search_study(config, url)
-    study.add_trials(serial_history(config, n))
+    history = serial_history if kind == "serial" else parallel_history
+    study.add_trials(history(config, n))
     sampler = _TimedSampler(config)
     sampler.decision_seconds = []
     study = optuna.load_study(
@@ -155,8 +220,8 @@ def measure_spnas(config: SearchConfig, url: str, n: int, measure: int) -> dict[
         started = time.perf_counter()
         trial = study.ask()
         decision = Decision.of(study._storage.get_trial(trial._trial_id))
-        assert decision is not None and decision.kind == "serial", decision
-        study.tell(trial, 10.0)  # worse than the best: the round goes on
+        assert decision is not None and decision.kind == kind, decision
+        study.tell(trial, 10.0)  # worse than the best: the round (or phase) goes on
         totals.append(time.perf_counter() - started)
     return {
         "sampler_ms_per_trial": _median_ms(totals),
@@ -246,17 +311,26 @@ def main() -> None:
                 url = url_of(f"spnas_{n}")
                 config = study_config(root, f"spnas-{n}", url)
                 spnas = measure_spnas(config, url, n, args.measure)
+                url = url_of(f"parallel_{n}")
+                config = study_config(root, f"parallel-{n}", url, phase="parallel")
+                parallel = measure_spnas(config, url, n, args.measure, kind="parallel")
                 random_ms = measure_random(url_of(f"random_{n}"), f"random-{n}", n, args.measure)
                 row = {
                     "trials_in_history": n,
                     **spnas,
+                    "parallel_sampler_ms_per_trial": parallel["sampler_ms_per_trial"],
+                    "parallel_decision_ms": parallel["decision_ms"],
+                    "parallel_decision_ms_max": parallel["decision_ms_max"],
+                    "parallel_to_serial": parallel["decision_ms"] / spnas["decision_ms"],
                     "random_sampler_ms_per_trial": random_ms,
                     "ratio": spnas["sampler_ms_per_trial"] / random_ms,
                 }
                 rows.append(row)
                 print(
                     f"N={n}: SPNASSampler {row['sampler_ms_per_trial']:.1f} ms/trial "
-                    f"(decision {row['decision_ms']:.1f} ms), RandomSampler "
+                    f"(decision {row['decision_ms']:.1f} ms serial, "
+                    f"{row['parallel_decision_ms']:.1f} ms parallel: "
+                    f"×{row['parallel_to_serial']:.2f}), RandomSampler "
                     f"{random_ms:.1f} ms/trial, ratio {row['ratio']:.1f}",
                     flush=True,
                 )
@@ -269,6 +343,10 @@ def main() -> None:
         "artifact": artifacts,
         "target_decision_ms_at_1000": TARGET_DECISION_MS,
         "meets_target": None if at_1000 is None else at_1000["decision_ms"] <= TARGET_DECISION_MS,
+        "target_parallel_to_serial": TARGET_PARALLEL_RATIO,
+        "meets_parallel_target": all(
+            r["parallel_to_serial"] <= TARGET_PARALLEL_RATIO for r in rows
+        ),
         # The headline figures, at 1,000 trials in history.
         **(
             {}

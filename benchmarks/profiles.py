@@ -70,7 +70,7 @@ def study_values(profile: str, root: Path, iters: int) -> dict[str, Any]:
     values["study"]["storage"] = f"sqlite:///{root / profile / 'study.db'}"
     values["data"]["dir"] = str(root / profile / "data")
     values["data"].pop("synthetic")
-    values["engine"]["config"] = str(ROOT / values["engine"]["config"])
+    values["engine"]["config"] = str((ROOT / "studies" / values["engine"]["config"]).resolve())
     if iters:
         values["schedule"]["iters"] = iters
     return values

@@ -69,7 +69,7 @@ def study_values(
     }
     values["engine"] = {
         **values["engine"],
-        "config": str(ROOT / values["engine"]["config"]),
+        "config": str((ROOT / "studies" / values["engine"]["config"]).resolve()),
         "show_progress": False,
     }
     values["data"] = {**values["data"], "dir": str(root / f"data-{profile}")}

@@ -3,7 +3,9 @@
 ``export_best`` writes, into one folder:
 
 - ``config.yaml`` — a detectron2 config of the detector (``MODEL.SPNAS`` keys, the study's full
-  schedule, ``SPNAS.DATA_DIR`` pointing at the study's data, ``MODEL.WEIGHTS`` below);
+  schedule, ``SPNAS.DATA_DIR`` pointing at the study's data, ``MODEL.WEIGHTS`` below); only the
+  keys that differ from detectron2's defaults, so that it loads under the detectron2 0.6
+  sources and upstream detectron2 alike;
 - ``model_final.pth`` — the trained detector's state dict, as its engine trained it;
 - ``model_torchvision.pth`` — the detector as torchvision's ``FasterRCNN`` (layout + weights
   in one file; converted from detectron2 when the study trained with it);

@@ -6,6 +6,8 @@
 - :func:`ap_vs_gmacs_figure` — value against cost of every candidate (Fig. 5a);
 - :func:`verification_figure` — search value against the value retrained from scratch of the
   verified networks (Fig. 4a), once verification ran;
+- :func:`param_importances_figure` — Optuna's importance of the architecture params
+  (``blocks``, ``blocks_sI``, ``subnets_sI``, ``gmacs``…) for the value, in reports;
 - :class:`DashboardFigures` — an Optuna callback that keeps them up to date in a worker
   (``spnas worker`` passes it to :func:`~spnas.search.run_worker`); the markdown note of each
   trial is :func:`spnas.search.trial_note`, written by the objective.
@@ -286,6 +288,25 @@ def report_figures(trials: Sequence[FrozenTrial], config: SearchConfig) -> dict[
     return figures
 
 
+def param_importances_figure(study: optuna.Study) -> Any | None:
+    """``optuna.visualization.plot_param_importances`` of ``study``, or ``None`` when fewer
+    than two completed trials carry the architecture params (studies written before spnas
+    recorded them) or their values do not vary."""
+    import logging
+    import warnings
+
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if sum("blocks" in t.params for t in completed) < 2:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.visualization.plot_param_importances(study)
+    except (RuntimeError, ValueError) as exc:  # e.g. no param varies
+        logging.getLogger(__name__).info("no param importances: %s", exc)
+        return None
+
+
 def write_pngs(
     figures: Sequence[Any], paths: Sequence[Any], *, width: int = 900, height: int = 600
 ) -> None:
@@ -465,15 +486,20 @@ def write_report(
     *,
     phases: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[Any]:
-    """Write the figures as PNGs and ``index.html`` into ``out_dir``; return the paths."""
+    """Write the figures (and the param importances, when the study has them) as PNGs and
+    ``index.html`` into ``out_dir``; return the paths."""
     from pathlib import Path
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = report_figures(study.get_trials(deepcopy=False), config)
-    names = [name for name in REPORT_IMAGES if name in figures]
-    paths = [out / REPORT_IMAGES[name] for name in names]
-    write_pngs([figures[name] for name in names], paths)
+    images = {name: REPORT_IMAGES[name] for name in REPORT_IMAGES if name in figures}
+    importances = param_importances_figure(study)
+    if importances is not None:
+        figures["param_importances"] = importances
+        images["param_importances"] = "param_importances.png"
+    paths = [out / filename for filename in images.values()]
+    write_pngs([figures[name] for name in images], paths)
     index = out / "index.html"
     html = report_html(study, config, figures, phases=phases)
     atomic_write(index, lambda tmp: tmp.write_text(html, encoding="utf-8"))

@@ -154,3 +154,41 @@ def test_report_shows_verification(tmp_path: Path, capsys) -> None:
     assert "Kendall τ between search and retrained AP: 1.00" in html
     assert html.count("Plotly.newPlot") == 4
     capsys.readouterr()
+
+
+def test_report_shows_the_param_importances_of_the_architecture(tmp_path: Path) -> None:
+    """A study spnas wrote carries the architecture as params (spnas.search._params): Optuna's
+    importance plot has traces, and the report shows it."""
+    import random
+
+    from spnas.morphism import mutate
+    from spnas.search._params import architecture_distributions, architecture_values
+
+    config = SearchConfig.from_dict(
+        {"study": {"name": "importances"}, "model": {"seed_arch": SEED, "width": 8}}
+    )
+    url = f"sqlite:///{tmp_path / 'spnas.db'}"
+    study = optuna.create_study(study_name="importances", storage=url, direction="maximize")
+    study.set_user_attr("spnas:config", config.to_dict())
+    distributions = architecture_distributions(config)
+    rng = random.Random(0)
+    arch = config.seed_arch
+    for number in range(12):
+        decision = Decision("seed" if number == 0 else "serial", arch=arch, round=min(number, 1))
+        params = architecture_values(config, decision)
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=float(arch.num_blocks) + rng.random(),  # more blocks, more AP
+                params=params,
+                distributions={name: distributions[name] for name in params},
+                system_attrs=decision.to_attrs(),
+            )
+        )
+        arch = mutate(arch, config.space, rng, n_ops=1)[0]
+    figure = optuna.visualization.plot_param_importances(study)
+    assert figure.data and "blocks" in figure.data[0].y
+    out = tmp_path / "report"
+    assert main(["report", "--study", "importances", "--storage", url, "--out", str(out)]) == 0
+    with Image.open(out / "param_importances.png") as image:
+        assert image.format == "PNG" and image.width > 100
+    assert "spnas-param_importances" in (out / "index.html").read_text(encoding="utf-8")

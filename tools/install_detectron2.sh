@@ -9,8 +9,10 @@
 # distribution name `detectron2` (version 0.6+pyonly) so that `pip show/uninstall detectron2`
 # work and a later install of upstream detectron2 replaces it cleanly.
 #
-# If `import detectron2` already works (an upstream build with its compiled ops, or a previous
-# run of this script), only the pins of requirements-detectron2.txt are checked.
+# If `import detectron2` already works with a detectron2 this script did not install (an upstream
+# build with its compiled ops), nothing is changed: that detectron2 has its own limits on iopath,
+# omegaconf and cloudpickle, which our pins could break. After a previous run of this script
+# (version 0.6+pyonly), only the pins of requirements-detectron2.txt are checked.
 #
 # Usage: tools/install_detectron2.sh PYTHON    (PYTHON: the interpreter of the target venv,
 #        which must already have torch and the packages of requirements.txt)
@@ -37,14 +39,19 @@ if ! "$PY" -c "import torch, setuptools" >/dev/null 2>&1; then
 fi
 start=$SECONDS
 
-# Also when detectron2 is already there, so that a changed requirements-detectron2.txt takes
-# effect; with every pin satisfied this installs nothing and prints nothing.
-"$PY" -m pip install --quiet -r "$ROOT/requirements-detectron2.txt"
-
 if where=$("$PY" -c "import detectron2, os; print(detectron2.__version__, 'at', os.path.dirname(detectron2.__file__))" 2>/dev/null); then
+    installed=$("$PY" -c "from importlib.metadata import version; print(version('detectron2'))" 2>/dev/null || true)
+    if [[ "$installed" != "$DIST_VERSION" ]]; then
+        echo "install_detectron2: detectron2 $where is already importable; nothing changed"
+        exit 0
+    fi
+    # Ours: a changed requirements-detectron2.txt takes effect (with every pin satisfied this
+    # installs nothing and prints nothing).
+    "$PY" -m pip install --quiet -r "$ROOT/requirements-detectron2.txt"
     echo "install_detectron2: detectron2 $where is already importable; nothing to install"
     exit 0
 fi
+"$PY" -m pip install --quiet -r "$ROOT/requirements-detectron2.txt"
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/spnas-detectron2.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT

@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+from spnas.arch._cost import CodeCost, code_cost
 from spnas.arch._parallel import ParallelCode
 from spnas.arch._scanner import Scanner
 from spnas.arch._serial import BLOCK_TYPES, EXPANSION, BlockSpec, SerialCode
@@ -40,8 +41,10 @@ __all__ = [
     "RESNEXT101",
     "ArchError",
     "BlockSpec",
+    "CodeCost",
     "ParallelCode",
     "Scanner",
     "SearchSpace",
     "SerialCode",
+    "code_cost",
 ]

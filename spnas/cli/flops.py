@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from spnas.cli._json import dumps
 from spnas.exceptions import ConfigError
 
 
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = cost(code, parallel, base_width=args.width, stem=args.stem, input_size=size)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(dumps(report.to_dict(), indent=2))
         return 0
     label = f"{code}" + (f" {ParallelCode.parse(parallel)}" if parallel else "")
     print(f"{label}  width {args.width}  stem {args.stem}  input {size[0]}x{size[1]}")

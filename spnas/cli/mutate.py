@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import random
 
 from spnas.arch import SearchSpace
+from spnas.cli._json import dumps
 
 _DEFAULT_SPACE = SearchSpace()
 
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     child, ops = mutate(parent, space, seed, n_ops=args.n_ops, avoid=args.avoid)
     if args.json:
         record = {"parent": str(parent), "child": str(child), "ops": [str(op) for op in ops]}
-        print(json.dumps({**record, "seed": seed}))
+        print(dumps({**record, "seed": seed}))
         return 0
     print(f"{parent} -> {child}")
     for op in ops:

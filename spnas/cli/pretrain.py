@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from spnas.cli._json import dumps
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         show_progress=not args.no_progress,
     )
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(dumps(result.to_dict(), indent=2))
     else:
         split = "validation" if result.num_val else "training"
         print(

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -34,6 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from spnas.cli._json import dumps
 from spnas.cli._storage import add_storage_arguments, storage_url
 
 _logger = logging.getLogger(__name__)
@@ -280,12 +280,15 @@ def run_worker_command(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         from spnas.report import DashboardFigures
-        from spnas.search import run_worker
+        from spnas.search import check_inputs, load_search_study, run_worker
 
+        url = storage_url(args)
+        # A worker on another node reads the data, weights and store from its own mounts.
+        check_inputs(load_search_study(args.study, url)[1])
         _set_threads(args.threads)
         state = run_worker(
             args.study,
-            storage_url(args),
+            url,
             max_trials=args.max_trials,
             callbacks=[DashboardFigures()],
         )
@@ -374,7 +377,7 @@ def _print_verification(verify: dict[str, Any], metric: str) -> None:
 def run_status(args: argparse.Namespace) -> int:
     status = _status(args.study, storage_url(args))
     if args.json:
-        print(json.dumps(status, indent=2))
+        print(dumps(status, indent=2))
     else:
         _print_status(status)
     return 0

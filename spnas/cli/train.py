@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from spnas.cli._json import dumps
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     metrics, weights = result["metrics"], result["weights"]
     if args.json:
-        print(json.dumps({"metrics": metrics, "weights": weights}, indent=2))
+        print(dumps({"metrics": metrics, "weights": weights}, indent=2))
     else:
         shown = ", ".join(f"{k} {metrics[k]:.2f}" for k in ("AP", "AP50", "AP75") if k in metrics)
         print(f"trained {result['iterations']} iterations: {shown} -> {weights}")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 
+from spnas.cli._json import dumps
 from spnas.engines import engine_names
 
 
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.redirect_stdout(sys.stderr):
         result = engine.train_eval(spec, init, schedule, data, out_dir=args.out)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(dumps(result.to_dict(), indent=2))
     else:
         metrics = result.metrics
         print(

@@ -14,6 +14,7 @@ Importing this package is cheap: it does not import torch or detectron2.
 
 from __future__ import annotations
 
+from spnas.data._validate import validate_dataset
 from spnas.data.bdd import BDD_CLASSES, BDD_IMAGE_SIZE, bdd_to_coco
 from spnas.data.ecp import ECP_CLASSES, ECP_IGNORE_REGIONS, ECP_TIMES, ecp_to_coco
 from spnas.data.synthetic import (
@@ -44,5 +45,6 @@ __all__ = [
     "get_profile",
     "make_synthetic_dataset",
     "parse_voc_sets",
+    "validate_dataset",
     "voc_to_coco",
 ]

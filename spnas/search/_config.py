@@ -18,8 +18,10 @@ values of the wrong type are errors naming the key)::
     search:    seed, comparison (equal_training | greedy), keep_top_k, wait_seconds,
                max_barrier_attempts, barrier_backoff_seconds
 
-Relative paths are resolved against the directory ``spnas search`` runs in, and stored
-absolute, so workers on other nodes (``spnas worker``, no YAML) see the same files.
+Relative paths in a study YAML (and in ``--set`` overrides) are resolved against the YAML's
+folder, wherever ``spnas search`` runs; the default ``study.workdir`` (``runs/<name>``) is in the
+current directory. Paths are stored absolute, so workers on other nodes (``spnas worker``, no
+YAML) see the same files.
 """
 
 from __future__ import annotations
@@ -336,6 +338,9 @@ class SearchConfig:
         if config.verify.schedule is not None:
             _from_mapping(Schedule, config.verify.schedule, "verify.schedule")
         space.validate(config.seed_arch)
+        from spnas.search._checks import check_values
+
+        check_values(config)
         return config
 
     @classmethod
@@ -356,17 +361,19 @@ class SearchConfig:
             raise ConfigError(f"study file {str(path)!r}: expected a mapping of sections")
         for item in overrides:
             apply_override(values, item)
-        return cls.from_dict(values).resolved(Path.cwd())
+        return cls.from_dict(values).resolved(path.resolve().parent, defaults=Path.cwd())
 
-    def resolved(self, base: Path) -> SearchConfig:
-        """Paths made absolute against ``base``; default storage, artifacts and workdir."""
+    def resolved(self, base: Path, defaults: Path | None = None) -> SearchConfig:
+        """Paths made absolute against ``base``; default storage, artifacts and workdir (under
+        ``defaults``, by default ``base``)."""
 
         def absolute(path: str | None) -> str | None:
             if path is None or "://" in path:
                 return path
             return str((base / path).resolve())
 
-        workdir = absolute(self.study.workdir) or str((base / "runs" / self.study.name).resolve())
+        default_workdir = (defaults or base) / "runs" / self.study.name
+        workdir = absolute(self.study.workdir) or str(default_workdir.resolve())
         storage = self.study.storage or f"sqlite:///{Path(workdir) / 'spnas.db'}"
         if storage.startswith("sqlite:///") and not storage.startswith("sqlite:////"):
             storage = f"sqlite:///{absolute(storage.removeprefix('sqlite:///'))}"

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 import torch
-from optuna.artifacts import download_artifact, upload_artifact
+from optuna.artifacts import download_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import TrialState
 
@@ -23,6 +23,7 @@ from spnas.data.coco import DatasetSplits
 from spnas.engines.base import DataSpec, Engine, InitWeights, build_engine
 from spnas.exceptions import WeightsError
 from spnas.modeling.torchvision_weights import load_tensor_file
+from spnas.search._artifacts import remove_weights, upload_weights
 from spnas.search._config import SearchConfig
 from spnas.search._notes import trial_note
 from spnas.search._retrain import pretrain_backbone, retrain
@@ -258,11 +259,7 @@ class Objective:
         """
         digest = sha256_file(weights)
         try:
-            artifact_id = upload_artifact(
-                artifact_store=self.artifact_store,
-                file_path=str(weights),
-                study_or_trial=trial,
-            )
+            artifact_id = upload_weights(trial, self.artifact_store, weights)
         except OSError as exc:
             raise StorageError(
                 f"trial {trial.number}: uploading {str(weights)!r} to the artifact store "
@@ -349,15 +346,14 @@ class Objective:
             done = [r for r in state.records if r.decision.kind in phase and r.value is not None]
             done.sort(key=lambda r: r.value, reverse=reverse)
             keep.update(r.number for r in done[: self.config.search.keep_top_k])
-        for trial in trials:
-            artifact_id = trial.user_attrs.get(WEIGHTS_ATTR)
-            if artifact_id is None or trial.number in keep or trial.state != TrialState.COMPLETE:
-                continue
-            try:
-                self.artifact_store.remove(artifact_id)
-                _logger.debug("deleted the weights of trial %d", trial.number)
-            except (ArtifactNotFound, FileNotFoundError):
-                pass
+        stale = [
+            (trial, trial.user_attrs[WEIGHTS_ATTR])
+            for trial in trials
+            if WEIGHTS_ATTR in trial.user_attrs
+            and trial.number not in keep
+            and trial.state == TrialState.COMPLETE
+        ]
+        remove_weights(study, stale, self.artifact_store)
 
 
 def _save_note(

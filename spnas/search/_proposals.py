@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from spnas.arch import ParallelCode, SerialCode
+from spnas.arch import CodeCost, ParallelCode, SerialCode, code_cost
 from spnas.exceptions import ArchError
 from spnas.morphism import NoCandidateError, format_ops, mutate
 from spnas.search._state import Decision, SearchState
@@ -64,25 +64,30 @@ def _weights_source(state: SearchState) -> tuple[int, tuple[str, ...]]:
     return source.number, parent.ops
 
 
+def config_cost(config, arch: SerialCode, parallel: ParallelCode | None = None) -> CodeCost:
+    """Cost of ``arch`` (and ``parallel``) with the study's model settings at its input size.
+
+    Counted from the code (:func:`spnas.arch.code_cost`): tracing each candidate with fvcore
+    took seconds per parallel decision, while a serial decision took milliseconds.
+    """
+    size = (config.schedule.min_size, config.schedule.min_size)
+    m = config.model
+    return code_cost(
+        arch, parallel, base_width=m.width, stem=m.stem, input_size=size, xb_groups=m.xb_groups
+    )
+
+
 def stage_costs(config, arch: SerialCode) -> tuple[float, ...]:
     """GMACs of each stage of the SerialNet ``arch`` at the trial's input size."""
-    from spnas.modeling.flops import cost
-
-    size = (config.schedule.min_size, config.schedule.min_size)
-    report = cost(arch, base_width=config.model.width, stem=config.model.stem, input_size=size)
-    return tuple(stage.gmacs for stage in report.stages)
+    return config_cost(config, arch).stage_gmacs
 
 
 def flops_budget(config, arch: SerialCode) -> float:
     """The GMACs an SPNet of ``arch`` may cost: absolute, or a ratio of the SerialNet's."""
-    from spnas.modeling.flops import cost
-
     if config.parallel.budget_gmacs is not None:
         return config.parallel.budget_gmacs
-    size = (config.schedule.min_size, config.schedule.min_size)
-    serial = cost(arch, base_width=config.model.width, stem=config.model.stem, input_size=size)
     ratio = config.parallel.budget_ratio if config.parallel.budget_ratio is not None else 2.0
-    return serial.gmacs * ratio
+    return config_cost(config, arch).gmacs * ratio
 
 
 def sample_parallel_code(
@@ -113,8 +118,6 @@ def propose_parallel(state: SearchState, rng: random.Random) -> Decision:
     Raises:
         SearchExhausted: when ``parallel.max_tries`` draws found nothing new.
     """
-    from spnas.modeling.flops import cost
-
     config = state.config
     parent = state.parent
     if parent is None or state.next_kind != "parallel":
@@ -123,16 +126,12 @@ def propose_parallel(state: SearchState, rng: random.Random) -> Decision:
     costs = stage_costs(config, arch)
     budget = flops_budget(config, arch)
     taken = {parallel for a, parallel in state.taken() if a == str(arch) and parallel}
-    size = (config.schedule.min_size, config.schedule.min_size)
     over_budget = 0
     for _ in range(config.parallel.max_tries):
         code = sample_parallel_code(arch, costs, config.space.max_subnets, rng)
         if str(code) in taken:
             continue
-        gmacs = cost(
-            arch, code, base_width=config.model.width, stem=config.model.stem, input_size=size
-        ).gmacs
-        if gmacs > budget:
+        if config_cost(config, arch, code).gmacs > budget:
             over_budget += 1
             continue
         return Decision(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import datetime
 import logging
+import math
 import random
 import time
 import warnings
@@ -19,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from spnas.arch import ParallelCode
 from spnas.exceptions import ConfigError
 from spnas.search._config import CONFIG_ATTR, SearchConfig
+from spnas.search._params import architecture_distributions, record_architecture
 from spnas.search._proposals import SearchExhausted, propose_parallel, propose_serial
 from spnas.search._state import ATTR_PREFIX, Decision, SearchState
 
@@ -51,6 +55,22 @@ class SPNASSampler(BaseSampler):
     that must wait (a barrier is running, or a round is draining) wait inside
     :meth:`before_trial`, keeping their heartbeat alive and logging what they wait for.
 
+    Ask-and-tell: a trial asked outside :meth:`optuna.Study.optimize` (``study.ask()``) waits
+    at most ``ask_wait_seconds``; if it still may not decide (a barrier is running, a round is
+    draining), it gets the kind ``idle``: tell it pruned and ask again once a running trial is
+    told. One thread can so run a whole search with ``ask``/``tell`` alone.
+
+    The architecture is also written as trial params with fixed distributions (``blocks``,
+    ``stages``, ``blocks_s1`` …, ``doublings``, ``subnets_s1`` …, ``subnets``, ``gmacs``; see
+    :mod:`spnas.search._params`), so Optuna's importance and slice plots and
+    ``trials_dataframe()`` show it. Inside :meth:`optuna.Study.optimize`, the sampler calls
+    :meth:`optuna.Study.stop` as soon as the search is done (or has failed), so
+    ``study.optimize(objective, n_trials=N)`` ends there instead of idling through the rest.
+
+    The study must have one objective whose direction is the config's
+    (``config.direction``); the first trial of any other study fails with a
+    :class:`~spnas.exceptions.ConfigError` before it is decided.
+
     Parameters your objective suggests itself (``trial.suggest_float("lr", …)``) go to
     ``fallback_sampler``.
 
@@ -62,6 +82,8 @@ class SPNASSampler(BaseSampler):
             ``config.search.seed`` and the trial number, so any worker proposes alike.
         max_wait_seconds: give up waiting after this long (``None``: wait as long as needed);
             the trial then gets the kind ``idle`` and is pruned.
+        ask_wait_seconds: the longest wait of a trial asked outside ``study.optimize``
+            (ask-and-tell), after which it gets the kind ``idle``.
 
     Example::
 
@@ -76,19 +98,24 @@ class SPNASSampler(BaseSampler):
         fallback_sampler: BaseSampler | None = None,
         seed: int | None = None,
         max_wait_seconds: float | None = None,
+        ask_wait_seconds: float = 1.0,
     ) -> None:
         if config is not None and not isinstance(config, SearchConfig):
             config = SearchConfig.from_dict(config)
         self._config: SearchConfig | None = config
         self._fallback = fallback_sampler or TPESampler(seed=seed)
         self._max_wait = max_wait_seconds
+        self._ask_wait = ask_wait_seconds
         self._failures_seen: dict[int, float] = {}
 
     # ------------------------------------------------------------ the user's parameters
     def infer_relative_search_space(
         self, study: Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
-        return self._fallback.infer_relative_search_space(study, trial)
+        space = self._fallback.infer_relative_search_space(study, trial)
+        # The architecture params are decided here, never sampled by the fallback.
+        ours = architecture_distributions(self.config_for(_unwrap(study)))
+        return {name: d for name, d in space.items() if name not in ours}
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
@@ -112,6 +139,21 @@ class SPNASSampler(BaseSampler):
         values: Sequence[float] | None,
     ) -> None:
         self._fallback.after_trial(study, trial, state, values)
+        study = _unwrap(study)
+        if not _in_optimize_loop(study) or Decision.of(trial) is None:
+            return
+        # Called before Optuna stores the trial's result: replay the history as it will be.
+        finished = copy.copy(trial)
+        finished.state = state
+        finished.values = values
+        finished.datetime_complete = datetime.datetime.now()
+        trials = [
+            finished if t.number == trial.number else t for t in study.get_trials(deepcopy=False)
+        ]
+        search = SearchState.from_trials(trials, self.config_for(study))
+        if search.done:
+            _logger.info("the search is %s: stopping study %r", search.phase, study.study_name)
+            study.stop()
 
     def reseed_rng(self) -> None:
         self._fallback.reseed_rng()
@@ -131,9 +173,14 @@ class SPNASSampler(BaseSampler):
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         self._fallback.before_trial(study, trial)
-        if Decision.of(trial) is not None:
+        study = _unwrap(study)
+        decision = Decision.of(trial)
+        if decision is not None:
+            # A retry copied its params; a trial enqueued with a decision has none yet.
+            record_architecture(study._storage, trial, self.config_for(study), decision)
             return
         try:
+            self.check_study(study)
             decision = self.decide(study, trial)
             # One write per attribute, each its own transaction: ``spnas:kind`` goes last, so
             # other workers see no decision (and wait) until the whole decision is there. A
@@ -143,6 +190,7 @@ class SPNASSampler(BaseSampler):
             kind = attrs.pop(f"{ATTR_PREFIX}kind")
             for key, value in [*attrs.items(), (f"{ATTR_PREFIX}kind", kind)]:
                 study._storage.set_trial_system_attr(trial._trial_id, key, value)
+            record_architecture(study._storage, trial, self.config_for(study), decision)
         except BaseException:
             # Trials decide in number order: an undecided trial left RUNNING (a storage
             # error, Ctrl-C while waiting) would hold every later decision until it went stale.
@@ -156,6 +204,34 @@ class SPNASSampler(BaseSampler):
             f" {decision.parallel}" if decision.parallel is not None else "",
             f" from trial {decision.parent} by {'; '.join(decision.ops)}" if decision.ops else "",
         )
+
+    def check_study(self, study: Study) -> None:
+        """Refuse a study that SP-NAS cannot search: several objectives, or the direction
+        opposite to the config's metric (its best trial would be the worst network). Name the
+        study's objective after the metric (``AP``…) if it has no name yet, so plots and the
+        dashboard say "AP", not "Objective 0".
+
+        Raises:
+            ConfigError: naming the study, its directions and the config's metric.
+        """
+        config = self.config_for(study)
+        directions = [d.name.lower() for d in study.directions]
+        if len(directions) != 1:
+            raise ConfigError(
+                f"study {study.study_name!r} has {len(directions)} objectives "
+                f"({', '.join(directions)}): SPNASSampler searches one, the metric "
+                f"{config.data.metric!r} (create the study with direction={config.direction!r})"
+            )
+        if directions[0] != config.direction:
+            raise ConfigError(
+                f"study {study.study_name!r} is to {directions[0]}, but its config's metric "
+                f"data.metric={config.data.metric!r} is to {config.direction}: create the study "
+                f"with direction={config.direction!r}"
+            )
+        if study.metric_names is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([config.data.metric])
 
     @staticmethod
     def _abandon(study: Study, trial: FrozenTrial) -> None:
@@ -181,6 +257,9 @@ class SPNASSampler(BaseSampler):
             # per heartbeat interval, or other workers fail it as stale.
             max_step = min(max_step, float(study._storage.get_heartbeat_interval()))
         step = min(config.search.wait_seconds, max_step)
+        max_wait = self._max_wait if self._max_wait is not None else math.inf
+        if not _in_optimize_loop(study):
+            max_wait = min(max_wait, self._ask_wait)
         reason: str | None = None
         while True:
             trials = study.get_trials(deepcopy=False)
@@ -199,6 +278,8 @@ class SPNASSampler(BaseSampler):
                 if fresh:
                     reason = f"waiting for the retry of failed trial(s) {fresh[:5]}, if any"
                 elif state.done:
+                    if _in_optimize_loop(study):
+                        study.stop()
                     return Decision("idle", round=state.round)
                 elif state.next_kind is not None:
                     return self._decision(state, trial.number)
@@ -218,16 +299,21 @@ class SPNASSampler(BaseSampler):
                     )
                     return Decision("idle", round=state.round)
             now = time.monotonic()
-            if self._max_wait is not None and now - started > self._max_wait:
-                _logger.warning(
-                    "trial %d: gave up after %.0f s %s", trial.number, now - started, reason
+            if now - started >= max_wait:
+                # Expected in ask-and-tell (ask again later); worth a warning in a worker.
+                _logger.log(
+                    logging.WARNING if _in_optimize_loop(study) else logging.INFO,
+                    "trial %d: idle after %.1f s %s",
+                    trial.number,
+                    now - started,
+                    reason,
                 )
                 return Decision("idle")
             if last_log is None or now - last_log >= LOG_EVERY_S:
                 _logger.info("trial %d: %s", trial.number, reason)
                 last_log = now
             self._keep_alive(study, trial)
-            time.sleep(step)
+            time.sleep(max(0.0, min(step, max_wait - (now - started))))
             step = min(step * 1.5, max_step)
 
     def _fresh_failures(self, state: SearchState) -> list[int]:
@@ -300,6 +386,17 @@ class SPNASSampler(BaseSampler):
                 "final", arch=parent.arch, parallel=parent.parallel, parent=parent.number
             )
         raise ConfigError(f"unknown trial kind {kind!r}")
+
+
+def _unwrap(study: Study) -> Study:
+    # HyperbandPruner hands samplers a per-bracket view of the study (only its bracket's
+    # trials, few attributes); the search needs the whole study.
+    return getattr(study, "_study", study)
+
+
+def _in_optimize_loop(study: Study) -> bool:
+    """Whether this thread runs ``study.optimize`` (not ask-and-tell)."""
+    return bool(getattr(study._thread_local, "in_optimize_loop", False))
 
 
 def get_decision(trial: optuna.Trial | FrozenTrial) -> Decision:

@@ -14,7 +14,12 @@ import sqlalchemy.exc
 
 from spnas.exceptions import ConfigError
 from spnas.search._config import CONFIG_ATTR, SearchConfig
-from spnas.search._objective import Objective, clean_trial_dir, load_pretrained_seed
+from spnas.search._objective import (
+    Objective,
+    build_search_engine,
+    clean_trial_dir,
+    load_pretrained_seed,
+)
 from spnas.search._resume import resume_failed_search
 from spnas.search._sampler import SPNASSampler
 from spnas.search._signals import (
@@ -72,18 +77,25 @@ def check_inputs(config: SearchConfig) -> None:
     its name instead of failing every trial of the seed barrier.
 
     Raises:
-        DataError: the data set directory, or its ``train.json`` / ``val.json``, is missing.
+        ConfigError: the seed network is too big for the device (estimated from its code,
+            before building it), or ``engine.config`` does not exist.
+        DataError: the data set directory, or its ``train.json`` / ``val.json``, is missing,
+            a record is malformed (a non-finite, degenerate or outside box…), or an image is
+            missing or does not decode (the message names the file and the record).
         WeightsError: ``model.pretrained`` is missing, truncated, not a state dict, or does
             not fit the seed network (the message names the file and the key).
         StorageError: the artifact store cannot be created or written.
     """
+    from spnas.data import validate_dataset
     from spnas.data.coco import DatasetSplits
+    from spnas.search._checks import check_cost
 
-    DatasetSplits.from_dir(config.data.dir)
-    if config.engine.name == "detectron2" and config.engine.config:
-        from spnas.engines.detectron2 import get_spnas_cfg
-
-        get_spnas_cfg(config.engine.config)  # safe YAML: a python tag fails here, naming it
+    check_cost(config)
+    try:  # the engine checks its own section (its config file exists and is safe YAML)
+        build_search_engine(config)
+    except ConfigError as exc:
+        raise ConfigError(f"'engine.config': {exc}") from exc
+    validate_dataset(DatasetSplits.from_dir(config.data.dir), config.engine.show_progress)
     if config.model.pretrained:
         load_pretrained_seed(config)
     if config.study.artifacts:

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
@@ -67,6 +68,17 @@ def fake_ap(kind: str, arch: Any, parallel: Any = None) -> float:
         return 30.0 + 10.0 * _unit("parallel", arch, parallel)
     value = 20.0 + 10.0 * _unit("serial", arch)
     return value + 3.0 if kind == "reignite" else value
+
+
+def fake_objective(trial: optuna.Trial) -> float:
+    """An objective for a plain Optuna study with SPNASSampler: :func:`fake_ap` of the trial's
+    decision; trials with nothing to train (``idle``, ``exhausted``) are pruned."""
+    from spnas.search import get_decision
+
+    decision = get_decision(trial)
+    if decision.kind in ("idle", "exhausted"):
+        raise optuna.TrialPruned(f"nothing to train: {decision.kind}")
+    return fake_ap(decision.kind, decision.arch, decision.parallel)
 
 
 def infer_kind(spec: ModelSpec, init: InitWeights | None) -> str:

@@ -4,6 +4,7 @@ any trial runs; and an existing study keeps every trial."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,24 @@ def assert_refused(code: int, output: str, *expected: str) -> None:
             {"model": {"seed_arch": "BB(11,d1x,d1,d1)"}},
             ["'model.seed_arch'", "BB(11,d1x,d1,d1)", "column 9"],
         ),
+        ({"model": {"norm": "XN"}}, ["'model.norm' is 'XN'", "BN"]),
+        ({"model": {"width": 0}}, ["'model.width' is 0", "positive"]),
+        ({"model": {"stem": "tall"}}, ["'model.stem' is 'tall'", "resnet"]),
+        ({"schedule": {"base_lr": -0.02}}, ["'schedule.base_lr' is -0.02", "positive"]),
+        ({"schedule": {"ims_per_batch": 0}}, ["ims_per_batch=0", "≥ 1"]),
+        ({"reignite": {"batch_size": 0}}, ["'reignite.batch_size' is 0", "positive"]),
+        ({"reignite": {"lr": 0}}, ["'reignite.lr' is 0", "positive"]),
+        ({"search": {"wait_seconds": -1}}, ["'search.wait_seconds' is -1.0", "positive"]),
+        ({"study": {"name": "a/b"}}, ["'study.name' is 'a/b'", "letters, digits"]),
+        (
+            {"model": {"seed_arch": "XB(11,d1,d1,d1)", "width": 8, "pretrained": None}},
+            ["'model.xb_groups' is 32", "16 inner channels"],
+        ),
+        (
+            {"model": {"width": 65536, "pretrained": None}},
+            ["'model.seed_arch' BB(11,d1,d1,d1) at 'model.width' 65536", "GiB to train"],
+        ),
+        ({"engine": {"name": "detectron2", "config": "nowhere.yaml"}}, ["'engine.config'"]),
     ],
 )
 def test_bad_study_values_are_named(
@@ -55,9 +74,11 @@ def test_bad_study_values_are_named(
     sections: dict[str, Any],
     expected: list[str],
 ) -> None:
+    started = time.monotonic()
     code, output = run_search(tmp_path, capsys, study_yaml(tmp_path, search_assets, **sections))
     assert_refused(code, output, *expected)
-    assert not (tmp_path / "run" / "study.db").exists(), "nothing is created for bad input"
+    assert time.monotonic() - started < 30
+    assert not (tmp_path / "run").exists(), "nothing is created for bad input"
 
 
 def test_malformed_yaml_names_file_and_line(
@@ -136,3 +157,96 @@ def test_bad_yaml_for_an_existing_study_loses_nothing(
     assert [(t.number, t.state, t.value) for t in after] == [
         (t.number, t.state, t.value) for t in before
     ]
+
+
+# --------------------------------------------------------------------------- checked up front
+def _bad_data(tmp_path: Path, assets: Path, mutate: str) -> Path:
+    """A copy of the test data set with one bad record or image."""
+    import json
+    import math
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(assets / "data", data)
+    train = json.loads((data / "train.json").read_text())
+    first = train["annotations"][0]
+    image = data / "images" / train["images"][0]["file_name"]
+    if mutate == "nan":
+        first["bbox"][2] = math.nan
+    elif mutate == "infinite":
+        first["bbox"][0] = math.inf
+    elif mutate == "degenerate":
+        first["bbox"][3] = 0
+    elif mutate == "outside":
+        first["bbox"] = [60, 60, 30, 30]
+    elif mutate == "missing":
+        image.unlink()
+    elif mutate == "undecodable":
+        image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not an image" * 10)
+    (data / "train.json").write_text(json.dumps(train))
+    return data
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        ("nan", ["annotations[0] (id 1)", "is not finite"]),
+        ("infinite", ["annotations[0] (id 1)", "is not finite"]),
+        ("degenerate", ["annotations[0] (id 1)", "non-positive width or height"]),
+        ("outside", ["annotations[0] (id 1)", "lies outside its 64x64 image"]),
+        ("missing", ["images[0] (id 1)", "not found"]),
+        ("undecodable", ["image id 1", "does not decode"]),
+    ],
+)
+def test_bad_records_are_refused_before_the_study_exists(
+    tmp_path: Path,
+    search_assets: Path,
+    capsys: pytest.CaptureFixture[str],
+    mutate: str,
+    expected: list[str],
+) -> None:
+    data = _bad_data(tmp_path, search_assets, mutate)
+    text = study_yaml(tmp_path, search_assets, data={"dir": str(data)})
+    started = time.monotonic()
+    code, output = run_search(tmp_path, capsys, text)
+    assert_refused(code, output, "train.json", *expected)
+    assert time.monotonic() - started < 30
+    assert not (tmp_path / "run").exists(), "nothing is created for bad input"
+
+
+def test_relative_paths_are_relative_to_the_yaml(
+    tmp_path: Path, search_assets: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spnas.search import SearchConfig
+
+    folder = tmp_path / "studies"
+    folder.mkdir()
+    (folder / "d2.yaml").write_text("MODEL: {}\n")
+    values = config_dict(tmp_path / "run", "relative", search_assets)
+    values["engine"] = {"name": "detectron2", "config": "d2.yaml"}
+    values["data"]["dir"] = "../data"
+    (folder / "study.yaml").write_text(yaml.safe_dump(values))
+    monkeypatch.chdir(search_assets)  # anywhere but the YAML's folder
+    config = SearchConfig.from_yaml(folder / "study.yaml")
+    assert config.engine.config == str(folder / "d2.yaml")
+    assert config.data.dir == str(tmp_path / "data")
+
+
+def test_a_worker_refuses_data_that_went_bad(
+    tmp_path: Path, search_assets: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from search_doubles import make_config
+
+    from spnas.search import create_search_study
+
+    data = _bad_data(tmp_path, search_assets, "none")
+    config = make_config(tmp_path / "run", "went-bad", search_assets, data={"dir": str(data)})
+    create_search_study(config)
+    image = next((data / "images").rglob("*.png"))
+    image.write_bytes(b"truncated")
+    argv = ["worker", "--study", "went-bad", "--storage", config.study.storage]
+    code = main(argv)
+    output = capsys.readouterr().err
+    assert_refused(code, output, image.name, "does not decode")
+    trials = optuna.load_study(study_name="went-bad", storage=config.study.storage).trials
+    assert trials == []

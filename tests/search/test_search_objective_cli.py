@@ -146,12 +146,14 @@ def test_unknown_yaml_keys_are_named(tmp_path: Path) -> None:
         SearchConfig.from_yaml(path)
 
 
-def test_smoke_study_yaml_is_valid() -> None:
+def test_smoke_study_yaml_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(tmp_path)  # its paths are relative to its folder, not to where we run
     config = SearchConfig.from_yaml(root / "studies" / "smoke.yaml")
     assert config.study.name == "smoke" and config.direction == "maximize"
-    assert Path(config.study.workdir).is_absolute()
-    assert config.study.storage.startswith("sqlite:////")
+    assert config.study.workdir == str(root / "runs" / "smoke")
+    assert config.study.storage == f"sqlite:///{root / 'runs' / 'smoke' / 'spnas.db'}"
+    assert Path(config.engine.config).is_file()
 
 
 @pytest.mark.parametrize(

@@ -176,3 +176,28 @@ def configure_levels(cfg: CN) -> CN:
         [size * 2**i for size in base] for i in range(len(levels) + 1)
     ]
     return cfg
+
+
+def changed_keys(cfg: CN) -> CN:
+    """The keys of ``cfg`` that detectron2's defaults (``get_cfg()``) lack or hold otherwise.
+
+    A full dump names every key of the detectron2 it was written under, and each detectron2
+    refuses the keys it does not know (``DATALOADER.REPEAT_SQRT``, written by upstream
+    detectron2, is a ``KeyError`` for the 0.6 sources). The keys a config changes exist in
+    both, so an exported config of changed keys loads under either.
+    """
+    from detectron2.config import get_cfg
+
+    def changed(node: CN, defaults: CN | None) -> dict:
+        out = {}
+        for key, value in node.items():
+            default = None if defaults is None else defaults.get(key)
+            if isinstance(value, CN):
+                sub = changed(value, default if isinstance(default, CN) else None)
+                if sub or default is None:
+                    out[key] = sub
+            elif defaults is None or key not in defaults or default != value:
+                out[key] = value
+        return out
+
+    return CN(changed(cfg, get_cfg()))

@@ -29,7 +29,12 @@ from spnas.engines.base import (
     register_engine,
     save_state_dict,
 )
-from spnas.engines.detectron2.config import config_path, configure_levels, get_spnas_cfg
+from spnas.engines.detectron2.config import (
+    changed_keys,
+    config_path,
+    configure_levels,
+    get_spnas_cfg,
+)
 from spnas.engines.detectron2.data import register_coco_split
 from spnas.engines.detectron2.trainer import SPNASTrainer, flatten_metrics
 from spnas.engines.distributed import data_parallel, is_main_process, unwrap
@@ -86,6 +91,14 @@ class Detectron2Engine(Engine):
         self.config_file = None if config_file is None else Path(config_file)
         self.opts = list(opts)
         self.show_progress = show_progress
+        if self.config_file is not None:
+            # Read now, safely: a missing file or a python tag fails before any trial runs.
+            if not self.config_file.is_file():
+                raise ConfigError(
+                    f"detectron2 config {str(self.config_file)!r} does not exist (relative "
+                    "paths in a study YAML are relative to the YAML's folder)"
+                )
+            get_spnas_cfg(str(self.config_file))
 
     def build_cfg(
         self,
@@ -242,7 +255,9 @@ class Detectron2Engine(Engine):
         cfg.SPNAS.DATA_DIR = str(Path(data.splits.root).resolve())
         cfg.MODEL.WEIGHTS = str(Path(weights).resolve())
         cfg.MODEL.DEVICE = "cpu"
-        config = atomic_write(out_dir / "config.yaml", lambda tmp: tmp.write_text(cfg.dump()))
+        # Only the keys that differ from detectron2's defaults: loadable by other versions.
+        text = changed_keys(cfg).dump()
+        config = atomic_write(out_dir / "config.yaml", lambda tmp: tmp.write_text(text))
         model = SPNASTrainer.build_model(cfg)
         state = torch.load(weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state)

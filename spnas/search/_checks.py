@@ -1,0 +1,214 @@
+"""Checks of a study configuration's values, and of its seed network's size, before a study
+is created.
+
+The section dataclasses of :mod:`spnas.search._config` check keys and types; this module checks
+ranges, names and consistency, so that a value no trial could run with (a negative learning
+rate, an unknown norm, an ``XB`` width its groups do not divide, a seed network too big for
+the machine) is refused with its key named instead of failing the seed trial three times.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+from spnas.exceptions import ConfigError
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+#: Study names become folder names (``runs/<name>``): no separators or control characters.
+_NAME = re.compile(r"^[^/\\\x00-\x1f]+$")
+#: What training keeps per feature map value, as multiples of the forward activations (the
+#: outputs of conv, norm and ReLU are all kept for the backward pass).
+_ACTIVATION_COPIES = 3
+#: Float32 parameter copies while training: weights, gradients, SGD momentum, one spare.
+_PARAMETER_COPIES = 4
+#: The estimate is rough (heads, workspace and caching left out): a network is refused only
+#: when it needs this many times the memory there is, which no estimate error explains.
+_MARGIN = 2.0
+
+
+def _positive(value: Any) -> bool:
+    return value is not None and math.isfinite(value) and value > 0
+
+
+def _non_negative(value: Any) -> bool:
+    return value is not None and math.isfinite(value) and value >= 0
+
+
+_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("model.width", _positive, "a positive integer"),
+    ("model.xb_groups", _positive, "a positive integer"),
+    ("model.fpn_channels", _positive, "a positive integer"),
+    ("model.anchor_size", _positive, "a positive integer"),
+    ("serial.max_trials", lambda v: v is None or v >= 1, "null or an integer ≥ 1"),
+    ("parallel.budget_gmacs", lambda v: v is None or _positive(v), "null or a positive number"),
+    ("parallel.budget_ratio", lambda v: v is None or _positive(v), "null or a positive number"),
+    ("parallel.max_tries", _positive, "a positive integer"),
+    ("parallel.max_trials", lambda v: v is None or v >= 1, "null or an integer ≥ 1"),
+    ("reignite.epochs", _positive, "a positive integer"),
+    ("reignite.image_size", lambda v: v >= 8, "an integer ≥ 8"),
+    ("reignite.lr", _positive, "a positive number"),
+    ("reignite.batch_size", _positive, "a positive integer"),
+    ("search.keep_top_k", _positive, "a positive integer"),
+    ("search.wait_seconds", _positive, "a positive number of seconds"),
+    ("search.max_barrier_attempts", _positive, "a positive integer"),
+)
+
+_SCHEDULE_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("base_lr", _positive, "a positive number"),
+    ("min_lr", _non_negative, "a number ≥ 0"),
+    ("momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("weight_decay", _non_negative, "a number ≥ 0"),
+    ("warmup_iters", _non_negative, "an integer ≥ 0"),
+    ("eval_period", _non_negative, "an integer ≥ 0"),
+    ("min_size", _positive, "a positive integer"),
+    ("max_size", _positive, "a positive integer"),
+    ("num_workers", _non_negative, "an integer ≥ 0"),
+    ("device", lambda v: bool(_DEVICE.match(v)), "'auto', 'cpu', 'cuda' or 'cuda:N'"),
+    ("steps", lambda v: all(0 < s < 1 for s in v), "fractions of training in (0, 1)"),
+)
+
+_SYNTHETIC_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("train", _positive, "a positive integer"),
+    ("val", _positive, "a positive integer"),
+    ("size", lambda v: v >= 16, "an integer ≥ 16"),
+    ("classes", _positive, "a positive integer"),
+    (
+        "max_objects",
+        lambda v: v is None or _positive(v),
+        "a positive integer or null (the profile's)",
+    ),
+)
+
+
+def _value(config: Any, key: str) -> Any:
+    node = config
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _refuse(key: str, value: Any, expected: str) -> ConfigError:
+    return ConfigError(f"'{key}' is {value!r}, expected {expected}")
+
+
+def check_values(config: Any) -> None:
+    """Check every value of ``config`` (a :class:`~spnas.search.SearchConfig`) for range,
+    name and consistency.
+
+    Raises:
+        ConfigError: naming the first bad key, its value and what was expected.
+    """
+    from spnas.modeling.norm import NORMS
+    from spnas.modeling.stems import STEMS
+    from spnas.morphism._mutate import _check_weights
+
+    name = config.study.name
+    if not _NAME.match(name) or name != name.strip() or name in (".", ".."):
+        raise _refuse(
+            "study.name", name, "a name without '/', '\\', control characters or edge spaces"
+        )
+    for key, valid, expected in _RULES:
+        value = _value(config, key)
+        if not valid(value):
+            raise _refuse(key, value, expected)
+    if config.model.norm not in NORMS:
+        raise _refuse("model.norm", config.model.norm, f"one of {', '.join(NORMS)}")
+    if config.model.stem not in STEMS:
+        raise _refuse("model.stem", config.model.stem, f"one of {', '.join(STEMS)}")
+    groups, width = config.model.xb_groups, config.model.width
+    if config.seed_arch.block == "XB" and (2 * width) % groups:
+        raise ConfigError(
+            f"'model.xb_groups' is {groups}: an XB block of 'model.width' {width} has "
+            f"{2 * width} inner channels, which {groups} groups do not divide; choose a width "
+            f"with 2·width a multiple of {groups}, or fewer groups"
+        )
+    if config.serial.op_weights is not None:
+        try:
+            _check_weights(config.serial.op_weights)
+        except ConfigError as exc:
+            raise ConfigError(f"'serial.op_weights': {exc}") from None
+    for section, schedule in (("schedule", config.schedule), ("final.schedule", None)):
+        if schedule is None:
+            if not config.final.enabled:
+                continue
+            schedule = config.final_schedule
+        for key, valid, expected in _SCHEDULE_RULES:
+            value = getattr(schedule, key)
+            if not valid(value):
+                raise _refuse(f"{section}.{key}", value, expected)
+        if schedule.max_size < schedule.min_size:
+            raise _refuse(
+                f"{section}.max_size", schedule.max_size, f"≥ min_size {schedule.min_size}"
+            )
+        if schedule.min_lr > schedule.base_lr:
+            raise _refuse(f"{section}.min_lr", schedule.min_lr, f"≤ base_lr {schedule.base_lr}")
+    synthetic = config.data.synthetic_settings
+    if synthetic is not None:
+        for key, valid, expected in _SYNTHETIC_RULES:
+            value = getattr(synthetic, key)
+            if not valid(value):
+                raise _refuse(f"data.synthetic.{key}", value, expected)
+
+
+def training_bytes(config: Any) -> int:
+    """About how many bytes training the seed network takes: parameters with their gradients
+    and optimiser state, and the activations of the larger of a detection batch (images of
+    ``min_size`` × ``max_size``) and a reignition batch. Counted from the code, without
+    building the network; the detector's heads are left out."""
+    from spnas.arch import code_cost
+
+    m, schedule, reignite = config.model, config.schedule, config.reignite
+
+    def cost(size: tuple[int, int]) -> Any:
+        return code_cost(
+            config.seed_arch,
+            base_width=m.width,
+            stem=m.stem,
+            input_size=size,
+            xb_groups=m.xb_groups,
+        )
+
+    detection = cost((schedule.min_size, schedule.max_size))
+    pretraining = cost((reignite.image_size, reignite.image_size))
+    activations = max(
+        detection.activations * schedule.ims_per_batch,
+        pretraining.activations * reignite.batch_size,
+    )
+    return 4 * (detection.params * _PARAMETER_COPIES + activations * _ACTIVATION_COPIES)
+
+
+def device_bytes(device: str) -> tuple[int, str]:
+    """Memory of ``device`` (a schedule's ``device``) in bytes, and how to name it."""
+    if device.startswith("cuda") or device == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            index = int(device.split(":", 1)[1]) if ":" in device else 0
+            props = torch.cuda.get_device_properties(index)
+            return int(props.total_memory), f"GPU {index} ({props.name})"
+    pages = os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+    return int(pages * os.sysconf("SC_PAGE_SIZE")) if pages else 0, "this machine's memory"
+
+
+def check_cost(config: Any) -> None:
+    """Refuse a seed network that cannot be trained on the configured device: one that needs
+    more than twice the device's memory by :func:`training_bytes`.
+
+    Raises:
+        ConfigError: naming ``model.seed_arch`` and ``model.width``, the estimate and the
+            memory available, instead of an allocation error in the seed trial.
+    """
+    needed = training_bytes(config)
+    available, where = device_bytes(config.schedule.device)
+    if available and needed > _MARGIN * available:
+        m = config.model
+        raise ConfigError(
+            f"'model.seed_arch' {m.seed_arch} at 'model.width' {m.width} needs about "
+            f"{needed / 2**30:.1f} GiB to train ({config.schedule.ims_per_batch} images of at "
+            f"most {config.schedule.max_size} px per batch), more than {where} has "
+            f"({available / 2**30:.1f} GiB): choose a smaller width, network or batch"
+        )
