@@ -9,67 +9,47 @@ Public API:
 - :class:`Decision`, :func:`get_decision` — what a trial trains, inside your own objective;
 - :class:`Objective`, :func:`create_search_study`, :func:`load_search_study`,
   :func:`run_worker`, :func:`prepare_data` — what ``spnas search`` and ``spnas worker`` run.
+
+The names load on first use: a process that only decides (the sampler, ``get_decision``, a
+light worker of ``benchmarks/scaling.py``) imports no torch.
 """
 
 from __future__ import annotations
 
-from spnas.search._config import CONFIG_ATTR, SearchConfig
-from spnas.search._objective import WEIGHTS_ATTR, Objective, OptunaReporter
-from spnas.search._proposals import (
-    SearchExhausted,
-    propose_parallel,
-    propose_serial,
-    sample_parallel_code,
-)
-from spnas.search._retrain import pretrain_backbone, retrain
-from spnas.search._sampler import SPNASSampler, get_decision
-from spnas.search._state import (
-    BARRIER_KINDS,
-    KINDS,
-    Best,
-    Decision,
-    Record,
-    SearchState,
-    verification_plan,
-)
-from spnas.search._summary import kendall_tau, summarize, verification_summary
-from spnas.search._worker import (
-    check_inputs,
-    create_search_study,
-    enable_verification,
-    load_search_study,
-    prepare_data,
-    run_worker,
-)
+from spnas._lazy import lazy_getattr
 
-__all__ = [
-    "BARRIER_KINDS",
-    "CONFIG_ATTR",
-    "KINDS",
-    "WEIGHTS_ATTR",
-    "Best",
-    "Decision",
-    "Objective",
-    "OptunaReporter",
-    "Record",
-    "SPNASSampler",
-    "SearchConfig",
-    "SearchExhausted",
-    "SearchState",
-    "check_inputs",
-    "create_search_study",
-    "enable_verification",
-    "get_decision",
-    "kendall_tau",
-    "load_search_study",
-    "prepare_data",
-    "pretrain_backbone",
-    "propose_parallel",
-    "propose_serial",
-    "retrain",
-    "run_worker",
-    "sample_parallel_code",
-    "summarize",
-    "verification_plan",
-    "verification_summary",
-]
+_API = {
+    "BARRIER_KINDS": "_state",
+    "Best": "_state",
+    "CONFIG_ATTR": "_config",
+    "Decision": "_state",
+    "KINDS": "_state",
+    "Objective": "_objective",
+    "OptunaReporter": "_objective",
+    "Record": "_state",
+    "SPNASSampler": "_sampler",
+    "SearchConfig": "_config",
+    "SearchExhausted": "_proposals",
+    "SearchState": "_state",
+    "WEIGHTS_ATTR": "_objective",
+    "check_inputs": "_worker",
+    "create_search_study": "_worker",
+    "enable_verification": "_worker",
+    "get_decision": "_sampler",
+    "kendall_tau": "_summary",
+    "load_search_study": "_worker",
+    "prepare_data": "_worker",
+    "pretrain_backbone": "_retrain",
+    "propose_parallel": "_proposals",
+    "propose_serial": "_proposals",
+    "retrain": "_retrain",
+    "run_worker": "_worker",
+    "sample_parallel_code": "_proposals",
+    "summarize": "_summary",
+    "verification_plan": "_state",
+    "verification_summary": "_summary",
+}
+
+__all__ = sorted(_API)
+
+__getattr__ = lazy_getattr(__name__, _API)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 import warnings
@@ -32,6 +33,13 @@ LOG_EVERY_S = 30.0
 #: a failure is acted on (counted, or its barrier decided again) only this long after it was
 #: first seen, so that the retry, not a second attempt, trains the decision.
 RETRY_SETTLE_S = 5.0
+#: Longest pause between two looks while a lower-numbered trial has yet to decide. Such a wait
+#: is short (a decision takes milliseconds) but chained: after a barrier, N waiting workers
+#: decide one after the other, each adding one pause.
+MAX_BLOCKED_STEP_S = 1.0
+#: A trial that waits on at most this many running trials looks only at them (one read each)
+#: between two reads of the whole history (docs: "Hundreds of workers").
+MAX_WATCHED = 4
 
 
 class SPNASSampler(BaseSampler):
@@ -185,14 +193,20 @@ class SPNASSampler(BaseSampler):
         while True:
             trials = study.get_trials(deepcopy=False)
             blocking = [
-                t.number
+                t
                 for t in trials
                 if t.number < trial.number
                 and t.state == TrialState.RUNNING
                 and Decision.of(t) is None
             ]
+            # What this wait is for, when a few trials say it: they alone are read until one
+            # of them changes, instead of the whole history at every look.
+            watched: list[FrozenTrial] = []
             if blocking:
-                reason = f"waiting for trial(s) {blocking[:5]} to decide first"
+                reason = f"waiting for trial(s) {[t.number for t in blocking[:5]]} to decide first"
+                # Decisions come in trial-number order: the highest blocking trial decides last.
+                watched = blocking[-1:]
+                step = min(step, MAX_BLOCKED_STEP_S)
             else:
                 state = SearchState.from_trials(trials, config)
                 fresh = self._fresh_failures(state) if heartbeat else []
@@ -204,6 +218,9 @@ class SPNASSampler(BaseSampler):
                     return self._decision(state, trial.number)
                 else:
                     reason = state.waiting_for
+                    running = [t for t in trials if _is_running_decided(t)]
+                    if len(running) <= MAX_WATCHED:
+                        watched = running
                 queued = [
                     t.number
                     for t in trials
@@ -227,8 +244,46 @@ class SPNASSampler(BaseSampler):
                 _logger.info("trial %d: %s", trial.number, reason)
                 last_log = now
             self._keep_alive(study, trial)
+            if watched:
+                step = self._sleep_until_changed(
+                    study, trial, watched, step, MAX_BLOCKED_STEP_S if blocking else max_step
+                )
+                continue
             time.sleep(step)
             step = min(step * 1.5, max_step)
+
+    def _sleep_until_changed(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        watched: list[FrozenTrial],
+        step: float,
+        max_step: float,
+    ) -> float:
+        """Sleep, reading only the ``watched`` trials, until one of them changed its state or
+        decided; returns the next step.
+
+        Returns early (for the full look in :meth:`decide`) after :data:`LOG_EVERY_S`, and
+        after ``max_wait_seconds``. Dead workers' trials still go stale: the heart beats
+        (:meth:`_keep_alive`) twice per heartbeat interval.
+        """
+        storage = study._storage
+        seen = [_fingerprint(t) for t in watched]
+        beat = storage.get_heartbeat_interval() / 2.0 if is_heartbeat_enabled(storage) else math.inf
+        started = last_beat = time.monotonic()
+        while True:
+            time.sleep(step)
+            step = min(step * 1.5, max_step)
+            if [_fingerprint(storage.get_trial(t._trial_id)) for t in watched] != seen:
+                return step
+            now = time.monotonic()
+            if now - started >= LOG_EVERY_S or (
+                self._max_wait is not None and now - started > self._max_wait
+            ):
+                return step
+            if now - last_beat >= beat:
+                self._keep_alive(study, trial)
+                last_beat = now
 
     def _fresh_failures(self, state: SearchState) -> list[int]:
         """Failed trials first seen less than :data:`RETRY_SETTLE_S` ago (not yet retried)."""
@@ -300,6 +355,17 @@ class SPNASSampler(BaseSampler):
                 "final", arch=parent.arch, parallel=parent.parallel, parent=parent.number
             )
         raise ConfigError(f"unknown trial kind {kind!r}")
+
+
+def _is_running_decided(trial: FrozenTrial) -> bool:
+    return (
+        trial.state in (TrialState.RUNNING, TrialState.WAITING) and Decision.of(trial) is not None
+    )
+
+
+def _fingerprint(trial: FrozenTrial) -> tuple[TrialState, bool]:
+    """What of ``trial`` a waiting decision depends on: its state, and whether it decided."""
+    return trial.state, Decision.of(trial) is not None
 
 
 def get_decision(trial: optuna.Trial | FrozenTrial) -> Decision:
