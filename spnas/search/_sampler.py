@@ -33,13 +33,14 @@ LOG_EVERY_S = 30.0
 #: a failure is acted on (counted, or its barrier decided again) only this long after it was
 #: first seen, so that the retry, not a second attempt, trains the decision.
 RETRY_SETTLE_S = 5.0
-#: Longest pause between two looks while a lower-numbered trial has yet to decide. Such a wait
-#: is short (a decision takes milliseconds) but chained: after a barrier, N waiting workers
-#: decide one after the other, each adding one pause.
-MAX_BLOCKED_STEP_S = 1.0
-#: A trial that waits on at most this many running trials looks only at them (one read each)
-#: between two reads of the whole history (docs: "Hundreds of workers").
+#: About how long one trial takes to decide. A trial with ``p`` undecided trials below it
+#: looks again after ``p`` times this: after a barrier, hundreds of workers decide one after
+#: the other, and the next in line must notice at once while those far behind look rarely.
+DECISION_S = 0.05
+#: A trial that waits on at most this many running trials (a barrier, the end of a round)
+#: reads only them, at least every MAX_WATCH_STEP_S, instead of the whole history.
 MAX_WATCHED = 4
+MAX_WATCH_STEP_S = 1.0
 
 
 class SPNASSampler(BaseSampler):
@@ -204,9 +205,6 @@ class SPNASSampler(BaseSampler):
             watched: list[FrozenTrial] = []
             if blocking:
                 reason = f"waiting for trial(s) {[t.number for t in blocking[:5]]} to decide first"
-                # Decisions come in trial-number order: the highest blocking trial decides last.
-                watched = blocking[-1:]
-                step = min(step, MAX_BLOCKED_STEP_S)
             else:
                 state = SearchState.from_trials(trials, config)
                 fresh = self._fresh_failures(state) if heartbeat else []
@@ -244,13 +242,53 @@ class SPNASSampler(BaseSampler):
                 _logger.info("trial %d: %s", trial.number, reason)
                 last_log = now
             self._keep_alive(study, trial)
+            if blocking:
+                self._wait_in_line(study, trial, blocking, started, max_step)
+                continue
             if watched:
                 step = self._sleep_until_changed(
-                    study, trial, watched, step, MAX_BLOCKED_STEP_S if blocking else max_step
+                    study, trial, watched, step, min(max_step, MAX_WATCH_STEP_S)
                 )
                 continue
             time.sleep(step)
             step = min(step * 1.5, max_step)
+
+    def _wait_in_line(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        blocking: list[FrozenTrial],
+        started: float,
+        max_step: float,
+    ) -> None:
+        """Wait until the lower-numbered trials ``blocking`` have decided (or stopped running),
+        reading one trial per look.
+
+        Decisions come in trial-number order, so the lowest of them decides first: it alone
+        is read, and the pause between looks is :data:`DECISION_S` times the number still
+        ahead. Returns early after ``max_wait_seconds`` (:meth:`decide` then gives up); the
+        heart beats twice per heartbeat interval.
+        """
+        storage = study._storage
+        ahead = [t._trial_id for t in blocking]
+        beat = storage.get_heartbeat_interval() / 2.0 if is_heartbeat_enabled(storage) else math.inf
+        last_beat = last_log = time.monotonic()
+        while True:
+            # Those ahead decide in number order: drop the ones that did since the last look.
+            while ahead and not _undecided(storage.get_trial(ahead[0])):
+                ahead.pop(0)
+            if not ahead:
+                return
+            now = time.monotonic()
+            if self._max_wait is not None and now - started > self._max_wait:
+                return
+            if now - last_beat >= beat:
+                self._keep_alive(study, trial)
+                last_beat = now
+            if now - last_log >= LOG_EVERY_S:
+                _logger.info("trial %d: %d trial(s) ahead decide first", trial.number, len(ahead))
+                last_log = now
+            time.sleep(min(DECISION_S * len(ahead), max_step))
 
     def _sleep_until_changed(
         self,
@@ -355,6 +393,10 @@ class SPNASSampler(BaseSampler):
                 "final", arch=parent.arch, parallel=parent.parallel, parent=parent.number
             )
         raise ConfigError(f"unknown trial kind {kind!r}")
+
+
+def _undecided(trial: FrozenTrial) -> bool:
+    return trial.state == TrialState.RUNNING and Decision.of(trial) is None
 
 
 def _is_running_decided(trial: FrozenTrial) -> bool:
