@@ -414,8 +414,12 @@ def _undecided(trial: FrozenTrial) -> bool:
 
 
 def _is_running_decided(trial: FrozenTrial) -> bool:
+    """Running (or queued) with a decision that counts: an ``idle`` trial changes nothing."""
+    decision = Decision.of(trial)
     return (
-        trial.state in (TrialState.RUNNING, TrialState.WAITING) and Decision.of(trial) is not None
+        trial.state in (TrialState.RUNNING, TrialState.WAITING)
+        and decision is not None
+        and decision.kind != "idle"
     )
 
 
