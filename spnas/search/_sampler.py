@@ -33,10 +33,10 @@ LOG_EVERY_S = 30.0
 #: a failure is acted on (counted, or its barrier decided again) only this long after it was
 #: first seen, so that the retry, not a second attempt, trains the decision.
 RETRY_SETTLE_S = 5.0
-#: About how long one trial takes to decide, until the wait measures it. A trial with ``p``
-#: undecided trials below it looks again after ``p / 2`` decision times: after a barrier,
-#: hundreds of workers decide one after the other, and the next in line must notice soon while
-#: those far behind look rarely (every look is a storage call; measured at 256 workers, looks
+#: The shortest pause between two looks of a trial in line, and how long one decision takes
+#: until the wait measures it. A trial with ``p`` undecided trials below it looks again after
+#: ``(p - 1) / 2`` decision times: after a barrier, hundreds of workers decide one after the
+#: other, and the next in line must notice soon while those far behind look rarely (every look is a storage call; measured at 256 workers, looks
 #: at a fixed rate were most of the storage proxy's work).
 DECISION_S = 0.2
 #: A trial that waits on at most this many running trials (a barrier, the end of a round)
@@ -270,9 +270,9 @@ class SPNASSampler(BaseSampler):
         reading one trial per look.
 
         Decisions come in trial-number order, so the lowest of them decides first: it alone
-        is read, and the pause between looks is half the time the ones still ahead should
-        take (one decision: as measured since the first of them decided, at least
-        :data:`DECISION_S`); until one of them decides (they wait for a barrier), it is also
+        is read, and the pause between looks is half the time the ones ahead of it should
+        take to decide (one decision: as measured since the first of them decided), at least
+        :data:`DECISION_S`; until one of them decides (they wait for a barrier), it is also
         at least a tenth of the time waited so far. Returns early after ``max_wait_seconds``
         (:meth:`decide` then gives up); the heart beats twice per heartbeat interval.
         """
@@ -292,11 +292,13 @@ class SPNASSampler(BaseSampler):
             now = time.monotonic()
             if decided and first_decided is None:
                 first_decided, decided = now, 0
-            pause = DECISION_S * len(ahead) / 2.0
+            # The first one ahead is deciding now: the next in line looks every DECISION_S,
+            # those behind after half the time the ones before them should take.
+            pause = DECISION_S * (len(ahead) - 1) / 2.0
             if first_decided is None:
                 pause = max(pause, (now - began) / 10.0)
             elif decided:
-                pause = (now - first_decided) / decided * len(ahead) / 2.0
+                pause = (now - first_decided) / decided * (len(ahead) - 1) / 2.0
             if self._max_wait is not None and now - started > self._max_wait:
                 return
             if now - last_beat >= beat:
