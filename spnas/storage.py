@@ -8,6 +8,8 @@ Storage URLs:
   checked before use (``pool_pre_ping``), and while the server is down a new connection is
   retried for up to ``reconnect_timeout`` seconds (120) before an error is raised, so workers
   wait through a database restart or fail-over instead of failing.
+- ``grpc://host:port`` — a ``spnas storage-proxy`` in front of the database
+  (:mod:`spnas.storage_proxy`): hundreds of workers, one pool of database connections.
 - ``journal:///path/study.log`` (or any path ending in ``.log``) — Optuna's journal file, for
   file systems where SQLite's locks are unreliable (some NFS mounts).
 
@@ -47,6 +49,10 @@ HEARTBEAT_INTERVAL_S = 60
 GRACE_PERIOD_S = 600
 MAX_RETRY = 2
 RECONNECT_TIMEOUT_S = 120.0
+#: Database connections one process keeps (a worker's main and heartbeat threads), and how
+#: many more it may open at once: a bound, so that N workers hold at most 3·N connections.
+POOL_SIZE = 2
+MAX_OVERFLOW = 1
 
 #: Environment variable holding the storage URL of ``spnas worker`` (and other commands).
 STORAGE_ENV = "SPNAS_STORAGE"
@@ -160,16 +166,24 @@ def make_storage(
     grace_period: int = GRACE_PERIOD_S,
     max_retry: int = MAX_RETRY,
     reconnect_timeout: float = RECONNECT_TIMEOUT_S,
+    pool_size: int = POOL_SIZE,
+    max_overflow: int = MAX_OVERFLOW,
 ) -> optuna.storages.BaseStorage:
     """An Optuna storage for ``url`` (see the module docstring).
 
     The first connection is not retried: a wrong URL or an unreachable server fails at once.
+    A PostgreSQL or MySQL storage keeps ``pool_size`` connections and opens at most
+    ``max_overflow`` more at once (then waits for one to be free).
 
     Raises:
         StorageError: when the database cannot be reached or the URL is not understood; the
             message shows the URL without its password.
     """
     url = str(url)
+    if url.startswith("grpc://"):
+        from spnas.storage_proxy import connect_proxy
+
+        return connect_proxy(url)
     if url.startswith("journal://") or url.endswith(".log"):
         from optuna.storages.journal import JournalFileBackend
 
@@ -184,13 +198,18 @@ def make_storage(
         # Several local workers write one file: wait for the lock instead of failing at once.
         engine_kwargs = {"connect_args": {"timeout": 120}}
     elif url.startswith(("postgresql", "mysql")):
-        engine_kwargs = {"pool_pre_ping": True, "pool_recycle": 1800}
+        engine_kwargs = {
+            "pool_pre_ping": True,
+            "pool_recycle": 1800,
+            "pool_size": pool_size,
+            "max_overflow": max_overflow,
+        }
         if url.startswith("postgresql"):
             engine_kwargs["connect_args"] = {"connect_timeout": 10}
     else:
         raise StorageError(
             f"storage URL {redact(url)!r}: expected sqlite:///FILE, "
-            "postgresql+psycopg2://USER:PASSWORD@HOST/DB or journal:///FILE.log"
+            "postgresql+psycopg2://USER:PASSWORD@HOST/DB, grpc://HOST:PORT or journal:///FILE.log"
         )
     try:
         with warnings.catch_warnings():

@@ -23,6 +23,7 @@ _COMMAND_MODULES = (
     "pretrain",
     "train-eval",
     "search",
+    "storage-proxy",
     "verify",
     "dashboard",
     "report",

@@ -7,77 +7,57 @@ Public API:
 - :class:`SearchState`, :func:`propose_serial`, :func:`propose_parallel` — building blocks for
   your own samplers;
 - :class:`Decision`, :func:`get_decision` — what a trial trains, inside your own objective;
+- :func:`summarize`, :func:`verification_summary` — the search as plain data (``spnas status``);
+- :func:`retrain` — a network retrained from scratch at equal training (verification);
 - :class:`Objective`, :func:`create_search_study`, :func:`load_search_study`,
-  :func:`run_worker`, :func:`prepare_data` — what ``spnas search`` and ``spnas worker`` run;
-- :func:`resume_failed_search` — what ``spnas resume`` (and every starting worker) runs.
+  :func:`run_worker`, :func:`prepare_data` — what ``spnas search`` and ``spnas worker`` run.
+
+The names load on first use: a process that only decides (the sampler, ``get_decision``, a
+light worker of ``benchmarks/scaling.py``) imports no torch.
 """
 
 from __future__ import annotations
 
-from spnas.search._config import CONFIG_ATTR, SearchConfig
-from spnas.search._notes import trial_note
-from spnas.search._objective import WEIGHTS_ATTR, WEIGHTS_SHA256_ATTR, Objective, OptunaReporter
-from spnas.search._proposals import (
-    SearchExhausted,
-    propose_parallel,
-    propose_serial,
-    sample_parallel_code,
-)
-from spnas.search._resume import resume_failed_search
-from spnas.search._retrain import pretrain_backbone, retrain
-from spnas.search._sampler import SPNASSampler, get_decision
-from spnas.search._state import (
-    BARRIER_KINDS,
-    KINDS,
-    Best,
-    Decision,
-    Record,
-    SearchState,
-    verification_plan,
-)
-from spnas.search._summary import kendall_tau, summarize, verification_summary
-from spnas.search._worker import (
-    check_inputs,
-    create_search_study,
-    enable_verification,
-    load_search_study,
-    prepare_data,
-    run_worker,
-)
+from spnas._lazy import lazy_getattr
 
-__all__ = [
-    "BARRIER_KINDS",
-    "CONFIG_ATTR",
-    "KINDS",
-    "WEIGHTS_ATTR",
-    "WEIGHTS_SHA256_ATTR",
-    "Best",
-    "Decision",
-    "Objective",
-    "OptunaReporter",
-    "Record",
-    "SPNASSampler",
-    "SearchConfig",
-    "SearchExhausted",
-    "SearchState",
-    "build_search_engine",
-    "check_inputs",
-    "create_search_study",
-    "enable_verification",
-    "fetch_weights",
-    "get_decision",
-    "kendall_tau",
-    "load_search_study",
-    "prepare_data",
-    "pretrain_backbone",
-    "propose_parallel",
-    "propose_serial",
-    "resume_failed_search",
-    "retrain",
-    "run_worker",
-    "sample_parallel_code",
-    "summarize",
-    "trial_note",
-    "verification_plan",
-    "verification_summary",
-]
+_API = {
+    "BARRIER_KINDS": "_state",
+    "Best": "_state",
+    "CONFIG_ATTR": "_config",
+    "Decision": "_state",
+    "KINDS": "_state",
+    "Objective": "_objective",
+    "OptunaReporter": "_objective",
+    "Record": "_state",
+    "SPNASSampler": "_sampler",
+    "SearchConfig": "_config",
+    "SearchExhausted": "_proposals",
+    "SearchState": "_state",
+    "UNPRUNABLE_KINDS": "_state",
+    "WEIGHTS_ATTR": "_objective",
+    "WEIGHTS_SHA256_ATTR": "_objective",
+    "build_search_engine": "_objective",
+    "check_inputs": "_worker",
+    "create_search_study": "_worker",
+    "enable_verification": "_worker",
+    "fetch_weights": "_objective",
+    "get_decision": "_sampler",
+    "kendall_tau": "_summary",
+    "load_search_study": "_worker",
+    "prepare_data": "_worker",
+    "pretrain_backbone": "_retrain",
+    "propose_parallel": "_proposals",
+    "propose_serial": "_proposals",
+    "resume_failed_search": "_resume",
+    "retrain": "_retrain",
+    "run_worker": "_worker",
+    "sample_parallel_code": "_proposals",
+    "summarize": "_summary",
+    "trial_note": "_notes",
+    "verification_plan": "_state",
+    "verification_summary": "_summary",
+}
+
+__all__ = sorted(_API)
+
+__getattr__ = lazy_getattr(__name__, _API)

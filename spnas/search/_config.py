@@ -38,7 +38,7 @@ import yaml
 
 from spnas.arch import SearchSpace, SerialCode
 from spnas.engines import engine_names
-from spnas.engines.base import METRIC_DIRECTIONS, ModelSpec, Schedule
+from spnas.engines._types import METRIC_DIRECTIONS, ModelSpec, Schedule
 from spnas.exceptions import ArchError, ConfigError
 
 CONFIG_ATTR = "spnas:config"

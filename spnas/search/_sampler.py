@@ -36,6 +36,16 @@ LOG_EVERY_S = 30.0
 #: a failure is acted on (counted, or its barrier decided again) only this long after it was
 #: first seen, so that the retry, not a second attempt, trains the decision.
 RETRY_SETTLE_S = 5.0
+#: The shortest pause between two looks of a trial in line, and how long one decision takes
+#: until the wait measures it. A trial with ``p`` undecided trials below it looks again after
+#: ``(p - 1) / 2`` decision times: after a barrier, hundreds of workers decide one after the
+#: other, and the next in line must notice soon while those far behind look rarely (every look is a storage call; measured at 256 workers, looks
+#: at a fixed rate were most of the storage proxy's work).
+DECISION_S = 0.2
+#: A trial that waits on at most this many running trials (a barrier, the end of a round)
+#: reads only them, at least every MAX_WATCH_STEP_S, instead of the whole history.
+MAX_WATCHED = 4
+MAX_WATCH_STEP_S = 1.0
 
 
 class SPNASSampler(BaseSampler):
@@ -53,7 +63,10 @@ class SPNASSampler(BaseSampler):
     has decided, so decisions happen in trial-number order across all workers, and a barrier
     (``seed``, ``reignite``, ``parallel_seed``, ``final``) is decided exactly once. Trials
     that must wait (a barrier is running, or a round is draining) wait inside
-    :meth:`before_trial`, keeping their heartbeat alive and logging what they wait for.
+    :meth:`before_trial`, keeping their heartbeat alive and logging what they wait for. A
+    waiting trial reads only what it waits for (the lowest undecided trial below it, or the
+    few running trials of a barrier), not the whole history: with hundreds of workers in line
+    after a barrier, full reads at every look grew with the square of their number.
 
     Ask-and-tell: a trial asked outside :meth:`optuna.Study.optimize` (``study.ask()``) waits
     at most ``ask_wait_seconds``; if it still may not decide (a barrier is running, a round is
@@ -264,14 +277,17 @@ class SPNASSampler(BaseSampler):
         while True:
             trials = study.get_trials(deepcopy=False)
             blocking = [
-                t.number
+                t
                 for t in trials
                 if t.number < trial.number
                 and t.state == TrialState.RUNNING
                 and Decision.of(t) is None
             ]
+            # What this wait is for, when a few trials say it: they alone are read until one
+            # of them changes, instead of the whole history at every look.
+            watched: list[FrozenTrial] = []
             if blocking:
-                reason = f"waiting for trial(s) {blocking[:5]} to decide first"
+                reason = f"waiting for trial(s) {[t.number for t in blocking[:5]]} to decide first"
             else:
                 state = SearchState.from_trials(trials, config)
                 fresh = self._fresh_failures(state) if heartbeat else []
@@ -285,6 +301,9 @@ class SPNASSampler(BaseSampler):
                     return self._decision(state, trial.number)
                 else:
                     reason = state.waiting_for
+                    running = [t for t in trials if _is_running_decided(t)]
+                    if len(running) <= MAX_WATCHED:
+                        watched = running
                 queued = [
                     t.number
                     for t in trials
@@ -313,8 +332,100 @@ class SPNASSampler(BaseSampler):
                 _logger.info("trial %d: %s", trial.number, reason)
                 last_log = now
             self._keep_alive(study, trial)
-            time.sleep(max(0.0, min(step, max_wait - (now - started))))
+            deadline = started + max_wait
+            if blocking:
+                self._wait_in_line(study, trial, blocking, deadline, max_step)
+                continue
+            if watched:
+                step = self._sleep_until_changed(
+                    study, trial, watched, step, min(max_step, MAX_WATCH_STEP_S), deadline
+                )
+                continue
+            time.sleep(max(0.0, min(step, deadline - now)))
             step = min(step * 1.5, max_step)
+
+    def _wait_in_line(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        blocking: list[FrozenTrial],
+        deadline: float,
+        max_step: float,
+    ) -> None:
+        """Wait until the lower-numbered trials ``blocking`` have decided (or stopped running),
+        reading one trial per look.
+
+        Decisions come in trial-number order, so the lowest of them decides first: it alone
+        is read, and the pause between looks is half the time the ones ahead of it should
+        take to decide (one decision: as measured since the first of them decided), at least
+        :data:`DECISION_S`; until one of them decides (they wait for a barrier), it is also
+        at least a tenth of the time waited so far. Returns early at ``deadline``
+        (:meth:`decide` then gives up); the heart beats twice per heartbeat interval.
+        """
+        storage = study._storage
+        ahead = [t._trial_id for t in blocking]
+        beat = storage.get_heartbeat_interval() / 2.0 if is_heartbeat_enabled(storage) else math.inf
+        began = last_beat = last_log = time.monotonic()
+        first_decided: float | None = None
+        decided = 0
+        while True:
+            # Those ahead decide in number order: drop the ones that did since the last look.
+            while ahead and not _undecided(storage.get_trial(ahead[0])):
+                ahead.pop(0)
+                decided += 1
+            if not ahead:
+                return
+            now = time.monotonic()
+            if decided and first_decided is None:
+                first_decided, decided = now, 0
+            # The first one ahead is deciding now: the next in line looks every DECISION_S,
+            # those behind after half the time the ones before them should take.
+            pause = DECISION_S * (len(ahead) - 1) / 2.0
+            if first_decided is None:
+                pause = max(pause, (now - began) / 10.0)
+            elif decided:
+                pause = (now - first_decided) / decided * (len(ahead) - 1) / 2.0
+            if now >= deadline:
+                return
+            if now - last_beat >= beat:
+                self._keep_alive(study, trial)
+                last_beat = now
+            if now - last_log >= LOG_EVERY_S:
+                _logger.info("trial %d: %d trial(s) ahead decide first", trial.number, len(ahead))
+                last_log = now
+            time.sleep(max(0.0, min(max(pause, DECISION_S), max_step, deadline - now)))
+
+    def _sleep_until_changed(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        watched: list[FrozenTrial],
+        step: float,
+        max_step: float,
+        deadline: float = math.inf,
+    ) -> float:
+        """Sleep, reading only the ``watched`` trials, until one of them changed its state or
+        decided; returns the next step.
+
+        Returns early (for the full look in :meth:`decide`) after :data:`LOG_EVERY_S`, and
+        at ``deadline``. Dead workers' trials still go stale: the heart beats
+        (:meth:`_keep_alive`) twice per heartbeat interval.
+        """
+        storage = study._storage
+        seen = [_fingerprint(t) for t in watched]
+        beat = storage.get_heartbeat_interval() / 2.0 if is_heartbeat_enabled(storage) else math.inf
+        started = last_beat = time.monotonic()
+        while True:
+            time.sleep(max(0.0, min(step, deadline - time.monotonic())))
+            step = min(step * 1.5, max_step)
+            if [_fingerprint(storage.get_trial(t._trial_id)) for t in watched] != seen:
+                return step
+            now = time.monotonic()
+            if now - started >= LOG_EVERY_S or now >= deadline:
+                return step
+            if now - last_beat >= beat:
+                self._keep_alive(study, trial)
+                last_beat = now
 
     def _fresh_failures(self, state: SearchState) -> list[int]:
         """Failed trials first seen less than :data:`RETRY_SETTLE_S` ago (not yet retried)."""
@@ -397,6 +508,25 @@ def _unwrap(study: Study) -> Study:
 def _in_optimize_loop(study: Study) -> bool:
     """Whether this thread runs ``study.optimize`` (not ask-and-tell)."""
     return bool(getattr(study._thread_local, "in_optimize_loop", False))
+
+
+def _undecided(trial: FrozenTrial) -> bool:
+    return trial.state == TrialState.RUNNING and Decision.of(trial) is None
+
+
+def _is_running_decided(trial: FrozenTrial) -> bool:
+    """Running (or queued) with a decision that counts: an ``idle`` trial changes nothing."""
+    decision = Decision.of(trial)
+    return (
+        trial.state in (TrialState.RUNNING, TrialState.WAITING)
+        and decision is not None
+        and decision.kind != "idle"
+    )
+
+
+def _fingerprint(trial: FrozenTrial) -> tuple[TrialState, bool]:
+    """What of ``trial`` a waiting decision depends on: its state, and whether it decided."""
+    return trial.state, Decision.of(trial) is not None
 
 
 def get_decision(trial: optuna.Trial | FrozenTrial) -> Decision:

@@ -7,7 +7,17 @@ search API, and free to change between releases.
 
 from __future__ import annotations
 
-from spnas.testing.postgres import LocalPostgres, PostgresUnavailable, find_pg_bin_dir
-from spnas.testing.weights import randomize
+from spnas._lazy import lazy_getattr
 
-__all__ = ["LocalPostgres", "PostgresUnavailable", "find_pg_bin_dir", "randomize"]
+# Loaded on first use: a benchmark's light workers fork from a process that needs only the
+# server, not torch (``randomize``).
+_API = {
+    "LocalPostgres": "postgres",
+    "PostgresUnavailable": "postgres",
+    "find_pg_bin_dir": "postgres",
+    "randomize": "weights",
+}
+
+__all__ = sorted(_API)
+
+__getattr__ = lazy_getattr(__name__, _API)

@@ -1,0 +1,107 @@
+"""How a trial waits for its turn to decide, at the scale of hundreds of workers.
+
+Trials decide in trial-number order. After a barrier, every worker's trial is in line behind
+the lower ones; reading the whole history at every look made the waiting workers' reads grow
+with the square of their number (measured: the storage proxy saturated at 128 workers). A
+waiting trial now reads only the trial ahead of it, and looks less often the further back it
+stands. These tests count the storage calls of one waiting trial with a fake clock.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from search_doubles import SEED_ARCH, make_config
+
+from spnas.arch import SerialCode
+from spnas.search import Decision, SPNASSampler
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class _Clock:
+    """Fake ``time`` for the sampler: sleeping advances ``now`` and runs ``on_sleep``."""
+
+    def __init__(self, on_sleep) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+        self.on_sleep = on_sleep
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        self.on_sleep(self.now)
+
+
+def _write(storage, trial_id: int, decision: Decision) -> None:
+    attrs = decision.to_attrs()
+    kind = attrs.pop("spnas:kind")
+    for key, value in [*attrs.items(), ("spnas:kind", kind)]:
+        storage.set_trial_system_attr(trial_id, key, value)
+
+
+@pytest.mark.parametrize("ahead", [1, 6])
+def test_a_trial_in_line_reads_only_the_trial_ahead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ahead: int
+) -> None:
+    """``ahead`` undecided trials below the waiter: the lowest becomes the seed after 20 fake
+    seconds and completes at 40, the others decide "idle" one by one after it decided; the
+    waiter then decides the round's control. Its looks in between read one trial each."""
+    import spnas.search._sampler as sampler_module
+
+    config = make_config(tmp_path)
+    study = optuna.create_study(
+        storage=f"sqlite:///{tmp_path / 'line.db'}",
+        sampler=SPNASSampler(config, max_wait_seconds=600, ask_wait_seconds=600),
+        direction="maximize",
+    )
+    storage = study._storage
+    ids = [storage.create_new_trial(study._study_id) for _ in range(ahead)]
+    waiter = storage.get_trial(storage.create_new_trial(study._study_id))
+    events = [
+        (20.0, lambda: _write(storage, ids[0], Decision("seed", SerialCode.parse(SEED_ARCH))))
+    ]
+    events += [
+        (20.0 + i, lambda i=i: _write(storage, ids[i], Decision("idle"))) for i in range(1, ahead)
+    ]
+    events += [(40.0, lambda: storage.set_trial_state_values(ids[0], TrialState.COMPLETE, [30.0]))]
+
+    def on_sleep(now: float) -> None:
+        while events and events[0][0] <= now:
+            events.pop(0)[1]()
+
+    clock = _Clock(on_sleep)
+    monkeypatch.setattr(sampler_module, "time", clock)
+    full_reads = looks = 0
+    get_all_trials, get_trial = storage.get_all_trials, storage.get_trial
+
+    def count_full(*args, **kwargs):
+        nonlocal full_reads
+        full_reads += 1
+        return get_all_trials(*args, **kwargs)
+
+    def count_look(*args, **kwargs):
+        nonlocal looks
+        looks += 1
+        return get_trial(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "get_all_trials", count_full)
+    monkeypatch.setattr(storage, "get_trial", count_look)
+
+    decision = study.sampler.decide(study, waiter)
+
+    assert decision.kind == "control"
+    assert not events, "decided before the seed completed"
+    # One full read to find the line, one when it has decided, one per change of the barrier
+    # (decided, completed) at most — not one per look.
+    assert full_reads <= 4, full_reads
+    assert looks >= 10, looks
+    # Behind a barrier, looks slow down (a tenth of the time waited), never beyond 10 s.
+    assert max(clock.sleeps) <= sampler_module.MAX_WAIT_STEP_S
+    assert len(clock.sleeps) < 200, len(clock.sleeps)

@@ -1,0 +1,236 @@
+"""The cluster recipes (``recipes/``) are valid, and their worker command lines run.
+
+- ``recipes/slurm/spnas.sbatch``: bash syntax; one task per GPU; the script itself runs here
+  (with an ``srun`` that runs its command once) against a finished study, and refuses to run
+  without ``SPNAS_STUDY`` / ``SPNAS_STORAGE``.
+- ``recipes/kubernetes/*.yaml``: the kinds and fields of the Job, Deployments and Services
+  (selectors match labels, the workers' storage URL names the proxy's Service and port); the
+  proxy's and the workers' container commands, with Kubernetes' ``$(VAR)`` expansion, run here:
+  a ``spnas storage-proxy`` in front of the study's database and a worker through it.
+
+A worker on a finished study looks at it and returns at once: the commands are checked
+end to end without training anything. The study is crafted from decided trials (seed, control,
+one serial trial, parallel seed and control; the parallel phase has no trial budget and
+nothing is verified), so no engine runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+
+from spnas.arch import ParallelCode, SerialCode
+from spnas.search import CONFIG_ATTR, Decision, SearchConfig, SearchState
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+SBATCH = RECIPES / "slurm" / "spnas.sbatch"
+KUBERNETES = RECIPES / "kubernetes"
+SEED = "BB(11,d1,d1,d1)"
+#: A worker on a finished study starts Python, reads the study and returns: seconds, measured
+#: about 5 s on a loaded 2-core machine.
+WORKER_TIMEOUT_S = 120
+
+
+# --------------------------------------------------------------------------- a finished study
+def finished_study(url: str, name: str = "recipe") -> None:
+    """Create study ``name`` at ``url`` whose search is done (see the module docstring)."""
+    config = SearchConfig.from_dict(
+        {
+            "study": {"name": name, "artifacts": "/nonexistent", "workdir": "/nonexistent"},
+            "data": {"dir": "/nonexistent"},
+            "model": {"seed_arch": SEED, "width": 8},
+            "serial": {"n_rounds": 0, "max_trials": 1},
+            "parallel": {"max_trials": 0},
+            "verify": {"enabled": False},
+        }
+    )
+    study = optuna.create_study(study_name=name, storage=url, direction=config.direction)
+    study.set_user_attr(CONFIG_ATTR, config.to_dict())
+    arch, zeros = SerialCode.parse(SEED), ParallelCode.zeros(4)
+    decisions = [
+        Decision("seed", arch=arch),
+        Decision("control", arch=arch, parent=0, round=1),
+        Decision("serial", arch=arch, parent=0, round=1),
+        Decision("parallel_seed", arch=arch, parallel=zeros, parent=2),
+        Decision("control", arch=arch, parallel=zeros, parent=3),
+    ]
+    for number, decision in enumerate(decisions):
+        study.add_trial(
+            optuna.trial.create_trial(value=30.0 + number, system_attrs=decision.to_attrs())
+        )
+    assert SearchState.from_trials(study.get_trials(), config).phase == "done"
+
+
+@pytest.fixture
+def bin_dir(tmp_path: Path) -> Path:
+    """A directory with ``spnas`` (this tree's CLI) and ``srun`` (runs its command once)."""
+    path = tmp_path / "bin"
+    path.mkdir()
+    (path / "spnas").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m spnas "$@"\n')
+    # srun's options come first (--name=value or a flag); the command follows.
+    (path / "srun").write_text('#!/bin/bash\nwhile [[ $1 == -* ]]; do shift; done\nexec "$@"\n')
+    for tool in path.iterdir():
+        tool.chmod(0o755)
+    return path
+
+
+def _env(bin_dir: Path, **values: str) -> dict[str, str]:
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", **values}
+
+
+# --------------------------------------------------------------------------- SLURM
+def test_sbatch_is_valid_bash_with_one_worker_per_gpu() -> None:
+    subprocess.run(["bash", "-n", str(SBATCH)], check=True)
+    text = SBATCH.read_text()
+    directives = dict(
+        re.match(r"#SBATCH --([\w-]+)=(\S+)", line).groups()  # type: ignore[union-attr]
+        for line in text.splitlines()
+        if line.startswith("#SBATCH")
+    )
+    assert directives["gpus-per-task"] == "1"
+    assert int(directives["ntasks-per-node"]) >= 1
+    command = " ".join(text.replace("\\\n", " ").split("\nsrun ", 1)[1].split("\n", 1)[0].split())
+    assert 'spnas worker --study "$SPNAS_STUDY" --storage "$SPNAS_STORAGE"' in command
+
+
+def test_sbatch_runs_its_worker_on_a_finished_study(tmp_path: Path, bin_dir: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    finished_study(url)
+    result = subprocess.run(
+        ["bash", str(SBATCH)],
+        env=_env(bin_dir, SPNAS_STUDY="recipe", SPNAS_STORAGE=url, SLURM_CPUS_PER_TASK="1"),
+        capture_output=True,
+        text=True,
+        timeout=WORKER_TIMEOUT_S,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "study 'recipe' is done" in result.stderr
+
+
+def test_sbatch_refuses_to_run_without_the_study_and_storage(bin_dir: Path) -> None:
+    env = _env(bin_dir)
+    env.pop("SPNAS_STUDY", None)
+    env.pop("SPNAS_STORAGE", None)
+    result = subprocess.run(["bash", str(SBATCH)], env=env, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "SPNAS_STUDY" in result.stderr
+
+
+# --------------------------------------------------------------------------- Kubernetes
+def _manifests() -> dict[tuple[str, str], dict[str, Any]]:
+    """Every object of ``recipes/kubernetes/*.yaml``, by (kind, name)."""
+    objects = {}
+    for path in sorted(KUBERNETES.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            assert {"apiVersion", "kind", "metadata"} <= set(doc), path
+            objects[(doc["kind"], doc["metadata"]["name"])] = doc
+    return objects
+
+
+def _container(workload: dict[str, Any]) -> dict[str, Any]:
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def _service_for(objects: dict, deployment: str) -> dict[str, Any]:
+    """The Service whose selector picks the pods of ``deployment``."""
+    labels = objects[("Deployment", deployment)]["spec"]["template"]["metadata"]["labels"]
+    services = [
+        obj
+        for (kind, _), obj in objects.items()
+        if kind == "Service" and obj["spec"]["selector"].items() <= labels.items()
+    ]
+    assert len(services) == 1, f"{deployment}: {len(services)} Services select its pods"
+    return services[0]
+
+
+def test_kubernetes_manifests_have_workers_database_and_proxy() -> None:
+    objects = _manifests()
+    job = objects[("Job", "spnas-workers")]
+    assert job["apiVersion"] == "batch/v1" and job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["parallelism"] >= 1
+    assert job["spec"]["template"]["spec"]["restartPolicy"] in ("Never", "OnFailure")
+    worker = _container(job)
+    assert worker["command"][:2] == ["spnas", "worker"]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+    for name, port in (("spnas-postgres", 5432), ("spnas-storage-proxy", 13000)):
+        deployment = objects[("Deployment", name)]
+        assert deployment["apiVersion"] == "apps/v1"
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        service = _service_for(objects, name)
+        assert [p["port"] for p in service["spec"]["ports"]] == [port]
+        assert _container(deployment)["ports"][0]["containerPort"] == port
+
+    proxy = _container(objects[("Deployment", "spnas-storage-proxy")])
+    assert proxy["command"][:2] == ["spnas", "storage-proxy"]
+    # The password comes from a Secret, never from the manifest.
+    (database_url,) = [e for e in proxy["env"] if e["name"] == "DATABASE_URL"]
+    assert "secretKeyRef" in database_url["valueFrom"]
+    storage = {e["name"]: e.get("value") for e in worker["env"]}["SPNAS_STORAGE"]
+    service = _service_for(objects, "spnas-storage-proxy")
+    assert storage == f"grpc://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+
+
+def _expand(command: list[str], env: dict[str, str]) -> list[str]:
+    """Kubernetes' expansion of ``$(VAR)`` in a container's command."""
+    return [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], part) for part in command]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_kubernetes_worker_runs_through_the_storage_proxy(tmp_path: Path, bin_dir: Path) -> None:
+    pytest.importorskip("grpc", reason="the storage proxy needs grpcio")
+    objects = _manifests()
+    proxy = _container(objects[("Deployment", "spnas-storage-proxy")])
+    worker = _container(objects[("Job", "spnas-workers")])
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    finished_study(url)
+    # The cluster's names become this machine's: the Service is 127.0.0.1 on a free port.
+    port = str(_free_port())
+    service = objects[("Service", "spnas-storage-proxy")]
+    service_port = str(service["spec"]["ports"][0]["port"])
+    proxy_command = _expand(proxy["command"], {"DATABASE_URL": url})
+    proxy_command[proxy_command.index("--port") + 1] = port
+    worker_env = {e["name"]: e["value"] for e in worker["env"]}
+    worker_env["SPNAS_STUDY"] = "recipe"
+    worker_env["SPNAS_STORAGE"] = worker_env["SPNAS_STORAGE"].replace(
+        f"{service['metadata']['name']}:{service_port}", f"127.0.0.1:{port}"
+    )
+    server = subprocess.Popen(
+        proxy_command,
+        env=_env(bin_dir),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        result = subprocess.run(
+            _expand(worker["command"], worker_env),
+            env=_env(bin_dir, **worker_env),
+            capture_output=True,
+            text=True,
+            timeout=WORKER_TIMEOUT_S,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "study 'recipe' is done" in result.stderr
+    finally:
+        os.killpg(server.pid, 9)
+        server.wait()
