@@ -1,4 +1,4 @@
-"""Reignition: classification pretraining of a serial network (paper §3.1, DESIGN §2).
+"""Reignition: classification pretraining of a serial network (paper §3.1, docs/design.md §2).
 
 When the serial search gets stuck, the best network so far is pretrained on classification
 ("reignited") so the next round starts from weights with the effect of ImageNet pretraining.

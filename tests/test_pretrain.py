@@ -1,4 +1,4 @@
-"""Reignition pretraining (DESIGN.md §2): object crops, ImageFolder, resume, errors, CLI.
+"""Reignition pretraining (docs/design.md §2): object crops, ImageFolder, resume, errors, CLI.
 
 One synthetic shapes set (120 train / 40 val images of 128 px, 4 classes: 431 train and 152
 val crops) is generated per module; networks are ``BB(11,d1,d1,d1)`` at base width 16 on

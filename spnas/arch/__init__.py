@@ -1,4 +1,4 @@
-"""Architecture codes and the search space (paper §3.1, DESIGN.md §1).
+"""Architecture codes and the search space (paper §3.1, docs/design.md §1).
 
 This package does not import torch: codes can be parsed, compared and validated anywhere,
 including in the Optuna sampler's decision path.
@@ -20,7 +20,7 @@ from spnas.arch._serial import BLOCK_TYPES, EXPANSION, BlockSpec, SerialCode
 from spnas.arch._space import SearchSpace
 from spnas.exceptions import ArchError
 
-#: Well-known networks in the paper's format. Note: the paper's §3.1 text (and DESIGN.md after
+#: Well-known networks in the paper's format. Note: the paper's §3.1 text (see docs/design.md §1)
 #: it) writes ResNet-50 as ``BNB(111,d111,d1111,d11)``, which has 3-4-5-3 blocks; ResNet-50 has
 #: 3-4-6-3, as the paper's Table 7 writes it and as the torchvision equivalence tests check.
 RESNET18 = SerialCode.parse("BB(11,d1,d1,d1)")

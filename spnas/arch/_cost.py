@@ -73,7 +73,7 @@ def _block(
     size: tuple[int, int],
     xb_groups: int,
 ) -> tuple[int, tuple[int, int]]:
-    """Count one block (DESIGN §1); returns its output channels and size."""
+    """Count one block (docs/design.md §1); returns its output channels and size."""
     if block_type == "BB":
         cout = width
         out = counter.conv(cin, width, 3, stride, size)

@@ -11,7 +11,7 @@ from spnas.exceptions import ArchError
 
 @dataclasses.dataclass(frozen=True)
 class ParallelCode:
-    """Number of extra parallel subnets ``K_l`` of each stage ``l`` (DESIGN.md §3).
+    """Number of extra parallel subnets ``K_l`` of each stage ``l`` (docs/design.md §3).
 
     ``ParallelCode((0, 0, 0, 0))`` is the SerialNet itself. Immutable, hashable, and
     ``ParallelCode.parse(str(code)) == code``.

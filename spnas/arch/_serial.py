@@ -1,6 +1,6 @@
 """Serial architecture codes: ``BNB(111,d111,d1111,d11)``.
 
-The grammar (DESIGN.md §1)::
+The grammar (docs/design.md §1)::
 
     code   := block "(" stage (sep stage)* ")"
     block  := "BB" | "BNB" | "XB"

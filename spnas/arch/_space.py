@@ -1,4 +1,4 @@
-"""The search space: bounds on serial and parallel codes (DESIGN.md §1, paper §3.1)."""
+"""The search space: bounds on serial and parallel codes (docs/design.md §1, paper §3.1)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Object crops: a classification data set made from a detection training set.
 
-Reignition (DESIGN §2) pretrains a backbone on classification. When no ImageFolder (ImageNet)
+Reignition (docs/design.md §2) pretrains a backbone on classification. When no ImageFolder (ImageNet)
 is given, each annotated box becomes one example: the box, padded by a margin so the object's
 outline and some context stay visible, cropped and resized to a square, labelled by its
 category.

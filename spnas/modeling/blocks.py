@@ -46,7 +46,7 @@ class ProjectionShortcut(nn.Module):
 class IdentityShortcut(nn.Module):
     """Identity, subsampled ``x[..., ::s, ::s]`` for stride ``s``.
 
-    Parameter-free, so moving a stage boundary (swap) changes no tensor shape (DESIGN §1).
+    Parameter-free, so moving a stage boundary (swap) changes no tensor shape (docs/design.md §1).
     """
 
     def __init__(self, stride: int) -> None:

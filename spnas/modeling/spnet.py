@@ -1,4 +1,4 @@
-"""SPNet: a SerialNet with parallel subnets per stage (paper §3.2, DESIGN §3).
+"""SPNet: a SerialNet with parallel subnets per stage (paper §3.2, docs/design.md §3).
 
 For stage ``l`` with ``K_l`` extra subnets and previous-stage output ``x_{l-1}``::
 

@@ -1,4 +1,4 @@
-"""Stems: image → stride 4 with ``base_width`` channels (DESIGN §1)."""
+"""Stems: image → stride 4 with ``base_width`` channels (docs/design.md §1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Serial-level network morphisms on architecture codes (paper §3.1, DESIGN.md §2).
+"""Serial-level network morphisms on architecture codes (paper §3.1, docs/design.md §2).
 
 Three ops change a :class:`~spnas.arch.SerialCode`:
 

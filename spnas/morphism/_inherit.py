@@ -1,4 +1,4 @@
-"""Weight inheritance: a parent's trained weights into a child network (DESIGN §2, §3).
+"""Weight inheritance: a parent's trained weights into a child network (docs/design.md §2, §3).
 
 Backbone tensors are mapped by *block identity* through the ops (:func:`~spnas.morphism.trace`),
 not by position: after a swap every block finds its own weights in its new stage. Every other

@@ -1,4 +1,4 @@
-"""Random proposals: a few random ops applied to the current best code (DESIGN.md §2).
+"""Random proposals: a few random ops applied to the current best code (docs/design.md §2).
 
 This runs inside the Optuna sampler, so it uses :class:`random.Random` (no numpy) and is
 deterministic for a seed.
@@ -55,7 +55,7 @@ def mutate(
         space: the search space the child must lie in.
         rng: a :class:`random.Random`, or an integer seed for a new one; ``None`` draws from
             a fresh, unseeded generator.
-        n_ops: how many ops to apply (DESIGN.md: ``n_mutations``, default 3).
+        n_ops: how many ops to apply (docs/design.md §2: ``serial.n_mutations``, default 3).
         weights: relative weight of each kind, e.g. ``{"expand": 1.0, "swap": 1.0,
             "add_stage": 0.25}``; kinds left out are never drawn. Defaults to
             :data:`DEFAULT_WEIGHTS`.

@@ -1,4 +1,4 @@
-"""Serial-level morphism ops on codes: expand, swap, add_stage (DESIGN.md §2, paper §3.1).
+"""Serial-level morphism ops on codes: expand, swap, add_stage (docs/design.md §2, paper §3.1).
 
 Ops are small frozen dataclasses. ``str(op)`` is a short text form that :func:`parse_op` reads
 back, so a trial can store its ops as a plain string attribute::
@@ -100,7 +100,7 @@ class Expand(Op):
 
     The new block never becomes a stage's first block, so it has stride 1, the width of the
     block before it, equal input and output channels and an identity shortcut: it can start as
-    an exact identity (DESIGN.md §2).
+    an exact identity (docs/design.md §2).
 
     Args:
         stage: 0-based stage.
@@ -191,7 +191,7 @@ class Swap(Op):
 class AddStage(Op):
     """Append a stage of one plain ``1`` block (stride 2, equal input and output channels).
 
-    Our reading of the 5- and 6-stage networks of paper Table 7 (DESIGN.md §2): existing
+    Our reading of the 5- and 6-stage networks of paper Table 7 (docs/design.md §2): existing
     stages are unchanged, and the new stage adds an FPN level.
     """
 

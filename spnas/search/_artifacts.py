@@ -25,6 +25,8 @@ from typing import Any
 import optuna
 from optuna.artifacts.exceptions import ArtifactNotFound
 
+from spnas.search._optuna import storage_of, study_id, trial_id
+
 _logger = logging.getLogger(__name__)
 
 #: Prefix of the study system attributes that list a trial's artifacts in optuna-dashboard.
@@ -52,8 +54,8 @@ def upload_weights(trial: optuna.Trial, artifact_store: Any, path: str | Path) -
         "encoding": encoding,
     }
     study = trial.study
-    study._storage.set_study_system_attr(
-        study._study_id, _key(trial._trial_id, artifact_id), json.dumps(meta)
+    storage_of(study).set_study_system_attr(
+        study_id(study), _key(trial_id(trial), artifact_id), json.dumps(meta)
     )
     return artifact_id
 
@@ -67,13 +69,13 @@ def remove_weights(
 
     Weights stored before they were listed in the study (older spnas) are only deleted.
     """
-    listed = study._storage.get_study_system_attrs(study._study_id)
+    listed = storage_of(study).get_study_system_attrs(study_id(study))
     for trial, artifact_id in weights:
-        key = _key(trial._trial_id, artifact_id)
+        key = _key(trial_id(trial), artifact_id)
         if key in listed:
             if json.loads(listed[key]) is None:
                 continue
-            study._storage.set_study_system_attr(study._study_id, key, json.dumps(None))
+            storage_of(study).set_study_system_attr(study_id(study), key, json.dumps(None))
         try:
             artifact_store.remove(artifact_id)
         except (ArtifactNotFound, FileNotFoundError):

@@ -26,6 +26,7 @@ from spnas.modeling.torchvision_weights import load_tensor_file
 from spnas.search._artifacts import remove_weights, upload_weights
 from spnas.search._config import SearchConfig
 from spnas.search._notes import trial_note
+from spnas.search._optuna import storage_of, trial_id
 from spnas.search._retrain import pretrain_backbone, retrain
 from spnas.search._sampler import get_decision
 from spnas.search._signals import raise_if_preempted
@@ -274,7 +275,7 @@ class Objective:
     def init_weights(
         self, trial: optuna.Trial, decision: Decision, out_dir: Path
     ) -> InitWeights | None:
-        """The weights the trial starts from (DESIGN §4)."""
+        """The weights the trial starts from (docs/design.md §4)."""
         study = trial.study
         if decision.kind == "seed":
             return InitWeights(self.seed_backbone())
@@ -393,7 +394,7 @@ def check_still_running(trial: optuna.Trial) -> None:
     failed as stale and retried by another worker when it wakes: its result is discarded
     before anything is uploaded, and the worker goes on with a new trial.
     """
-    state = trial.study._storage.get_trial(trial._trial_id).state
+    state = storage_of(trial.study).get_trial(trial_id(trial)).state
     if state != TrialState.RUNNING:
         raise StaleTrialError(
             f"trial {trial.number} is {state.name} in the storage (declared stale while this "

@@ -26,10 +26,10 @@ import math
 from typing import Any
 
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
-from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
 
 from spnas.arch import SerialCode
+from spnas.search._optuna import set_trial_params, trial_id
 from spnas.search._proposals import config_cost
 from spnas.search._state import Decision
 
@@ -116,38 +116,7 @@ def record_architecture(storage: Any, trial: FrozenTrial, config: Any, decision:
         for name, value in architecture_values(config, decision).items()
         if name not in trial.params
     }
-    _set_params(storage, trial._trial_id, values, distributions)
+    set_trial_params(storage, trial_id(trial), values, distributions)
     for name, value in values.items():
         trial.params[name] = value
         trial.distributions[name] = distributions[name]
-
-
-def _set_params(
-    storage: Any,
-    trial_id: int,
-    values: dict[str, int | float],
-    distributions: dict[str, BaseDistribution],
-) -> None:
-    # One transaction for all params on an RDB storage: one commit per param (Optuna's public
-    # API) made a decision 10 times slower on SQLite, where every commit waits for the disk.
-    # The distributions are ours and fixed, so Optuna's compatibility check (a query per
-    # param) has nothing to find.
-    backend = getattr(storage, "_backend", storage)
-    if isinstance(backend, RDBStorage):
-        from optuna.storages._rdb.storage import _create_scoped_session
-
-        with _create_scoped_session(backend.scoped_session, True) as session:
-            for name, value in values.items():
-                distribution = distributions[name]
-                backend._set_trial_param_without_commit(
-                    session,
-                    trial_id,
-                    name,
-                    distribution.to_internal_repr(value),
-                    distribution,
-                    distribution,
-                )
-        return
-    for name, value in values.items():
-        distribution = distributions[name]
-        storage.set_trial_param(trial_id, name, distribution.to_internal_repr(value), distribution)

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 
 from spnas.search._config import SearchConfig
 from spnas.search._objective import WEIGHTS_ATTR, WEIGHTS_SHA256_ATTR
+from spnas.search._optuna import storage_of, study_id
 from spnas.search._state import SearchState
 
 _logger = logging.getLogger(__name__)
@@ -63,14 +64,14 @@ def resume_failed_search(
         return None
     numbers = max(failed, key=max)
     last = trials[max(numbers)]
-    storage, study_id = study._storage, study._study_id
+    storage, sid = storage_of(study), study_id(study)
     key = f"spnas:resumed:{last.number}"
     token = uuid.uuid4().hex
     if settle > 0:
-        if key not in storage.get_study_system_attrs(study_id):
-            storage.set_study_system_attr(study_id, key, token)
+        if key not in storage.get_study_system_attrs(sid):
+            storage.set_study_system_attr(sid, key, token)
         time.sleep(settle)
-        if storage.get_study_system_attrs(study_id).get(key) != token:
+        if storage.get_study_system_attrs(sid).get(key) != token:
             time.sleep(settle)  # the winner queues the attempt meanwhile
             return None
     history = sorted({*last.system_attrs.get("retry_history", []), *numbers})

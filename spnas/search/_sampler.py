@@ -15,13 +15,20 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, TPESampler
-from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from spnas.arch import ParallelCode
 from spnas.exceptions import ConfigError
 from spnas.search._config import CONFIG_ATTR, SearchConfig
+from spnas.search._optuna import (
+    heartbeat_interval,
+    in_optimize_loop,
+    is_heartbeat_enabled,
+    storage_of,
+    trial_id,
+    whole_study,
+)
 from spnas.search._params import architecture_distributions, record_architecture
 from spnas.search._proposals import SearchExhausted, propose_parallel, propose_serial
 from spnas.search._state import ATTR_PREFIX, Decision, SearchState
@@ -127,7 +134,7 @@ class SPNASSampler(BaseSampler):
     ) -> dict[str, BaseDistribution]:
         space = self._fallback.infer_relative_search_space(study, trial)
         # The architecture params are decided here, never sampled by the fallback.
-        ours = architecture_distributions(self.config_for(_unwrap(study)))
+        ours = architecture_distributions(self.config_for(whole_study(study)))
         return {name: d for name, d in space.items() if name not in ours}
 
     def sample_relative(
@@ -152,8 +159,8 @@ class SPNASSampler(BaseSampler):
         values: Sequence[float] | None,
     ) -> None:
         self._fallback.after_trial(study, trial, state, values)
-        study = _unwrap(study)
-        if not _in_optimize_loop(study) or Decision.of(trial) is None:
+        study = whole_study(study)
+        if not in_optimize_loop(study) or Decision.of(trial) is None:
             return
         # Called before Optuna stores the trial's result: replay the history as it will be.
         finished = copy.copy(trial)
@@ -186,11 +193,11 @@ class SPNASSampler(BaseSampler):
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         self._fallback.before_trial(study, trial)
-        study = _unwrap(study)
+        study = whole_study(study)
         decision = Decision.of(trial)
         if decision is not None:
             # A retry copied its params; a trial enqueued with a decision has none yet.
-            record_architecture(study._storage, trial, self.config_for(study), decision)
+            record_architecture(storage_of(study), trial, self.config_for(study), decision)
             return
         try:
             self.check_study(study)
@@ -202,8 +209,8 @@ class SPNASSampler(BaseSampler):
             attrs = decision.to_attrs()
             kind = attrs.pop(f"{ATTR_PREFIX}kind")
             for key, value in [*attrs.items(), (f"{ATTR_PREFIX}kind", kind)]:
-                study._storage.set_trial_system_attr(trial._trial_id, key, value)
-            record_architecture(study._storage, trial, self.config_for(study), decision)
+                storage_of(study).set_trial_system_attr(trial_id(trial), key, value)
+            record_architecture(storage_of(study), trial, self.config_for(study), decision)
         except BaseException:
             # Trials decide in number order: an undecided trial left RUNNING (a storage
             # error, Ctrl-C while waiting) would hold every later decision until it went stale.
@@ -250,7 +257,7 @@ class SPNASSampler(BaseSampler):
     def _abandon(study: Study, trial: FrozenTrial) -> None:
         """Fail ``trial``, undecided, so that later trials need not wait for it."""
         try:
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            storage_of(study).set_trial_state_values(trial_id(trial), TrialState.FAIL)
         except Exception as exc:  # the storage may be what failed; staleness covers it then
             _logger.warning(
                 "trial %d: could not mark it failed (%s: %s)", trial.number, type(exc).__name__, exc
@@ -264,14 +271,14 @@ class SPNASSampler(BaseSampler):
         started = time.monotonic()
         last_log: float | None = None
         max_step = MAX_WAIT_STEP_S
-        heartbeat = is_heartbeat_enabled(study._storage)
+        heartbeat = is_heartbeat_enabled(storage_of(study))
         if heartbeat:
             # A waiting trial beats its own heart (_keep_alive): it must look at least once
             # per heartbeat interval, or other workers fail it as stale.
-            max_step = min(max_step, float(study._storage.get_heartbeat_interval()))
+            max_step = min(max_step, heartbeat_interval(storage_of(study)))
         step = min(config.search.wait_seconds, max_step)
         max_wait = self._max_wait if self._max_wait is not None else math.inf
-        if not _in_optimize_loop(study):
+        if not in_optimize_loop(study):
             max_wait = min(max_wait, self._ask_wait)
         reason: str | None = None
         while True:
@@ -294,7 +301,7 @@ class SPNASSampler(BaseSampler):
                 if fresh:
                     reason = f"waiting for the retry of failed trial(s) {fresh[:5]}, if any"
                 elif state.done:
-                    if _in_optimize_loop(study):
+                    if in_optimize_loop(study):
                         study.stop()
                     return Decision("idle", round=state.round)
                 elif state.next_kind is not None:
@@ -321,7 +328,7 @@ class SPNASSampler(BaseSampler):
             if now - started >= max_wait:
                 # Expected in ask-and-tell (ask again later); worth a warning in a worker.
                 _logger.log(
-                    logging.WARNING if _in_optimize_loop(study) else logging.INFO,
+                    logging.WARNING if in_optimize_loop(study) else logging.INFO,
                     "trial %d: idle after %.1f s %s",
                     trial.number,
                     now - started,
@@ -362,8 +369,8 @@ class SPNASSampler(BaseSampler):
         at least a tenth of the time waited so far. Returns early at ``deadline``
         (:meth:`decide` then gives up); the heart beats twice per heartbeat interval.
         """
-        storage = study._storage
-        ahead = [t._trial_id for t in blocking]
+        storage = storage_of(study)
+        ahead = [trial_id(t) for t in blocking]
         beat = storage.get_heartbeat_interval() / 2.0 if is_heartbeat_enabled(storage) else math.inf
         began = last_beat = last_log = time.monotonic()
         first_decided: float | None = None
@@ -411,14 +418,14 @@ class SPNASSampler(BaseSampler):
         at ``deadline``. Dead workers' trials still go stale: the heart beats
         (:meth:`_keep_alive`) twice per heartbeat interval.
         """
-        storage = study._storage
+        storage = storage_of(study)
         seen = [_fingerprint(t) for t in watched]
         beat = storage.get_heartbeat_interval() / 2.0 if is_heartbeat_enabled(storage) else math.inf
         started = last_beat = time.monotonic()
         while True:
             time.sleep(max(0.0, min(step, deadline - time.monotonic())))
             step = min(step * 1.5, max_step)
-            if [_fingerprint(storage.get_trial(t._trial_id)) for t in watched] != seen:
+            if [_fingerprint(storage.get_trial(trial_id(t))) for t in watched] != seen:
                 return step
             now = time.monotonic()
             if now - started >= LOG_EVERY_S or now >= deadline:
@@ -443,9 +450,9 @@ class SPNASSampler(BaseSampler):
         # Optuna beats a trial's heart only while its objective runs; a trial waiting here
         # beats its own, and fails the stale trials of dead workers so that their barriers
         # are retried instead of blocking everyone.
-        storage = study._storage
+        storage = storage_of(study)
         if is_heartbeat_enabled(storage):
-            storage.record_heartbeat(trial._trial_id)
+            storage.record_heartbeat(trial_id(trial))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
@@ -499,17 +506,6 @@ class SPNASSampler(BaseSampler):
         raise ConfigError(f"unknown trial kind {kind!r}")
 
 
-def _unwrap(study: Study) -> Study:
-    # HyperbandPruner hands samplers a per-bracket view of the study (only its bracket's
-    # trials, few attributes); the search needs the whole study.
-    return getattr(study, "_study", study)
-
-
-def _in_optimize_loop(study: Study) -> bool:
-    """Whether this thread runs ``study.optimize`` (not ask-and-tell)."""
-    return bool(getattr(study._thread_local, "in_optimize_loop", False))
-
-
 def _undecided(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.RUNNING and Decision.of(trial) is None
 
@@ -538,7 +534,7 @@ def get_decision(trial: optuna.Trial | FrozenTrial) -> Decision:
     if isinstance(trial, FrozenTrial):
         attrs = trial.system_attrs
     else:
-        attrs = trial.study._storage.get_trial_system_attrs(trial._trial_id)
+        attrs = storage_of(trial.study).get_trial_system_attrs(trial_id(trial))
     decision = Decision.from_attrs(attrs)
     if decision is None:
         raise ConfigError(f"trial {trial.number} has no SP-NAS decision: use SPNASSampler")

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 import optuna
 from optuna.trial import TrialState
 
+from spnas.search._optuna import storage_of
 from spnas.search._state import Decision
 
 _logger = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def requeue_interrupted(study: optuna.Study, trial_id: int | None) -> int | None
     """
     if trial_id is None:
         return None
-    storage = study._storage
+    storage = storage_of(study)
     trial = storage.get_trial(trial_id)
     if trial.state == TrialState.RUNNING:
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):

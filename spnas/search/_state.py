@@ -1,4 +1,4 @@
-"""The SP-NAS search state, derived from a study's trials (paper Algorithm 1, DESIGN §4).
+"""The SP-NAS search state, derived from a study's trials (paper Algorithm 1, docs/design.md §4).
 
 Nothing is kept between decisions: :meth:`SearchState.from_trials` replays the history in
 storage, so any worker on any node reaches the same state, and a restarted search goes on

@@ -20,6 +20,7 @@ from spnas.search._objective import (
     clean_trial_dir,
     load_pretrained_seed,
 )
+from spnas.search._optuna import storage_of, trial_id
 from spnas.search._resume import resume_failed_search
 from spnas.search._sampler import SPNASSampler
 from spnas.search._signals import (
@@ -258,7 +259,7 @@ def run_worker(
     current: dict[str, int] = {}
 
     def run(trial: optuna.Trial) -> Any:
-        current["id"], current["number"] = trial._trial_id, trial.number
+        current["id"], current["number"] = trial_id(trial), trial.number
         return objective(trial)
 
     def clean(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -329,7 +330,7 @@ def _finished_elsewhere(study: optuna.Study, current: Mapping[str, int]) -> bool
     """Whether this worker's current trial was failed by another worker (declared stale)."""
     if "id" not in current:
         return False
-    return study._storage.get_trial(current["id"]).state == optuna.trial.TrialState.FAIL
+    return storage_of(study).get_trial(current["id"]).state == optuna.trial.TrialState.FAIL
 
 
 def _preempted(

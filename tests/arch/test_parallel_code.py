@@ -1,4 +1,4 @@
-"""Behaviour of ``ParallelCode``: ``(0,2,1,3)``, extra subnets per stage (DESIGN.md §1, §3)."""
+"""Behaviour of ``ParallelCode``: ``(0,2,1,3)``, extra subnets per stage (docs/design.md §1, §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Behaviour of ``SerialNet``: shapes, names, norms, stems, errors (DESIGN.md §1)."""
+"""Behaviour of ``SerialNet``: shapes, names, norms, stems, errors (docs/design.md §1)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from spnas.modeling import SerialNet
 from spnas.modeling.blocks import IdentityShortcut, ProjectionShortcut
 
 # Codes with their stage output channels as multiples of the base width, worked out by hand
-# from DESIGN §1 (n doubles at each d; e = 1 for BB, 4 for BNB/XB), not from the code object.
+# from docs/design.md §1 (n doubles at each d; e = 1 for BB, 4 for BNB/XB), not from the code object.
 CODES = [
     ("BB(11,d1,d1,d1)", (1, 2, 4, 8)),
     ("BNB(1,d1,d1,d1)", (4, 8, 16, 32)),

@@ -1,4 +1,4 @@
-"""Behaviour of ``SPNet``: parallel subnets that start as an exact identity (DESIGN.md §3)."""
+"""Behaviour of ``SPNet``: parallel subnets that start as an exact identity (docs/design.md §3)."""
 
 from __future__ import annotations
 
@@ -183,7 +183,7 @@ def test_fusion_path_is_live() -> None:
 
 
 def test_open_fusion_computes_the_design_formula() -> None:
-    """x_l^k = p_l^k(x_{l-1} + U_l^k(x_l^{k-1})), U = nearest ×2 ∘ norm ∘ 1×1 conv (DESIGN §3)."""
+    """x_l^k = p_l^k(x_{l-1} + U_l^k(x_l^{k-1})), U = nearest ×2 ∘ norm ∘ 1×1 conv (docs/design.md §3)."""
     serial = _serial("BB(11,d1,d1,d1)")
     spnet = SPNet.from_serialnet(serial, "(0,0,2,0)").eval()
     torch.manual_seed(10)

@@ -1,4 +1,4 @@
-"""SerialNet with torchvision weights computes torchvision's ResNet/ResNeXt (DESIGN.md §1).
+"""SerialNet with torchvision weights computes torchvision's ResNet/ResNeXt (docs/design.md §1).
 
 torchvision models are built with ``weights=None`` (random init, no download) and then every
 BatchNorm gets random running statistics and affine parameters, so a mix-up of norm tensors

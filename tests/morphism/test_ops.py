@@ -126,7 +126,7 @@ def test_paper_figure_2_second_stage_grows_from_2_to_4() -> None:
 
 
 def test_swap_keeps_every_tensor_shape() -> None:
-    """DESIGN.md §2: a swap reuses 100 % of the tensors (shortcut type depends on channels)."""
+    """docs/design.md §2: a swap reuses 100 % of the tensors (shortcut type depends on channels)."""
     for op in valid_ops(RESNET50):
         if not isinstance(op, Swap):
             continue

@@ -1,4 +1,4 @@
-"""Function preservation of weight inheritance (DESIGN.md §2, §3; the issue's requirement).
+"""Function preservation of weight inheritance (docs/design.md §2, §3; the issue's requirement).
 
 A child built by expand, add_stage or by adding parallel subnets, with the weights
 :func:`~spnas.morphism.inherit` gives it, must compute its parent's function on every output the

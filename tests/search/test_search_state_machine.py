@@ -1,4 +1,4 @@
-"""Algorithm 1 replayed from trials (DESIGN §4): ``SearchState.from_trials`` on synthetic
+"""Algorithm 1 replayed from trials (docs/design.md §4): ``SearchState.from_trials`` on synthetic
 trials, and the proposals (serial morphisms, FLOPs-inverse parallel sampling)."""
 
 from __future__ import annotations

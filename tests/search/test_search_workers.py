@@ -1,4 +1,4 @@
-"""Many worker processes on one search (DESIGN §4): barriers once, no duplicate candidates,
+"""Many worker processes on one search (docs/design.md §4): barriers once, no duplicate candidates,
 rounds consistent, and crashed workers' trials retried with the same decision.
 
 Workers are real processes (``multiprocessing`` "forkserver": one clean server process that

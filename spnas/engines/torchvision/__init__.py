@@ -1,4 +1,4 @@
-"""The torchvision engine: Faster R-CNN + FPN over an SPNet backbone (DESIGN §5).
+"""The torchvision engine: Faster R-CNN + FPN over an SPNet backbone (docs/design.md §5).
 
 The second engine, for machines where detectron2 cannot be installed. The detector is
 torchvision's :class:`~torchvision.models.detection.FasterRCNN` with :class:`SPNetFPN` as its

@@ -1,0 +1,95 @@
+"""The one module that uses Optuna's private API (spnas/search/_optuna.py), pinned to the
+Optuna version of requirements.txt: when Optuna moves these internals, this fails first and
+names what moved."""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import IntDistribution
+from optuna.trial import TrialState
+
+from spnas.search import _optuna as adapter
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_pinned_to_the_required_optuna() -> None:
+    pin = re.search(r"^optuna==(\S+)$", (ROOT / "requirements.txt").read_text(), re.M)
+    assert pin is not None, "requirements.txt must pin optuna"
+    assert optuna.__version__ == pin[1], (
+        f"optuna {optuna.__version__} is installed, spnas/search/_optuna.py was written against "
+        f"{pin[1]}: check every private name it uses, then update the pin"
+    )
+
+
+@pytest.fixture(params=["inmemory", "sqlite"])
+def study(request: pytest.FixtureRequest, tmp_path: Path) -> optuna.Study:
+    storage = None if request.param == "inmemory" else f"sqlite:///{tmp_path / 'a.db'}"
+    return optuna.create_study(storage=storage)
+
+
+def test_ids_and_storage_reach_the_trial(study: optuna.Study) -> None:
+    trial = study.ask()
+    storage = adapter.storage_of(study)
+    storage.set_trial_system_attr(adapter.trial_id(trial), "spnas:kind", "seed")
+    frozen = storage.get_trial(adapter.trial_id(trial))
+    assert frozen.number == trial.number and frozen.system_attrs["spnas:kind"] == "seed"
+    assert storage.get_study_id_from_name(study.study_name) == adapter.study_id(study)
+    storage.set_trial_state_values(adapter.trial_id(trial), TrialState.FAIL)
+    assert study.trials[0].state == TrialState.FAIL
+
+
+def test_params_in_one_call(study: optuna.Study) -> None:
+    trial = study.ask()
+    distributions = {"blocks": IntDistribution(1, 60), "stages": IntDistribution(1, 8)}
+    adapter.set_trial_params(
+        adapter.storage_of(study),
+        adapter.trial_id(trial),
+        {"blocks": 9, "stages": 4},
+        distributions,
+    )
+    assert study.trials[0].params == {"blocks": 9, "stages": 4}
+    assert study.trials[0].distributions == distributions
+
+
+def test_heartbeats(tmp_path: Path) -> None:
+    storage = optuna.storages.RDBStorage(
+        f"sqlite:///{tmp_path / 'h.db'}", heartbeat_interval=2, grace_period=4
+    )
+    study = optuna.create_study(storage=storage)
+    assert adapter.is_heartbeat_enabled(adapter.storage_of(study))
+    assert adapter.heartbeat_interval(adapter.storage_of(study)) == 2.0
+    assert not adapter.is_heartbeat_enabled(adapter.storage_of(optuna.create_study()))
+
+
+def test_the_optimize_loop_is_told_apart(study: optuna.Study) -> None:
+    seen: list[bool] = []
+    study.optimize(lambda t: seen.append(adapter.in_optimize_loop(study)) or 0.0, n_trials=1)
+    assert seen == [True]
+    assert not adapter.in_optimize_loop(study)
+    # Per thread: another thread asking while this one optimizes is ask-and-tell.
+    other: list[bool] = []
+    thread = threading.Thread(target=lambda: other.append(adapter.in_optimize_loop(study)))
+    thread.start()
+    thread.join()
+    assert other == [False]
+
+
+def test_whole_study_behind_hyperband_brackets(tmp_path: Path) -> None:
+    study = optuna.create_study(pruner=optuna.pruners.HyperbandPruner())
+    assert adapter.whole_study(study) is study
+    views: list[optuna.Study] = []
+
+    class Spy(optuna.samplers.RandomSampler):
+        def sample_independent(self, study, trial, name, distribution):  # type: ignore[override]
+            views.append(study)
+            return super().sample_independent(study, trial, name, distribution)
+
+    study.sampler = Spy()
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    assert views and adapter.whole_study(views[0]) is study
