@@ -18,9 +18,9 @@ import detectron2.config
 from detectron2.config import CfgNode
 
 from spnas.data.coco import DatasetSplits
+from spnas.engines import DataSpec
 from spnas.engines.detectron2 import Detectron2Engine
 from spnas.engines.detectron2.config import get_spnas_cfg
-from spnas.export import _write_detectron2_config
 from spnas.search import SearchConfig
 
 ORIGINAL_GET_CFG = detectron2.config.get_cfg
@@ -41,6 +41,9 @@ def older_get_cfg() -> CfgNode:
 
 
 def export_config(tmp_path: Path) -> Path:
+    """Export a width-8 ResNet-18 detector as ``spnas export`` does (Detectron2Engine.export)."""
+    import torch
+
     from spnas.data.synthetic import make_synthetic_dataset
 
     make_synthetic_dataset(tmp_path / "data", train=2, val=2, size=32, show_progress=False)
@@ -53,13 +56,12 @@ def export_config(tmp_path: Path) -> Path:
         }
     ).resolved(tmp_path)
     spec = config.model_spec(config.seed_arch, None, 2)
-    path = tmp_path / "export" / "config.yaml"
-    path.parent.mkdir()
-    splits = DatasetSplits.from_dir(config.data.dir)
-    _write_detectron2_config(
-        Detectron2Engine(), spec, config, splits, tmp_path / "model_final.pth", path
-    )
-    return path
+    engine = Detectron2Engine()
+    weights = tmp_path / "model_final.pth"
+    torch.save(engine.build_model(spec).state_dict(), weights)
+    data = DataSpec(DatasetSplits.from_dir(config.data.dir), config.data.metric)
+    engine.export(spec, weights, config.final_schedule, data, tmp_path / "export")
+    return tmp_path / "export" / "config.yaml"
 
 
 @pytest.mark.parametrize(
