@@ -119,6 +119,40 @@ def post(message: Any) -> None:
         _queue.put(("message", message))
 
 
+def _check_layout(num_processes: int, num_machines: int, machine_rank: int) -> None:
+    if num_processes < 1 or num_machines < 1:
+        raise ConfigError(
+            f"num_processes={num_processes}, num_machines={num_machines}: expected at least 1"
+        )
+    if not 0 <= machine_rank < num_machines:
+        raise ConfigError(
+            f"machine_rank={machine_rank}: expected 0 to {num_machines - 1} "
+            f"(num_machines={num_machines})"
+        )
+
+
+def _wait(
+    context: Any, messages: Any, on_message: Callable[[Any], None] | None, world_size: int
+) -> Any:
+    """Forward rank 0's messages until every process ended; rank 0's result."""
+    outcome: dict[str, Any] = {"errors": []}
+    try:
+        while True:
+            _drain(messages, outcome, on_message)
+            if context.join(timeout=_POLL_S):
+                break
+    except ProcessException as exc:
+        # torch's launcher has terminated the other processes.
+        _drain(messages, outcome, None)
+        raise _failure(exc, outcome["errors"], world_size) from None
+    except BaseException:
+        # on_message raised (a pruned trial) or the caller was interrupted: stop them all.
+        _stop(context)
+        raise
+    _drain(messages, outcome, on_message)
+    return outcome.get("result")
+
+
 def launch(
     main_func: Callable[..., Any],
     num_processes: int,
@@ -158,15 +192,7 @@ def launch(
             input) is raised as itself.
     """
     global _handler
-    if num_processes < 1 or num_machines < 1:
-        raise ConfigError(
-            f"num_processes={num_processes}, num_machines={num_machines}: expected at least 1"
-        )
-    if not 0 <= machine_rank < num_machines:
-        raise ConfigError(
-            f"machine_rank={machine_rank}: expected 0 to {num_machines - 1} "
-            f"(num_machines={num_machines})"
-        )
+    _check_layout(num_processes, num_machines, machine_rank)
     world_size = num_processes * num_machines
     if world_size == 1:
         _handler = on_message
@@ -217,22 +243,7 @@ def launch(
         num_machines,
         dist_url,
     )
-    outcome: dict[str, Any] = {"errors": []}
-    try:
-        while True:
-            _drain(messages, outcome, on_message)
-            if context.join(timeout=_POLL_S):
-                break
-    except ProcessException as exc:
-        # torch's launcher has terminated the other processes.
-        _drain(messages, outcome, None)
-        raise _failure(exc, outcome["errors"], world_size) from None
-    except BaseException:
-        # on_message raised (a pruned trial) or the caller was interrupted: stop them all.
-        _stop(context)
-        raise
-    _drain(messages, outcome, on_message)
-    return outcome.get("result")
+    return _wait(context, messages, on_message, world_size)
 
 
 def _free_port() -> int:

@@ -291,20 +291,7 @@ def run_worker(
                 # (make_storage); a trial whose result could not be written goes stale and is
                 # retried with its decision.
                 outages += 1
-                if outages > MAX_STORAGE_OUTAGES:
-                    raise StorageError(
-                        f"storage {redact(storage_url)!r} failed {outages} times in a row; "
-                        f"last: {type(exc).__name__}: "
-                        f"{hide_password(str(exc), storage_url).splitlines()[0]}"
-                    ) from None
-                _logger.warning(
-                    "storage error (%s), going on in %.0f s (%d/%d)",
-                    type(exc).__name__,
-                    STORAGE_OUTAGE_WAIT_S,
-                    outages,
-                    MAX_STORAGE_OUTAGES,
-                )
-                time.sleep(STORAGE_OUTAGE_WAIT_S)
+                _pause_for_storage(exc, outages, storage_url)
                 continue
             except Exception as exc:
                 # The objective's own errors are caught by optimize (the trial fails). What
@@ -324,6 +311,24 @@ def run_worker(
                 continue
             outages = 0
             ran += 1
+
+
+def _pause_for_storage(exc: BaseException, outages: int, storage_url: str) -> None:
+    """Wait out a storage error, or raise once ``MAX_STORAGE_OUTAGES`` came in a row."""
+    if outages > MAX_STORAGE_OUTAGES:
+        raise StorageError(
+            f"storage {redact(storage_url)!r} failed {outages} times in a row; "
+            f"last: {type(exc).__name__}: "
+            f"{hide_password(str(exc), storage_url).splitlines()[0]}"
+        ) from None
+    _logger.warning(
+        "storage error (%s), going on in %.0f s (%d/%d)",
+        type(exc).__name__,
+        STORAGE_OUTAGE_WAIT_S,
+        outages,
+        MAX_STORAGE_OUTAGES,
+    )
+    time.sleep(STORAGE_OUTAGE_WAIT_S)
 
 
 def _finished_elsewhere(study: optuna.Study, current: Mapping[str, int]) -> bool:

@@ -28,7 +28,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import DatasetEvaluators
@@ -41,6 +40,7 @@ from fvcore.common.param_scheduler import CosineParamScheduler
 
 from spnas.device import resolve_amp
 from spnas.engines.base import NullReporter, Reporter
+from spnas.engines.detectron2.checkpoint import AtomicCheckpointer
 from spnas.engines.detectron2.compat import has_compiled_ops
 from spnas.engines.detectron2.evaluation import LAMREvaluator, SearchCOCOEvaluator
 from spnas.engines.detectron2.hooks import ProgressBarHook, ReporterHook
@@ -89,9 +89,7 @@ class SPNASTrainer(DefaultTrainer):
         model = create_ddp_model(model, broadcast_buffers=False, **ddp_options)
         self._trainer = (AMPTrainer if amp else SimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
+        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
