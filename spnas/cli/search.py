@@ -280,11 +280,13 @@ def run_worker_command(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         from spnas.report import DashboardFigures
-        from spnas.search import check_inputs, load_search_study, run_worker
+        from spnas.search import SearchState, check_inputs, load_search_study, run_worker
 
         url = storage_url(args)
-        # A worker on another node reads the data, weights and store from its own mounts.
-        check_inputs(load_search_study(args.study, url)[1])
+        study, config = load_search_study(args.study, url)
+        if not SearchState.from_trials(study.get_trials(deepcopy=False), config).done:
+            # A worker on another node reads the data, weights and store from its own mounts.
+            check_inputs(config)
         _set_threads(args.threads)
         state = run_worker(
             args.study,

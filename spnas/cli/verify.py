@@ -35,8 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
+    from spnas.cli._json import dumps
     from spnas.cli.search import _forward_signals, _print_verification, _start_workers, _watch
     from spnas.exceptions import ConfigError
     from spnas.search import enable_verification, load_search_study, summarize
@@ -63,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     summary = summarize(study.get_trials(deepcopy=False), config, args.study)
     verify = summary["verify"]
     if args.json:
-        print(json.dumps(verify, indent=2))
+        print(dumps(verify, indent=2))
     elif verify is not None:
         _print_verification(verify, config.data.metric)
     return 0 if state is not None and state.phase == "done" else 1

@@ -98,6 +98,16 @@ class Engine(abc.ABC):
                     )
         return cls(**options)
 
+    def check(self) -> None:
+        """Check what the engine will read (its config files) before a study is created, so
+        bad input fails at once, naming the file. Engines that read nothing of their own
+        keep this default, which checks nothing.
+
+        Raises:
+            ConfigError: naming the file and what is wrong with it.
+        """
+        return None
+
     @abc.abstractmethod
     def build_model(self, spec: ModelSpec, schedule: Schedule | None = None) -> nn.Module:
         """A detector for ``spec`` with random weights (new blocks not yet identities).

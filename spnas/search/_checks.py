@@ -47,7 +47,8 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("parallel.budget_gmacs", lambda v: v is None or _positive(v), "null or a positive number"),
     ("parallel.budget_ratio", lambda v: v is None or _positive(v), "null or a positive number"),
     ("parallel.max_tries", _positive, "a positive integer"),
-    ("parallel.max_trials", lambda v: v is None or v >= 1, "null or an integer ≥ 1"),
+    # 0 skips the parallel phase's candidates (its seed and control still run).
+    ("parallel.max_trials", lambda v: v is None or v >= 0, "null or an integer ≥ 0"),
     ("reignite.epochs", _positive, "a positive integer"),
     ("reignite.image_size", lambda v: v >= 8, "an integer ≥ 8"),
     ("reignite.lr", _positive, "a positive number"),

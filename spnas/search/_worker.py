@@ -93,7 +93,7 @@ def check_inputs(config: SearchConfig) -> None:
 
     check_cost(config)
     try:  # the engine checks its own section (its config file exists and is safe YAML)
-        build_search_engine(config)
+        build_search_engine(config).check()
     except ConfigError as exc:
         raise ConfigError(f"'engine.config': {exc}") from exc
     validate_dataset(DatasetSplits.from_dir(config.data.dir), config.engine.show_progress)

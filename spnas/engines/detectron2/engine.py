@@ -91,14 +91,6 @@ class Detectron2Engine(Engine):
         self.config_file = None if config_file is None else Path(config_file)
         self.opts = list(opts)
         self.show_progress = show_progress
-        if self.config_file is not None:
-            # Read now, safely: a missing file or a python tag fails before any trial runs.
-            if not self.config_file.is_file():
-                raise ConfigError(
-                    f"detectron2 config {str(self.config_file)!r} does not exist (relative "
-                    "paths in a study YAML are relative to the YAML's folder)"
-                )
-            get_spnas_cfg(str(self.config_file))
 
     def build_cfg(
         self,
@@ -151,6 +143,17 @@ class Detectron2Engine(Engine):
         if self.opts:
             cfg.merge_from_list(self.opts)
         return configure_levels(cfg)
+
+    def check(self) -> None:
+        """The config file exists and reads as safe YAML (a python tag fails, naming it)."""
+        if self.config_file is None:
+            return
+        if not self.config_file.is_file():
+            raise ConfigError(
+                f"detectron2 config {str(self.config_file)!r} does not exist (relative paths "
+                "in a study YAML are relative to the YAML's folder)"
+            )
+        get_spnas_cfg(str(self.config_file))
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any]) -> Detectron2Engine:
