@@ -10,6 +10,8 @@
 - :func:`write_seed_weights`: a random ResNet-18 in torchvision's key layout at width 8 (the
   ``model.pretrained`` file; a real ``torchvision.models.resnet18()`` has width 64, eight times
   the channels, which would make every trial's weights 50 MB).
+- :func:`seed_decision`, :func:`reignite_decision`, :func:`pseed_decision`,
+  :func:`parallel_decision`: the decisions the state-machine tests build histories from.
 - :func:`frozen`: synthetic :class:`~optuna.trial.FrozenTrial` objects for the state machine.
 - :func:`worker_main`: the body of one worker process in the concurrency tests.
 """
@@ -30,6 +32,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
+from spnas.arch import ParallelCode, SerialCode
 from spnas.engines.base import (
     DataSpec,
     Engine,
@@ -324,6 +327,41 @@ def write_seed_weights(path: str | Path, width: int = WIDTH, seed: int = 0) -> P
     path = Path(path)
     torch.save(torchvision_layout(net.state_dict()), path)
     return path
+
+
+# --------------------------------------------------------------------------- decisions
+#: The parallel code of an SPNet with no subnets (4 stages).
+ZEROS = "(0,0,0,0)"
+
+
+def seed_decision() -> Decision:
+    """The seed trial's decision (``SEED_ARCH``)."""
+    return Decision("seed", arch=SerialCode.parse(SEED_ARCH), round=0)
+
+
+def reignite_decision(arch_text: str, parent: int, round_: int) -> Decision:
+    return Decision("reignite", arch=SerialCode.parse(arch_text), parent=parent, round=round_)
+
+
+def pseed_decision(arch_text: str, parent: int) -> Decision:
+    """The parallel seed: ``arch_text`` with no subnets."""
+    return Decision(
+        "parallel_seed",
+        arch=SerialCode.parse(arch_text),
+        parallel=ParallelCode.parse(ZEROS),
+        parent=parent,
+    )
+
+
+def parallel_decision(arch_text: str, code: str, parent: int) -> Decision:
+    """A parallel candidate (round 2: the last round of a one-reignition study)."""
+    return Decision(
+        "parallel",
+        arch=SerialCode.parse(arch_text),
+        parallel=ParallelCode.parse(code),
+        parent=parent,
+        round=2,
+    )
 
 
 # --------------------------------------------------------------------------- frozen trials

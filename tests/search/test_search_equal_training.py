@@ -9,23 +9,35 @@ from pathlib import Path
 
 import pytest
 from optuna.trial import FrozenTrial, TrialState
-from search_doubles import SEED_ARCH, frozen, make_config
+from search_doubles import (
+    SEED_ARCH,
+    ZEROS,
+    frozen,
+    make_config,
+)
+from search_doubles import (
+    parallel_decision as parallel,
+)
+from search_doubles import (
+    pseed_decision as pseed,
+)
+from search_doubles import (
+    reignite_decision as reignite,
+)
+from search_doubles import (
+    seed_decision as seed,
+)
 
 from spnas.arch import ParallelCode, SerialCode
 from spnas.morphism import apply_all, parse_ops
 from spnas.search import Decision, SearchConfig, SearchState, SPNASSampler
 
 C, R, F = TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL
-ZEROS = "(0,0,0,0)"
 
 
 def arch(i: int) -> str:
     """A distinct serial code per ``i``, none the seed's (the replay does not check the space)."""
     return f"BB({'1' * (i + 2)},d1,d1,d1)"
-
-
-def seed() -> Decision:
-    return Decision("seed", arch=SerialCode.parse(SEED_ARCH), round=0)
 
 
 def control(arch_text: str, parent: int, round_: int, parallel: str | None = None) -> Decision:
@@ -40,29 +52,6 @@ def control(arch_text: str, parent: int, round_: int, parallel: str | None = Non
 
 def serial(i: int, parent: int, round_: int = 1, ops: tuple[str, ...] = ()) -> Decision:
     return Decision("serial", arch=SerialCode.parse(arch(i)), parent=parent, round=round_, ops=ops)
-
-
-def reignite(arch_text: str, parent: int, round_: int) -> Decision:
-    return Decision("reignite", arch=SerialCode.parse(arch_text), parent=parent, round=round_)
-
-
-def pseed(arch_text: str, parent: int) -> Decision:
-    return Decision(
-        "parallel_seed",
-        arch=SerialCode.parse(arch_text),
-        parallel=ParallelCode.parse(ZEROS),
-        parent=parent,
-    )
-
-
-def parallel(arch_text: str, code: str, parent: int) -> Decision:
-    return Decision(
-        "parallel",
-        arch=SerialCode.parse(arch_text),
-        parallel=ParallelCode.parse(code),
-        parent=parent,
-        round=2,
-    )
 
 
 @pytest.fixture

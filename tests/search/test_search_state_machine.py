@@ -9,8 +9,24 @@ from pathlib import Path
 
 import pytest
 from optuna.trial import FrozenTrial, TrialState
-from search_doubles import SEED_ARCH, frozen
+from search_doubles import (
+    SEED_ARCH,
+    ZEROS,
+    frozen,
+)
 from search_doubles import make_config as _make_config
+from search_doubles import (
+    parallel_decision as parallel,
+)
+from search_doubles import (
+    pseed_decision as pseed,
+)
+from search_doubles import (
+    reignite_decision as reignite,
+)
+from search_doubles import (
+    seed_decision as seed,
+)
 
 from spnas.arch import ParallelCode, SerialCode
 from spnas.exceptions import ArchError
@@ -34,7 +50,6 @@ C, R, F, P, W = (
     TrialState.PRUNED,
     TrialState.WAITING,
 )
-ZEROS = "(0,0,0,0)"
 
 
 def arch(i: int) -> str:
@@ -42,35 +57,8 @@ def arch(i: int) -> str:
     return f"BB({'1' * (i + 1)},d1,d1,d1)"
 
 
-def seed() -> Decision:
-    return Decision("seed", arch=SerialCode.parse(SEED_ARCH), round=0)
-
-
 def serial(i: int, parent: int, round_: int = 1) -> Decision:
     return Decision("serial", arch=SerialCode.parse(arch(i)), parent=parent, round=round_)
-
-
-def reignite(arch_text: str, parent: int, round_: int) -> Decision:
-    return Decision("reignite", arch=SerialCode.parse(arch_text), parent=parent, round=round_)
-
-
-def pseed(arch_text: str, parent: int) -> Decision:
-    return Decision(
-        "parallel_seed",
-        arch=SerialCode.parse(arch_text),
-        parallel=ParallelCode.parse(ZEROS),
-        parent=parent,
-    )
-
-
-def parallel(arch_text: str, code: str, parent: int) -> Decision:
-    return Decision(
-        "parallel",
-        arch=SerialCode.parse(arch_text),
-        parallel=ParallelCode.parse(code),
-        parent=parent,
-        round=2,
-    )
 
 
 def make_config(root: Path, **sections: dict) -> SearchConfig:
