@@ -196,6 +196,10 @@ class SPNASSampler(BaseSampler):
         study = whole_study(study)
         decision = Decision.of(trial)
         if decision is not None:
+            earlier = _earlier_retry(study, trial)
+            if earlier is not None:
+                self._stand_down(study, trial, decision, earlier)
+                return
             # A retry copied its params; a trial enqueued with a decision has none yet.
             record_architecture(storage_of(study), trial, self.config_for(study), decision)
             return
@@ -252,6 +256,25 @@ class SPNASSampler(BaseSampler):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names([config.data.metric])
+
+    @staticmethod
+    def _stand_down(study: Study, trial: FrozenTrial, decision: Decision, earlier: int) -> None:
+        """Turn a second retry of the same failed trial ``idle``: ``earlier`` runs it."""
+        # ``spnas:kind`` goes first here: from that write on no worker counts the copy as a
+        # running barrier; the other attributes only clear what the copy carried.
+        attrs = Decision("idle", round=decision.round).to_attrs()
+        attrs.update({f"{ATTR_PREFIX}role": None, f"{ATTR_PREFIX}repeat": None})
+        storage = storage_of(study)
+        storage.set_trial_system_attr(
+            trial_id(trial), f"{ATTR_PREFIX}kind", attrs.pop(f"{ATTR_PREFIX}kind")
+        )
+        for key, value in attrs.items():
+            storage.set_trial_system_attr(trial_id(trial), key, value)
+        _logger.info(
+            "trial %d: idle, a second retry of the trial that trial %d retries",
+            trial.number,
+            earlier,
+        )
 
     @staticmethod
     def _abandon(study: Study, trial: FrozenTrial) -> None:
@@ -504,6 +527,25 @@ class SPNASSampler(BaseSampler):
                 "final", arch=parent.arch, parallel=parent.parallel, parent=parent.number
             )
         raise ConfigError(f"unknown trial kind {kind!r}")
+
+
+def _earlier_retry(study: Study, trial: FrozenTrial) -> int | None:
+    """The number of an earlier trial that retries the same failed trial as ``trial``.
+
+    Two workers can fail the same stale trial at once (on SQLite, which has no row locks,
+    both see it RUNNING) and each queues a retry. Trial numbers are given at creation, so
+    "the lowest-numbered retry runs, the others stand down" needs no lock: the earlier copy
+    exists before the later one is taken from the queue.
+    """
+    history = trial.system_attrs.get("retry_history") or []
+    if not history:
+        return None
+    for other in study.get_trials(deepcopy=False):
+        if other.number >= trial.number:
+            break
+        if (other.system_attrs.get("retry_history") or [])[-1:] == history[-1:]:
+            return other.number
+    return None
 
 
 def _undecided(trial: FrozenTrial) -> bool:

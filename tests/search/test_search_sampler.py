@@ -203,6 +203,33 @@ def test_waiting_trial_steps_aside_for_a_queued_retry(tmp_path: Path) -> None:
     assert get_decision(trials[2]) == Decision.of(seed)
 
 
+def test_a_second_retry_of_the_same_trial_stands_down(tmp_path: Path) -> None:
+    """Two workers that fail the same stale trial at once (SQLite has no row locks) each
+    queue a retry (seen in CI: the reignition retried twice). The lower-numbered retry runs
+    it; the other turns idle and is pruned, so the barrier trains once."""
+    config = make_config(tmp_path)
+    study = optuna.create_study(
+        sampler=SPNASSampler(config),
+        storage=make_storage(f"sqlite:///{tmp_path / 'twice.db'}"),
+        direction="maximize",
+    )
+    storage, study_id = study._storage, study._study_id
+    seed = frozen(0, Decision("seed", arch=SerialCode.parse(SEED_ARCH)), TrialState.FAIL)
+    storage.create_new_trial(study_id, template_trial=seed)
+    for number in (1, 2):
+        retry = frozen(number, Decision.of(seed), TrialState.WAITING, retry_of=[0])
+        storage.create_new_trial(study_id, template_trial=retry)
+    study.optimize(objective, n_trials=3)
+    trials = study.get_trials()
+    assert trials[1].state == TrialState.COMPLETE and get_decision(trials[1]) == Decision.of(seed)
+    assert trials[2].state == TrialState.PRUNED
+    assert get_decision(trials[2]) == Decision("idle", round=0)
+    # The search goes on from the one seed: the next trial opens round 1.
+    assert get_decision(trials[3]).kind in ("control", "serial")
+    state = SearchState.from_trials(trials, config)
+    assert [r.number for r in state.of_kind("seed")] == [1]
+
+
 class _FakeClock:
     """Stands in for the sampler's ``time`` module: sleeping advances a fake clock."""
 

@@ -120,6 +120,17 @@ def describe(trials: list[FrozenTrial]) -> str:
     return "\n".join(rows)
 
 
+def retries_of(trials: list[FrozenTrial], number: int) -> list[FrozenTrial]:
+    """The retries of trial ``number`` that train it: a second copy queued by another worker
+    that failed the same stale trial at once stands down as ``idle``."""
+    return [
+        t
+        for t in trials
+        if number in t.system_attrs.get("retry_history", [])
+        and getattr(Decision.of(t), "kind", None) != "idle"
+    ]
+
+
 def wait_for_workers(workers: Workers, name: str, url: str, timeout: float) -> None:
     """Poll until every worker exited; on timeout fail with the study and the worker logs."""
     deadline = time.monotonic() + timeout
@@ -370,14 +381,14 @@ def run_fault_tolerance(tmp_path: Path, assets: Path, workers: Workers, url: str
     for number in killed:
         failed = trials[number]
         assert failed.state == TrialState.FAIL, text
-        retries = [t for t in trials if number in t.system_attrs.get("retry_history", [])]
+        retries = retries_of(trials, number)
         assert len(retries) == 1, f"trial {number} retried {len(retries)} times\n{text}"
         retry = retries[0]
         assert retry.state.is_finished() and retry.state != TrialState.FAIL, text
         ours = {k: v for k, v in failed.system_attrs.items() if k.startswith("spnas:")}
         theirs = {k: v for k, v in retry.system_attrs.items() if k.startswith("spnas:")}
         assert ours and ours == theirs, "the retry must train the same decision"
-    seed_retry = next(t for t in trials if killed[0] in t.system_attrs.get("retry_history", []))
+    seed_retry = retries_of(trials, killed[0])[0]
     assert seed_retry.state == TrialState.COMPLETE
     check_search(trials, config, Path(config.study.artifacts))
 
@@ -484,7 +495,7 @@ def test_stopping_every_worker_and_starting_again_resumes(
             assert trials[old.number].state == old.state, text
             assert trials[old.number].value == old.value, text
     # ...the interrupted reignition is retried once, with its decision, and completes...
-    retries = [t for t in trials if hung in t.system_attrs.get("retry_history", [])]
+    retries = retries_of(trials, hung)
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE, text
     assert Decision.of(retries[0]) == Decision.of(before[hung]), text
     # ...and every barrier ran once (check_search counts a failed-and-retried trial once).
