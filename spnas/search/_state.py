@@ -4,8 +4,9 @@ Nothing is kept between decisions: :meth:`SearchState.from_trials` replays the h
 storage, so any worker on any node reaches the same state, and a restarted search goes on
 where it was.
 
-Every decided trial carries its decision in system attributes (``spnas:kind``, ``spnas:arch``,
-``spnas:parallel``, ``spnas:parent``, ``spnas:ops``, ``spnas:round``). The kinds:
+Every decided trial carries its decision in two system attributes: ``spnas:decision`` (``arch``,
+``parallel``, ``parent``, ``ops``, ``round``; ``role`` and ``repeat`` for verification) and
+``spnas:kind``, written last. The kinds:
 
 ============== ==================================================================
 ``seed``       first trial: the seed network from pretrained weights (barrier)
@@ -77,6 +78,12 @@ UNPRUNABLE_KINDS: frozenset[str] = BARRIER_KINDS | {"control", "verify"}
 PHASES: tuple[str, ...] = ("seed", "serial", "parallel", "verify", "final", "done", "failed")
 
 
+#: The trial system attributes of a decision: its mark (written last) and its fields.
+KIND_ATTR = f"{ATTR_PREFIX}kind"
+DECISION_ATTR = f"{ATTR_PREFIX}decision"
+_FIELDS = ("arch", "parallel", "parent", "ops", "round", "role", "repeat")
+
+
 @dataclasses.dataclass(frozen=True)
 class Decision:
     """What one trial trains: written on the trial by the sampler, read by the objective."""
@@ -92,35 +99,41 @@ class Decision:
     repeat: int | None = None
 
     def to_attrs(self) -> dict[str, Any]:
-        attrs = {
-            f"{ATTR_PREFIX}kind": self.kind,
-            f"{ATTR_PREFIX}arch": None if self.arch is None else str(self.arch),
-            f"{ATTR_PREFIX}parallel": None if self.parallel is None else str(self.parallel),
-            f"{ATTR_PREFIX}parent": self.parent,
-            f"{ATTR_PREFIX}ops": list(self.ops),
-            f"{ATTR_PREFIX}round": self.round,
+        """The trial system attributes that hold this decision: ``spnas:decision`` (the
+        fields) and ``spnas:kind`` (the mark that it is there; written last).
+
+        Two attributes, not one per field: each is one storage round trip, and after a
+        barrier one trial writes the decisions of hundreds (see ``SPNASSampler``).
+        """
+        body: dict[str, Any] = {
+            "arch": None if self.arch is None else str(self.arch),
+            "parallel": None if self.parallel is None else str(self.parallel),
+            "parent": self.parent,
+            "ops": list(self.ops),
+            "round": self.round,
         }
         if self.role is not None:
-            attrs[f"{ATTR_PREFIX}role"] = self.role
-            attrs[f"{ATTR_PREFIX}repeat"] = self.repeat
-        return attrs
+            body.update(role=self.role, repeat=self.repeat)
+        return {DECISION_ATTR: body, KIND_ATTR: self.kind}
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> Decision | None:
-        kind = attrs.get(f"{ATTR_PREFIX}kind")
+        kind = attrs.get(KIND_ATTR)
         if kind is None:
             return None
-        arch = attrs.get(f"{ATTR_PREFIX}arch")
-        parallel = attrs.get(f"{ATTR_PREFIX}parallel")
+        body = attrs.get(DECISION_ATTR)
+        if body is None:  # studies written before 2026-12: one attribute per field
+            body = {name: attrs.get(f"{ATTR_PREFIX}{name}") for name in _FIELDS}
+        arch, parallel = body.get("arch"), body.get("parallel")
         return cls(
             kind=kind,
             arch=None if arch is None else SerialCode.parse(arch),
             parallel=None if parallel is None else ParallelCode.parse(parallel),
-            parent=attrs.get(f"{ATTR_PREFIX}parent"),
-            ops=tuple(attrs.get(f"{ATTR_PREFIX}ops") or ()),
-            round=int(attrs.get(f"{ATTR_PREFIX}round") or 0),
-            role=attrs.get(f"{ATTR_PREFIX}role"),
-            repeat=attrs.get(f"{ATTR_PREFIX}repeat"),
+            parent=body.get("parent"),
+            ops=tuple(body.get("ops") or ()),
+            round=int(body.get("round") or 0),
+            role=body.get("role"),
+            repeat=body.get("repeat"),
         )
 
     @classmethod

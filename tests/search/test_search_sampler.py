@@ -326,4 +326,4 @@ def test_the_decision_is_published_kind_last(tmp_path: Path) -> None:
     study._storage.set_trial_system_attr = record  # type: ignore[method-assign]
     study.optimize(objective, n_trials=1)
     spnas_keys = [k for k in written if k.startswith("spnas:")]
-    assert spnas_keys[-1] == "spnas:kind" and len(spnas_keys) == 6
+    assert spnas_keys == ["spnas:decision", "spnas:kind"]

@@ -462,3 +462,17 @@ def test_parallel_sampling_prefers_cheap_stages() -> None:
 def test_stage_costs_grow_with_the_stage_layout(config: SearchConfig) -> None:
     costs = stage_costs(config, SerialCode.parse(SEED_ARCH))
     assert len(costs) == 4 and all(c > 0 for c in costs)
+
+
+def test_a_decision_is_two_attributes_and_older_studies_still_read() -> None:
+    """``spnas:decision`` (the fields) and ``spnas:kind`` (the mark): two storage round trips
+    a decision instead of seven; studies written one attribute per field still read."""
+    decision = Decision(
+        "verify", SerialCode.parse("BB(11,d1,d1,d1)"), None, 3, ("expand",), 2, "seed", 1
+    )
+    attrs = decision.to_attrs()
+    assert list(attrs) == ["spnas:decision", "spnas:kind"]
+    assert Decision.from_attrs(attrs) == decision
+    legacy = {f"spnas:{name}": value for name, value in attrs["spnas:decision"].items()}
+    assert Decision.from_attrs({**legacy, "spnas:kind": "verify"}) == decision
+    assert Decision.from_attrs(attrs["spnas:decision"]) is None  # no mark: not decided

@@ -105,3 +105,71 @@ def test_a_trial_in_line_reads_only_the_trial_ahead(
     # Behind a barrier, looks slow down (a tenth of the time waited), never beyond 10 s.
     assert max(clock.sleeps) <= sampler_module.MAX_WAIT_STEP_S
     assert len(clock.sleeps) < 200, len(clock.sleeps)
+
+
+def _line_after_the_seed(tmp_path: Path, name: str, length: int):
+    """A study whose seed completed, with ``length`` undecided trials in line after it."""
+    config = make_config(tmp_path)
+    study = optuna.create_study(
+        storage=f"sqlite:///{tmp_path / name}",
+        sampler=SPNASSampler(config, max_wait_seconds=60, ask_wait_seconds=60),
+        direction="maximize",
+    )
+    storage = study._storage
+    seed = storage.create_new_trial(study._study_id)
+    _write(storage, seed, Decision("seed", SerialCode.parse(SEED_ARCH)))
+    storage.set_trial_state_values(seed, TrialState.COMPLETE, [30.0])
+    line = [storage.get_trial(storage.create_new_trial(study._study_id)) for _ in range(length)]
+    return study, line
+
+
+def test_the_first_in_line_decides_for_the_whole_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a barrier the lowest trial in line decides for every trial behind it, each as
+    it would have decided itself one by one (measured before: at 256 workers the last of
+    the line waited 506 s for the decisions ahead of it, one full history read each)."""
+    import spnas.search._sampler as sampler_module
+
+    study, line = _line_after_the_seed(tmp_path, "ahead.db", 6)
+    first = study.sampler.decide(study, line[0])
+    ahead = [Decision.of(study._storage.get_trial(t._trial_id)) for t in line[1:]]
+    assert None not in ahead, ahead
+    # A waiter behind finds its decision with one look, without a full read of the history.
+    full_reads = 0
+    get_all_trials = study._storage.get_all_trials
+
+    def count_full(*args, **kwargs):
+        nonlocal full_reads
+        full_reads += 1
+        return get_all_trials(*args, **kwargs)
+
+    monkeypatch.setattr(study._storage, "get_all_trials", count_full)
+    assert study.sampler.decide(study, line[-1]) == ahead[-1]
+    assert full_reads == 1
+
+    # The same line decided one by one: the same decisions.
+    monkeypatch.setattr(sampler_module, "MAX_DECIDED_AHEAD", 0)
+    reference_study, reference_line = _line_after_the_seed(tmp_path, "one-by-one.db", 6)
+    one_by_one = []
+    for trial in reference_line:
+        one_by_one.append(reference_study.sampler.decide(reference_study, trial))
+        _write(reference_study._storage, trial._trial_id, one_by_one[-1])
+    assert [first, *ahead] == one_by_one
+    assert [d.kind for d in one_by_one] == ["control"] + ["serial"] * 5
+    assert len({d.arch for d in one_by_one[1:]}) == 5  # five different candidates
+
+
+def test_deciding_ahead_stops_at_a_barrier(tmp_path: Path) -> None:
+    """Nothing is decided ahead past what the line must wait for: behind the seed (a
+    barrier), the trials in line stay undecided."""
+    config = make_config(tmp_path)
+    study = optuna.create_study(
+        storage=f"sqlite:///{tmp_path / 'barrier.db'}",
+        sampler=SPNASSampler(config, max_wait_seconds=60, ask_wait_seconds=60),
+        direction="maximize",
+    )
+    storage = study._storage
+    line = [storage.get_trial(storage.create_new_trial(study._study_id)) for _ in range(3)]
+    assert study.sampler.decide(study, line[0]).kind == "seed"
+    assert [Decision.of(storage.get_trial(t._trial_id)) for t in line[1:]] == [None, None]
