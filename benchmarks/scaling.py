@@ -17,6 +17,9 @@ history, deciding, writing the decision), over the trials created after the seed
 ``max_server_connections``: client connections of the PostgreSQL server (pg_stat_activity,
 polled every 0.2 s), whatever opened them. ``worker_pss_mb``: proportional memory of one
 worker (shared pages split between the processes that share them).
+``proxy_cpu_ms_per_trial`` (``--storage grpc``): CPU time of the storage proxy over the run,
+per trial of the study; the proxy is one process, so ``proxy_trials_per_min_ceiling`` (its
+inverse) bounds the trials a minute it can serve, at any trial length.
 
 ``--storage postgresql``: every worker opens the database (``make_storage``: at most
 3 connections a worker; the server gets ``max_connections`` 3 × workers + 20, above its
@@ -133,8 +136,9 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def storage_proxy(db_url: str, log_file: Path) -> Iterator[str]:
-    """A ``spnas storage-proxy`` for ``db_url`` in its own process group; yields its URL."""
+def storage_proxy(db_url: str, log_file: Path) -> Iterator[tuple[str, int]]:
+    """A ``spnas storage-proxy`` for ``db_url`` in its own process group; yields its URL and
+    process id."""
     port = _free_port()
     with open(log_file, "w") as log:
         proc = subprocess.Popen(
@@ -143,7 +147,7 @@ def storage_proxy(db_url: str, log_file: Path) -> Iterator[str]:
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
-        yield f"grpc://127.0.0.1:{port}"
+        yield f"grpc://127.0.0.1:{port}", proc.pid
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -192,6 +196,14 @@ def _pss_mb(pid: int) -> float | None:
     return None
 
 
+def _cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of process ``pid`` so far (``None`` without one)."""
+    if pid is None:
+        return None
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -201,7 +213,7 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 
 def run(root: Path, url: str, counter_args: tuple[str, int, str], workers: int,
-        seconds: float, per_worker: int) -> dict[str, Any]:  # fmt: skip
+        seconds: float, per_worker: int, proxy_pid: int | None) -> dict[str, Any]:  # fmt: skip
     name = f"scaling-{workers}"
     config = SearchConfig.from_dict(study_values(name, per_worker * workers))
     study = optuna.create_study(
@@ -220,6 +232,7 @@ def run(root: Path, url: str, counter_args: tuple[str, int, str], workers: int,
         for i in range(workers)
     ]
     pss: list[float] = []
+    proxy_cpu = _cpu_seconds(proxy_pid)
     started = time.monotonic()
     # Fork before the counter's thread starts: a child forked beside a thread may inherit a
     # lock that thread held.
@@ -243,6 +256,8 @@ def run(root: Path, url: str, counter_args: tuple[str, int, str], workers: int,
                 proc.join()
             gc.unfreeze()
         wall = time.monotonic() - started
+    if proxy_cpu is not None:
+        proxy_cpu = _cpu_seconds(proxy_pid) - proxy_cpu
     codes = [proc.exitcode for proc in procs]
     if codes != [0] * workers:
         logs = "\n".join(
@@ -282,6 +297,14 @@ def run(root: Path, url: str, counter_args: tuple[str, int, str], workers: int,
         "worker_pss_mb": round(statistics.fmean(pss), 1) if pss else None,
         "search_wall_s": round(wall, 1),
         "all_trials": len(trials),
+        # The proxy is one process: its CPU per trial bounds the trials a minute it can
+        # serve, whatever the workers' hardware (the measure for real trial lengths).
+        "proxy_cpu_ms_per_trial": None
+        if proxy_cpu is None
+        else round(1000.0 * proxy_cpu / len(trials), 1),
+        "proxy_trials_per_min_ceiling": None
+        if not proxy_cpu
+        else round(60.0 * len(trials) / proxy_cpu, 1),
     }
 
 
@@ -311,12 +334,18 @@ def main() -> None:
         db_url = server.new_database("scaling")
         counter_args = (server.host, server.port, server.user)
         with contextlib.ExitStack() as stack:
-            url = db_url
+            url, proxy_pid = db_url, None
             if args.storage == "grpc":
-                url = stack.enter_context(storage_proxy(db_url, root / "proxy.log"))
+                url, proxy_pid = stack.enter_context(storage_proxy(db_url, root / "proxy.log"))
             for workers in args.workers:
                 row = run(
-                    root, url, counter_args, workers, args.trial_seconds, args.trials_per_worker
+                    root,
+                    url,
+                    counter_args,
+                    workers,
+                    args.trial_seconds,
+                    args.trials_per_worker,
+                    proxy_pid,
                 )
                 rows.append(row)
                 print(

@@ -215,9 +215,9 @@ class SPNASSampler(BaseSampler):
             self.check_study(study)
             decision, written = self._decide(study, trial)
             if not written:
-                # One write per attribute, each its own transaction: ``spnas:kind`` goes
-                # last, so other workers see no decision (and wait) until the whole decision
-                # is there (see _write_decisions).
+                # Two writes, each its own transaction: ``spnas:kind`` goes last, so other
+                # workers see no decision (and wait) until the whole decision is there (see
+                # _write_decisions).
                 attrs = decision.to_attrs()
                 kind = attrs.pop(KIND_ATTR)
                 for key, value in [*attrs.items(), (KIND_ATTR, kind)]:
@@ -341,7 +341,9 @@ class SPNASSampler(BaseSampler):
                 elif state.done:
                     if in_optimize_loop(study):
                         study.stop()
-                    return Decision("idle", round=state.round), False
+                    idle = Decision("idle", round=state.round)
+                    self._decide_ahead(study, trials, trial, idle)
+                    return idle, False
                 elif state.next_kind is not None:
                     decision = self._decision(state, trial.number)
                     self._decide_ahead(study, trials, trial, decision)
@@ -447,10 +449,11 @@ class SPNASSampler(BaseSampler):
         its own read of the whole history, made the last one wait hundreds of decisions
         (measured: 506 s at 256 workers). Each decision ahead replays the history with the
         decisions before it, as its own trial would; it stops at what the line must wait for
-        (a barrier, the end of a round, a retry to settle). The decisions are written whole,
-        then marked (``spnas:kind``), and ``trial``'s own mark is written last (by
-        :meth:`before_trial`): a trial that sees every trial below it decided finds its own
-        decision there, and never decides it a second time (:func:`_write_decisions`).
+        (a barrier, the end of a round, a retry to settle); once the search is done, the whole
+        line is ``idle``. The decisions are written whole, then marked (``spnas:kind``), and
+        ``trial``'s own mark is written last (by :meth:`before_trial`): a trial that sees
+        every trial below it decided finds its own decision there, and never decides it a
+        second time (:func:`_write_decisions`).
         """
         line = [t for t in trials if t.number > trial.number and _undecided(t)]
         if not line or any(
@@ -463,9 +466,12 @@ class SPNASSampler(BaseSampler):
         ahead: list[tuple[FrozenTrial, Decision]] = []
         for waiting in line[:MAX_DECIDED_AHEAD]:
             state = SearchState.from_trials(list(history.values()), config)
-            if state.done or state.next_kind is None or self._fresh_failures(state):
+            if state.done:  # final: everyone in line is idle
+                ahead.append((waiting, Decision("idle", round=state.round)))
+            elif state.next_kind is None or self._fresh_failures(state):
                 break
-            ahead.append((waiting, self._decision(state, waiting.number)))
+            else:
+                ahead.append((waiting, self._decision(state, waiting.number)))
             history[waiting.number] = _with_decision(waiting, ahead[-1][1])
         if ahead:
             _write_decisions(storage_of(study), ahead)

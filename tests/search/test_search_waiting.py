@@ -173,3 +173,21 @@ def test_deciding_ahead_stops_at_a_barrier(tmp_path: Path) -> None:
     line = [storage.get_trial(storage.create_new_trial(study._study_id)) for _ in range(3)]
     assert study.sampler.decide(study, line[0]).kind == "seed"
     assert [Decision.of(storage.get_trial(t._trial_id)) for t in line[1:]] == [None, None]
+
+
+def test_once_the_search_is_done_the_whole_line_is_idle(tmp_path: Path) -> None:
+    """At the end of a search with hundreds of workers, the first trial in line finds the
+    search done and marks every trial behind it ``idle`` at once."""
+    from search_doubles import fake_objective
+
+    config = make_config(tmp_path)
+    study = optuna.create_study(
+        storage=f"sqlite:///{tmp_path / 'done.db'}",
+        sampler=SPNASSampler(config, max_wait_seconds=60, ask_wait_seconds=60),
+        direction="maximize",
+    )
+    study.optimize(fake_objective, n_trials=80)
+    storage = study._storage
+    line = [storage.get_trial(storage.create_new_trial(study._study_id)) for _ in range(4)]
+    assert study.sampler.decide(study, line[0]).kind == "idle"
+    assert [Decision.of(storage.get_trial(t._trial_id)).kind for t in line[1:]] == ["idle"] * 3
