@@ -286,14 +286,16 @@ def run_worker(
                 )
             except Preempted as exc:
                 return _preempted(study, config, current, exc)
-            except _STORAGE_ERRORS as exc:
-                # A query in flight when the database went away. New connections wait for it
-                # (make_storage); a trial whose result could not be written goes stale and is
-                # retried with its decision.
-                outages += 1
-                _pause_for_storage(exc, outages, storage_url)
-                continue
             except Exception as exc:
+                cause = _storage_cause(exc)
+                if cause is not None:
+                    # A query in flight when the database went away (Optuna masks a failed
+                    # write of a result behind its assertion "Should not reach."). New
+                    # connections wait for it (make_storage); a trial whose result could not
+                    # be written goes stale and is retried with its decision.
+                    outages += 1
+                    _pause_for_storage(cause, outages, storage_url)
+                    continue
                 # The objective's own errors are caught by optimize (the trial fails). What
                 # escapes it is a write failing because the trial was finished by another
                 # worker (failed as stale while this one was paused past the grace period, and
@@ -311,6 +313,17 @@ def run_worker(
                 continue
             outages = 0
             ran += 1
+
+
+def _storage_cause(exc: BaseException) -> BaseException | None:
+    """The storage error that ``exc`` was raised while handling, if any."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, _STORAGE_ERRORS):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _pause_for_storage(exc: BaseException, outages: int, storage_url: str) -> None:

@@ -23,7 +23,7 @@ CPU_CONFIG = (
 ARCH = "BB(11,d1,d1,d1)"
 ITERS = 150
 #: The largest AP difference allowed between the 1- and 2-process runs (see the test).
-AP_TOLERANCE = 1.5
+AP_TOLERANCE = 3.0
 # fmt: off
 TRAIN_EVAL = [
     "--arch", ARCH, "--width", "8", "--fpn-channels", "16", "--anchor-size", "8",
@@ -76,12 +76,13 @@ def test_two_processes_train_as_well_as_one_at_the_same_total_batch(runs: dict) 
     assert one["iterations"] == two["iterations"] == ITERS
     assert "amp: mixed precision needs CUDA; training on cpu in float32" in one["stderr"]
     # Measured on the loaded 2-core CPU (48 train / 16 val images, 96 px, 150 iterations of 4
-    # images, one thread per process): 1 process AP 3.69 (AP50 18.1, 99 s of training);
-    # 2 processes AP 3.50 (AP50 12.0, 40 s). Untrained, AP is 0. Each process samples its own
-    # shard (other images per batch than one process draws) and reductions add in another
-    # order, so the runs are not bit-equal. The bound (1.5 AP, ~7x the difference measured,
-    # from one pair of runs) allows for other CPUs' arithmetic; a run that learned nothing
-    # (AP 0) or half as much fails it.
+    # images, one thread per process), two pairs of runs: 1 process AP 3.69 and 4.53,
+    # 2 processes AP 3.50 and 6.14 (AP50 12.0 in the first). Untrained, AP is 0. Each process
+    # samples its own shard (other images per batch than one process draws) and reductions
+    # add in another order, so the runs are not bit-equal, and at AP 3-6 after 150 iterations
+    # one run differs from the next by up to 2.6 AP. The bound (3 AP, above the largest
+    # difference measured, 1.6) says "within that noise"; a run that learned nothing (AP 0)
+    # fails the floor below.
     measured = f"AP 1 process {one['metrics']['AP']:.2f}, 2 processes {two['metrics']['AP']:.2f}"
     assert one["metrics"]["AP"] >= 1.5 and two["metrics"]["AP"] >= 1.5, measured
     assert abs(two["metrics"]["AP"] - one["metrics"]["AP"]) <= AP_TOLERANCE, measured

@@ -310,3 +310,19 @@ def test_a_search_failed_by_a_broken_artifact_store_resumes_after_repair(
             assert trials[old.number].state == TrialState.COMPLETE, text
             assert trials[old.number].value == old.value, text
     check_search(trials, config, Path(config.study.artifacts))
+
+
+def test_a_result_lost_to_a_database_restart_is_a_storage_error() -> None:
+    """When the write of a trial's result fails (the server restarts), Optuna raises its own
+    ``AssertionError("Should not reach.")`` while handling the storage error (seen in CI);
+    the worker must see the storage error behind it, and pause instead of dying."""
+    from spnas.search._worker import _storage_cause
+
+    lost = optuna.exceptions.StorageInternalError("An exception is raised during the commit.")
+    with pytest.raises(AssertionError) as raised:
+        try:
+            raise lost
+        finally:
+            raise AssertionError("Should not reach.")
+    assert _storage_cause(raised.value) is lost
+    assert _storage_cause(ValueError("the objective's own error")) is None
