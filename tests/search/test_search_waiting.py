@@ -46,6 +46,15 @@ def _write(storage, trial_id: int, decision: Decision) -> None:
         storage.set_trial_system_attr(trial_id, key, value)
 
 
+def _study(tmp_path: Path, name: str, wait: float = 60.0) -> optuna.Study:
+    """A SQLite study searched by :class:`SPNASSampler` (``make_config``), waiting ``wait`` s."""
+    return optuna.create_study(
+        storage=f"sqlite:///{tmp_path / name}",
+        sampler=SPNASSampler(make_config(tmp_path), max_wait_seconds=wait, ask_wait_seconds=wait),
+        direction="maximize",
+    )
+
+
 @pytest.mark.parametrize("ahead", [1, 6])
 def test_a_trial_in_line_reads_only_the_trial_ahead(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ahead: int
@@ -55,12 +64,7 @@ def test_a_trial_in_line_reads_only_the_trial_ahead(
     waiter then decides the round's control. Its looks in between read one trial each."""
     import spnas.search._sampler as sampler_module
 
-    config = make_config(tmp_path)
-    study = optuna.create_study(
-        storage=f"sqlite:///{tmp_path / 'line.db'}",
-        sampler=SPNASSampler(config, max_wait_seconds=600, ask_wait_seconds=600),
-        direction="maximize",
-    )
+    study = _study(tmp_path, "line.db", wait=600)
     storage = study._storage
     ids = [storage.create_new_trial(study._study_id) for _ in range(ahead)]
     waiter = storage.get_trial(storage.create_new_trial(study._study_id))
@@ -109,12 +113,7 @@ def test_a_trial_in_line_reads_only_the_trial_ahead(
 
 def _line_after_the_seed(tmp_path: Path, name: str, length: int):
     """A study whose seed completed, with ``length`` undecided trials in line after it."""
-    config = make_config(tmp_path)
-    study = optuna.create_study(
-        storage=f"sqlite:///{tmp_path / name}",
-        sampler=SPNASSampler(config, max_wait_seconds=60, ask_wait_seconds=60),
-        direction="maximize",
-    )
+    study = _study(tmp_path, name)
     storage = study._storage
     seed = storage.create_new_trial(study._study_id)
     _write(storage, seed, Decision("seed", SerialCode.parse(SEED_ARCH)))
@@ -163,12 +162,7 @@ def test_the_first_in_line_decides_for_the_whole_line(
 def test_deciding_ahead_stops_at_a_barrier(tmp_path: Path) -> None:
     """Nothing is decided ahead past what the line must wait for: behind the seed (a
     barrier), the trials in line stay undecided."""
-    config = make_config(tmp_path)
-    study = optuna.create_study(
-        storage=f"sqlite:///{tmp_path / 'barrier.db'}",
-        sampler=SPNASSampler(config, max_wait_seconds=60, ask_wait_seconds=60),
-        direction="maximize",
-    )
+    study = _study(tmp_path, "barrier.db")
     storage = study._storage
     line = [storage.get_trial(storage.create_new_trial(study._study_id)) for _ in range(3)]
     assert study.sampler.decide(study, line[0]).kind == "seed"
@@ -180,12 +174,7 @@ def test_once_the_search_is_done_the_whole_line_is_idle(tmp_path: Path) -> None:
     search done and marks every trial behind it ``idle`` at once."""
     from search_doubles import fake_objective
 
-    config = make_config(tmp_path)
-    study = optuna.create_study(
-        storage=f"sqlite:///{tmp_path / 'done.db'}",
-        sampler=SPNASSampler(config, max_wait_seconds=60, ask_wait_seconds=60),
-        direction="maximize",
-    )
+    study = _study(tmp_path, "done.db")
     study.optimize(fake_objective, n_trials=80)
     storage = study._storage
     line = [storage.get_trial(storage.create_new_trial(study._study_id)) for _ in range(4)]
