@@ -317,6 +317,9 @@ def main() -> None:
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.basicConfig(level=logging.WARNING)
+    # A benchmark stopped with SIGTERM (kill, timeout) stops its server and proxy on the way
+    # out, instead of leaving them running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     from spnas.testing import LocalPostgres
 
