@@ -215,12 +215,10 @@ class SPNASSampler(BaseSampler):
             self.check_study(study)
             decision, written = self._decide(study, trial)
             if not written:
-                # Two writes, each its own transaction: ``spnas:kind`` goes last, so other
-                # workers see no decision (and wait) until the whole decision is there (see
-                # _write_decisions).
-                attrs = decision.to_attrs()
-                kind = attrs.pop(KIND_ATTR)
-                for key, value in [*attrs.items(), (KIND_ATTR, kind)]:
+                # Two writes, each its own transaction, in to_attrs' order: ``spnas:kind``
+                # goes last, so other workers see no decision (and wait) until the whole
+                # decision is there (see _write_decisions).
+                for key, value in decision.to_attrs().items():
                     storage_of(study).set_trial_system_attr(trial_id(trial), key, value)
             record_architecture(storage_of(study), trial, self.config_for(study), decision)
         except BaseException:
@@ -449,16 +447,15 @@ class SPNASSampler(BaseSampler):
         its own read of the whole history, made the last one wait hundreds of decisions
         (measured: 506 s at 256 workers). Each decision ahead replays the history with the
         decisions before it, as its own trial would; it stops at what the line must wait for
-        (a barrier, the end of a round, a retry to settle); once the search is done, the whole
-        line is ``idle``. The decisions are written whole, then marked (``spnas:kind``), and
+        (a barrier, the end of a round); once the search is done, the whole line is ``idle``.
+        Queued retries and fresh failures need no check here: ``trial`` has just decided on
+        the same history, and decisions ahead add no failure. The decisions are written whole, then marked (``spnas:kind``), and
         ``trial``'s own mark is written last (by :meth:`before_trial`): a trial that sees
         every trial below it decided finds its own decision there, and never decides it a
         second time (:func:`_write_decisions`).
         """
         line = [t for t in trials if t.number > trial.number and _undecided(t)]
-        if not line or any(
-            t.state == TrialState.WAITING and Decision.of(t) is not None for t in trials
-        ):
+        if not line:
             return
         config = self.config_for(study)
         history = {t.number: t for t in trials}
@@ -468,7 +465,7 @@ class SPNASSampler(BaseSampler):
             state = SearchState.from_trials(list(history.values()), config)
             if state.done:  # final: everyone in line is idle
                 ahead.append((waiting, Decision("idle", round=state.round)))
-            elif state.next_kind is None or self._fresh_failures(state):
+            elif state.next_kind is None:
                 break
             else:
                 ahead.append((waiting, self._decision(state, waiting.number)))

@@ -40,9 +40,7 @@ class _Clock:
 
 
 def _write(storage, trial_id: int, decision: Decision) -> None:
-    attrs = decision.to_attrs()
-    kind = attrs.pop("spnas:kind")
-    for key, value in [*attrs.items(), ("spnas:kind", kind)]:
+    for key, value in decision.to_attrs().items():  # ``spnas:kind`` last
         storage.set_trial_system_attr(trial_id, key, value)
 
 
