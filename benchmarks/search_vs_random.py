@@ -16,15 +16,19 @@ For each benchmark profile (``spnas data synth --profile``) and each of ``--seed
   three is the architecture.
 
 Then the data-specificity check (paper Fig. 4b): SP-NAS's pick of each profile is retrained on
-the other profile(s) with the same repeats.
+the other profile(s) with the same repeats. ``--cross-from FILE…`` runs that check alone, on
+the seed-0 picks of earlier result files (one or more profiles each), and writes
+``results/search_vs_random-cross.json``: a retrain is deterministic for its seed on one
+machine, so the native picks' retrained APs in those files need not be measured again.
 
 Run: ``.venv/bin/python benchmarks/search_vs_random.py [--profiles A B] [--seeds 3]
-[--repeats 3] [--json]``; it writes ``benchmarks/results/search_vs_random.json`` after every
+[--repeats 3] [--cross-from FILE…] [--json]``; it writes ``benchmarks/results/search_vs_random.json`` after every
 search, so a partial run keeps what it measured.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import statistics
@@ -40,7 +44,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import base_parser, report, spread
+from _common import RESULTS, base_parser, report, spread
 from profiles import PROFILES
 
 from spnas.arch import SearchSpace, SerialCode
@@ -202,9 +206,20 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="override a key of every profile's study YAML (e.g. schedule.iters=100)",
     )
+    parser.add_argument(
+        "--cross-from",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="only the Fig. 4b check, on the seed-0 picks of these result files",
+    )
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.basicConfig(level=logging.WARNING)
+    if args.cross_from:
+        cross_only(args)
+        return
     started = time.monotonic()
     result: dict[str, Any] = {
         "complete": False,
@@ -250,6 +265,34 @@ def main() -> None:
                 entry.update(_profile_summary(rows, entry["seed_retrained"]))
                 result["wall_s"] = time.monotonic() - started
                 report(NAME, result, args)
+        result["cross_profile"] = _cross_profile(picks, args.repeats, root)
+    result.update(complete=True, wall_s=time.monotonic() - started)
+    report(NAME, result, args)
+
+
+def cross_only(args: Any) -> None:
+    """The Fig. 4b check alone, on the picks of earlier runs (``--cross-from``)."""
+    from spnas.search import SearchConfig
+    from spnas.search._worker import prepare_data
+
+    started = time.monotonic()
+    result: dict[str, Any] = {"complete": False, "from": [], "cross_profile": []}
+    args.out = args.out or RESULTS / f"{NAME}-cross.json"
+    with tempfile.TemporaryDirectory(prefix="spnas-svr-") as tmp:
+        root = Path(tmp)
+        picks: dict[str, list[tuple[SearchConfig, dict[str, Any]]]] = {}
+        for path in args.cross_from:
+            earlier = json.loads(path.read_text())
+            overrides = earlier["settings"]["overrides"]
+            if earlier["settings"]["repeats"] != args.repeats:
+                raise SystemExit(
+                    f"{path}: repeats {earlier['settings']['repeats']}, not {args.repeats}"
+                )
+            result["from"].append({"file": path.name, "measured_at": earlier["measured_at"]})
+            for profile, entry in earlier["profiles"].items():
+                config = SearchConfig.from_dict(study_values(root, profile, 0, overrides))
+                prepare_data(config)
+                picks[profile] = [(config, entry["per_seed"][0]["spnas"])]
         result["cross_profile"] = _cross_profile(picks, args.repeats, root)
     result.update(complete=True, wall_s=time.monotonic() - started)
     report(NAME, result, args)

@@ -13,6 +13,9 @@ Storage URLs:
 - ``journal:///path/study.log`` (or any path ending in ``.log``) — Optuna's journal file, for
   file systems where SQLite's locks are unreliable (some NFS mounts).
 
+On SQLite, taking a queued trial and failing a stale one are atomic (:class:`_SQLiteStorage`),
+as PostgreSQL's row locks make them there: two workers never run the same trial.
+
 RDB storages run heartbeats (every 60 s; a trial silent for 600 s is stale) and retry a stale
 trial up to twice with :class:`optuna.storages.RetryHeartbeatStaleTrialCallback`; the retry copies the
 trial's system attributes, so it keeps its SP-NAS decision.
@@ -32,14 +35,19 @@ worker killed during an upload leaves no half-written artifact.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import re
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import optuna
+import sqlalchemy
+from optuna.storages._rdb.models import TrialModel  # the table the atomic claims update
+from optuna.trial import TrialState
 
 from spnas.exceptions import SpnasError
 
@@ -215,7 +223,8 @@ def make_storage(
         with warnings.catch_warnings():
             # Heartbeats and retries are experimental in Optuna; we rely on them on purpose.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
+            rdb = _SQLiteStorage if url.startswith("sqlite:") else optuna.storages.RDBStorage
+            storage = rdb(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_interval,
@@ -232,6 +241,43 @@ def make_storage(
     if not url.startswith("sqlite:"):
         _retry_connections(storage.engine, url, reconnect_timeout)
     return storage
+
+
+class _SQLiteStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage, with the claims of a trial atomic on SQLite.
+
+    Optuna reads a trial's state, then writes the new one; PostgreSQL and MySQL lock the row
+    in between (``SELECT … FOR UPDATE``), SQLite does not. So two workers could both take the
+    same queued trial (both train it), or both fail the same stale trial (both queue its
+    retry). Here these two claims are one conditional ``UPDATE`` each, which SQLite runs under
+    its write lock: of several workers, exactly one changes the row, and the others get
+    Optuna's own answer for a trial already claimed (``False``, or
+    :class:`~optuna.exceptions.UpdateFinishedTrialError`).
+    """
+
+    #: The claims: the new state, the state it is taken from, the timestamp it sets.
+    _CLAIMS: ClassVar[Mapping[TrialState, tuple[TrialState, str]]] = {
+        TrialState.RUNNING: (TrialState.WAITING, "datetime_start"),
+        TrialState.FAIL: (TrialState.RUNNING, "datetime_complete"),
+    }
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        claim = self._CLAIMS.get(state)
+        if claim is None or values is not None:
+            return super().set_trial_state_values(trial_id, state, values)
+        before, stamp = claim
+        table = TrialModel.__table__
+        statement = (
+            sqlalchemy.update(table)
+            .where(table.c.trial_id == trial_id, table.c.state == before)
+            .values({"state": state, stamp: datetime.datetime.now()})
+        )
+        with self.engine.begin() as connection:
+            if connection.execute(statement).rowcount == 1:
+                return True
+        return super().set_trial_state_values(trial_id, state)
 
 
 def _retry_connections(engine: Any, url: str, timeout: float) -> None:

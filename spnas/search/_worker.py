@@ -245,6 +245,8 @@ def run_worker(
     - SIGTERM or SIGINT fails the running trial at once, queues its retry and returns
       (:mod:`spnas.search._signals`), so that a preempted worker's trial is taken up by the
       next worker without waiting for the heartbeat grace period;
+    - a trial ended by a storage error (in its objective, or writing its result) is failed
+      and queued for a retry with its decision once the storage answers again;
     - a worker paused beyond the grace period (its trial failed as stale and retried
       elsewhere) discards its result when it wakes and goes on with a new trial;
     - every trial's weights and scratch files are deleted from its folder when it ends,
@@ -257,10 +259,18 @@ def run_worker(
     resume_failed_search(study, config)
     objective = objective or Objective(config)
     current: dict[str, int] = {}
+    # Trials that a storage error ended, to fail and retry with their decision once it answers.
+    lost: dict[int, BaseException] = {}
 
     def run(trial: optuna.Trial) -> Any:
         current["id"], current["number"] = trial_id(trial), trial.number
-        return objective(trial)
+        try:
+            return objective(trial)
+        except Exception as exc:
+            cause = _storage_cause(exc)
+            if cause is not None:
+                lost[current["id"]] = cause
+            raise
 
     def clean(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         clean_trial_dir(config.study.workdir, trial.number)
@@ -270,13 +280,16 @@ def run_worker(
         while True:
             try:
                 raise_if_preempted()
+                current.clear()
+                for lost_id in list(lost):
+                    _retry_lost_trial(study, lost_id)
+                    del lost[lost_id]
                 state = SearchState.from_trials(study.get_trials(deepcopy=False), config)
                 if state.done:
                     _logger.info("study %r is %s", study_name, state.phase)
                     return state
                 if max_trials is not None and ran >= max_trials:
                     return state
-                current.clear()
                 study.optimize(
                     run,
                     n_trials=1,
@@ -292,7 +305,10 @@ def run_worker(
                     # A query in flight when the database went away (Optuna masks a failed
                     # write of a result behind its assertion "Should not reach."). New
                     # connections wait for it (make_storage); a trial whose result could not
-                    # be written goes stale and is retried with its decision.
+                    # be written is retried with its decision once the database answers.
+                    if "id" in current:
+                        lost.setdefault(current["id"], cause)
+                        clean_trial_dir(config.study.workdir, current["number"])
                     outages += 1
                     _pause_for_storage(cause, outages, storage_url)
                     continue
@@ -311,6 +327,11 @@ def run_worker(
                 if "number" in current:
                     clean_trial_dir(config.study.workdir, current["number"])
                 continue
+            cause = lost.get(current.get("id", -1))
+            if cause is not None:  # caught by optimize: the trial was told failed
+                outages += 1
+                _pause_for_storage(cause, outages, storage_url)
+                continue
             outages = 0
             ran += 1
 
@@ -324,6 +345,20 @@ def _storage_cause(exc: BaseException) -> BaseException | None:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def _retry_lost_trial(study: optuna.Study, trial_id: int) -> None:
+    """Fail a trial that a storage error ended, and queue its retry with its decision.
+
+    The failure is the database's, not the network's: counted as a failed attempt, it would
+    make the sampler decide the step again (or give up on a barrier). Nothing is done for a
+    trial whose result was written after all, or that another worker already retried.
+    """
+    retried = requeue_interrupted(study, trial_id)
+    if retried is not None:
+        _logger.warning(
+            "trial %d ended on a storage error; queued for a retry with its decision", retried
+        )
 
 
 def _pause_for_storage(exc: BaseException, outages: int, storage_url: str) -> None:

@@ -27,7 +27,7 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import FrozenTrial, TrialState
-from search_doubles import config_dict
+from search_doubles import FakeEngine, config_dict, make_config
 from test_search_workers import (
     FAST_HEARTBEAT,
     SEARCH_TIMEOUT_S,
@@ -35,10 +35,18 @@ from test_search_workers import (
     check_search,
     describe,
     new_study,
+    retries_of,
     wait_for_workers,
 )
 
-from spnas.search import Decision, SearchState, load_search_study
+from spnas.search import (
+    Decision,
+    Objective,
+    SearchState,
+    create_search_study,
+    load_search_study,
+    run_worker,
+)
 from spnas.storage import STORAGE_ENV, make_storage
 
 pytestmark = pytest.mark.slow
@@ -326,3 +334,47 @@ def test_a_result_lost_to_a_database_restart_is_a_storage_error() -> None:
             raise AssertionError("Should not reach.")
     assert _storage_cause(raised.value) is lost
     assert _storage_cause(ValueError("the objective's own error")) is None
+
+
+class _OutageOnce:
+    """An objective whose first reignition meets a database restart mid-trial (a query in
+    flight when the server went away), as in CI's PostgreSQL restart test."""
+
+    def __init__(self, objective: Objective) -> None:
+        self.objective = objective
+        self.lost: int | None = None
+
+    def __call__(self, trial: optuna.Trial) -> Any:
+        decision = Decision.of(trial.study._storage.get_trial(trial._trial_id))
+        if self.lost is None and decision is not None and decision.kind == "reignite":
+            self.lost = trial.number
+            import sqlalchemy.exc
+
+            raise sqlalchemy.exc.OperationalError(
+                "UPDATE trials", {}, Exception("server closed the connection unexpectedly")
+            )
+        return self.objective(trial)
+
+
+def test_a_trial_ended_by_a_storage_error_is_retried_with_its_decision(
+    tmp_path: Path, search_assets: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The failure is the database's, not the network's: the trial is retried with its
+    decision, instead of counting as a failed attempt that makes the sampler decide again."""
+    import spnas.search._worker as worker
+
+    monkeypatch.setattr(worker, "STORAGE_OUTAGE_WAIT_S", 0.0)
+    config = make_config(tmp_path, "outage", search_assets)
+    create_search_study(config)
+    objective = _OutageOnce(Objective(config, engine=FakeEngine(sleep=0.0)))
+    state = run_worker(config.study.name, config.study.storage, objective=objective)
+    assert state.phase == "done"
+    study, _ = load_search_study(config.study.name, config.study.storage)
+    trials = study.get_trials()
+    text = describe(trials)
+    assert objective.lost is not None
+    assert trials[objective.lost].state == TrialState.FAIL, text
+    retries = retries_of(trials, objective.lost)
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE, text
+    assert Decision.of(retries[0]) == Decision.of(trials[objective.lost]), text
+    check_search(trials, config, Path(config.study.artifacts))
