@@ -251,10 +251,10 @@ def retrain_one(
         run["diverged_seeds"].append(seed)
         print(f"{profile} {net} seed {seed}: diverged ({exc})", flush=True)
         return
-    ap = float(result.metrics[config.data.metric])
+    ap = float(result.detection.metric(config.data.metric))
     seconds = time.monotonic() - begun
     run["runs"].append({"seed": seed, "ap": ap, "seconds": seconds})
-    run["gmacs"] = result.gmacs
+    run["gmacs"] = result.detection.gmacs
     print(f"{profile} {net} seed {seed}: AP {ap:.2f} ({seconds:.0f} s)", flush=True)
 
 

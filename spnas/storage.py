@@ -35,7 +35,6 @@ worker killed during an upload leaves no half-written artifact.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import re
 import time
@@ -45,8 +44,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import optuna
-import sqlalchemy
-from optuna.storages._rdb.models import TrialModel  # the table the atomic claims update
 from optuna.trial import TrialState
 
 from spnas.exceptions import SpnasError
@@ -267,16 +264,11 @@ class _SQLiteStorage(optuna.storages.RDBStorage):
         claim = self._CLAIMS.get(state)
         if claim is None or values is not None:
             return super().set_trial_state_values(trial_id, state, values)
+        from spnas.search._optuna import change_trial_state_if  # Optuna's private table
+
         before, stamp = claim
-        table = TrialModel.__table__
-        statement = (
-            sqlalchemy.update(table)
-            .where(table.c.trial_id == trial_id, table.c.state == before)
-            .values({"state": state, stamp: datetime.datetime.now()})
-        )
-        with self.engine.begin() as connection:
-            if connection.execute(statement).rowcount == 1:
-                return True
+        if change_trial_state_if(self, trial_id, before, state, stamp):
+            return True
         return super().set_trial_state_values(trial_id, state)
 
 

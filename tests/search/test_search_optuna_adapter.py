@@ -93,3 +93,19 @@ def test_whole_study_behind_hyperband_brackets(tmp_path: Path) -> None:
     study.sampler = Spy()
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
     assert views and adapter.whole_study(views[0]) is study
+
+
+def test_a_state_changes_only_from_the_state_named(tmp_path: Path) -> None:
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'c.db'}")
+    study = optuna.create_study(storage=storage)
+    study.enqueue_trial({})
+    waiting = adapter.trial_id(study.get_trials()[0])
+    claim = (TrialState.WAITING, TrialState.RUNNING, "datetime_start")
+    assert adapter.change_trial_state_if(storage, waiting, *claim)
+    assert not adapter.change_trial_state_if(storage, waiting, *claim)  # RUNNING now
+    trial = storage.get_trial(waiting)
+    assert trial.state == TrialState.RUNNING and trial.datetime_start is not None
+    fail = (TrialState.RUNNING, TrialState.FAIL, "datetime_complete")
+    assert adapter.change_trial_state_if(storage, waiting, *fail)
+    assert storage.get_trial(waiting).state == TrialState.FAIL
+    assert storage.get_trial(waiting).datetime_complete is not None
