@@ -22,8 +22,9 @@ the seed-0 picks of earlier result files (one or more profiles each), and writes
 machine, so the native picks' retrained APs in those files need not be measured again.
 
 Run: ``.venv/bin/python benchmarks/search_vs_random.py [--profiles A B] [--seeds 3]
-[--repeats 3] [--cross-from FILE…] [--json]``; it writes ``benchmarks/results/search_vs_random.json`` after every
-search, so a partial run keeps what it measured.
+[--repeats 3] [--cross-from FILE…] [--json]``; it writes
+``benchmarks/results/search_vs_random.json`` after every search, so a partial run keeps what
+it measured.
 """
 
 from __future__ import annotations

@@ -47,6 +47,7 @@ import optuna
 from optuna.trial import TrialState
 
 from spnas.exceptions import SpnasError
+from spnas.search._optuna import change_trial_state_if  # Optuna's private trials table
 
 _logger = logging.getLogger(__name__)
 
@@ -264,8 +265,6 @@ class _SQLiteStorage(optuna.storages.RDBStorage):
         claim = self._CLAIMS.get(state)
         if claim is None or values is not None:
             return super().set_trial_state_values(trial_id, state, values)
-        from spnas.search._optuna import change_trial_state_if  # Optuna's private table
-
         before, stamp = claim
         if change_trial_state_if(self, trial_id, before, state, stamp):
             return True

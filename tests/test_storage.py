@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -20,11 +21,9 @@ N_PROCESSES = 4
 N_TRIALS = 40
 
 
-def _claim_all(
-    url: str, trial_ids: list[int], state: TrialState, start: object, out: object
-) -> None:
+def _claim_all(url: str, trial_ids: list[int], state: TrialState, start: Any, out: Any) -> None:
     storage = make_storage(url)
-    start.wait()  # type: ignore[attr-defined]
+    start.wait()
     claimed = []
     for trial_id in trial_ids:
         try:
@@ -32,7 +31,7 @@ def _claim_all(
                 claimed.append(trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
             pass
-    out.put(claimed)  # type: ignore[attr-defined]
+    out.put(claimed)
 
 
 def _claims(url: str, trial_ids: list[int], state: TrialState) -> list[int]:

@@ -14,12 +14,15 @@ SQLite (:class:`spnas.storage` ``_SQLiteStorage``).
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.distributions import BaseDistribution
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages._heartbeat import is_heartbeat_enabled as _is_heartbeat_enabled
+from optuna.storages._rdb.models import TrialModel
 from optuna.trial import FrozenTrial, TrialState
 
 __all__ = [
@@ -108,11 +111,6 @@ def change_trial_state_if(
     """Set the state of the trial with storage id ``trial`` to ``new`` only if it is ``old``,
     and its column ``stamp`` (``datetime_start`` or ``datetime_complete``) to now, in one
     conditional ``UPDATE``: atomic even on SQLite, which has no row locks. Whether it changed."""
-    import datetime
-
-    import sqlalchemy
-    from optuna.storages._rdb.models import TrialModel
-
     table = TrialModel.__table__
     statement = (
         sqlalchemy.update(table)

@@ -449,8 +449,8 @@ class SPNASSampler(BaseSampler):
         decisions before it, as its own trial would; it stops at what the line must wait for
         (a barrier, the end of a round); once the search is done, the whole line is ``idle``.
         Queued retries and fresh failures need no check here: ``trial`` has just decided on
-        the same history, and decisions ahead add no failure. The decisions are written whole, then marked (``spnas:kind``), and
-        ``trial``'s own mark is written last (by :meth:`before_trial`): a trial that sees
+        the same history, and decisions ahead add no failure. The decisions are written whole,
+        then marked (``spnas:kind``), and ``trial``'s own mark is written last (by :meth:`before_trial`): a trial that sees
         every trial below it decided finds its own decision there, and never decides it a
         second time (:func:`_write_decisions`).
         """
@@ -586,8 +586,9 @@ class SPNASSampler(BaseSampler):
 def _earlier_retry(study: Study, trial: FrozenTrial) -> int | None:
     """The number of an earlier trial that retries the same failed trial as ``trial``.
 
-    Two workers can fail the same stale trial at once (on SQLite, which has no row locks,
-    both see it RUNNING) and each queues a retry. Trial numbers are given at creation, so
+    Two workers can fail the same stale trial at once (on a SQLite storage not opened by
+    :func:`~spnas.storage.make_storage`, which has no row locks and no atomic claims, both see
+    it RUNNING) and each queues a retry. Trial numbers are given at creation, so
     "the lowest-numbered retry runs, the others stand down" needs no lock: the earlier copy
     exists before the later one is taken from the queue.
     """

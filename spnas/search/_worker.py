@@ -381,8 +381,8 @@ def _pause_for_storage(exc: BaseException, outages: int, storage_url: str) -> No
 
 def _finished_elsewhere(study: optuna.Study, current: Mapping[str, int]) -> bool:
     """Whether this worker's current trial was finished by another worker: failed as stale,
-    or run to its end by a second worker that took the same queued trial (on SQLite, which has
-    no row locks, two workers can both take a WAITING retry)."""
+    or run to its end by a second worker that took the same queued trial (possible on a SQLite
+    storage not opened by :func:`~spnas.storage.make_storage`, whose claims are not atomic)."""
     if "id" not in current:
         return False
     return storage_of(study).get_trial(current["id"]).state.is_finished()
