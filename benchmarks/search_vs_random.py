@@ -20,9 +20,13 @@ the other profile(s) with the same repeats. ``--cross-from FILE…`` runs that c
 the seed-0 picks of earlier result files (one or more profiles each), and writes
 ``results/search_vs_random-cross.json``: a retrain is deterministic for its seed on one
 machine, so the native picks' retrained APs in those files need not be measured again.
+``--picks-from FILE… --set verify.schedule.iters=900`` runs no search: it retrains the seed
+and both picks of every search in those files with this run's verification schedule, then
+Fig. 4b, and writes ``results/search_vs_random-reverified.json`` (or ``--out``). The searches
+run with verification off, so their picks do not depend on its schedule.
 
 Run: ``.venv/bin/python benchmarks/search_vs_random.py [--profiles A B] [--seeds 3]
-[--repeats 3] [--cross-from FILE…] [--json]``; it writes
+[--repeats 3] [--cross-from FILE…] [--picks-from FILE…] [--json]``; it writes
 ``benchmarks/results/search_vs_random.json`` after every search, so a partial run keeps what
 it measured.
 """
@@ -215,11 +219,23 @@ def main() -> None:
         metavar="FILE",
         help="only the Fig. 4b check, on the seed-0 picks of these result files",
     )
+    parser.add_argument(
+        "--picks-from",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="no search: retrain the picks (and the seed) of these result files with this "
+        "run's verification schedule (e.g. --set verify.schedule.iters=900), then Fig. 4b",
+    )
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.basicConfig(level=logging.WARNING)
     if args.cross_from:
         cross_only(args)
+        return
+    if args.picks_from:
+        reverify(args)
         return
     started = time.monotonic()
     result: dict[str, Any] = {
@@ -266,6 +282,62 @@ def main() -> None:
                 entry.update(_profile_summary(rows, entry["seed_retrained"]))
                 result["wall_s"] = time.monotonic() - started
                 report(NAME, result, args)
+        result["cross_profile"] = _cross_profile(picks, args.repeats, root)
+    result.update(complete=True, wall_s=time.monotonic() - started)
+    report(NAME, result, args)
+
+
+def reverify(args: Any) -> None:
+    """Retrain the picks of earlier runs (``--picks-from``) with this run's verification schedule.
+
+    The searches themselves do not depend on the verification schedule (it is off inside them),
+    so an earlier run's picks are what a new run would pick, up to the order in which its two
+    workers finish trials; only the verification is measured again. Budgets and search APs are
+    the earlier run's.
+    """
+    from spnas.search._worker import prepare_data
+
+    started = time.monotonic()
+    result: dict[str, Any] = {
+        "complete": False,
+        "settings": {"repeats": args.repeats, "overrides": args.overrides},
+        "from": [],
+        "profiles": {},
+        "cross_profile": [],
+    }
+    args.out = args.out or RESULTS / f"{NAME}-reverified.json"
+    with tempfile.TemporaryDirectory(prefix="spnas-svr-") as tmp:
+        root = Path(tmp)
+        picks: dict[str, list[tuple[SearchConfig, dict[str, Any]]]] = {}
+        for path in args.picks_from:
+            earlier = json.loads(path.read_text())
+            overrides = [*earlier["settings"]["overrides"], *args.overrides]
+            result["from"].append({"file": path.name, "measured_at": earlier["measured_at"]})
+            for profile, before in earlier["profiles"].items():
+                config = SearchConfig.from_dict(study_values(root, profile, 0, overrides))
+                prepare_data(config)
+                rows: list[dict[str, Any]] = []
+                entry: dict[str, Any] = {"per_seed": rows}
+                result["profiles"][profile] = entry
+                entry["seed_retrained"] = retrained(
+                    config, SEED_ARCH, None, args.repeats, root / f"seed-{profile}"
+                )
+                for row in before["per_seed"]:
+                    spnas, pick = dict(row["spnas"]), dict(row["random"])
+                    for method, out in ((spnas, "s"), (pick, "p")):
+                        method["retrained"] = retrained(
+                            config,
+                            method["arch"],
+                            method["parallel"],
+                            args.repeats,
+                            root / f"{out}-{profile}-{row['seed']}",
+                        )
+                    rows.append(_row(row["seed"], spnas, pick, entry["seed_retrained"]))
+                    picks.setdefault(profile, []).append((config, spnas))
+                    print(json_line(profile, rows[-1]), flush=True)
+                    entry.update(_profile_summary(rows, entry["seed_retrained"]))
+                    result["wall_s"] = time.monotonic() - started
+                    report(NAME, result, args)
         result["cross_profile"] = _cross_profile(picks, args.repeats, root)
     result.update(complete=True, wall_s=time.monotonic() - started)
     report(NAME, result, args)
