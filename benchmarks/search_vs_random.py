@@ -20,10 +20,11 @@ the other profile(s) with the same repeats. ``--cross-from FILE…`` runs that c
 the seed-0 picks of earlier result files (one or more profiles each), and writes
 ``results/search_vs_random-cross.json``: a retrain is deterministic for its seed on one
 machine, so the native picks' retrained APs in those files need not be measured again.
-``--picks-from FILE… --set verify.schedule.iters=900`` runs no search: it retrains the seed
-and both picks of every search in those files with this run's verification schedule, then
-Fig. 4b, and writes ``results/search_vs_random-reverified.json`` (or ``--out``). The searches
-run with verification off, so their picks do not depend on its schedule.
+``--picks-from FILE…`` runs no search: it retrains the seed and both picks of every search in
+those files with this run's verification schedule (the study YAMLs' 900 iterations, or
+``--set verify.schedule.iters=N``), then Fig. 4b, and writes
+``results/search_vs_random-reverified.json`` (or ``--out``). The searches run with
+verification off, so their picks do not depend on its schedule.
 
 Run: ``.venv/bin/python benchmarks/search_vs_random.py [--profiles A B] [--seeds 3]
 [--repeats 3] [--cross-from FILE…] [--picks-from FILE…] [--json]``; it writes
@@ -226,7 +227,8 @@ def main() -> None:
         default=None,
         metavar="FILE",
         help="no search: retrain the picks (and the seed) of these result files with this "
-        "run's verification schedule (e.g. --set verify.schedule.iters=900), then Fig. 4b",
+        "run's verification schedule (the study YAMLs' or --set verify.schedule.iters=N), then "
+        "Fig. 4b",
     )
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -44,11 +44,9 @@ LOG_EVERY_S = 30.0
 #: a failure is acted on (counted, or its barrier decided again) only this long after it was
 #: first seen, so that the retry, not a second attempt, trains the decision.
 RETRY_SETTLE_S = 5.0
-#: The shortest pause between two looks of a trial in line, and how long one decision takes
-#: until the wait measures it. A trial with ``p`` undecided trials below it looks again after
-#: ``(p - 1) / 2`` decision times: after a barrier, hundreds of workers decide one after the
-#: other, and the next in line must notice soon while those far behind look rarely (every look is a storage call; measured at 256 workers, looks
-#: at a fixed rate were most of the storage proxy's work).
+#: The shortest pause between two looks of a trial in line (:meth:`SPNASSampler._wait_in_line`);
+#: later pauses are a tenth of the time waited so far, because every look is a storage call
+#: (measured at 256 workers, looks at a fixed rate were most of the storage proxy's work).
 DECISION_S = 0.2
 #: A trial that waits on at most this many running trials (a barrier, the end of a round)
 #: reads only them, at least every MAX_WATCH_STEP_S, instead of the whole history.
@@ -402,29 +400,36 @@ class SPNASSampler(BaseSampler):
         max_step: float,
     ) -> Decision | None:
         """Wait until the lower-numbered trials ``blocking`` have decided (or stopped running),
-        reading at most two trials per look; returns ``trial``'s own decision when one of them
-        decided ahead for it (:meth:`_decide_ahead`), else ``None``.
+        reading one trial per look; returns ``trial``'s own decision when one of them decided
+        ahead for it (:meth:`_decide_ahead`), else ``None``.
 
         Decisions come in trial-number order, so the lowest of them decides first: it alone
-        is read, besides ``trial`` itself. The lowest one decides for the whole line at once,
-        so the pause between looks does not grow with the length of the line: it is a tenth
-        of the time waited so far (the latency stays a tenth of the wait), between
-        :data:`DECISION_S` and ``max_step``. Returns early at ``deadline`` (:meth:`decide`
-        then gives up); the heart beats twice per heartbeat interval.
+        is read. It decides for the whole line at once and writes its own mark last
+        (:func:`_write_decisions`), so ``trial`` itself is read only once that mark is there:
+        by then a decision ahead for ``trial`` is written too. Reading ``trial`` at every
+        look as well doubled the polls that dominated the storage proxy's CPU after a
+        barrier. The lowest one decides for the whole line, so the pause between looks does
+        not grow with the length of the line: it is a tenth of the time waited so far (the
+        latency stays a tenth of the wait), between :data:`DECISION_S` and ``max_step``.
+        Returns early at ``deadline`` (:meth:`decide` then gives up); the heart beats twice
+        per heartbeat interval.
         """
         storage = storage_of(study)
         ahead = [trial_id(t) for t in blocking]
         beat = storage.get_heartbeat_interval() / 2.0 if is_heartbeat_enabled(storage) else math.inf
         began = last_beat = last_log = time.monotonic()
         while True:
-            mine = Decision.of(storage.get_trial(trial_id(trial)))
-            if mine is not None:
-                return mine
-            # Those ahead decide in number order: drop the ones that did since the last look.
-            while ahead and not _undecided(storage.get_trial(ahead[0])):
+            if not _undecided(storage.get_trial(ahead[0])):
+                mine = Decision.of(storage.get_trial(trial_id(trial)))
+                if mine is not None:
+                    return mine
+                # The line stopped short of ``trial``, or its head died undecided: drop the
+                # trials ahead that decided or stopped since the last look.
                 ahead.pop(0)
-            if not ahead:
-                return None
+                while ahead and not _undecided(storage.get_trial(ahead[0])):
+                    ahead.pop(0)
+                if not ahead:
+                    return None
             now = time.monotonic()
             if now >= deadline:
                 return None

@@ -59,7 +59,8 @@ def test_a_trial_in_line_reads_only_the_trial_ahead(
 ) -> None:
     """``ahead`` undecided trials below the waiter: the lowest becomes the seed after 20 fake
     seconds and completes at 40, the others decide "idle" one by one after it decided; the
-    waiter then decides the round's control. Its looks in between read one trial each."""
+    waiter then decides the round's control. Its looks in between read one trial each: the
+    head of the line (the waiter itself only once the head has decided)."""
     import spnas.search._sampler as sampler_module
 
     study = _study(tmp_path, "line.db", wait=600)
@@ -74,7 +75,11 @@ def test_a_trial_in_line_reads_only_the_trial_ahead(
     ]
     events += [(40.0, lambda: storage.set_trial_state_values(ids[0], TrialState.COMPLETE, [30.0]))]
 
+    before_the_seed: list[tuple[int, int]] = []  # (looks, sleeps) when the first one decided
+
     def on_sleep(now: float) -> None:
+        if events and events[0][0] <= now and not before_the_seed:
+            before_the_seed.append((looks, len(clock.sleeps)))
         while events and events[0][0] <= now:
             events.pop(0)[1]()
 
@@ -104,6 +109,8 @@ def test_a_trial_in_line_reads_only_the_trial_ahead(
     # (decided, completed) at most — not one per look.
     assert full_reads <= 4, full_reads
     assert looks >= 10, looks
+    # Until the head of the line decides, a look reads that one trial, not the waiter too.
+    assert before_the_seed[0][0] == before_the_seed[0][1], before_the_seed
     # Behind a barrier, looks slow down (a tenth of the time waited), never beyond 10 s.
     assert max(clock.sleeps) <= sampler_module.MAX_WAIT_STEP_S
     assert len(clock.sleeps) < 200, len(clock.sleeps)
