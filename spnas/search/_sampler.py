@@ -133,6 +133,8 @@ class SPNASSampler(BaseSampler):
         self._max_wait = max_wait_seconds
         self._ask_wait = ask_wait_seconds
         self._failures_seen: dict[int, float] = {}
+        # Trials that _abandon could not fail (the storage was down): see take_unabandoned.
+        self._unabandoned: list[int] = []
 
     # ------------------------------------------------------------ the user's parameters
     def infer_relative_search_space(
@@ -276,12 +278,23 @@ class SPNASSampler(BaseSampler):
             earlier,
         )
 
-    @staticmethod
-    def _abandon(study: Study, trial: FrozenTrial) -> None:
+    def take_unabandoned(self) -> list[int]:
+        """Storage ids of the trials that an error left RUNNING before their objective ran,
+        because failing them failed too (the storage was down); the list is emptied.
+
+        Such a trial never beats its heart, so no worker would fail it as stale, and a trial
+        behind it may already have decided for it: the caller fails it and queues its retry
+        once the storage answers (:func:`~spnas.search._signals.requeue_interrupted`).
+        """
+        taken, self._unabandoned = self._unabandoned, []
+        return taken
+
+    def _abandon(self, study: Study, trial: FrozenTrial) -> None:
         """Fail ``trial``, undecided, so that later trials need not wait for it."""
         try:
             storage_of(study).set_trial_state_values(trial_id(trial), TrialState.FAIL)
-        except Exception as exc:  # the storage may be what failed; staleness covers it then
+        except Exception as exc:  # the storage may be what failed: see take_unabandoned
+            self._unabandoned.append(trial_id(trial))
             _logger.warning(
                 "trial %d: could not mark it failed (%s: %s)", trial.number, type(exc).__name__, exc
             )

@@ -309,6 +309,10 @@ def run_worker(
                     if "id" in current:
                         lost.setdefault(current["id"], cause)
                         clean_trial_dir(config.study.workdir, current["number"])
+                    # A trial the error ended before its objective ran (in Optuna's ask).
+                    if isinstance(study.sampler, SPNASSampler):
+                        for lost_id in study.sampler.take_unabandoned():
+                            lost.setdefault(lost_id, cause)
                     outages += 1
                     _pause_for_storage(cause, outages, storage_url)
                     continue

@@ -185,3 +185,31 @@ def test_once_the_search_is_done_the_whole_line_is_idle(tmp_path: Path) -> None:
     line = [storage.get_trial(storage.create_new_trial(study._study_id)) for _ in range(4)]
     assert study.sampler.decide(study, line[0]).kind == "idle"
     assert [Decision.of(storage.get_trial(t._trial_id)).kind for t in line[1:]] == ["idle"] * 3
+
+
+def test_a_trial_the_storage_could_not_fail_is_handed_to_the_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error while a trial decides leaves it RUNNING when failing it fails too (the
+    database is down): it never beats its heart, so nothing would fail it as stale, and a
+    trial behind it may decide for it. The sampler hands its id to the worker
+    (``take_unabandoned``), which fails it and queues its retry once the storage answers
+    (CI: a PostgreSQL restart during Optuna's ask left such a trial running forever)."""
+    import sqlalchemy.exc
+
+    study = _study(tmp_path, "down.db")
+    storage = study._storage
+    trial = storage.get_trial(storage.create_new_trial(study._study_id))
+    down = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed"))
+
+    def fail(*args, **kwargs):
+        raise down
+
+    monkeypatch.setattr(study.sampler, "_decide", fail)
+    monkeypatch.setattr(storage, "set_trial_state_values", fail)
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        study.sampler.before_trial(study, trial)
+    assert study.sampler.take_unabandoned() == [trial._trial_id]
+    assert study.sampler.take_unabandoned() == []
+    monkeypatch.undo()
+    assert storage.get_trial(trial._trial_id).state == TrialState.RUNNING
