@@ -250,8 +250,7 @@ def main() -> None:
         root = Path(tmp)
         picks: dict[str, list[tuple[SearchConfig, dict[str, Any]]]] = {}
         for profile in args.profiles:
-            rows: list[dict[str, Any]] = []
-            entry: dict[str, Any] = {"per_seed": rows}
+            entry: dict[str, Any] = {"per_seed": []}
             result["profiles"][profile] = entry
             for seed in range(args.seeds):
                 values = study_values(root, profile, seed, args.overrides)
@@ -278,15 +277,21 @@ def main() -> None:
                 pick["retrained"] = retrained(
                     config, pick["arch"], pick["parallel"], args.repeats, root / f"p{profile}{seed}"
                 )
-                rows.append(_row(seed, spnas, pick, entry["seed_retrained"]))
+                _add_search(result, profile, _row(seed, spnas, pick, entry["seed_retrained"]))
                 picks.setdefault(profile, []).append((config, spnas))
-                print(json_line(profile, rows[-1]), flush=True)
-                entry.update(_profile_summary(rows, entry["seed_retrained"]))
                 result["wall_s"] = time.monotonic() - started
                 report(NAME, result, args)
         result["cross_profile"] = _cross_profile(picks, args.repeats, root)
     result.update(complete=True, wall_s=time.monotonic() - started)
     report(NAME, result, args)
+
+
+def _add_search(result: dict[str, Any], profile: str, row: dict[str, Any]) -> None:
+    """Add one search's row to ``result``'s profile, print it, and update the summary."""
+    entry = result["profiles"][profile]
+    entry["per_seed"].append(row)
+    print(json_line(profile, row), flush=True)
+    entry.update(_profile_summary(entry["per_seed"], entry["seed_retrained"]))
 
 
 def reverify(args: Any) -> None:
@@ -318,8 +323,7 @@ def reverify(args: Any) -> None:
             for profile, before in earlier["profiles"].items():
                 config = SearchConfig.from_dict(study_values(root, profile, 0, overrides))
                 prepare_data(config)
-                rows: list[dict[str, Any]] = []
-                entry: dict[str, Any] = {"per_seed": rows}
+                entry: dict[str, Any] = {"per_seed": []}
                 result["profiles"][profile] = entry
                 entry["seed_retrained"] = retrained(
                     config, SEED_ARCH, None, args.repeats, root / f"seed-{profile}"
@@ -334,10 +338,10 @@ def reverify(args: Any) -> None:
                             args.repeats,
                             root / f"{out}-{profile}-{row['seed']}",
                         )
-                    rows.append(_row(row["seed"], spnas, pick, entry["seed_retrained"]))
+                    _add_search(
+                        result, profile, _row(row["seed"], spnas, pick, entry["seed_retrained"])
+                    )
                     picks.setdefault(profile, []).append((config, spnas))
-                    print(json_line(profile, rows[-1]), flush=True)
-                    entry.update(_profile_summary(rows, entry["seed_retrained"]))
                     result["wall_s"] = time.monotonic() - started
                     report(NAME, result, args)
         result["cross_profile"] = _cross_profile(picks, args.repeats, root)
