@@ -12,6 +12,14 @@ same number of trials on the same storage:
   the parallel seed, and parallel trials up to N (distinct parallel codes of a 7-stage
   network), with ``parallel.n_stuck`` too large for the phase to end.
 
+The histories follow ``--comparison`` (``search.comparison``; default the search's own,
+``equal_training``): with equal training each round and the parallel phase have their
+``control`` trial (the baseline trained one more schedule, the round's reference) and every
+candidate starts from the baseline's weights (its ``parent``; its ``ops`` composed from the
+baseline's architecture); with ``greedy`` there is no control and a candidate's parent is the
+best so far. Before timing, the history is replayed with :class:`spnas.search.SearchState` and
+must ask for a trial of the measured kind: a history the search no longer writes fails there.
+
 Then ``--measure`` trials are run on each without training: ``ask`` (the SPNASSampler replays
 the history, waits for nothing, proposes a new mutation of the best — or a new parallel code
 within the FLOPs budget — and writes its decision; RandomSampler draws a number) and ``tell``.
@@ -25,7 +33,9 @@ Weights travel through the artifact store twice per trial (the parent's down, th
 Faster R-CNN with a ResNet-50 SPNet backbone and FPN (about 165 MB), on a file-system store.
 
 Run: ``.venv/bin/python benchmarks/overhead.py [--trials 100 1000 5000]
-[--storage sqlite|postgresql] [--json]``.
+[--storage sqlite|postgresql] [--comparison equal_training|greedy] [--measure 20]
+[--artifact-repeats 3] [--json] [--out FILE]`` (a toy run in seconds: ``--trials 10
+--measure 2 --artifact-repeats 1``).
 """
 
 from __future__ import annotations
@@ -50,7 +60,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import base_parser, report
 
-from spnas.search import Decision, SearchConfig, SPNASSampler, create_search_study
+from spnas.search import Decision, SearchConfig, SearchState, SPNASSampler, create_search_study
+from spnas.search._config import SearchSection
 from spnas.storage import make_storage
 
 NAME = "overhead"
@@ -61,7 +72,13 @@ TARGET_DECISION_MS = 50.0
 TARGET_PARALLEL_RATIO = 2.0
 
 
-def study_config(root: Path, name: str, storage: str, phase: str = "serial") -> SearchConfig:
+def study_config(
+    root: Path,
+    name: str,
+    storage: str,
+    phase: str = "serial",
+    comparison: str = "equal_training",
+) -> SearchConfig:
     """A search stuck in its first serial round (or its parallel phase) for good: every ask
     is a serial (or parallel) proposal."""
     from spnas.data.synthetic import make_synthetic_dataset
@@ -79,7 +96,7 @@ def study_config(root: Path, name: str, storage: str, phase: str = "serial") -> 
         "model": {"seed_arch": SEED_ARCH, "width": 16},
         "space": {"min_blocks": 8, "max_blocks": 40, "max_stages": 7},
         "serial": {"n_mutations": 3, "n_stuck": 10**9, "n_rounds": 1},
-        "search": {"wait_seconds": 0.01},
+        "search": {"wait_seconds": 0.01, "comparison": comparison},
     }
     if phase == "parallel":
         values["model"]["seed_arch"] = PARALLEL_ARCH
@@ -115,31 +132,47 @@ def _frozen(config: SearchConfig, history: list[tuple[Decision, float]]) -> list
     return trials
 
 
+def _equal_training(config: SearchConfig) -> bool:
+    return config.search.comparison == "equal_training"
+
+
 def serial_history(config: SearchConfig, n: int, seed: int = 0) -> list[FrozenTrial]:
-    """A seed trial and ``n - 1`` serial trials as the search writes them."""
+    """A seed trial and ``n - 1`` serial trials (the round's control among them with equal
+    training) as the search writes them."""
     from spnas.morphism import format_ops, mutate
 
     rng = random.Random(seed)
-    best_arch, best_number, best_value = config.seed_arch, 0, 20.0
-    taken = {str(best_arch)}
-    history = [(Decision(kind="seed", arch=best_arch), best_value)]
-    for _ in range(n - 1):
+    seed_arch = config.seed_arch
+    history = [(Decision(kind="seed", arch=seed_arch), 20.0)]
+    # The round's reference: the seed itself, or (equal training) its control, which continues
+    # the seed's training one more schedule.
+    best_arch, best_number, best_value, best_ops = seed_arch, 0, 20.0, ()
+    if _equal_training(config):
+        history.append((Decision("control", seed_arch, parent=0, round=1), 20.5))
+        best_number, best_value = 1, 20.5
+    taken = {str(seed_arch)}
+    while len(history) < n:
         child, ops = mutate(best_arch, config.space, rng, n_ops=3, avoid=taken)
         taken.add(str(child))
         ops_text = tuple(format_ops(ops).split("; "))
-        # Most children are a little worse than their parent, about one in eight better.
+        if _equal_training(config):
+            # From the seed's weights, the best's morphisms first (spnas.search._proposals).
+            parent, ops_text = 0, (*best_ops, *ops_text)
+        else:
+            parent = best_number
+        # Most children are a little worse than the best, about one in eight better.
         value = best_value + rng.uniform(-2.0, 0.3)
-        history.append(
-            (Decision("serial", child, parent=best_number, ops=ops_text, round=1), value)
-        )
+        history.append((Decision("serial", child, parent=parent, ops=ops_text, round=1), value))
         if value > best_value:
             best_arch, best_number, best_value = child, len(history) - 1, value
+            best_ops = ops_text
     return _frozen(config, history)
 
 
 def parallel_history(config: SearchConfig, n: int, seed: int = 0) -> list[FrozenTrial]:
     """A seed, a worse serial trial (the serial phase ends), the parallel seed, and parallel
-    trials of distinct codes up to ``n`` trials, as the search writes them.
+    trials of distinct codes up to ``n`` trials (with equal training, a control in the serial
+    round and one in the parallel phase), as the search writes them.
 
     The codes are drawn uniformly among all of them, not by the sampler's FLOPs-inverse
     weights: those favour the cheap stages so strongly that 5,000 distinct draws take hours,
@@ -151,27 +184,27 @@ def parallel_history(config: SearchConfig, n: int, seed: int = 0) -> list[Frozen
     rng = random.Random(seed)
     arch = config.seed_arch
     zeros = ParallelCode.zeros(arch.num_stages)
-    history = [
-        (Decision("seed", arch=arch), 20.0),
-        (
-            Decision(
-                "serial",
-                arch=arch.with_stages((*arch.stages[:-1], "11")),
-                parent=0,
-                ops=("expand",),
-                round=1,
-            ),
-            10.0,
-        ),
-        (Decision("parallel_seed", arch=arch, parallel=zeros, parent=0), 30.0),
-    ]
+    equal = _equal_training(config)
+    worse = arch.with_stages((*arch.stages[:-1], "11"))
+    history: list[tuple[Decision, float]] = [(Decision("seed", arch=arch), 20.0)]
+    if equal:
+        history.append((Decision("control", arch, parent=0, round=1), 20.5))
+    serial_best = len(history) - 1
+    history.append((Decision("serial", worse, parent=0, ops=("expand",), round=1), 10.0))
+    # The round's best (the seed, or its control) is the parallel phase's serial network.
+    history.append((Decision("parallel_seed", arch, zeros, parent=serial_best), 30.0))
+    baseline = best = len(history) - 1
+    best_value = 30.0
+    if equal:
+        history.append((Decision("control", arch, zeros, parent=baseline, round=1), 30.5))
+        best, best_value = len(history) - 1, 30.5
     counts = range(config.space.max_subnets + 1)
     codes = [c for c in itertools.product(counts, repeat=arch.num_stages) if any(c)]
-    best, best_value = 2, 30.0
-    for subnets in rng.sample(codes, n - len(history)):
+    for subnets in rng.sample(codes, max(0, n - len(history))):
         code = ParallelCode(subnets)
         value = best_value + rng.uniform(-2.0, 0.3)
-        history.append((Decision("parallel", arch, code, parent=best), value))
+        parent = baseline if equal else best
+        history.append((Decision("parallel", arch, code, parent=parent, round=1), value))
         if value > best_value:
             best, best_value = len(history) - 1, value
     return _frozen(config, history)
@@ -208,8 +241,15 @@ def measure_spnas(
 ) -> dict[str, float]:
     """Ask + tell ``measure`` trials of ``kind`` after a history of ``n`` trials."""
     study = create_search_study(config, url)
-    history = serial_history if kind == "serial" else parallel_history
-    study.add_trials(history(config, n))
+    history = (serial_history if kind == "serial" else parallel_history)(config, n)
+    state = SearchState.from_trials(history, config)
+    if state.next_kind != kind:
+        raise RuntimeError(
+            f"the {kind} history of {n} trials ({config.search.comparison}) is not what the "
+            f"search writes: replayed, it asks for {state.next_kind!r} in phase "
+            f"{state.phase!r} ({state.waiting_for or state.reason or 'no reason given'})"
+        )
+    study.add_trials(history)
     sampler = _TimedSampler(config)
     sampler.decision_seconds = []
     study = optuna.load_study(
@@ -220,7 +260,8 @@ def measure_spnas(
         started = time.perf_counter()
         trial = study.ask()
         decision = Decision.of(study._storage.get_trial(trial._trial_id))
-        assert decision is not None and decision.kind == kind, decision
+        if decision is None or decision.kind != kind:
+            raise RuntimeError(f"asked for a {kind} trial, the sampler decided {decision}")
         study.tell(trial, 10.0)  # worse than the best: the round (or phase) goes on
         totals.append(time.perf_counter() - started)
     return {
@@ -299,6 +340,15 @@ def main() -> None:
     parser.add_argument("--trials", type=int, nargs="+", default=[100, 1000, 5000])
     parser.add_argument("--storage", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--measure", type=int, default=20, help="trials timed per study")
+    parser.add_argument(
+        "--comparison",
+        choices=["equal_training", "greedy"],
+        default=SearchSection().comparison,
+        help="search.comparison of the SP-NAS studies (default: the search's)",
+    )
+    parser.add_argument(
+        "--artifact-repeats", type=int, default=3, help="uploads and downloads timed"
+    )
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("spnas").setLevel(logging.WARNING)
@@ -309,10 +359,12 @@ def main() -> None:
         with storage_urls(args.storage, root) as url_of:
             for n in args.trials:
                 url = url_of(f"spnas_{n}")
-                config = study_config(root, f"spnas-{n}", url)
+                config = study_config(root, f"spnas-{n}", url, comparison=args.comparison)
                 spnas = measure_spnas(config, url, n, args.measure)
                 url = url_of(f"parallel_{n}")
-                config = study_config(root, f"parallel-{n}", url, phase="parallel")
+                config = study_config(
+                    root, f"parallel-{n}", url, phase="parallel", comparison=args.comparison
+                )
                 parallel = measure_spnas(config, url, n, args.measure, kind="parallel")
                 random_ms = measure_random(url_of(f"random_{n}"), f"random-{n}", n, args.measure)
                 row = {
@@ -334,10 +386,11 @@ def main() -> None:
                     f"{random_ms:.1f} ms/trial, ratio {row['ratio']:.1f}",
                     flush=True,
                 )
-        artifacts = measure_artifacts(root)
+        artifacts = measure_artifacts(root, args.artifact_repeats)
     at_1000 = next((r for r in rows if r["trials_in_history"] == 1000), None)
     result = {
         "storage": args.storage,
+        "comparison": args.comparison,
         "measured_trials_per_study": args.measure,
         "rows": rows,
         "artifact": artifacts,

@@ -11,10 +11,12 @@ over the seed ``BB(11,d1,d1,d1)`` in units of the seed's standard deviation (the
 more than 2), and the same for the network that turned out best.
 
 Run: ``.venv/bin/python benchmarks/profiles.py [--repeats 3] [--iters N] [--json]``
-(``--profiles`` and ``--nets`` choose a subset). Results go to
-``benchmarks/results/profiles.json``, rewritten after every retrain; ``--resume`` keeps the
-retrains already there (same schedule) and runs only the missing ones. A retrain is
-deterministic for its seed on one machine, so resuming loses nothing.
+(``--profiles`` and ``--nets`` choose a subset; ``--set KEY=VALUE`` overrides a key of every
+profile's study YAML, e.g. ``data.synthetic.train=8`` or ``reignite.epochs=1`` for a toy run).
+Results go to ``benchmarks/results/profiles.json`` (or ``--out``), rewritten after every
+retrain; ``--resume`` keeps the retrains already there (same schedule and overrides) and runs
+only the missing ones. A retrain is deterministic for its seed on one machine, so resuming
+loses nothing.
 """
 
 from __future__ import annotations
@@ -60,12 +62,24 @@ PROFILES: dict[str, tuple[str, str]] = {
 }
 
 
-def study_values(profile: str, root: Path, iters: int) -> dict[str, Any]:
+def profile_yaml(profile: str, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The profile's study YAML (``studies/bench-*.yaml``) with ``overrides`` (``--set``)."""
+    from spnas.search._config import apply_override
+
+    values = yaml.safe_load((ROOT / PROFILES[profile][0]).read_text(encoding="utf-8"))
+    for item in overrides:
+        apply_override(values, item)
+    return values
+
+
+def study_values(
+    profile: str, root: Path, iters: int, overrides: list[str] | tuple[str, ...] = ()
+) -> dict[str, Any]:
     """The profile's study YAML with its data and work directories under ``root``.
 
     The data set is generated here (:func:`prepare_data`), so ``data.synthetic`` is dropped.
     """
-    values = yaml.safe_load((ROOT / PROFILES[profile][0]).read_text(encoding="utf-8"))
+    values = profile_yaml(profile, overrides)
     values["study"]["workdir"] = str(root / profile / "work")
     values["study"]["storage"] = f"sqlite:///{root / profile / 'study.db'}"
     values["data"]["dir"] = str(root / profile / "data")
@@ -76,11 +90,13 @@ def study_values(profile: str, root: Path, iters: int) -> dict[str, Any]:
     return values
 
 
-def prepare_data(profile: str, root: Path) -> dict[str, Any]:
+def prepare_data(
+    profile: str, root: Path, overrides: list[str] | tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Generate the profile's data set as its study YAML describes it; the settings used."""
     from spnas.data.synthetic import make_synthetic_dataset
 
-    values = yaml.safe_load((ROOT / PROFILES[profile][0]).read_text(encoding="utf-8"))
+    values = profile_yaml(profile, overrides)
     synthetic = dict(values["data"]["synthetic"])
     synthetic["profile"] = profile
     make_synthetic_dataset(root / profile / "data", **synthetic, show_progress=False)
@@ -116,19 +132,21 @@ def summarize(
 def load_runs(path: Path, settings: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
     """The retrains a previous run wrote to ``path`` (``--resume``).
 
-    A profile run now keeps only the retrains with its current schedule (others do not
-    compare); a profile not run now is kept whole, with its data and schedule settings.
+    A profile run now keeps only the retrains with its current schedule and ``--set``
+    overrides (others do not compare); a profile not run now is kept whole, with its data and
+    schedule settings.
     """
     if not path.is_file():
         return {}
     previous = json.loads(path.read_text())
+    same_overrides = previous.get("overrides", []) == settings["overrides"]
     runs: dict[str, dict[str, dict[str, Any]]] = {}
     for profile, entry in previous.get("profiles", {}).items():
         schedule = previous.get("schedule", {}).get(profile)
         if profile not in settings["schedule"]:
             settings["schedule"][profile] = schedule
             settings["data"][profile] = previous["data"][profile]
-        elif schedule != settings["schedule"][profile]:
+        elif schedule != settings["schedule"][profile] or not same_overrides:
             continue
         for net, row in entry["nets"].items():
             if NETS.get(net) == row["arch"]:
@@ -192,6 +210,14 @@ def main() -> None:
     parser.add_argument(
         "--resume", action="store_true", help="keep the result file's retrains, run the rest"
     )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of every profile's study YAML (e.g. data.synthetic.train=8)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     out = args.out or RESULTS / f"{NAME}.json"
@@ -199,13 +225,20 @@ def main() -> None:
     from spnas.search import SearchConfig
 
     started = time.monotonic()
-    settings: dict[str, Any] = {"repeats": args.repeats, "data": {}, "schedule": {}}
+    settings: dict[str, Any] = {
+        "repeats": args.repeats,
+        "overrides": args.overrides,
+        "data": {},
+        "schedule": {},
+    }
     with tempfile.TemporaryDirectory(prefix="spnas-profiles-") as tmp:
         root = args.workdir or Path(tmp)
         configs = {}
         for profile in args.profiles:
-            settings["data"][profile] = prepare_data(profile, root)
-            configs[profile] = SearchConfig.from_dict(study_values(profile, root, args.iters))
+            settings["data"][profile] = prepare_data(profile, root, args.overrides)
+            configs[profile] = SearchConfig.from_dict(
+                study_values(profile, root, args.iters, args.overrides)
+            )
             settings["schedule"][profile] = {
                 "iters": configs[profile].schedule.iters,
                 "reignite_epochs": configs[profile].reignite.epochs,

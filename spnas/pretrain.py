@@ -31,13 +31,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from spnas._io import atomic_write
+from spnas._io import atomic_write, load_tensor_file
 from spnas.arch import SerialCode
 from spnas.data.coco import DatasetSplits, load_coco
 from spnas.data.crops import ObjectCrops
 from spnas.data.normalization import PIXEL_MEAN_RGB, PIXEL_STD_RGB
 from spnas.device import resolve_device
-from spnas.exceptions import ConfigError, DataError
+from spnas.exceptions import ConfigError, DataError, WeightsError
 from spnas.lr_schedule import cosine_lr
 from spnas.modeling import SerialNet
 from spnas.modeling.torchvision_weights import read_weights
@@ -470,11 +470,9 @@ class _Checkpoint:
         if not self.path.is_file():
             return 0, _EpochStats()
         try:
-            saved = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # truncated, e.g. written by an older version killed mid-save
-            _logger.warning(
-                "pretrain: ignoring %s, unreadable (%s: %s)", self.path, type(exc).__name__, exc
-            )
+            saved = load_tensor_file(self.path, "pretraining checkpoint")
+        except WeightsError as exc:  # truncated (an older version killed mid-save), or foreign
+            _logger.warning("pretrain: ignoring an unreadable checkpoint, starting over: %s", exc)
             return 0, _EpochStats()
         if not isinstance(saved, dict) or saved.get("fingerprint") != self.fingerprint:
             _logger.warning("pretrain: ignoring %s, written for another run", self.path)

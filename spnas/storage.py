@@ -24,7 +24,9 @@ Artifact locations: a directory (``FileSystemArtifactStore``; share it between n
 NFS) or ``s3://bucket[/prefix]`` (``Boto3ArtifactStore``; needs ``boto3``).
 
 Passwords never appear in logs or error messages: use :func:`redact` on any URL you print,
-and :func:`hide_password` on any text (an exception message) that may quote a password. The
+and :func:`hide_password` on any text (an exception message) that may quote a password; both
+work on the URL as written, so a password pasted unencoded is hidden too (one with an '@' is
+refused by :func:`make_storage`: write it percent-encoded). The
 study stores its storage URL with the password removed (:func:`strip_password`); workers read
 the full URL from ``--storage-file`` or the environment variable ``SPNAS_STORAGE``
 (:func:`storage_url_from`), never from their command line, which ``ps`` shows to every user.
@@ -63,11 +65,23 @@ MAX_OVERFLOW = 1
 #: Environment variable holding the storage URL of ``spnas worker`` (and other commands).
 STORAGE_ENV = "SPNAS_STORAGE"
 
-# For URLs quoted inside longer text: everything between "user:" and the last "@" of the
-# whitespace-free token is hidden, so a password with "@", ":" or "/" in it cannot leak.
-_PASSWORD = re.compile(
-    r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<password>\S*)(?P<tail>@)"
-)
+# A storage URL as written: "scheme://USER:PASSWORD@HOST…". The user name holds no ':' or '/'
+# (it may hold '@': Azure's "user@server"), so the password starts after the first ':' of the
+# authority. The password may hold anything ('@', ':', '/', '%', '#', '?': people paste it
+# unencoded), so it ends at the LAST '@' of the whitespace-free token. When the '@' was in a
+# query instead, this hides too much (harmless); ending at the first '@', as SQLAlchemy and
+# urllib do, would show the rest of such a password.
+_PASSWORD = re.compile(r"(?P<head>[\w+.-]+://[^:/\s]*:)(?P<password>\S*)(?P<tail>@)")
+
+# Where a parser may cut a password that it misreads as user, host, port, path or query:
+# at the URL's delimiters, and around a percent escape (decoded alone, or not at all).
+_CUTS = re.compile(r"[@:/?#]|%[0-9A-Fa-f]{2}|%")
+
+#: Pieces of a password shorter than this are not hidden in free text (whole passwords are).
+#: Hiding "Hx" or "a" everywhere would garble the message (every "a" of a sentence) to hide
+#: at most two characters; and the misreading that would make a driver quote such a piece
+#: (an unencoded '@' in the password) is refused by :func:`make_storage` before it connects.
+_MIN_FRAGMENT = 3
 
 
 class StorageError(SpnasError):
@@ -84,40 +98,78 @@ def _parse(url: str) -> Any:
         return None
 
 
-def _passwords(url: str) -> list[str]:
-    """The password of ``url`` as it may appear in text: decoded, and as written in the URL."""
-    found = []
+def _written_password(url: str) -> str | None:
+    """The password of ``url`` as written in it (see :data:`_PASSWORD`), or ``None``."""
+    match = _PASSWORD.search(str(url))
+    return match["password"] if match else None
+
+
+def _fragments(password: str) -> set[str]:
+    """Every piece of ``password`` that starts and ends at a cut (:data:`_CUTS`).
+
+    A parser that misreads a password splits it at delimiters only, so whatever it calls user,
+    password, host, port, database or query holds such pieces: ``Zq@9:Hx/7%mK`` is read by
+    SQLAlchemy as password ``Zq``, host ``9``, port ``Hx`` and database ``7%mK@…``, by urllib
+    as host ``9:Hx`` and path ``/7%mK@…``; a driver's error quotes them. All pieces, not only
+    the ones today's parsers make: the number is quadratic in the cuts, tiny for a password.
+    """
+    cuts = {0, len(password)}
+    for match in _CUTS.finditer(password):
+        cuts.update(match.span())
+    ordered = sorted(cuts)
+    return {password[i:j] for k, i in enumerate(ordered) for j in ordered[k + 1 :]}
+
+
+def _secrets(url: str) -> list[str]:
+    """What to hide of the password of ``url`` in any text, longest first.
+
+    The password as written, percent-decoded, percent-encoded (as SQLAlchemy renders it), as
+    SQLAlchemy read it when that agrees; and every piece of :data:`_MIN_FRAGMENT` characters
+    or more that a parser may have split off (:func:`_fragments`), as written and decoded.
+    """
+    from urllib.parse import quote, unquote
+
+    url = str(url)
+    written = _written_password(url)
     parsed = _parse(url)
-    if parsed is not None and parsed.password:
-        found.append(str(parsed.password))
-    match = _PASSWORD.search(url)
-    if match and match["password"]:
-        found.append(match["password"])
-    return sorted(set(found), key=len, reverse=True)
+    read = None if parsed is None or parsed.password is None else str(parsed.password)
+    whole: set[str] = set()
+    pieces: set[str] = set()
+    if written is not None:
+        decoded = unquote(written)
+        whole |= {written, decoded, quote(decoded, safe="")}
+        for piece in _fragments(written) | _fragments(decoded):
+            pieces |= {piece, unquote(piece)}
+    if read is not None:
+        if written is None or read == unquote(written):
+            whole |= {read, quote(read, safe="")}
+        else:  # a misreading: a piece of the password as written, hidden as the others are
+            pieces.add(read)
+    found = {s for s in whole if s} | {s for s in pieces if len(s) >= _MIN_FRAGMENT}
+    return sorted(found, key=len, reverse=True)
+
+
+def _hide(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with each of ``secrets`` replaced by ``***``, longest first (one pass)."""
+    if not secrets:
+        return text
+    return re.sub("|".join(map(re.escape, secrets)), "***", text)
 
 
 def redact(url: str) -> str:
     """``url`` (or a text quoting URLs) with every password replaced by ``***``.
 
-    A URL is parsed by SQLAlchemy, so a password with any characters (percent-encoded, as URLs
-    require) is hidden whole.
+    Works on the text as written (:data:`_PASSWORD`): a password is hidden whole whatever its
+    characters, percent-encoded or not, even where SQLAlchemy would read the URL otherwise.
     """
-    url = str(url)
-    parsed = _parse(url)
-    if parsed is not None and parsed.password is not None:
-        text = parsed.render_as_string(hide_password=True)
-    else:
-        text = url
-    return _PASSWORD.sub(r"\g<head>***\g<tail>", text)
+    return _PASSWORD.sub(r"\g<head>***\g<tail>", str(url))
 
 
 def hide_password(text: str, url: str) -> str:
-    """``text`` with the password of ``url`` replaced by ``***`` wherever it occurs (exactly,
-    decoded or as written in the URL), and any URL's password redacted."""
-    text = str(text)
-    for password in _passwords(str(url)):
-        text = text.replace(password, "***")
-    return redact(text)
+    """``text`` (an exception message) with the password of ``url`` hidden wherever it occurs:
+    as written, decoded or encoded, and any piece of it a parser may have split off (see
+    :func:`_secrets`); and any URL's password in it redacted (:func:`redact`)."""
+    return redact(_hide(str(text), _secrets(str(url))))
 
 
 def _redact_exception(exc: BaseException, url: str) -> str:
@@ -125,11 +177,34 @@ def _redact_exception(exc: BaseException, url: str) -> str:
 
 
 def strip_password(url: str) -> str:
-    """``url`` without its password (the form a study stores); other URLs unchanged."""
-    parsed = _parse(str(url))
-    if parsed is None or parsed.password is None:
-        return str(url)
-    return parsed._replace(password=None).render_as_string(hide_password=False)
+    """``url`` without its password (the form a study stores); other URLs unchanged.
+
+    Cut from the text as written (:data:`_PASSWORD`), so that no piece of a password with an
+    unencoded '@', ':' or '/' stays behind as a user, host or path.
+    """
+    url = str(url)
+    match = _PASSWORD.search(url)
+    if match is None:
+        return url
+    return url[: match.start("password") - 1] + url[match.end("password") :]
+
+
+def _check_password_is_readable(url: str) -> None:
+    """Refuse a URL whose password holds an unencoded '@' (or that has an '@' after it).
+
+    SQLAlchemy ends the password at the first '@': it would send a piece of the password as
+    host name (to DNS), port or database, and the driver's error would quote these pieces.
+
+    Raises:
+        StorageError: naming the URL, password hidden.
+    """
+    password = _written_password(url)
+    if password is not None and "@" in password:
+        raise StorageError(
+            f"storage URL {redact(url)!r}: its password holds an '@' (or an '@' follows it), "
+            "so where it ends is ambiguous: write the password percent-encoded "
+            "(Python: urllib.parse.quote(password, safe=''))"
+        )
 
 
 def storage_url_from(
@@ -165,6 +240,26 @@ def default_storage_url(directory: str | Path = ".") -> str:
     return f"sqlite:///{Path(directory).resolve() / 'spnas.db'}"
 
 
+#: The storage URLs :func:`make_storage` opens: scheme (before ``://``) and its drivers.
+_STORAGE_SCHEME = re.compile(r"^(grpc|journal|sqlite|(postgresql|mysql)(\+\w+)?)://")
+
+
+def check_storage_url(url: str) -> None:
+    """Refuse a storage URL :func:`make_storage` would not open, by its form alone: no file,
+    directory or connection is made, so a search checks it before creating anything.
+
+    Raises:
+        StorageError: naming the URL (password hidden) and the forms expected.
+    """
+    url = str(url)
+    if _STORAGE_SCHEME.match(url) or (url.endswith(".log") and "://" not in url):
+        return
+    raise StorageError(
+        f"storage URL {redact(url)!r}: expected sqlite:///FILE, "
+        "postgresql+psycopg2://USER:PASSWORD@HOST/DB, grpc://HOST:PORT or journal:///FILE.log"
+    )
+
+
 def make_storage(
     url: str,
     *,
@@ -186,6 +281,7 @@ def make_storage(
             message shows the URL without its password.
     """
     url = str(url)
+    check_storage_url(url)
     if url.startswith("grpc://"):
         from spnas.storage_proxy import connect_proxy
 
@@ -203,7 +299,7 @@ def make_storage(
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # Several local workers write one file: wait for the lock instead of failing at once.
         engine_kwargs = {"connect_args": {"timeout": 120}}
-    elif url.startswith(("postgresql", "mysql")):
+    else:  # postgresql or mysql (check_storage_url)
         engine_kwargs = {
             "pool_pre_ping": True,
             "pool_recycle": 1800,
@@ -212,11 +308,7 @@ def make_storage(
         }
         if url.startswith("postgresql"):
             engine_kwargs["connect_args"] = {"connect_timeout": 10}
-    else:
-        raise StorageError(
-            f"storage URL {redact(url)!r}: expected sqlite:///FILE, "
-            "postgresql+psycopg2://USER:PASSWORD@HOST/DB, grpc://HOST:PORT or journal:///FILE.log"
-        )
+        _check_password_is_readable(url)
     try:
         with warnings.catch_warnings():
             # Heartbeats and retries are experimental in Optuna; we rely on them on purpose.
@@ -384,6 +476,11 @@ class _PrefixedStore:
 
 class _AtomicFileSystemStore(optuna.artifacts.FileSystemArtifactStore):
     """A file system artifact store whose writes are atomic (see :mod:`spnas._io`)."""
+
+    @property
+    def directory(self) -> Path:
+        """Where the artifacts are (one file each, named by its artifact id)."""
+        return Path(self._base_path)
 
     def write(self, artifact_id: str, content_body: Any) -> None:
         import shutil

@@ -53,8 +53,10 @@ def parse_grpc_url(url: str) -> tuple[str, int]:
     """
     rest = url.removeprefix(GRPC_SCHEME).rstrip("/")
     host, _, port = rest.rpartition(":") if ":" in rest else (rest, "", "")
-    if not host or (port and not port.isdigit()):
-        raise StorageError(f"storage URL {url!r}: expected grpc://HOST:PORT")
+    # A proxy takes no user or password: with one, the "host" would be a piece of a password,
+    # looked up in DNS and quoted in errors.
+    if not host or "@" in rest or (port and not port.isdigit()):
+        raise StorageError(f"storage URL {redact(url)!r}: expected grpc://HOST:PORT")
     return host, int(port) if port else DEFAULT_PORT
 
 
@@ -75,7 +77,7 @@ def connect_proxy(url: str, timeout: float = CONNECT_TIMEOUT_S) -> optuna.storag
     except ConnectionError:
         storage.close()
         raise StorageError(
-            f"no storage proxy answers at {url!r} after {timeout:.0f} s: start it with "
+            f"no storage proxy answers at {redact(url)!r} after {timeout:.0f} s: start it with "
             f"`spnas storage-proxy --storage URL --host {host} --port {port}`"
         ) from None
     return storage
@@ -98,7 +100,7 @@ def serve(
             ``storage_url`` is itself a proxy.
     """
     if storage_url.startswith(GRPC_SCHEME):
-        raise StorageError(f"storage {storage_url!r} is a proxy: give the database URL")
+        raise StorageError(f"storage {redact(storage_url)!r} is a proxy: give the database URL")
     _import_grpc()
     # One connection per server thread; no overflow, so the bound holds under any load.
     backend = make_storage(storage_url, pool_size=threads, max_overflow=0)

@@ -25,6 +25,7 @@ _COMMAND_MODULES = (
     "search",
     "storage-proxy",
     "verify",
+    "gc",
     "dashboard",
     "report",
     "export",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 
@@ -63,7 +64,22 @@ def run(args: argparse.Namespace) -> int:
 
     from detectron2.engine import DefaultPredictor
 
-    predictor = DefaultPredictor(cfg)
+    from spnas.engines.detectron2.checkpoint import AtomicCheckpointer
+
+    # DefaultPredictor would read MODEL.WEIGHTS with detectron2's loader (pickle for .pkl):
+    # it gets none (and its "initializing from scratch" is muted), and spnas's loader, which
+    # runs no code, reads the weights.
+    weights, cfg.MODEL.WEIGHTS = cfg.MODEL.WEIGHTS, ""
+    fvcore_logger = logging.getLogger("fvcore.common.checkpoint")
+    level = fvcore_logger.level
+    fvcore_logger.setLevel(logging.WARNING)
+    try:
+        predictor = DefaultPredictor(cfg)
+    finally:
+        fvcore_logger.setLevel(level)
+    checkpointer = AtomicCheckpointer(predictor.model)
+    checkpointer.trusted_pickle = weights if args.allow_pickle else ""
+    checkpointer.load(weights)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for path in map(Path, args.images):

@@ -103,6 +103,7 @@ def _set_threads(threads: int | None) -> None:
 def run_search(args: argparse.Namespace) -> int:
     from spnas.exceptions import ConfigError
     from spnas.search import SearchConfig, create_search_study, prepare_data
+    from spnas.search._checks import check_settings
     from spnas.storage import STORAGE_ENV, redact
 
     if args.workers < 1:
@@ -113,6 +114,8 @@ def run_search(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, study=study).resolved(Path.cwd())
     storage = config.study.storage
     assert storage is not None
+    # What needs no data set first: a synthetic one may be generated into the workdir.
+    check_settings(config, storage)
     prepare_data(config)
     create_search_study(config, storage)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
@@ -303,10 +306,15 @@ def run_worker_command(args: argparse.Namespace) -> int:
 
 
 def run_resume(args: argparse.Namespace) -> int:
-    from spnas.search import load_search_study, resume_failed_search
+    from spnas.search import SearchState, load_search_study, resume_failed_search
 
     study, config = load_search_study(args.study, storage_url(args))
     retried = resume_failed_search(study, config, settle=0.0)
+    state = SearchState.from_trials(study.get_trials(deepcopy=False), config)
+    if retried is None and state.phase == "failed":
+        # A diverged barrier: retrying it would diverge again (docs/design.md §4.2).
+        print(f"study {args.study}: failed and not resumable: {state.reason}")
+        return 1
     if retried is None:
         print(f"study {args.study}: not failed (or already resumed); nothing to do")
     else:
@@ -345,7 +353,7 @@ def _print_status(status: dict[str, Any]) -> None:
         shown = "—" if best is None else f"{best:.2f}"
         print(f"  {row['phase']:<16} {metric} {shown}{delta}  [{row['trials']} trial(s)]")
         baseline = best if best is not None else baseline
-    counts = Counter((row["kind"], row["state"]) for row in status["trials"])
+    counts = Counter((row["kind"], _shown_state(row)) for row in status["trials"])
     if counts:
         print(
             "  trials: " + ", ".join(f"{k} {s.lower()} {n}" for (k, s), n in sorted(counts.items()))
@@ -353,9 +361,15 @@ def _print_status(status: dict[str, Any]) -> None:
     for row in status["trials"]:
         value = "" if row["value"] is None else f"{row['value']:.2f}"
         code = (row["arch"] or "") + (f" {row['parallel']}" if row["parallel"] else "")
-        print(f"  #{row['number']:<4} {row['kind']:<13} {row['state']:<8} {value:>7}  {code}")
+        print(f"  #{row['number']:<4} {row['kind']:<13} {_shown_state(row):<8} {value:>7}  {code}")
     if status["verify"] is not None:
         _print_verification(status["verify"], metric)
+
+
+def _shown_state(row: dict[str, Any]) -> str:
+    """A trial's state as ``spnas status`` shows it: DIVERGED for a diverged training (stored
+    as PRUNED, so that it is not retried: docs/design.md §4.2)."""
+    return "DIVERGED" if "diverged" in row else row["state"]
 
 
 def _print_verification(verify: dict[str, Any], metric: str) -> None:
@@ -368,7 +382,12 @@ def _print_verification(verify: dict[str, Any], metric: str) -> None:
     print(f"  {'network':<9} {'search ' + metric:>10} {'retrained':>16}  repeats  architecture")
     for n in verify["networks"]:
         retrained = f"{fmt(n['mean'])} ± {fmt(n['std'])}"
-        repeats = " ".join(fmt(v) for v in n["retrained_ap"])
+        # A diverged repeat shows where: "div@33" (iteration 33).
+        diverged = {d["repeat"]: f"div@{d['iteration']}" for d in n.get("diverged", ())}
+        repeats = " ".join(
+            diverged.get(k, fmt(v)) if v is None else fmt(v)
+            for k, v in enumerate(n["retrained_ap"])
+        )
         code = n["arch"] + (f" {n['parallel']}" if n["parallel"] else "")
         print(f"  {n['role']:<9} {fmt(n['search_ap']):>10} {retrained:>16}  {repeats}  {code}")
     tau = verify["kendall_tau"]

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             num_machines=args.num_machines,
             machine_rank=args.machine_rank,
             dist_url=args.dist_url,
-            args=(cfg, args.resume),
+            args=(cfg, args.resume, args.allow_pickle),
             backend="nccl" if cfg.MODEL.DEVICE.startswith("cuda") else "gloo",
         )
     if result is None:  # a machine other than the first: rank 0 reports

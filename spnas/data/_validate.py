@@ -2,8 +2,8 @@
 
 :func:`~spnas.data.coco.load_coco` validates the structure and geometry of a COCO json.
 :func:`validate_dataset` adds what a search must know before its study is created: every box
-is finite (JSON allows ``NaN`` and ``Infinity``, and ``NaN`` passes every comparison), and every
-image file exists and decodes. Each problem raises :class:`~spnas.exceptions.DataError` naming
+is finite (JSON allows ``NaN`` and ``Infinity``, and ``NaN`` passes every comparison), both
+splits have the same categories, and every image file exists and decodes. Each problem raises :class:`~spnas.exceptions.DataError` naming
 the file and the record.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from spnas.data.coco import DatasetSplits, load_coco, read_json
+from spnas.data.coco import CocoDataset, DatasetSplits, load_coco, read_json
 from spnas.exceptions import DataError
 
 _logger = logging.getLogger(__name__)
@@ -59,20 +59,77 @@ def check_image_decodes(path: Path, record: str) -> None:
         raise DataError(f"{record}: image file {str(path)!r} does not decode: {exc}") from exc
 
 
-def validate_dataset(splits: DatasetSplits, show_progress: bool = False) -> None:
-    """Check both splits of a data set: records (:func:`~spnas.data.coco.load_coco`), finite
-    boxes, and image files that exist and decode.
+def check_same_categories(train: CocoDataset, val: CocoDataset) -> None:
+    """Both splits have the same categories (ids and names): a model trained on one set of
+    classes is evaluated on the other's ids.
+
+    Raises:
+        DataError: naming both files and the categories only one of them has (or names
+            differently).
+    """
+    ours = {int(c["id"]): str(c["name"]) for c in train.categories}
+    theirs = {int(c["id"]): str(c["name"]) for c in val.categories}
+    if ours == theirs:
+        return
+
+    def listed(categories: dict[int, str], other: dict[int, str]) -> str:
+        differ = [
+            f"{cid} {name!r}" for cid, name in sorted(categories.items()) if other.get(cid) != name
+        ]
+        return ", ".join(differ[:5]) + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
+
+    raise DataError(
+        f"annotation files {str(train.json_path)!r} and {str(val.json_path)!r} have different "
+        f"categories: {train.json_path.name} has {listed(ours, theirs) or 'no others'}, "
+        f"{val.json_path.name} has {listed(theirs, ours) or 'no others'}; expected the same "
+        "categories (id and name) in both"
+    )
+
+
+def check_annotations(splits: DatasetSplits) -> tuple[CocoDataset, CocoDataset]:
+    """Check both splits' records (:func:`~spnas.data.coco.load_coco`), finite boxes, and that
+    their categories are the same; the images are not opened. Returns the train and val
+    splits.
 
     Raises:
         DataError: for the first bad record, naming the file and the record.
     """
-    for split, json_path in (("train", splits.train_json), ("val", splits.val_json)):
+    loaded = []
+    for json_path in (splits.train_json, splits.val_json):
         check_finite_boxes(json_path)
-        dataset = load_coco(json_path, splits.image_root, check_images=True)
-        where = f"annotation file {str(json_path)!r}"
-        images = tqdm(
-            dataset.images, desc=f"checking {split} images", disable=not show_progress, unit="img"
-        )
-        for image in images:
-            check_image_decodes(image.path, f"{where}: image id {image.id}")
-        _logger.debug("%s: %d images decode", json_path, len(dataset.images))
+        loaded.append(load_coco(json_path, splits.image_root, check_images=True))
+    train, val = loaded
+    check_same_categories(train, val)
+    return train, val
+
+
+def check_images(dataset: CocoDataset, show_progress: bool = False) -> None:
+    """Every image file of ``dataset`` exists and decodes.
+
+    Raises:
+        DataError: naming the annotation file, the image id and the file.
+    """
+    where = f"annotation file {str(dataset.json_path)!r}"
+    split = dataset.json_path.stem
+    images = tqdm(
+        dataset.images, desc=f"checking {split} images", disable=not show_progress, unit="img"
+    )
+    for image in images:
+        check_image_decodes(image.path, f"{where}: image id {image.id}")
+    _logger.debug("%s: %d images decode", dataset.json_path, len(dataset.images))
+
+
+def validate_dataset(
+    splits: DatasetSplits, show_progress: bool = False
+) -> tuple[CocoDataset, CocoDataset]:
+    """Check both splits of a data set: records (:func:`~spnas.data.coco.load_coco`), finite
+    boxes, the same categories, and image files that exist and decode. Returns the train and
+    val splits.
+
+    Raises:
+        DataError: for the first bad record, naming the file and the record.
+    """
+    train, val = check_annotations(splits)
+    for dataset in (train, val):
+        check_images(dataset, show_progress)
+    return train, val

@@ -35,7 +35,35 @@ METRIC_DIRECTIONS: dict[str, str] = {
 
 
 class TrialDiverged(SpnasError, FloatingPointError):
-    """Training produced a non-finite loss; the trial ends, the process stays usable."""
+    """Training produced a non-finite loss; the trial ends, the process stays usable.
+
+    A divergence is a result, not a fault: the same network, seed and schedule diverge again
+    when retried, so the search records it (where, at which loss) instead of retrying it.
+
+    Attributes:
+        iteration: the training iteration (0-based) whose loss or predictions were not
+            finite; ``None`` when unknown.
+        loss: the total loss at that iteration (non-finite), or the last finite one when the
+            predictions diverged before a loss was computed; ``None`` when unknown.
+        seed: the schedule's seed; ``None`` when unknown.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        iteration: int | None = None,
+        loss: float | None = None,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.iteration = iteration
+        self.loss = loss
+        self.seed = seed
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword attributes survive pickling (a data-parallel process raises it to its parent).
+        return (type(self), (str(self),), dict(self.__dict__))
 
 
 @dataclasses.dataclass(frozen=True)

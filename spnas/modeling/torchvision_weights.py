@@ -11,14 +11,13 @@ torchvision's ``resnet18/34/50/101`` and ``resnext50_32x4d`` map one to one onto
 
 from __future__ import annotations
 
-import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from spnas._io import load_tensor_file
 from spnas.exceptions import WeightsError
 from spnas.modeling.serialnet import SerialNet
 
@@ -47,39 +46,8 @@ def torchvision_key(key: str) -> str | None:
     raise WeightsError(f"unexpected key {key!r} in a torchvision ResNet state dict")
 
 
-def load_tensor_file(
-    path: Path, what: str = "weights file", map_location: str | torch.device = "cpu"
-) -> Any:
-    """``torch.load(path, weights_only=True)`` with errors that name the file and the cause.
-
-    Raises:
-        WeightsError: ``"<what> '<path>' …"`` when the file is missing, truncated, corrupt, or
-            holds pickled objects other than tensors and containers.
-    """
-    if not path.is_file():
-        raise WeightsError(f"{what} {str(path)!r} does not exist")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        reason = (
-            "it is not a tensors-only PyTorch file (truncated or corrupt, or it pickles "
-            f"objects torch.load(weights_only=True) refuses: {_first_line(exc, 'Unsupported')})"
-        )
-    except Exception as exc:  # torch raises many types for corrupt or foreign files
-        reason = f"{type(exc).__name__}: {_first_line(exc)}"
-    raise WeightsError(f"{what} {str(path)!r} could not be read: {reason}")
-
-
-def _first_line(exc: BaseException, prefer: str | None = None) -> str:
-    """The informative line of a (often many-line) torch error."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if prefer is not None:
-        lines = [line for line in lines if line.startswith(prefer)] or lines
-    return lines[0][:200] if lines else type(exc).__name__
-
-
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``path`` with ``torch.load(weights_only=True)``.
+    """Read a state dict from ``path`` with :func:`spnas._io.load_tensor_file` (no code runs).
 
     Accepts a bare state dict or a checkpoint with a ``state_dict`` / ``model`` entry.
 

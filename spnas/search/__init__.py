@@ -10,7 +10,8 @@ Public API:
 - :func:`summarize`, :func:`verification_summary` — the search as plain data (``spnas status``);
 - :func:`retrain` — a network retrained from scratch at equal training (verification);
 - :class:`Objective`, :func:`create_search_study`, :func:`load_search_study`,
-  :func:`run_worker`, :func:`prepare_data` — what ``spnas search`` and ``spnas worker`` run.
+  :func:`run_worker`, :func:`prepare_data` — what ``spnas search`` and ``spnas worker`` run;
+- :func:`collect_garbage` — what ``spnas gc`` runs (leftovers of killed workers).
 
 The names load on first use: a process that only decides (the sampler, ``get_decision``, a
 light worker of ``benchmarks/scaling.py``) imports no torch.
@@ -34,10 +35,11 @@ _API = {
     "SearchExhausted": "_proposals",
     "SearchState": "_state",
     "UNPRUNABLE_KINDS": "_state",
-    "WEIGHTS_ATTR": "_objective",
-    "WEIGHTS_SHA256_ATTR": "_objective",
+    "WEIGHTS_ATTR": "_artifacts",
+    "WEIGHTS_SHA256_ATTR": "_artifacts",
     "build_search_engine": "_objective",
     "check_inputs": "_worker",
+    "collect_garbage": "_gc",
     "create_search_study": "_worker",
     "enable_verification": "_worker",
     "fetch_weights": "_objective",

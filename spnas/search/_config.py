@@ -16,7 +16,11 @@ values of the wrong type are errors naming the key)::
     verify:    enabled, repeats, schedule (overrides of ``schedule`` for retraining)
     final:     enabled, schedule
     search:    seed, comparison (equal_training | greedy), keep_top_k, wait_seconds,
-               max_barrier_attempts, barrier_backoff_seconds
+               max_barrier_attempts, barrier_backoff_seconds,
+               disk_full_wait_seconds
+
+Every key's value is bounded (:func:`check_size`): at most :data:`MAX_VALUES_PER_KEY` values,
+counted with every use of a YAML alias, so an alias bomb is refused before anything copies it.
 
 Relative paths in a study YAML (and in ``--set`` overrides) are resolved against the YAML's
 folder, wherever ``spnas search`` runs; the default ``study.workdir`` (``runs/<name>``) is in the
@@ -44,6 +48,89 @@ from spnas.exceptions import ArchError, ConfigError
 CONFIG_ATTR = "spnas:config"
 #: ``search.comparison``: how candidates are judged (docs/design.md, "Equal training").
 COMPARISONS: tuple[str, ...] = ("equal_training", "greedy")
+#: The most values one key of a study config may hold, counted expanded: a YAML alias counts
+#: every time it is used, so a "billion laughs" document (9 levels of 9 aliases: 387 M values
+#: from 1 KB) is refused before anything copies it. Real configs hold a few dozen values a key.
+MAX_VALUES_PER_KEY = 10_000
+#: The deepest nesting of lists and mappings under one key of a study config.
+MAX_DEPTH = 16
+#: ``serial.n_rounds``: each round ends with a reignition, a classification pretraining (on
+#: ImageNet in real use, GPU-days each); the shipped studies use 1-2 rounds. 100 leaves room
+#: for any real search and refuses a typo (1000000) that would never end the serial phase.
+MAX_ROUNDS = 100
+#: A detectron2 config key in ``engine.opts``: dotted upper-case names, e.g. ``MODEL.FPN.NORM``.
+_OPTS_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+#: How deep an ``engine.opts`` value may nest lists (``MODEL.ANCHOR_GENERATOR.SIZES`` is 2).
+_OPTS_VALUE_DEPTH = 3
+
+
+def check_size(value: Any, where: str) -> None:
+    """Refuse a value holding more than :data:`MAX_VALUES_PER_KEY` values, counted expanded
+    (every use of a YAML alias counts, so shared references cannot hide a blow-up), or nested
+    deeper than :data:`MAX_DEPTH`. Stops counting at the limit: fast whatever the expansion.
+
+    Raises:
+        ConfigError: naming ``where`` (the key) and the limit.
+    """
+    count = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES_PER_KEY:
+            raise ConfigError(
+                f"'{where}' holds more than {MAX_VALUES_PER_KEY} values (each use of a YAML "
+                "alias counts): expected a small value; is it an alias bomb?"
+            )
+        if depth > MAX_DEPTH:
+            raise ConfigError(
+                f"'{where}' nests lists or mappings deeper than {MAX_DEPTH} levels: expected "
+                "a small value"
+            )
+        if isinstance(node, Mapping):
+            stack.extend((v, depth + 1) for v in node.values())
+            count += len(node)  # the keys
+        elif isinstance(node, (list, tuple)):
+            stack.extend((v, depth + 1) for v in node)
+
+
+def _check_config_size(values: Mapping[str, Any]) -> None:
+    """:func:`check_size` for every key of every section of a raw study config mapping."""
+    for section, body in values.items():
+        if isinstance(body, Mapping):
+            for key, value in body.items():
+                check_size(value, f"{section}.{key}")
+        else:
+            check_size(body, str(section))
+
+
+def _check_opts(opts: tuple[Any, ...]) -> None:
+    """``engine.opts`` is ``[KEY, VALUE, …]``: dotted config keys, each followed by a number,
+    string, boolean, null or a (nested) list of them."""
+
+    def scalar_or_list(value: Any, depth: int) -> bool:
+        if isinstance(value, (list, tuple)):
+            return depth < _OPTS_VALUE_DEPTH and all(scalar_or_list(v, depth + 1) for v in value)
+        return value is None or isinstance(value, (str, int, float, bool))
+
+    if len(opts) % 2:
+        raise ConfigError(
+            f"opts: {len(opts)} items, expected KEY, VALUE pairs (an even number), e.g. "
+            "[MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE, 128]"
+        )
+    for i in range(0, len(opts), 2):
+        key, value = opts[i], opts[i + 1]
+        if not isinstance(key, str) or not _OPTS_KEY.fullmatch(key):
+            raise ConfigError(
+                f"opts: item {i} is {key!r}, expected a dotted config key such as "
+                "'MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE'"
+            )
+        if not scalar_or_list(value, 0):
+            raise ConfigError(
+                f"opts: the value of {key!r} (item {i + 1}) is {value!r}, expected a number, "
+                f"string, true/false, null or a list of them nested at most "
+                f"{_OPTS_VALUE_DEPTH} deep"
+            )
 
 
 def _check_type(value: Any, annotation: Any, where: str) -> Any:
@@ -134,6 +221,7 @@ class EngineSection:
     def __post_init__(self) -> None:
         if self.name not in engine_names():
             raise ConfigError(f"engine {self.name!r}, expected one of {', '.join(engine_names())}")
+        _check_opts(self.opts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,8 +295,11 @@ class SerialSection:
         for name in ("n_mutations", "n_stuck"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"serial.{name}={getattr(self, name)}: expected ≥ 1")
-        if self.n_rounds < 0:
-            raise ConfigError(f"serial.n_rounds={self.n_rounds}: expected ≥ 0")
+        if not 0 <= self.n_rounds <= MAX_ROUNDS:
+            raise ConfigError(
+                f"'serial.n_rounds' is {self.n_rounds}, expected an integer from 0 to "
+                f"{MAX_ROUNDS} (each round ends with a reignition: a pretraining)"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,8 +354,16 @@ class SearchSection:
     max_barrier_attempts: int = 3
     #: The wait after a barrier's first failure; it doubles after each further one.
     barrier_backoff_seconds: float = 10.0
+    #: How long a worker waits for a full disk to have space again before it stops
+    #: (spnas.search._disk); its trial is queued with its decision meanwhile.
+    disk_full_wait_seconds: float = 1800.0
 
     def __post_init__(self) -> None:
+        if not self.disk_full_wait_seconds >= 0:
+            raise ConfigError(
+                f"search.disk_full_wait_seconds={self.disk_full_wait_seconds!r}: expected "
+                "seconds >= 0"
+            )
         if self.comparison not in COMPARISONS:
             raise ConfigError(
                 f"search.comparison={self.comparison!r}: expected one of {', '.join(COMPARISONS)}"
@@ -317,6 +416,8 @@ class SearchConfig:
                     f"unknown key {key!r} in study config, expected one of "
                     f"{', '.join(sorted(known))}"
                 )
+        # Before anything copies or prints a value (dataclasses.asdict, repr in a message).
+        _check_config_size(values)
         sections = {
             name: _from_mapping(section, values.get(name), name)
             for name, section in _SECTIONS.items()

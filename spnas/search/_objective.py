@@ -20,28 +20,36 @@ from optuna.trial import TrialState
 
 from spnas._io import atomic_write, sha256_file
 from spnas.data.coco import DatasetSplits
-from spnas.engines.base import DataSpec, Engine, InitWeights, build_engine
+from spnas.engines.base import DataSpec, Engine, InitWeights, TrialDiverged, build_engine
 from spnas.exceptions import WeightsError
 from spnas.modeling.torchvision_weights import load_tensor_file
-from spnas.search._artifacts import remove_weights, upload_weights
+from spnas.search._artifacts import (
+    WEIGHTS_ATTR,
+    WEIGHTS_SHA256_ATTR,
+    remove_weights,
+    upload_weights,
+)
 from spnas.search._config import SearchConfig
 from spnas.search._notes import trial_note
 from spnas.search._optuna import storage_of, trial_id
 from spnas.search._retrain import pretrain_backbone, retrain
 from spnas.search._sampler import get_decision
 from spnas.search._signals import raise_if_preempted
-from spnas.search._state import UNPRUNABLE_KINDS, Decision, SearchState
+from spnas.search._state import (
+    DIVERGED_ATTR,
+    DIVERGED_ITERATION_ATTR,
+    DIVERGED_LOSS_ATTR,
+    SEED_ATTR,
+    UNPRUNABLE_KINDS,
+    Decision,
+    SearchState,
+)
 from spnas.storage import StorageError, make_artifact_store, redact
 
 if TYPE_CHECKING:
     from spnas.modeling import SerialNet
 
 _logger = logging.getLogger(__name__)
-
-#: User attribute holding the artifact id of a trial's trained weights.
-WEIGHTS_ATTR = "spnas:weights"
-#: User attribute holding the SHA-256 of those weights, checked on every download.
-WEIGHTS_SHA256_ATTR = "spnas:weights_sha256"
 
 
 class OptunaReporter:
@@ -147,7 +155,9 @@ class Objective:
     child's weights, records user attributes for the dashboard (``arch``, ``parallel``,
     ``kind``, ``round``, ``parent``, ``ops``, ``gmacs``, ``params_m``, ``AP``, ``AP50``,
     ``train_s``, ``inherited_fraction``), and deletes weights that can no longer be parents
-    (all but ``search.keep_top_k`` per phase and the current parents).
+    (all but ``search.keep_top_k`` per phase and the current parents). A training that
+    diverges ends the trial PRUNED with where it diverged (:func:`record_divergence`), so
+    that it is not retried.
 
     Args:
         config: the search configuration.
@@ -195,38 +205,49 @@ class Objective:
             trial.set_user_attr(key, value)
         data = self.data()
         assert self._num_classes is not None
-        out_dir = self.workdir / "trials" / f"{trial.number:05d}"
+        out_dir = trial_dir(self.workdir, trial.number)
         out_dir.mkdir(parents=True, exist_ok=True)
         reporter = OptunaReporter(
             trial, self.config.data.metric, prunable=decision.kind not in UNPRUNABLE_KINDS
         )
         self._pretrain_iters = 0
         if decision.kind == "verify":
-            retrained = retrain(
-                self.config,
-                decision.arch,
-                decision.parallel,
-                seed=self.config.search.seed + (decision.repeat or 0),
-                out_dir=out_dir,
-                schedule=self.config.verify_schedule,
-                engine=self.engine,
-                data=data,
-                reporter=reporter,
-            )
-            result = retrained.detection
-            self._pretrain_iters = retrained.pretrained.iterations
+            seed = self.config.search.seed + (decision.repeat or 0)
+        elif decision.kind == "final":
+            seed = self.config.final_schedule.seed
         else:
-            init = self.init_weights(trial, decision, out_dir)
-            spec = self.config.model_spec(decision.arch, decision.parallel, self._num_classes)
-            schedule = (
-                self.config.final_schedule if decision.kind == "final" else self.config.schedule
-            )
-            result = self.engine.train_eval(spec, init, schedule, data, reporter, out_dir=out_dir)
+            seed = self.config.schedule.seed
+        trial.set_user_attr(SEED_ATTR, seed)
+        try:
+            if decision.kind == "verify":
+                retrained = retrain(
+                    self.config,
+                    decision.arch,
+                    decision.parallel,
+                    seed=seed,
+                    out_dir=out_dir,
+                    schedule=self.config.verify_schedule,
+                    engine=self.engine,
+                    data=data,
+                    reporter=reporter,
+                )
+                result = retrained.detection
+                self._pretrain_iters = retrained.pretrained.iterations
+            else:
+                init = self.init_weights(trial, decision, out_dir)
+                spec = self.config.model_spec(decision.arch, decision.parallel, self._num_classes)
+                schedule = (
+                    self.config.final_schedule if decision.kind == "final" else self.config.schedule
+                )
+                result = self.engine.train_eval(
+                    spec, init, schedule, data, reporter, out_dir=out_dir
+                )
+        except TrialDiverged as exc:
+            raise record_divergence(trial, decision, exc, seed) from exc
+        if decision.kind != "verify":
             # Verification retrains from scratch: its weights are never a parent.
             check_still_running(trial)
-            artifact_id, digest = self.upload(trial, Path(result.weights))
-            trial.set_user_attr(WEIGHTS_SHA256_ATTR, digest)
-            trial.set_user_attr(WEIGHTS_ATTR, artifact_id)
+            self.upload(trial, Path(result.weights))
         value = result.metric(self.config.data.metric)
         attrs = {
             "gmacs": result.gmacs,
@@ -250,8 +271,9 @@ class Objective:
         return value
 
     # ------------------------------------------------------------------ weights
-    def upload(self, trial: optuna.Trial, weights: Path) -> tuple[str, str]:
-        """Upload ``weights`` to the artifact store; returns (artifact id, SHA-256).
+    def upload(self, trial: optuna.Trial, weights: Path) -> str:
+        """Upload ``weights`` to the artifact store and record them in the trial (its user
+        attributes ``spnas:weights`` and ``spnas:weights_sha256``); returns the artifact id.
 
         Raises:
             StorageError: naming the artifact location and the file when the upload fails
@@ -260,13 +282,12 @@ class Objective:
         """
         digest = sha256_file(weights)
         try:
-            artifact_id = upload_weights(trial, self.artifact_store, weights)
+            return upload_weights(trial, self.artifact_store, weights, digest)
         except OSError as exc:
             raise StorageError(
                 f"trial {trial.number}: uploading {str(weights)!r} to the artifact store "
                 f"{redact(str(self.config.study.artifacts))!r} failed: {exc}"
             ) from exc
-        return artifact_id, digest
 
     def fetch(self, study: optuna.Study, number: int, path: Path) -> Path:
         """Download trial ``number``'s weights to ``path``."""
@@ -316,21 +337,23 @@ class Objective:
         """Pretrain the round's best backbone, put it back into its detector's weights."""
         from spnas.modeling import split_backbone
 
-        state = torch.load(parent_path, map_location="cpu", weights_only=True)
+        state = load_tensor_file(parent_path, "parent weights")
         prefix, backbone = split_backbone(state)
         init = out_dir / "parent_backbone.pth"
         atomic_write(init, functools.partial(torch.save, backbone))
         pretrained = self._pretrain(decision.arch, out_dir / "reignited_backbone.pth", init)
-        fresh = torch.load(pretrained, map_location="cpu", weights_only=True)
+        fresh = load_tensor_file(pretrained, "reignited backbone")
         state.update({prefix + k: v for k, v in fresh.items()})
         composed = out_dir / "reignited.pth"
         atomic_write(composed, functools.partial(torch.save, state))
         return composed
 
     def prune_weights(self, study: optuna.Study, keep: set[int]) -> None:
-        """Delete weights that can no longer be parents (keeps the top-k of each phase)."""
+        """Delete weights that can no longer be parents (keeps the top-k of each phase), and
+        those of failed trials (a result lost to a storage error: no trial starts from them)."""
         trials = study.get_trials(deepcopy=False)
-        state = SearchState.from_trials(trials, self.config)
+        # Ranked as the sampler ranks them: by the study's direction.
+        state = SearchState.from_trials(trials, self.config, study.direction)
         keep = set(keep)
         for best in (
             state.parent,
@@ -342,7 +365,7 @@ class Objective:
             if best is not None:
                 keep.add(best.number)
         keep.update(r.decision.parent for r in state.records if r.running and r.decision.parent)
-        reverse = self.config.direction == "maximize"
+        reverse = state.direction == "maximize"
         for phase in (("seed", "serial", "reignite"), ("parallel_seed", "parallel", "final")):
             done = [r for r in state.records if r.decision.kind in phase and r.value is not None]
             done.sort(key=lambda r: r.value, reverse=reverse)
@@ -351,10 +374,33 @@ class Objective:
             (trial, trial.user_attrs[WEIGHTS_ATTR])
             for trial in trials
             if WEIGHTS_ATTR in trial.user_attrs
-            and trial.number not in keep
-            and trial.state == TrialState.COMPLETE
+            and (
+                trial.state == TrialState.FAIL
+                or (trial.state == TrialState.COMPLETE and trial.number not in keep)
+            )
         ]
         remove_weights(study, stale, self.artifact_store)
+
+
+def record_divergence(
+    trial: optuna.Trial, decision: Decision, exc: TrialDiverged, seed: int
+) -> optuna.TrialPruned:
+    """Record a diverged training on ``trial``; the :class:`optuna.TrialPruned` to raise.
+
+    A divergence is a property of the network, seed and schedule, not a fault: retried, it
+    diverges again. So the trial ends PRUNED (not FAIL, which would be retried) with user
+    attributes saying where: ``diverged`` (True), ``diverged_iteration``, ``diverged_loss``
+    and ``seed``. The state machine reads them: a verification repeat counts as failed, a
+    candidate as no improvement, a barrier or control ends the search as ``failed``.
+    """
+    seed = exc.seed if exc.seed is not None else seed
+    trial.set_user_attr(DIVERGED_ATTR, True)
+    trial.set_user_attr(DIVERGED_ITERATION_ATTR, exc.iteration)
+    trial.set_user_attr(DIVERGED_LOSS_ATTR, exc.loss)
+    trial.set_user_attr(SEED_ATTR, seed)
+    what = decision.kind + (f" repeat {decision.repeat}" if decision.repeat is not None else "")
+    _logger.warning("trial %d (%s) diverged, not retried: %s", trial.number, what, exc)
+    return optuna.TrialPruned(f"diverged: {exc}")
 
 
 def _save_note(
@@ -407,16 +453,25 @@ def check_still_running(trial: optuna.Trial) -> None:
 _SCRATCH = ("*.pth", "*.pth.ckpt", "*.tmp")
 
 
-def clean_trial_dir(workdir: str | Path, number: int) -> None:
-    """Delete the weights and scratch files left in trial ``number``'s folder.
+def trial_dir(workdir: str | Path, number: int) -> Path:
+    """The folder of trial ``number``: its logs, metrics and, while it runs, its weights."""
+    return Path(workdir) / "trials" / f"{number:05d}"
+
+
+def clean_trial_dir(workdir: str | Path, number: int) -> int:
+    """Delete the weights and scratch files left in trial ``number``'s folder; returns how
+    many files were deleted.
 
     Run after every trial, whatever its end (complete, pruned, failed, interrupted): the
     artifact store keeps the weights that matter, so the work directory's disk use does not
     grow with the number of trials.
     """
-    out_dir = Path(workdir) / "trials" / f"{number:05d}"
+    out_dir = trial_dir(workdir, number)
     if not out_dir.is_dir():
-        return
+        return 0
+    deleted = 0
     for pattern in _SCRATCH:
         for path in out_dir.rglob(pattern):
             path.unlink(missing_ok=True)
+            deleted += 1
+    return deleted

@@ -7,7 +7,8 @@ trial (a trial waiting to decide beats its own heart), whether this thread runs
 ``Study.optimize`` (ask-and-tell is told apart from a worker), the whole study behind
 HyperbandPruner's per-bracket view, one transaction for several params on an RDB storage,
 and the trials table, for the conditional state changes that make claiming a trial atomic on
-SQLite (:class:`spnas.storage` ``_SQLiteStorage``).
+SQLite (:class:`spnas.storage` ``_SQLiteStorage``), and the heartbeats table, to find the
+trials of processes killed before their first heartbeat.
 ``tests/search/test_search_optuna_adapter.py`` is pinned to the Optuna version of
 ``requirements.txt`` and fails loudly when any of these moves.
 """
@@ -31,6 +32,7 @@ __all__ = [
     "in_optimize_loop",
     "is_heartbeat_enabled",
     "set_trial_params",
+    "silent_trials",
     "storage_of",
     "study_id",
     "trial_id",
@@ -119,3 +121,34 @@ def change_trial_state_if(
     )
     with storage.engine.begin() as connection:
         return connection.execute(statement).rowcount == 1
+
+
+def silent_trials(storage: BaseStorage, study: int) -> list[int]:
+    """Storage ids of the RUNNING trials of the study with storage id ``study`` that never
+    recorded a heartbeat and started longer ago than the storage's grace period (RDB storages
+    with heartbeats; else none).
+
+    Optuna's :func:`~optuna.storages.fail_stale_trials` only fails trials whose last heartbeat
+    is old: a trial whose process was killed before its first heartbeat (between creating it
+    and deciding) would stay RUNNING for good, and every trial behind it in line would wait.
+    """
+    from optuna.storages._rdb.models import TrialHeartbeatModel
+
+    backend = getattr(storage, "_backend", storage)
+    if not isinstance(backend, RDBStorage) or not is_heartbeat_enabled(backend):
+        return []
+    grace = backend.grace_period or 2 * heartbeat_interval(backend)
+    started_before = datetime.datetime.now() - datetime.timedelta(seconds=grace)
+    trials, beats = TrialModel.__table__, TrialHeartbeatModel.__table__
+    statement = (
+        sqlalchemy.select(trials.c.trial_id)
+        .select_from(trials.outerjoin(beats, beats.c.trial_id == trials.c.trial_id))
+        .where(
+            trials.c.study_id == study,
+            trials.c.state == TrialState.RUNNING,
+            trials.c.datetime_start < started_before,
+            beats.c.trial_heartbeat_id.is_(None),
+        )
+    )
+    with backend.engine.connect() as connection:
+        return [row[0] for row in connection.execute(statement)]

@@ -20,8 +20,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from spnas.search._artifacts import WEIGHTS_ATTR, WEIGHTS_SHA256_ATTR
 from spnas.search._config import SearchConfig
-from spnas.search._objective import WEIGHTS_ATTR, WEIGHTS_SHA256_ATTR
 from spnas.search._optuna import storage_of, study_id
 from spnas.search._state import SearchState
 

@@ -26,12 +26,15 @@ from spnas.search._optuna import (
     heartbeat_interval,
     in_optimize_loop,
     is_heartbeat_enabled,
+    silent_trials,
     storage_of,
+    study_id,
     trial_id,
     whole_study,
 )
 from spnas.search._params import architecture_distributions, record_architecture
 from spnas.search._proposals import SearchExhausted, propose_parallel, propose_serial
+from spnas.search._signals import requeue_interrupted
 from spnas.search._state import DECISION_ATTR, KIND_ATTR, Decision, SearchState
 
 _logger = logging.getLogger(__name__)
@@ -93,9 +96,17 @@ class SPNASSampler(BaseSampler):
     :meth:`optuna.Study.stop` as soon as the search is done (or has failed), so
     ``study.optimize(objective, n_trials=N)`` ends there instead of idling through the rest.
 
-    The study must have one objective whose direction is the config's
-    (``config.direction``); the first trial of any other study fails with a
-    :class:`~spnas.exceptions.ConfigError` before it is decided.
+    Trials are ranked (better, best, stuck) by the study's own direction
+    (``study.direction``). The config metric's direction (``config.direction``: ``AP`` is to
+    maximize, ``LAMR`` to minimize) only sets up the studies spnas creates
+    (:func:`~spnas.search.create_search_study`); a study made to the other direction is
+    searched as it says, with a warning logged once per sampler and study.
+
+    A study with several objectives is refused where Optuna's single-objective samplers
+    refuse it (:class:`~optuna.samplers.CmaEsSampler`): :meth:`sample_relative` and
+    :meth:`sample_independent` raise a :class:`~spnas.exceptions.ConfigError` (a
+    ``ValueError``) naming the study; :meth:`before_trial` does too, since a decision needs a
+    single value to rank, and fails the trial undecided.
 
     Parameters your objective suggests itself (``trial.suggest_float("lr", …)``) go to
     ``fallback_sampler``.
@@ -135,6 +146,17 @@ class SPNASSampler(BaseSampler):
         self._failures_seen: dict[int, float] = {}
         # Trials that _abandon could not fail (the storage was down): see take_unabandoned.
         self._unabandoned: list[int] = []
+        # Per study (see _study_key): its one direction, and whether check_study passed
+        # (warned about a direction other than the config's, named the objective). A study's
+        # directions never change: one storage read per study, not one per trial or suggest.
+        self._directions: dict[tuple[int, int, str], str] = {}
+        self._checked: set[tuple[int, int, str]] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The per-study caches are keyed by the storage object's id: meaningless elsewhere.
+        state = self.__dict__.copy()
+        state["_directions"], state["_checked"] = {}, set()
+        return state
 
     # ------------------------------------------------------------ the user's parameters
     def infer_relative_search_space(
@@ -148,6 +170,7 @@ class SPNASSampler(BaseSampler):
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
+        self.study_direction(study)  # refuses a multi-objective study, as CmaEsSampler does
         return self._fallback.sample_relative(study, trial, search_space)
 
     def sample_independent(
@@ -157,6 +180,7 @@ class SPNASSampler(BaseSampler):
         param_name: str,
         param_distribution: BaseDistribution,
     ) -> Any:
+        self.study_direction(study)  # refuses a multi-objective study, as CmaEsSampler does
         return self._fallback.sample_independent(study, trial, param_name, param_distribution)
 
     def after_trial(
@@ -178,7 +202,9 @@ class SPNASSampler(BaseSampler):
         trials = [
             finished if t.number == trial.number else t for t in study.get_trials(deepcopy=False)
         ]
-        search = SearchState.from_trials(trials, self.config_for(study))
+        search = SearchState.from_trials(
+            trials, self.config_for(study), self.study_direction(study)
+        )
         if search.done:
             _logger.info("the search is %s: stopping study %r", search.phase, study.study_name)
             study.stop()
@@ -204,6 +230,7 @@ class SPNASSampler(BaseSampler):
         study = whole_study(study)
         decision = Decision.of(trial)
         if decision is not None:
+            self.check_study(study)
             earlier = _earlier_retry(study, trial)
             if earlier is not None:
                 self._stand_down(study, trial, decision, earlier)
@@ -236,32 +263,63 @@ class SPNASSampler(BaseSampler):
         )
 
     def check_study(self, study: Study) -> None:
-        """Refuse a study that SP-NAS cannot search: several objectives, or the direction
-        opposite to the config's metric (its best trial would be the worst network). Name the
+        """Refuse a study that SP-NAS cannot search (several objectives); warn, once per
+        study, when its direction is not the config metric's (it is searched to its own
+        direction: its best trial is then the network the metric calls worst). Name the
         study's objective after the metric (``AP``…) if it has no name yet, so plots and the
-        dashboard say "AP", not "Objective 0".
+        dashboard say "AP", not "Objective 0". Done once per study: later calls cost nothing.
 
         Raises:
-            ConfigError: naming the study, its directions and the config's metric.
+            ConfigError: a multi-objective study (:meth:`study_direction`).
         """
+        direction = self.study_direction(study)
+        key = _study_key(study)
+        if key in self._checked:
+            return
         config = self.config_for(study)
-        directions = [d.name.lower() for d in study.directions]
-        if len(directions) != 1:
-            raise ConfigError(
-                f"study {study.study_name!r} has {len(directions)} objectives "
-                f"({', '.join(directions)}): SPNASSampler searches one, the metric "
-                f"{config.data.metric!r} (create the study with direction={config.direction!r})"
-            )
-        if directions[0] != config.direction:
-            raise ConfigError(
-                f"study {study.study_name!r} is to {directions[0]}, but its config's metric "
-                f"data.metric={config.data.metric!r} is to {config.direction}: create the study "
-                f"with direction={config.direction!r}"
+        if direction != config.direction:
+            _logger.warning(
+                "study %r is to %s, but its config's metric data.metric=%r is to %s: "
+                "SPNASSampler ranks the trials to %s, as the study says (create the study "
+                "with direction=%r to search for the best %s)",
+                study.study_name,
+                direction,
+                config.data.metric,
+                config.direction,
+                direction,
+                config.direction,
+                config.data.metric,
             )
         if study.metric_names is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names([config.data.metric])
+        self._checked.add(key)
+
+    def study_direction(self, study: Study) -> str:
+        """The direction of ``study``'s one objective (``maximize``/``minimize``): trials are
+        ranked by it. Read once per study.
+
+        Raises:
+            ConfigError: (a ``ValueError``, as Optuna's single-objective samplers raise) when
+                the study has several objectives, naming the study and its directions.
+        """
+        study = whole_study(study)
+        key = _study_key(study)
+        direction = self._directions.get(key)
+        if direction is None:
+            directions = [d.name.lower() for d in study.directions]
+            if len(directions) != 1:
+                metric = (
+                    f", the metric {self._config.data.metric!r}" if self._config is not None else ""
+                )
+                raise ConfigError(
+                    f"study {study.study_name!r} has {len(directions)} objectives "
+                    f"({', '.join(directions)}): SPNASSampler cannot be used for "
+                    f"multi-objective optimization; it searches one objective{metric}"
+                )
+            direction = self._directions[key] = directions[0]
+        return direction
 
     @staticmethod
     def _stand_down(study: Study, trial: FrozenTrial, decision: Decision, earlier: int) -> None:
@@ -290,16 +348,27 @@ class SPNASSampler(BaseSampler):
         return taken
 
     def _abandon(self, study: Study, trial: FrozenTrial) -> None:
-        """Fail ``trial``, undecided, so that later trials need not wait for it."""
+        """Fail ``trial``, so that later trials need not wait for it, and queue its retry if
+        it has a decision after all.
+
+        An error here may come after the decision was written (a storage error in a later
+        write, Ctrl-C) or while a worker deciding ahead wrote it: failed and not retried, such
+        a trial would count as a failed attempt of its barrier, and the barrier would be
+        decided, and trained, a second time.
+        """
         try:
-            storage_of(study).set_trial_state_values(trial_id(trial), TrialState.FAIL)
+            retried = requeue_interrupted(study, trial_id(trial))
         except Exception as exc:  # the storage may be what failed: see take_unabandoned
             self._unabandoned.append(trial_id(trial))
             _logger.warning(
                 "trial %d: could not mark it failed (%s: %s)", trial.number, type(exc).__name__, exc
             )
         else:
-            _logger.warning("trial %d: failed before its decision was written", trial.number)
+            _logger.warning(
+                "trial %d: failed before its objective ran%s",
+                trial.number,
+                "" if retried is None else "; queued for a retry with its decision",
+            )
 
     def decide(self, study: Study, trial: FrozenTrial) -> Decision:
         """Wait until ``trial`` may decide, then decide (see the class docstring).
@@ -312,6 +381,7 @@ class SPNASSampler(BaseSampler):
     def _decide(self, study: Study, trial: FrozenTrial) -> tuple[Decision, bool]:
         """:meth:`decide`, and whether the decision is already written on ``trial``."""
         config = self.config_for(study)
+        direction = self.study_direction(study)
         started = time.monotonic()
         last_log: float | None = None
         max_step = MAX_WAIT_STEP_S
@@ -343,7 +413,7 @@ class SPNASSampler(BaseSampler):
             if blocking:
                 reason = f"waiting for trial(s) {[t.number for t in blocking[:5]]} to decide first"
             else:
-                state = SearchState.from_trials(trials, config)
+                state = SearchState.from_trials(trials, config, direction)
                 fresh = self._fresh_failures(state) if heartbeat else []
                 if fresh:
                     reason = f"waiting for the retry of failed trial(s) {fresh[:5]}, if any"
@@ -430,7 +500,8 @@ class SPNASSampler(BaseSampler):
         storage = storage_of(study)
         ahead = [trial_id(t) for t in blocking]
         beat = storage.get_heartbeat_interval() / 2.0 if is_heartbeat_enabled(storage) else math.inf
-        began = last_beat = last_log = time.monotonic()
+        began = last_log = time.monotonic()
+        last_beat = -math.inf  # the first look beats: a trial that never beat is never stale
         while True:
             if not _undecided(storage.get_trial(ahead[0])):
                 mine = Decision.of(storage.get_trial(trial_id(trial)))
@@ -476,11 +547,12 @@ class SPNASSampler(BaseSampler):
         if not line:
             return
         config = self.config_for(study)
+        direction = self.study_direction(study)
         history = {t.number: t for t in trials}
         history[trial.number] = _with_decision(trial, decision)
         ahead: list[tuple[FrozenTrial, Decision]] = []
         for waiting in line[:MAX_DECIDED_AHEAD]:
-            state = SearchState.from_trials(list(history.values()), config)
+            state = SearchState.from_trials(list(history.values()), config, direction)
             if state.done:  # final: everyone in line is idle
                 ahead.append((waiting, Decision("idle", round=state.round)))
             elif state.next_kind is None:
@@ -551,6 +623,15 @@ class SPNASSampler(BaseSampler):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
+            # Killed before their first heartbeat: failed (and retried, if decided) likewise.
+            for silent in silent_trials(storage, study_id(study)):
+                retried = requeue_interrupted(study, silent)
+                _logger.warning(
+                    "trial id %d: running past the grace period without a heartbeat (its "
+                    "process died): failed%s",
+                    silent,
+                    "" if retried is None else f"; trial {retried} queued for a retry",
+                )
 
     def _decision(self, state: SearchState, number: int) -> Decision:
         config = state.config
@@ -599,6 +680,11 @@ class SPNASSampler(BaseSampler):
                 "final", arch=parent.arch, parallel=parent.parallel, parent=parent.number
             )
         raise ConfigError(f"unknown trial kind {kind!r}")
+
+
+def _study_key(study: Study) -> tuple[int, int, str]:
+    """Tells studies apart within one process: the storage object, the study's id and name."""
+    return id(storage_of(study)), study_id(study), study.study_name
 
 
 def _earlier_retry(study: Study, trial: FrozenTrial) -> int | None:

@@ -84,7 +84,9 @@ def requeue_interrupted(study: optuna.Study, trial_id: int | None) -> int | None
     """Fail the trial a preempted worker was running (when still RUNNING) and queue its retry.
 
     Nothing is queued for a trial that finished anyway, has no decision yet (undecided trials
-    need no retry), or was already retried (declared stale by another worker).
+    need no retry), was already retried (declared stale by another worker), or no longer
+    exists: a database that lost its last commits in a crash or a fail-over (asynchronous
+    commit or replication) may have lost the trial's creation, and then its decision too.
 
     Returns:
         The number of the interrupted trial when a retry was queued, else ``None``.
@@ -92,7 +94,11 @@ def requeue_interrupted(study: optuna.Study, trial_id: int | None) -> int | None
     if trial_id is None:
         return None
     storage = storage_of(study)
-    trial = storage.get_trial(trial_id)
+    try:
+        trial = storage.get_trial(trial_id)
+    except KeyError:  # Optuna's "Record does not exist."
+        _logger.warning("trial id %d is not in the storage any more: nothing to retry", trial_id)
+        return None
     if trial.state == TrialState.RUNNING:
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
             storage.set_trial_state_values(trial_id, TrialState.FAIL)

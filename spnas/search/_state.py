@@ -44,6 +44,13 @@ After the parallel phase, when ``verify.enabled``, ``verify`` trials retrain the
 network of every serial round and the best SPNet from scratch, ``verify.repeats`` seeds each
 (paper Fig. 4a; :func:`spnas.search.retrain`); they run side by side, a failed one is retried
 up to ``search.max_barrier_attempts`` times, and the search is done when all have finished.
+
+A trial whose training diverged (a non-finite loss: the objective records it as PRUNED with
+the user attributes ``diverged``, ``diverged_iteration``, ``diverged_loss`` and ``seed``) is a
+result, not a fault: the same network, seed and schedule diverge again, so it is never
+retried. A diverged verification repeat is a finished, failed repeat (the verdict counts it);
+a diverged candidate is a failed candidate; a diverged barrier or control ends the search as
+``failed``, its reason naming the trial, iteration and loss (docs/design.md §4.2).
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from spnas.arch import ParallelCode, SerialCode
@@ -147,6 +155,48 @@ class Decision:
         return (str(self.arch), None if self.parallel is None else str(self.parallel))
 
 
+#: User attributes of a trial whose training diverged (set by the objective).
+DIVERGED_ATTR = "diverged"
+DIVERGED_ITERATION_ATTR = "diverged_iteration"
+DIVERGED_LOSS_ATTR = "diverged_loss"
+SEED_ATTR = "seed"
+
+
+@dataclasses.dataclass(frozen=True)
+class Divergence:
+    """Where a trial's training diverged: the iteration, the loss there, and the seed."""
+
+    iteration: int | None
+    loss: float | None
+    seed: int | None
+
+    @classmethod
+    def of(cls, trial: FrozenTrial) -> Divergence | None:
+        """The divergence recorded on a finished, not completed ``trial``; else ``None``."""
+        attrs = trial.user_attrs
+        if attrs.get(DIVERGED_ATTR) is not True or trial.state in (
+            TrialState.COMPLETE,
+            TrialState.RUNNING,
+            TrialState.WAITING,
+        ):
+            return None
+        return cls(
+            attrs.get(DIVERGED_ITERATION_ATTR),
+            attrs.get(DIVERGED_LOSS_ATTR),
+            attrs.get(SEED_ATTR),
+        )
+
+    def describe(self) -> str:
+        """``at iteration 33 (loss nan, seed 2)``: what a reason or verdict says of it."""
+        where = "" if self.iteration is None else f" at iteration {self.iteration}"
+        details = []
+        if self.loss is not None:
+            details.append(f"loss {self.loss:.4g}")
+        if self.seed is not None:
+            details.append(f"seed {self.seed}")
+        return where + (f" ({', '.join(details)})" if details else "")
+
+
 @dataclasses.dataclass(frozen=True)
 class Record:
     """A decided trial as the state machine sees it."""
@@ -156,6 +206,8 @@ class Record:
     state: TrialState
     value: float | None
     finished_at: datetime | None
+    #: Set when its training diverged: a result, never retried.
+    diverged: Divergence | None = None
 
     @property
     def running(self) -> bool:
@@ -202,6 +254,8 @@ class SearchState:
         round_baselines: per round, the trial whose weights the round started from.
         pending: the whole decision of the next trial, when the state fixes it
             (``verify``: which network, which seed).
+        ranked_by: the direction values were ranked by (``maximize``/``minimize``), as given
+            to :meth:`from_trials`; ``None``: the config metric's (:attr:`direction`).
         records: every decided, not superseded trial, in trial-number order.
         config: the :class:`~spnas.search.SearchConfig` the state was derived under.
         reason: why the search failed, for phase ``failed``.
@@ -223,10 +277,13 @@ class SearchState:
     init_from: Best | None = None
     round_bests: dict[int, Best] = dataclasses.field(default_factory=dict)
     pending: Decision | None = None
+    ranked_by: str | None = None
 
     @property
     def direction(self) -> str:
-        return self.config.direction
+        """How values were ranked: the study's direction given to :meth:`from_trials`, else
+        the config metric's."""
+        return self.ranked_by or self.config.direction
 
     @property
     def done(self) -> bool:
@@ -240,9 +297,20 @@ class SearchState:
         return [r for r in self.records if r.decision.kind in kinds]
 
     @classmethod
-    def from_trials(cls, trials: Sequence[FrozenTrial], config: Any) -> SearchState:
-        """Replay ``trials`` under ``config`` (a :class:`SearchConfig`)."""
-        return _Replay(trials, config).run()
+    def from_trials(
+        cls,
+        trials: Sequence[FrozenTrial],
+        config: Any,
+        direction: str | StudyDirection | None = None,
+    ) -> SearchState:
+        """Replay ``trials`` under ``config`` (a :class:`SearchConfig`).
+
+        Values are ranked (better, best, stuck) by ``direction``: the direction of the study
+        the trials belong to (``study.direction``), which :class:`SPNASSampler` passes. The
+        config metric's direction (``config.direction``, the default) only sets up the studies
+        spnas creates, so it is the study's direction too unless the study was made otherwise.
+        """
+        return _Replay(trials, config, direction).run()
 
 
 def barrier_backoff(attempts: Sequence[Record], base_seconds: float) -> float:
@@ -258,6 +326,15 @@ def barrier_backoff(attempts: Sequence[Record], base_seconds: float) -> float:
     delay = base_seconds * 2 ** (len(attempts) - 1)
     elapsed = (datetime.now() - max(ends)).total_seconds()
     return max(0.0, delay - elapsed)
+
+
+def direction_name(direction: str | StudyDirection) -> str:
+    """``"maximize"`` or ``"minimize"``, from either spelling."""
+    if isinstance(direction, StudyDirection):
+        return direction.name.lower()
+    if direction not in ("maximize", "minimize"):
+        raise ValueError(f"direction {direction!r}: expected 'maximize' or 'minimize'")
+    return direction
 
 
 def _better(a: float, b: float, direction: str) -> bool:
@@ -278,14 +355,24 @@ def _records(trials: Iterable[FrozenTrial]) -> tuple[Record, ...]:
         value = trial.value if trial.state == TrialState.COMPLETE else None
         if value is not None and not math.isfinite(value):
             value = None
-        records.append(Record(trial.number, decision, trial.state, value, trial.datetime_complete))
+        records.append(
+            Record(
+                trial.number,
+                decision,
+                trial.state,
+                value,
+                trial.datetime_complete,
+                Divergence.of(trial),
+            )
+        )
     return tuple(records)
 
 
 def verification_plan(state: SearchState) -> list[tuple[str, Best]]:
     """The networks verification retrains, as ``(role, network)``: the seed, the best of every
     serial round, and the best SPNet; a network met twice (a round that kept its baseline's
-    architecture) is retrained once, under its first role."""
+    architecture, an SPNet without parallel subnets, which is its serial network) is retrained
+    once, under its first role."""
     plan: list[tuple[str, Best]] = []
     seen: set[tuple[str, str | None]] = set()
     seeds = [r for r in state.records if r.decision.kind == "seed" and r.value is not None]
@@ -299,7 +386,9 @@ def verification_plan(state: SearchState) -> list[tuple[str, Best]]:
     for role, best in candidates:
         if best is None:
             continue
-        key = (str(best.arch), None if best.parallel is None else str(best.parallel))
+        # No parallel subnet at all: the same network as the serial code alone.
+        parallel = None if best.parallel is None or best.parallel.total == 0 else best.parallel
+        key = (str(best.arch), None if parallel is None else str(parallel))
         if key not in seen:
             seen.add(key)
             plan.append((role, best))
@@ -309,9 +398,14 @@ def verification_plan(state: SearchState) -> list[tuple[str, Best]]:
 class _Replay:
     """One pass over the history, phase by phase."""
 
-    def __init__(self, trials: Sequence[FrozenTrial], config: Any) -> None:
+    def __init__(
+        self,
+        trials: Sequence[FrozenTrial],
+        config: Any,
+        direction: str | StudyDirection | None = None,
+    ) -> None:
         self.config = config
-        self.direction = config.direction
+        self.direction = direction_name(direction) if direction is not None else config.direction
         self.equal_training = config.search.comparison == "equal_training"
         self.records = _records(trials)
         self.round = 0
@@ -349,6 +443,7 @@ class _Replay:
             init_from=init_from if init_from is not None else parent,
             round_bests=dict(self.round_bests),
             pending=pending,
+            ranked_by=self.direction,
         )
 
     def best_of(self, record: Record) -> Best:
@@ -357,10 +452,14 @@ class _Replay:
         return Best(record.number, d.arch, d.parallel, record.value, d.ops)
 
     def attempts_state(self, attempts: list[Record]) -> tuple[Record | None, str]:
-        """The completed trial among ``attempts``, else ``running``, ``decide`` or ``failed``."""
+        """The completed trial among ``attempts``, else the diverged one (``diverged``: never
+        retried, it would diverge again), else ``running``, ``decide`` or ``failed``."""
         for record in attempts:
             if record.state == TrialState.COMPLETE and record.value is not None:
                 return record, "complete"
+        for record in attempts:
+            if record.diverged is not None:
+                return record, "diverged"
         if any(r.running for r in attempts):
             return None, "running"
         if len(attempts) >= self.config.search.max_barrier_attempts:
@@ -373,6 +472,19 @@ class _Replay:
             "failed",
             None,
             reason=f"{kind} failed {len(attempts)} times (trials {numbers}); see their logs",
+        )
+
+    def diverged(self, kind: str, record: Record) -> SearchState:
+        """The search failed: a barrier or control diverged, and every later step needs it."""
+        assert record.diverged is not None
+        return self.state(
+            "failed",
+            None,
+            reason=(
+                f"{kind} trial {record.number} ({record.decision.arch}) diverged"
+                f"{record.diverged.describe()}: lower schedule.base_lr or raise "
+                "schedule.warmup_iters, then start a new study"
+            ),
         )
 
     def barrier(
@@ -391,6 +503,9 @@ class _Replay:
             return None, self.state(phase, None, f"waiting for {what} to finish", parent)
         if status == "failed":
             return None, self.failed(kind, attempts)
+        if status == "diverged":
+            assert record is not None
+            return None, self.diverged(kind, record)
         wait = barrier_backoff(attempts, self.config.search.barrier_backoff_seconds)
         if wait > 0:
             what = f"{kind}" + (f" (round {round_})" if round_ else "")
@@ -459,6 +574,9 @@ class _Replay:
             control, status = self.attempts_state(controls)
             if status == "failed":
                 return self.failed("control", controls)
+            if status == "diverged":
+                assert control is not None
+                return self.diverged("control", control)
             if status == "decide":
                 return self.state(phase, "control", parent=start)
             if control is None:
@@ -573,7 +691,11 @@ class _Replay:
         )
 
     def verification(self) -> SearchState | None:
-        """The state while verification trials remain to decide or finish; ``None`` after."""
+        """The state while verification trials remain to decide or finish; ``None`` after.
+
+        A repeat is finished when it completed, diverged (never retried: the verdict counts
+        it as a failed repeat) or failed ``search.max_barrier_attempts`` times (left out).
+        """
         plan = verification_plan(self.state("verify", None))
         records = [r for r in self.records if r.decision.kind == "verify"]
         running = 0

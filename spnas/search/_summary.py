@@ -4,7 +4,9 @@
 ``None``): the phase, the best networks, the rows of the paper's Table 6, every trial, and —
 once verification trials exist — :func:`verification_summary`: each verified network's search
 value against its values retrained from scratch (paper Fig. 4a), the gain of the searched
-network over the seed at equal training, and the rank agreement (Kendall τ).
+network over the seed at equal training, and the rank agreement (Kendall τ). A repeat whose
+training diverged is a failed repeat: it has no value, the network's row lists it, and the
+verdict says how many repeats of which network diverged.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from typing import Any
 
 from optuna.trial import FrozenTrial
 
-from spnas.search._state import Best, Decision, SearchState, verification_plan
+from spnas.search._state import (
+    Best,
+    Decision,
+    Divergence,
+    Record,
+    SearchState,
+    verification_plan,
+)
 
 
 def _finite(value: Any) -> Any:
@@ -75,14 +84,13 @@ def verification_summary(state: SearchState) -> dict[str, Any] | None:
     by_role: dict[str, dict[int, float]] = {}
     for role, best in verification_plan(state):
         key = (str(best.arch), None if best.parallel is None else str(best.parallel))
-        values = {
-            r.decision.repeat: r.value
-            for r in records
-            if r.decision.candidate == key and r.value is not None and r.decision.repeat is not None
-        }
+        mine = [r for r in records if r.decision.candidate == key and r.decision.repeat is not None]
+        values = {r.decision.repeat: r.value for r in mine if r.value is not None}
         by_role[role] = values
         mean, std = _mean_std(list(values.values()))
-        networks.append(_network_row(role, best, values, mean, std, repeats))
+        row = _network_row(role, best, values, mean, std, repeats)
+        row["diverged"] = _diverged_repeats(mine, values)
+        networks.append(row)
     finished = sum(1 for r in records if r.finished)
     summary: dict[str, Any] = {
         "networks": networks,
@@ -122,9 +130,83 @@ def verification_summary(state: SearchState) -> dict[str, Any] | None:
         if gain is not None:
             summary["beats_seed"] = gain > (seed_std or 0.0)
             summary["verdict"] = _verdict(summary["gain_over_seed"], config.data.metric)
+    gain = summary["gain_over_seed"]
+    if summary["complete"] and (gain is None or gain["mean"] is None):
+        summary["verdict"] = _no_verdict(networks, config.data.metric)
+    diverged = _divergence_note(networks)
+    if diverged:
+        summary["verdict"] += "; " + diverged
     if not summary["complete"]:
         summary["verdict"] = "verification is running: " + summary["verdict"]
     return summary
+
+
+def _diverged_repeats(records: Sequence[Record], values: dict[int, float]) -> list[dict[str, Any]]:
+    """The repeats of one network whose retraining diverged (and none completed): each
+    ``{repeat, trial, seed, iteration, loss}``."""
+    rows: dict[int, dict[str, Any]] = {}
+    for record in records:
+        repeat = record.decision.repeat
+        if record.diverged is None or repeat is None or repeat in values or repeat in rows:
+            continue
+        rows[repeat] = {
+            "repeat": repeat,
+            "trial": record.number,
+            "seed": record.diverged.seed,
+            "iteration": record.diverged.iteration,
+            "loss": _finite(record.diverged.loss),
+        }
+    return [rows[k] for k in sorted(rows)]
+
+
+def _where(diverged: Sequence[dict[str, Any]]) -> str:
+    return ", ".join(
+        f"seed {d['seed']}" + ("" if d["iteration"] is None else f" at iteration {d['iteration']}")
+        for d in diverged
+    )
+
+
+def _divergence_note(networks: Sequence[dict[str, Any]]) -> str:
+    """``diverged: 3 of 3 repeats of spnet … (seed 0 at iteration 33, …)``, or ``""``."""
+    parts = []
+    for n in networks:
+        diverged = n["diverged"]
+        if not diverged:
+            continue
+        what = f"{len(diverged)} of {len(n['retrained_ap'])} repeats of {n['role']} "
+        what += f"{_code(n['arch'], n['parallel'])} ({_where(diverged)})"
+        if n["mean"] is None:
+            what += ", so its retrained mean is undefined"
+        parts.append(what)
+    if not parts:
+        return ""
+    return "diverged, counted as failed repeats: " + "; ".join(parts)
+
+
+def _no_verdict(networks: Sequence[dict[str, Any]], metric: str) -> str:
+    """Why a finished verification cannot compare the searched network with the seed."""
+    searched = [n for n in networks if n["role"] != "seed"]
+    if not searched:
+        return "no verdict: the search found no network other than the seed to verify"
+    target = searched[-1]
+    seed = next((n for n in networks if n["role"] == "seed"), None)
+    missing = [n for n in (seed, target) if n is not None and n["mean"] is None]
+    if seed is None:
+        return "no verdict: the seed has no search value to verify"
+    if not missing:
+        return (
+            f"no verdict: no repeat of {target['role']} and the seed finished with the same "
+            f"seed, so their {metric} cannot be paired"
+        )
+    return "no verdict: " + "; ".join(
+        f"{n['role']} {_code(n['arch'], n['parallel'])} has no retrained {metric} "
+        + (
+            "(every repeat diverged)"
+            if len(n["diverged"]) == len(n["retrained_ap"])
+            else "(its repeats failed or diverged)"
+        )
+        for n in missing
+    )
 
 
 def _network_row(
@@ -211,6 +293,13 @@ def _trial_row(trial: FrozenTrial, decision: Decision) -> dict[str, Any]:
     }
     if decision.role is not None:
         row["role"], row["repeat"] = decision.role, decision.repeat
+    diverged = Divergence.of(trial)
+    if diverged is not None:
+        row["diverged"] = {
+            "iteration": diverged.iteration,
+            "loss": _finite(diverged.loss),
+            "seed": diverged.seed,
+        }
     return row
 
 

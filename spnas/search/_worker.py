@@ -14,9 +14,9 @@ import sqlalchemy.exc
 
 from spnas.exceptions import ConfigError
 from spnas.search._config import CONFIG_ATTR, SearchConfig
+from spnas.search._disk import is_disk_full, local_dirs, wait_for_space
 from spnas.search._objective import (
     Objective,
-    build_search_engine,
     clean_trial_dir,
     load_pretrained_seed,
 )
@@ -34,6 +34,7 @@ from spnas.storage import (
     StorageError,
     check_artifact_store,
     hide_password,
+    make_artifact_store,
     make_storage,
     redact,
     strip_password,
@@ -73,30 +74,36 @@ def prepare_data(config: SearchConfig) -> None:
     )
 
 
-def check_inputs(config: SearchConfig) -> None:
+def check_inputs(config: SearchConfig, storage_url: str | None = None) -> None:
     """Check what a search reads before any trial runs, so that bad input fails at once with
-    its name instead of failing every trial of the seed barrier.
+    its name instead of failing every trial of the seed barrier. Nothing is written before the
+    last check (the artifact store's probe), so refused input leaves nothing on disk.
 
     Raises:
-        ConfigError: the seed network is too big for the device (estimated from its code,
-            before building it), or ``engine.config`` does not exist.
+        StorageError: the storage URL (``storage_url``, else ``study.storage``) is of no form
+            a storage opens; the artifact store cannot be created or written.
+        ConfigError: a device this machine does not have; ``engine.config`` does not exist,
+            or ``engine.opts`` names an unknown key or a value of the wrong type;
+            ``data.lamr_category`` is not a category of the data set; the seed network with
+            its heads for the data set's classes is too big for the device (estimated, before
+            building it).
         DataError: the data set directory, or its ``train.json`` / ``val.json``, is missing,
-            a record is malformed (a non-finite, degenerate or outside box…), or an image is
-            missing or does not decode (the message names the file and the record).
+            a record is malformed (a non-finite, degenerate or outside box…), the two files'
+            categories differ, or an image is missing or does not decode (the message names
+            the file and the record).
         WeightsError: ``model.pretrained`` is missing, truncated, not a state dict, or does
             not fit the seed network (the message names the file and the key).
-        StorageError: the artifact store cannot be created or written.
     """
-    from spnas.data import validate_dataset
+    from spnas.data._validate import check_annotations, check_images
     from spnas.data.coco import DatasetSplits
-    from spnas.search._checks import check_cost
+    from spnas.search._checks import check_cost, check_lamr_category, check_settings
 
-    check_cost(config)
-    try:  # the engine checks its own section (its config file exists and is safe YAML)
-        build_search_engine(config).check()
-    except ConfigError as exc:
-        raise ConfigError(f"'engine.config': {exc}") from exc
-    validate_dataset(DatasetSplits.from_dir(config.data.dir), config.engine.show_progress)
+    check_settings(config, storage_url)
+    train, val = check_annotations(DatasetSplits.from_dir(config.data.dir))
+    check_lamr_category(config, train.category_ids)
+    check_cost(config, len(train.categories))
+    for dataset in (train, val):
+        check_images(dataset, config.engine.show_progress)
     if config.model.pretrained:
         load_pretrained_seed(config)
     if config.study.artifacts:
@@ -120,7 +127,7 @@ def create_search_study(config: SearchConfig, storage_url: str | None = None) ->
     config = config.resolved(Path.cwd())
     url = storage_url or config.study.storage
     assert url is not None
-    check_inputs(config)
+    check_inputs(config, url)
     study = optuna.create_study(
         study_name=config.study.name,
         storage=make_storage(url),
@@ -247,6 +254,11 @@ def run_worker(
       next worker without waiting for the heartbeat grace period;
     - a trial ended by a storage error (in its objective, or writing its result) is failed
       and queued for a retry with its decision once the storage answers again;
+    - a trial that failed on a full disk is queued for a retry with its decision at once, and
+      the worker waits for free space (up to ``search.disk_full_wait_seconds`` in a row,
+      :mod:`spnas.search._disk`) instead of failing the search;
+    - the weights no trial can use and the scratch files of killed workers' trials are
+      deleted when a worker starts and after a storage outage (:mod:`spnas.search._gc`);
     - a worker paused beyond the grace period (its trial failed as stale and retried
       elsewhere) discards its result when it wakes and goes on with a new trial;
     - every trial's weights and scratch files are deleted from its folder when it ends,
@@ -258,9 +270,13 @@ def run_worker(
     study, config = load_search_study(study_name, storage_url, storage_options=storage_options)
     resume_failed_search(study, config)
     objective = objective or Objective(config)
+    _collect_garbage(study, config, objective)
     current: dict[str, int] = {}
     # Trials that a storage error ended, to fail and retry with their decision once it answers.
     lost: dict[int, BaseException] = {}
+    # Trials that failed on a full disk: retried at once, then the worker waits for space.
+    disk_full: set[int] = set()
+    disk_dirs = local_dirs(config.study.workdir, config.study.artifacts)
 
     def run(trial: optuna.Trial) -> Any:
         current["id"], current["number"] = trial_id(trial), trial.number
@@ -270,20 +286,26 @@ def run_worker(
             cause = _storage_cause(exc)
             if cause is not None:
                 lost[current["id"]] = cause
+            elif not isinstance(exc, optuna.TrialPruned) and is_disk_full(exc, disk_dirs):
+                disk_full.add(current["id"])
             raise
 
     def clean(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         clean_trial_dir(config.study.workdir, trial.number)
 
     ran = outages = 0
+    disk_waited = 0.0
     with preemption_signals():
         while True:
             try:
                 raise_if_preempted()
                 current.clear()
-                for lost_id in list(lost):
-                    _retry_lost_trial(study, lost_id)
-                    del lost[lost_id]
+                if lost:
+                    for lost_id in list(lost):
+                        _retry_lost_trial(study, lost_id)
+                        del lost[lost_id]
+                    # Weights whose trial the outage failed (an upload half recorded).
+                    _collect_garbage(study, config, objective)
                 state = SearchState.from_trials(study.get_trials(deepcopy=False), config)
                 if state.done:
                     _logger.info("study %r is %s", study_name, state.phase)
@@ -331,12 +353,20 @@ def run_worker(
                 if "number" in current:
                     clean_trial_dir(config.study.workdir, current["number"])
                 continue
+            if current.get("id") in disk_full:  # caught by optimize: the trial was told failed
+                disk_full.clear()
+                _retry_lost_trial(study, current["id"])
+                disk_waited += wait_for_space(
+                    disk_dirs, disk_waited, config.search.disk_full_wait_seconds
+                )
+                continue
             cause = lost.get(current.get("id", -1))
             if cause is not None:  # caught by optimize: the trial was told failed
                 outages += 1
                 _pause_for_storage(cause, outages, storage_url)
                 continue
             outages = 0
+            disk_waited = 0.0
             ran += 1
 
 
@@ -349,6 +379,27 @@ def _storage_cause(exc: BaseException) -> BaseException | None:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def _collect_garbage(study: optuna.Study, config: SearchConfig, objective: Any) -> None:
+    """Delete what killed workers and storage outages left (:mod:`spnas.search._gc`).
+
+    Housekeeping: an error here is logged and the worker goes on.
+    """
+    from spnas.search._gc import collect_garbage
+
+    store = getattr(objective, "artifact_store", None)
+    try:
+        if store is None and config.study.artifacts:
+            store = make_artifact_store(config.study.artifacts)
+        if store is not None:
+            collect_garbage(study, config, store)
+    except Exception as exc:
+        _logger.warning(
+            "could not delete leftovers (%s: %s); `spnas gc` does it later",
+            type(exc).__name__,
+            hide_password(str(exc), config.study.storage or ""),
+        )
 
 
 def _retry_lost_trial(study: optuna.Study, trial_id: int) -> None:
@@ -389,7 +440,10 @@ def _finished_elsewhere(study: optuna.Study, current: Mapping[str, int]) -> bool
     storage not opened by :func:`~spnas.storage.make_storage`, whose claims are not atomic)."""
     if "id" not in current:
         return False
-    return storage_of(study).get_trial(current["id"]).state.is_finished()
+    try:
+        return storage_of(study).get_trial(current["id"]).state.is_finished()
+    except KeyError:  # the database lost the trial (see requeue_interrupted): nothing to do
+        return True
 
 
 def _preempted(

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import datetime
+import errno
 import hashlib
 import logging
 import os
@@ -138,17 +139,24 @@ class FakeEngine(Engine):
             ``<kind>.pid`` (``"<pid> <trial dir>"``) and sleeps ``hang_seconds``, so a test can
             kill the process in the middle of that trial.
         hang_seconds: how long a claimed trial sleeps.
+        full_disk_calls: the first so many ``train_eval`` calls fail as writing their weights
+            to a full disk would (``OSError`` ``ENOSPC``).
     """
 
     name = "fake"
     show_progress = False
 
     def __init__(
-        self, sleep: float = 0.2, hang_dir: str | None = None, hang_seconds: float = 300.0
+        self,
+        sleep: float = 0.2,
+        hang_dir: str | None = None,
+        hang_seconds: float = 300.0,
+        full_disk_calls: int = 0,
     ) -> None:
         self.sleep = sleep
         self.hang_dir = None if hang_dir is None else Path(hang_dir)
         self.hang_seconds = hang_seconds
+        self.full_disk_calls = full_disk_calls
         self.calls: list[tuple[str, str, str | None]] = []
 
     def build_model(self, spec: ModelSpec, schedule: Schedule | None = None) -> nn.Module:
@@ -199,6 +207,8 @@ class FakeEngine(Engine):
         parallel = None if spec.parallel is None else str(spec.parallel)
         self.calls.append((kind, str(spec.arch), parallel))
         self._maybe_hang(kind, out_dir)
+        if len(self.calls) <= self.full_disk_calls:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out_dir / "model.pth"))
         model = self.build_model(spec)
         inherited = self.initialize(model, init_weights)
         time.sleep(self.sleep)

@@ -9,12 +9,14 @@ objective should ``raise optuna.TrialPruned()`` for it.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
 
 import optuna
 import pytest
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from search_doubles import SEED_ARCH, fake_ap, frozen, make_config
 from search_doubles import fake_objective as objective
@@ -128,6 +130,93 @@ def test_minimizing_a_metric(tmp_path: Path) -> None:
     assert state.best_parallel.value == min(parallel_values)
 
 
+def test_a_study_to_the_other_direction_is_searched_to_its_own(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The study's direction ranks the trials; the config's metric direction only sets up the
+    studies spnas creates. A study to minimize AP (maximize) runs, warned about once."""
+    config = make_config(tmp_path)
+    assert config.direction == "maximize"
+    study = optuna.create_study(sampler=SPNASSampler(config), direction="minimize")
+    with caplog.at_level(logging.WARNING, logger="spnas"):
+        study.optimize(objective, n_trials=60)
+    warned = [r for r in caplog.records if "SPNASSampler ranks the trials to minimize" in r.message]
+    assert len(warned) == 1, [r.message for r in caplog.records]
+    assert "data.metric='AP' is to maximize" in warned[0].message
+    assert study.metric_names == ["AP"]
+    trials = study.get_trials()
+    state = SearchState.from_trials(trials, config, study.direction)
+    assert state.phase == "done" and state.direction == "minimize"
+    assert "idle" not in kinds_of(study) and len(trials) < 60  # the sampler stopped the study
+    parallel_values = [
+        t.value
+        for t in trials
+        if get_decision(t).kind in ("parallel_seed", "parallel")
+        or (get_decision(t).kind == "control" and get_decision(t).parallel is not None)
+    ]
+    assert state.best_parallel.value == min(parallel_values)
+    # Ranked to the config's direction instead, the same history has another best.
+    assert SearchState.from_trials(trials, config).best_parallel != state.best_parallel
+
+
+@pytest.mark.parametrize(
+    ("direction", "best"),
+    [(None, 3), ("maximize", 3), (StudyDirection.MAXIMIZE, 3), ("minimize", 2)],
+    ids=["config", "maximize", "StudyDirection.MAXIMIZE", "minimize"],
+)
+def test_the_state_ranks_by_the_direction_it_is_given(
+    tmp_path: Path, direction: str | StudyDirection | None, best: int
+) -> None:
+    config = make_config(tmp_path, search={"comparison": "greedy"})  # AP: maximize
+    arch = SerialCode.parse(SEED_ARCH)
+    trials = [
+        frozen(0, Decision("seed", arch=arch), TrialState.COMPLETE, 25.0),
+        frozen(
+            1,
+            Decision("serial", arch=SerialCode.parse("BB(111,d1,d1,d1)"), parent=0, round=1),
+            TrialState.COMPLETE,
+            30.0,
+        ),
+        frozen(
+            2,
+            Decision("serial", arch=SerialCode.parse("BB(1,d11,d1,d1)"), parent=0, round=1),
+            TrialState.COMPLETE,
+            20.0,
+        ),
+        frozen(
+            3,
+            Decision("serial", arch=SerialCode.parse("BB(11,d11,d1,d1)"), parent=1, round=1),
+            TrialState.COMPLETE,
+            31.0,
+        ),
+    ]
+    state = SearchState.from_trials(trials, config, direction)
+    assert state.round_best.number == best
+    assert state.direction == ("minimize" if best == 2 else "maximize")
+    with pytest.raises(ValueError, match="expected 'maximize' or 'minimize'"):
+        SearchState.from_trials(trials, config, "max")
+
+
+def test_a_multi_objective_study_is_refused_where_optunas_samplers_refuse_it(
+    tmp_path: Path,
+) -> None:
+    """As CmaEsSampler: ``sample_independent`` and ``sample_relative`` raise a ValueError
+    (ConfigError is one) naming the study; no decision is made either."""
+    config = make_config(tmp_path)
+    study = optuna.create_study(
+        study_name="pareto", sampler=SPNASSampler(config), directions=["maximize", "minimize"]
+    )
+    trial = study._storage.get_trial(study._storage.create_new_trial(study._study_id))
+    expected = "study 'pareto' has 2 objectives .*multi-objective optimization.*'AP'"
+    with pytest.raises(ConfigError, match=expected):
+        study.sampler.sample_independent(
+            study, trial, "lr", optuna.distributions.FloatDistribution(0, 1)
+        )
+    with pytest.raises(ConfigError, match=expected):
+        study.sampler.sample_relative(study, trial, {})
+    assert isinstance(ConfigError("x"), ValueError)
+
+
 def test_config_from_the_study_user_attribute(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     study = optuna.create_study(sampler=SPNASSampler(), direction="maximize")
@@ -181,6 +270,7 @@ def test_waiting_trial_steps_aside_for_a_queued_retry(tmp_path: Path) -> None:
     seed = _seed_trial()
     # Trial 0: the seed of a worker that died; trial 1: this worker's trial, waiting for it.
     seed_id = storage.create_new_trial(study_id, template_trial=seed)
+    storage.record_heartbeat(seed_id)  # running: its worker beats (else it is failed as silent)
     waiting_id = storage.create_new_trial(study_id)
     waiter = storage.get_trial(waiting_id)
     decided: list[Decision] = []
@@ -327,3 +417,21 @@ def test_the_decision_is_published_kind_last(tmp_path: Path) -> None:
     study.optimize(objective, n_trials=1)
     spnas_keys = [k for k in written if k.startswith("spnas:")]
     assert spnas_keys == ["spnas:decision", "spnas:kind"]
+
+
+def test_an_spnet_without_subnets_is_verified_once_as_the_seed() -> None:
+    """``BB(...) (0,0,0,0)`` is the serial network itself: retraining it again under the role
+    "spnet" would train the seed's network twice (identical values, twice the time)."""
+    from types import SimpleNamespace
+
+    from spnas.arch import ParallelCode, SerialCode
+    from spnas.search import Best
+
+    seed_arch = SerialCode.parse("BB(11,d1,d1,d1)")
+    seed = SimpleNamespace(number=0, value=20.0, decision=Decision("seed", arch=seed_arch, round=0))
+    spnet = Best(5, seed_arch, ParallelCode.parse("(0,0,0,0)"), 21.0)
+    state = SimpleNamespace(records=[seed], round_bests={}, best_parallel=spnet)
+    assert [role for role, _ in verification_plan(state)] == ["seed"]
+    with_subnets = Best(6, seed_arch, ParallelCode.parse("(0,1,0,0)"), 22.0)
+    state.best_parallel = with_subnets
+    assert [role for role, _ in verification_plan(state)] == ["seed", "spnet"]

@@ -213,3 +213,63 @@ def test_a_trial_the_storage_could_not_fail_is_handed_to_the_worker(
     assert study.sampler.take_unabandoned() == []
     monkeypatch.undo()
     assert storage.get_trial(trial._trial_id).state == TrialState.RUNNING
+
+
+def test_a_decided_trial_an_error_abandons_is_retried_with_its_decision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A storage error after the decision was written (recording its architecture, here) fails
+    the trial; failed and not retried it would count as a failed attempt of its barrier, which
+    would then be decided and trained a second time (CI: two seed/reignite attempts after a
+    PostgreSQL restart). The sampler queues its retry with the decision at once."""
+    import sqlalchemy.exc
+
+    from spnas.search import _sampler
+
+    study = _study(tmp_path, "abandoned.db")
+    storage = study._storage
+    trial = storage.get_trial(storage.create_new_trial(study._study_id))
+    down = sqlalchemy.exc.OperationalError("INSERT", {}, Exception("server closed"))
+
+    def record_fails(*args, **kwargs):
+        raise down
+
+    monkeypatch.setattr(_sampler, "record_architecture", record_fails)
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        study.sampler.before_trial(study, trial)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert Decision.of(trials[0]).kind == "seed"
+    assert Decision.of(trials[1]) == Decision.of(trials[0])
+    assert trials[1].system_attrs["retry_history"] == [0]
+    assert study.sampler.take_unabandoned() == []
+
+
+def test_a_trial_killed_before_its_first_heartbeat_is_failed_by_the_line(
+    tmp_path: Path,
+) -> None:
+    """Optuna fails only trials whose last heartbeat is old: a worker killed between creating
+    its trial and its first heartbeat left it RUNNING for good, and every trial behind it
+    waited (CI: stopping every worker at a barrier and starting new ones hung). A trial
+    waiting in line fails such trials once they are older than the grace period."""
+    import time
+
+    from spnas.search._optuna import silent_trials
+    from spnas.storage import make_storage
+
+    storage = make_storage(
+        f"sqlite:///{tmp_path / 'silent.db'}", heartbeat_interval=1, grace_period=1
+    )
+    study = optuna.create_study(
+        storage=storage, sampler=SPNASSampler(make_config(tmp_path)), direction="maximize"
+    )
+    sid = study._study_id
+    dead = study._storage.create_new_trial(sid)
+    beating = study._storage.get_trial(study._storage.create_new_trial(sid))
+    study._storage.record_heartbeat(beating._trial_id)
+    assert silent_trials(study._storage, sid) == []  # younger than the grace period
+    time.sleep(1.2)
+    assert silent_trials(study._storage, sid) == [dead]
+    SPNASSampler._keep_alive(study, beating)
+    assert study._storage.get_trial(dead).state == TrialState.FAIL
+    assert study._storage.get_trial(beating._trial_id).state == TrialState.RUNNING

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,10 +38,12 @@ from spnas.engines.detectron2.config import (
     get_spnas_cfg,
 )
 from spnas.engines.detectron2.data import register_coco_split
+from spnas.engines.detectron2.hooks import latest_loss
 from spnas.engines.detectron2.trainer import SPNASTrainer, flatten_metrics
 from spnas.engines.distributed import data_parallel, is_main_process, unwrap
 from spnas.exceptions import ConfigError
 from spnas.modeling.flops import cost
+from spnas.modeling.torchvision_weights import read_weights
 
 _logger = logging.getLogger(__name__)
 
@@ -47,6 +51,31 @@ _BASE_CONFIGS = {
     "fast": "faster_rcnn_spnet_fpn_fast.yaml",
     "full": "faster_rcnn_spnet_fpn_full.yaml",
 }
+
+
+#: detectron2's messages for non-finite losses, proposals and boxes (``FloatingPointError``
+#: from the trainer and the RPN; ``AssertionError`` from ``Boxes.clip``).
+_DIVERGED = ("infinite or nan", "inf/nan")
+#: A number in detectron2's ``loss_dict = {...}`` (``nan``, ``inf``, ``np.float64(1.5)``).
+_LOSS_VALUE = re.compile(r":\s*(?:np\.float\d+\()?(-?(?:nan|inf|\d[\d.]*(?:e[-+]?\d+)?))")
+
+
+def _is_divergence(exc: BaseException) -> bool:
+    """Whether detectron2 raised ``exc`` because the training diverged (Inf/NaN)."""
+    return any(text in str(exc).lower() for text in _DIVERGED)
+
+
+def _diverged_loss(message: str, last: float) -> float:
+    """The total loss detectron2 found non-finite (the sum of its ``loss_dict``), else
+    ``last``: the last finite loss, when predictions diverged before a loss was computed."""
+    _, sep, losses = message.partition("loss_dict")
+    values = [float(v) for v in _LOSS_VALUE.findall(losses)] if sep else []
+    return sum(values) if values else last
+
+
+def _last_loss(trainer: SPNASTrainer) -> float:
+    """The last finite total loss; NaN when training stopped before its events storage."""
+    return latest_loss(trainer) if hasattr(trainer, "storage") else math.nan
 
 
 def apply_spec(cfg: CfgNode, spec: ModelSpec) -> CfgNode:
@@ -66,6 +95,30 @@ def apply_spec(cfg: CfgNode, spec: ModelSpec) -> CfgNode:
     first = cfg.MODEL.ANCHOR_GENERATOR.SIZES[0]
     cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[spec.anchor_size * size / first[0] for size in first]]
     return cfg
+
+
+def _opts_problem(cfg: CfgNode, key: str, value: Any, exc: BaseException) -> str:
+    """What is wrong with the override ``key value`` of ``cfg`` (``merge_from_list`` failed
+    with ``exc``): an unknown key, a section given a value, or a value of another type."""
+    node: Any = cfg
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        if not isinstance(node, CfgNode) or part not in node:
+            known = ", ".join(sorted(node)[:12]) if isinstance(node, CfgNode) else ""
+            where = ".".join(parts[:depth]) or "the config"
+            return (
+                f"{key!r} is not a detectron2 config key ({where} has no {part!r}"
+                + (f"; it has {known}, …" if known else "")
+                + ")"
+            )
+        node = node[part]
+    if isinstance(node, CfgNode):
+        return f"{key!r} is a section of the detectron2 config, expected a key with a value"
+    return (
+        f"{key!r} is {value!r}, expected a value of type {type(node).__name__} like its "
+        f"default {node!r} "
+        f"({str(exc).splitlines()[0][:200]})"
+    )
 
 
 @register_engine("detectron2")
@@ -145,15 +198,33 @@ class Detectron2Engine(Engine):
         return configure_levels(cfg)
 
     def check(self) -> None:
-        """The config file exists and reads as safe YAML (a python tag fails, naming it)."""
-        if self.config_file is None:
-            return
-        if not self.config_file.is_file():
+        """The config file exists and reads as safe YAML (a python tag fails, naming it), and
+        ``opts`` apply to it as :meth:`build_cfg` applies them: every key exists, every value
+        has the key's type.
+
+        Raises:
+            ConfigError: ``config: …`` naming the file, or ``opts: …`` naming the key.
+        """
+        if self.config_file is not None and not self.config_file.is_file():
             raise ConfigError(
                 f"detectron2 config {str(self.config_file)!r} does not exist (relative paths "
                 "in a study YAML are relative to the YAML's folder)"
             )
-        get_spnas_cfg(str(self.config_file))
+        if len(self.opts) % 2:
+            raise ConfigError(f"opts: {len(self.opts)} items, expected KEY, VALUE pairs")
+        base = self.config_file or config_path(_BASE_CONFIGS["fast"])
+        cfg = get_spnas_cfg(str(base))
+        for i in range(0, len(self.opts), 2):
+            key, value = self.opts[i], self.opts[i + 1]
+            try:
+                cfg.merge_from_list([key, value])
+            except (AssertionError, KeyError, ValueError, TypeError, SyntaxError) as exc:
+                raise ConfigError(f"opts: {_opts_problem(cfg, str(key), value, exc)}") from None
+        if self.opts:
+            try:
+                configure_levels(cfg)
+            except ConfigError as exc:
+                raise ConfigError(f"opts: {exc}") from None
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any]) -> Detectron2Engine:
@@ -193,10 +264,17 @@ class Detectron2Engine(Engine):
         started = time.perf_counter()
         try:
             trainer.train()
-        except FloatingPointError as exc:
+        except (FloatingPointError, AssertionError) as exc:
+            if isinstance(exc, AssertionError) and not _is_divergence(exc):
+                raise
             raise TrialDiverged(
-                f"training {spec.arch} diverged at iteration {trainer.iter}: {exc}; "
-                "lower SOLVER.BASE_LR or check the data"
+                f"training {spec.arch} diverged at iteration {trainer.iter} "
+                f"(seed {schedule.seed}, lr {schedule.base_lr}, warmup "
+                f"{cfg.SOLVER.WARMUP_ITERS}): {str(exc).splitlines()[0]}; lower base_lr or "
+                "raise warmup_iters",
+                iteration=trainer.iter,
+                loss=_diverged_loss(str(exc), _last_loss(trainer)),
+                seed=schedule.seed,
             ) from exc
         elapsed = time.perf_counter() - started
         train_seconds = max(elapsed - trainer.eval_seconds, 1e-9)
@@ -262,7 +340,7 @@ class Detectron2Engine(Engine):
         text = changed_keys(cfg).dump()
         config = atomic_write(out_dir / "config.yaml", lambda tmp: tmp.write_text(text))
         model = SPNASTrainer.build_model(cfg)
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = read_weights(weights)
         model.load_state_dict(state)
         try:
             layout = torchvision_layout(cfg)

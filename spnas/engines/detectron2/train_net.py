@@ -17,13 +17,14 @@ from spnas.engines.distributed import is_main_process, unwrap
 __all__ = ["train_net"]
 
 
-def train_net(cfg: CfgNode, resume: bool = False) -> dict[str, Any]:
+def train_net(cfg: CfgNode, resume: bool = False, allow_pickle: bool = False) -> dict[str, Any]:
     """Train ``cfg`` on ``SPNAS.DATA_DIR`` and evaluate it on its validation split.
 
     Registers the data set's splits in this process (catalog entries live in the process
     that registers them), starts from ``MODEL.WEIGHTS`` — or, with ``resume``, from the last
     checkpoint in ``OUTPUT_DIR`` — and writes ``OUTPUT_DIR/model_trained.pth`` from the main
-    process. ``SOLVER.IMS_PER_BATCH`` is the total batch over all processes, scaled by
+    process. Both are read without running code; ``allow_pickle`` (``--allow-pickle``) lets
+    ``MODEL.WEIGHTS``, and only it, be a ``.pkl`` read with :mod:`pickle`. ``SOLVER.IMS_PER_BATCH`` is the total batch over all processes, scaled by
     ``SOLVER.REFERENCE_WORLD_SIZE`` when that is set (detectron2's ``auto_scale_workers``).
 
     Returns:
@@ -36,6 +37,7 @@ def train_net(cfg: CfgNode, resume: bool = False) -> dict[str, Any]:
     cfg.DATASETS.TEST = (register_coco_split(splits.val_json, splits.image_root),)
     Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
     trainer = SPNASTrainer(cfg)
+    trainer.checkpointer.trusted_pickle = cfg.MODEL.WEIGHTS if allow_pickle else ""
     trainer.resume_or_load(resume=resume)
     trainer.train()
     weights = Path(cfg.OUTPUT_DIR) / "model_trained.pth"

@@ -8,7 +8,6 @@ import math
 import time
 from pathlib import Path
 
-import torch
 from torchvision.models.detection import FasterRCNN
 
 from spnas.data.coco import CocoDataset
@@ -38,6 +37,7 @@ from spnas.engines.torchvision.serialization import save_detector
 from spnas.engines.torchvision.training import seeded, train
 from spnas.exceptions import ConfigError
 from spnas.modeling.flops import cost
+from spnas.modeling.torchvision_weights import read_weights
 
 __all__ = ["TorchvisionEngine"]
 
@@ -220,7 +220,7 @@ class TorchvisionEngine(Engine):
         no detectron2 config: the heads are torchvision's."""
         layout = self.layout(spec, schedule)
         model = build_faster_rcnn(layout)
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = read_weights(weights)
         model.load_state_dict(state)
         return ExportedDetector(
             model=model,

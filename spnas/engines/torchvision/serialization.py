@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torchvision.models.detection import FasterRCNN
 
-from spnas._io import atomic_write
+from spnas._io import atomic_write, load_tensor_file
 from spnas.engines.torchvision.builder import build_faster_rcnn
 from spnas.engines.torchvision.layout import FasterRCNNLayout
 from spnas.exceptions import WeightsError
@@ -49,8 +49,6 @@ def load_detector(path: str | Path, map_location: str | torch.device = "cpu") ->
     Raises:
         WeightsError: naming the file when it is missing, truncated, or not such a detector.
     """
-    from spnas.modeling.torchvision_weights import load_tensor_file
-
     path = Path(path)
     saved = load_tensor_file(path, "detector file", map_location)
     if not isinstance(saved, dict) or saved.get("format") != DETECTOR_FORMAT:

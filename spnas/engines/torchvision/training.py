@@ -72,7 +72,7 @@ def train(
 
     Raises:
         TrialDiverged: when the loss becomes non-finite; the message names the iteration and
-            every loss component.
+            every loss component, and its attributes hold the iteration, loss and seed.
     """
     total = schedule.total_iters(len(train_set))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -108,7 +108,9 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             where = f"training {name} diverged at iteration {it} of {total} (lr {lr:.4g})"
-            loss = _step(trained, optimizer, scaler, next(batches), device, where)
+            loss = _step(
+                trained, optimizer, scaler, next(batches), device, where, it, schedule.seed
+            )
             times.train_seconds += time.perf_counter() - started
             progress.update()
             progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2g}", refresh=False)
@@ -160,11 +162,14 @@ def _step(
     batch: tuple[list[torch.Tensor], list[dict[str, Any]]],
     device: torch.device,
     where: str,
+    iteration: int | None = None,
+    seed: int | None = None,
 ) -> float:
     """One SGD step on ``batch``; returns its loss.
 
     Raises:
-        TrialDiverged: ``where``, the loss and its components, when the loss is not finite.
+        TrialDiverged: ``where``, the loss and its components, when the loss is not finite
+            (with ``iteration``, the loss and ``seed`` as attributes).
     """
     images, targets = batch
     images = [image.to(device, non_blocking=True) for image in images]
@@ -175,9 +180,12 @@ def _step(
         losses = model(images, targets)
     loss = sum(losses.values())
     if not torch.isfinite(loss):
+        value = loss.detach().item()
         raise TrialDiverged(
-            f"{where}: loss {loss.detach().item()} ({_loss_text(losses)}); "
-            "lower base_lr or raise warmup_iters"
+            f"{where}: loss {value} ({_loss_text(losses)}); lower base_lr or raise warmup_iters",
+            iteration=iteration,
+            loss=value,
+            seed=seed,
         )
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()

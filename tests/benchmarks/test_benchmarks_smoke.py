@@ -1,0 +1,301 @@
+"""Benchmarks cannot rot: every script of ``benchmarks/`` runs end to end at toy size.
+
+Each test runs its script as a user would (``python benchmarks/X.py …`` from the repository
+root) with explicit small sizes — tiny images, a few trials, one or two iterations, one or two
+repeats — and ``--out`` in a temporary directory (the stored results in
+``benchmarks/results/`` are never touched), then checks the JSON the script wrote. The figures
+of such a run mean nothing; what is tested is that the measuring code still runs against the
+library as it is now (``overhead.py`` once failed on every run because its synthetic history
+lacked the ``control`` trials of equal training, and no test ran it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: ``--set`` overrides of the benchmark studies (``studies/bench-*.yaml``) for a toy run:
+#: 8 training images of 64 px, width 8, one pretraining epoch, two detection iterations.
+TOY_STUDY = [
+    "data.synthetic.train=8",
+    "data.synthetic.val=4",
+    "data.synthetic.size=64",
+    "model.width=8",
+    "model.fpn_channels=16",
+    "reignite.epochs=1",
+    "schedule.min_size=64",
+    "schedule.max_size=64",
+    "schedule.ims_per_batch=2",
+    "schedule.warmup_iters=1",
+]
+
+
+def sets(overrides: list[str]) -> list[str]:
+    return [arg for item in overrides for arg in ("--set", item)]
+
+
+def run_script(
+    script: str, *args: str, timeout: float = 240, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python benchmarks/<script> args…`` from the repository root."""
+    return subprocess.run(
+        [sys.executable, f"benchmarks/{script}", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **(env or {})},
+    )
+
+
+def result_of(run: subprocess.CompletedProcess[str], out: Path, name: str) -> dict[str, Any]:
+    """The JSON the script wrote to ``out``, after checking that it ran."""
+    assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}"
+    assert out.is_file(), f"no result file {out}\n{run.stdout[-3000:]}"
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == name
+    assert result["machine"]["cpus"] >= 1
+    return result
+
+
+def positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def test_morphism(tmp_path: Path) -> None:
+    out = tmp_path / "morphism.json"
+    result = result_of(
+        run_script("morphism.py", "--cases", "1", "--out", str(out)), out, "morphism"
+    )
+    assert result["cases_per_op"] == 1
+    assert set(result["blocks"]) == {"BB", "BNB", "XB"}
+    for ops in result["blocks"].values():
+        assert set(ops) == {"expand", "add_stage", "parallel", "parallel_grow", "swap"}
+        for op, entry in ops.items():
+            assert len(entry["cases"]) == 1
+            assert 0 < entry["inherited_fraction"] <= 1
+            assert finite(entry["max_abs_diff_eval"]) and finite(entry["max_abs_diff_train"])
+            if op != "swap":  # function-preserving: the benchmark's own target
+                assert max(entry["max_abs_diff_eval"], entry["max_abs_diff_train"]) <= 1e-5
+    assert result["meets_targets"] is True
+
+
+def test_overhead(tmp_path: Path) -> None:
+    """The default comparison (equal training: ``control`` trials in the history)."""
+    out = tmp_path / "overhead.json"
+    run = run_script(
+        "overhead.py",
+        *("--trials", "12", "--measure", "2", "--artifact-repeats", "1", "--out", str(out)),
+    )
+    result = result_of(run, out, "overhead_sqlite")
+    assert result["storage"] == "sqlite"
+    assert result["comparison"] == "equal_training"
+    (row,) = result["rows"]
+    assert row["trials_in_history"] == 12
+    for key in (
+        "sampler_ms_per_trial",
+        "decision_ms",
+        "decision_ms_max",
+        "parallel_sampler_ms_per_trial",
+        "parallel_decision_ms",
+        "parallel_to_serial",
+        "random_sampler_ms_per_trial",
+        "ratio",
+    ):
+        assert positive(row[key]), (key, row[key])
+    artifact = result["artifact"]
+    assert artifact["state_dict_mb"] > 100  # a ResNet-50 SPNet Faster R-CNN, ~160 MB
+    assert positive(artifact["upload_ms"]) and positive(artifact["download_ms"])
+    assert result["meets_target"] is None  # no 1,000-trial row in a toy run
+
+
+def test_parity(tmp_path: Path) -> None:
+    out = tmp_path / "parity.json"
+    run = run_script(
+        "parity.py",
+        *("--size", "64", "--batch", "1", "--warmup", "0", "--reps", "1", "--threads", "1"),
+        *("--out", str(out)),
+    )
+    result = result_of(run, out, "parity")
+    assert result["settings"]["size"] == 64
+    assert set(result["pairs"]) == {"resnet50", "resnet18"}
+    assert result["params_match"] is True
+    for name, pair in result["pairs"].items():
+        assert positive(result["ratio"][name]) and positive(result["torchvision_ratio"][name])
+        for model in pair["models"].values():
+            assert positive(model["s_per_iter"]) and positive(model["params_m"])
+    # Bottlenecks are also timed against detectron2's ResNet with the stride on the 3x3 conv.
+    assert set(result["same_strides_ratio_paired"]) == {"resnet50"}
+
+
+def test_profiles(tmp_path: Path) -> None:
+    out = tmp_path / "profiles.json"
+    run = run_script(
+        "profiles.py",
+        *("--profiles", "small-objects", "--nets", "seed", "high-res", "--repeats", "2"),
+        *("--iters", "2", *sets(TOY_STUDY), "--out", str(out)),
+    )
+    result = result_of(run, out, "profiles")
+    assert result["complete"] is True
+    assert result["overrides"] == TOY_STUDY
+    assert result["schedule"]["small-objects"] == {"iters": 2, "reignite_epochs": 1}
+    assert result["data"]["small-objects"]["train"] == 8
+    entry = result["profiles"]["small-objects"]
+    assert set(entry["nets"]) == {"seed", "high-res"}
+    for row in entry["nets"].values():
+        assert [r["seed"] for r in row["runs"]] == [0, 1]
+        assert all(finite(ap) for ap in row["ap"]) and finite(row["std"])
+        assert positive(row["gmacs"]) and positive(row["retrain_seconds"])
+    assert entry["suited"] == "high-res"
+    assert finite(entry["suited_gain_over_seed"])
+
+
+@pytest.mark.slow
+def test_search_vs_random(tmp_path: Path) -> None:
+    """A whole toy search (``spnas search``, 1 worker: seed, control, one serial trial, the
+    parallel phase), random search at its budget, and the retrains of seed and both picks."""
+    out = tmp_path / "svr.json"
+    toy = [
+        *TOY_STUDY,
+        "schedule.iters=2",
+        "verify.schedule.iters=2",
+        "serial.n_rounds=0",
+        "serial.max_trials=1",
+        "parallel.max_trials=1",
+        "search.wait_seconds=0.1",
+    ]
+    run = run_script(
+        "search_vs_random.py",
+        *("--profiles", "small-objects", "--seeds", "1", "--repeats", "2", "--workers", "1"),
+        *sets(toy),
+        *("--out", str(out)),
+        timeout=400,
+    )
+    result = result_of(run, out, "search_vs_random")
+    assert result["complete"] is True
+    assert result["settings"]["overrides"] == toy
+    entry = result["profiles"]["small-objects"]
+    assert len(entry["seed_retrained"]) == 2
+    (row,) = entry["per_seed"]
+    spnas, pick = row["spnas"], row["random"]
+    # seed, control, serial, parallel seed, control, parallel
+    assert spnas["trials"] >= 6
+    assert spnas["arch"].startswith("BB(") and spnas["parallel"] is not None
+    assert positive(spnas["budget_steps"])
+    assert pick["trained"] >= 1 and positive(pick["budget_steps"])
+    for method in (spnas, pick):
+        assert len(method["retrained"]) == 2 and all(finite(v) for v in method["retrained"])
+    for key in ("spnas_retrained_mean", "random_retrained_mean", "seed_retrained_mean"):
+        assert finite(row[key])
+    assert finite(entry["spnas_gain_over_seed"]["mean"])
+    assert result["cross_profile"] == []  # one profile: nothing to cross
+
+
+def _processes_mentioning(marker: str) -> list[str]:
+    """Processes whose command line or environment holds ``marker`` (this one excluded)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (proc / "environ").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline or marker in environ:
+            found.append(f"{proc.name}: {cmdline[:200]}")
+    return found
+
+
+@pytest.mark.postgres
+def test_scaling() -> None:
+    """Two worker counts through the storage proxy on the script's own PostgreSQL server; the
+    server, the proxy and the workers are all gone when it ends."""
+    from spnas.testing.postgres import find_pg_bin_dir
+
+    pytest.importorskip("grpc", reason="the storage proxy needs grpcio")
+    pytest.importorskip("psycopg2", reason="PostgreSQL storage needs psycopg2")
+    if find_pg_bin_dir() is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL binaries (initdb, pg_ctl) not found in CI")
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not found")
+    # The script's temporary files (the server's cluster among them) go under a directory of
+    # this test, whose name then marks every process it started: the server's command line
+    # holds it, the proxy's and the workers' environment (TMPDIR) too. Not under tmp_path:
+    # as root the server runs as ``postgres``, which must reach its directory.
+    marker = tempfile.mkdtemp(prefix="spnas-bench-scaling-", dir="/tmp")
+    os.chmod(marker, 0o755)
+    try:
+        out = Path(marker) / "scaling.json"
+        run = run_script(
+            "scaling.py",
+            *("--workers", "1", "2", "--trial-seconds", "0.2", "--trials-per-worker", "1"),
+            *("--out", str(out)),
+            env={"TMPDIR": marker},
+            timeout=300,
+        )
+        result = result_of(run, out, "scaling")
+        deadline = time.monotonic() + 15
+        while (left := _processes_mentioning(marker)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert left == [], "processes left running:\n" + "\n".join(left)
+    finally:
+        shutil.rmtree(marker, ignore_errors=True)
+    assert result["proxy_threads"] == 16  # --storage grpc, the default
+    assert [row["workers"] for row in result["rows"]] == [1, 2]
+    for row in result["rows"]:
+        assert row["serial_trials"] == row["workers"]
+        assert positive(row["trials_per_min"]) and positive(row["window_s"])
+        assert positive(row["decision_ms_p50"]) and row["decisions_measured"] >= 1
+        assert 1 <= row["max_server_connections"] <= 100
+        assert positive(row["proxy_cpu_ms_per_trial"])
+    assert result["rows"][0]["efficiency"] == 1.0
+    assert positive(result["rows"][1]["efficiency"])
+    assert isinstance(result["meets_target"], bool)
+
+
+@pytest.mark.slow
+def test_gpu_check(tmp_path: Path) -> None:
+    """Without CUDA the check exits with code 2 and says why, writing nothing; the throughput
+    part then runs on the CPU at 64x64 (``--device cpu``), AMP as bfloat16 autocast."""
+    import torch
+
+    out = tmp_path / "gpu_check.json"
+    if not torch.cuda.is_available():
+        run = run_script("gpu_check.py", "--skip-search", "--out", str(out), timeout=120)
+        assert run.returncode == 2, run.stderr[-3000:]
+        assert "no CUDA device visible" in run.stderr and "has not run" in run.stderr
+        assert not out.exists()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    run = run_script(
+        "gpu_check.py",
+        *("--device", device, "--skip-search", "--size", "64x64"),
+        *("--iters", "1", "--warmup", "0", "--out", str(out)),
+    )
+    result = result_of(run, out, "gpu_check")
+    assert result["device"] == device
+    assert result["image_size"] == [64, 64]
+    assert set(result["throughput"]) == {"fp32", "amp"}
+    for row in result["throughput"].values():
+        assert positive(row["ratio"])
+        for model in (row["spnet_r50"], row["detectron2_r50_fpn"]):
+            assert positive(model["images_per_s"]) and finite(model["final_loss"])
+            assert (model["peak_memory_gib"] is None) == (device == "cpu")
+    assert "smoke_search" not in result
