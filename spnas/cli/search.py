@@ -280,7 +280,10 @@ def _watch(
 def run_worker_command(args: argparse.Namespace) -> int:
     # Until run_worker takes SIGTERM over (after torch and the study are loaded), it stops the
     # worker like Ctrl-C: no trial is running yet, so there is nothing to re-queue.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    from spnas.search._signals import stop_before_joining
+
+    signal.signal(signal.SIGTERM, stop_before_joining)
+    signal.signal(signal.SIGINT, stop_before_joining)
     try:
         from spnas.report import DashboardFigures
         from spnas.search import SearchState, check_inputs, load_search_study, run_worker

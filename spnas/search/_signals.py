@@ -55,6 +55,20 @@ def raise_if_preempted() -> None:
         raise Preempted(_received[0])
 
 
+def stop_before_joining(signum: int, frame: object) -> None:
+    """Signal handler for a worker's start-up (loading torch, the study, checking inputs):
+    stop like Ctrl-C, no trial being there to re-queue, and remember the signal.
+
+    The ``KeyboardInterrupt`` is lost when the signal arrives while Python runs a finalizer
+    (seen in CI: "Exception ignored in WeakKeyDictionary…"); remembered, the signal is raised
+    again by :func:`raise_if_preempted` at the worker loop's first turn, so a worker stopped
+    during its start-up never goes on to run the search.
+    """
+    if not _received:
+        _received.append(signum)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 @contextlib.contextmanager
 def preemption_signals() -> Iterator[None]:
     """While active, the first SIGTERM or SIGINT raises :class:`Preempted` (and

@@ -378,3 +378,28 @@ def test_a_trial_ended_by_a_storage_error_is_retried_with_its_decision(
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE, text
     assert Decision.of(retries[0]) == Decision.of(trials[objective.lost]), text
     check_search(trials, config, Path(config.study.artifacts))
+
+
+def test_a_signal_during_start_up_is_not_lost_in_a_finalizer(
+    tmp_path: Path, search_assets: Path
+) -> None:
+    """SIGTERM while a worker starts raises KeyboardInterrupt, which Python drops when it lands
+    in a finalizer ("Exception ignored in WeakKeyDictionary…"): the worker then ran the whole
+    search, and `spnas search` waited for it (CI). The start-up handler remembers the signal,
+    and the worker loop stops at its first turn, before asking for a trial."""
+    from spnas.search._signals import stop_before_joining
+
+    config = make_config(tmp_path, "startup", search_assets)
+    create_search_study(config)
+    with pytest.raises(KeyboardInterrupt):
+        stop_before_joining(signal.SIGTERM, None)  # the exception "lost": caught here
+    engine = FakeEngine(sleep=0.0)
+    state = run_worker("startup", config.study.storage, objective=Objective(config, engine=engine))
+    assert engine.calls == [] and state.phase == "seed"
+    assert optuna.load_study(study_name="startup", storage=config.study.storage).trials == []
+    # The signal is forgotten once the worker stopped: the next worker starts afresh.
+    engine = FakeEngine(sleep=0.0)
+    run_worker(
+        "startup", config.study.storage, objective=Objective(config, engine=engine), max_trials=1
+    )
+    assert [kind for kind, _, _ in engine.calls] == ["seed"]
