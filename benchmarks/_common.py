@@ -63,6 +63,19 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def add_set_argument(parser: argparse.ArgumentParser, example: str) -> None:
+    """``--set KEY=VALUE`` (repeatable): overrides of every profile's study YAML, as
+    ``args.overrides``."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a key of every profile's study YAML (e.g. {example})",
+    )
+
+
 def report(name: str, result: dict[str, Any], args: argparse.Namespace) -> None:
     """Write the result file and print it (JSON with ``--json``, else one line per figure)."""
     path = write_result(name, result, args.out)

@@ -34,7 +34,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, base_parser, write_result
+from _common import RESULTS, add_set_argument, base_parser, write_result
 
 NAME = "profiles"
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,14 +210,7 @@ def main() -> None:
     parser.add_argument(
         "--resume", action="store_true", help="keep the result file's retrains, run the rest"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key of every profile's study YAML (e.g. data.synthetic.train=8)",
-    )
+    add_set_argument(parser, "data.synthetic.train=8")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     out = args.out or RESULTS / f"{NAME}.json"

@@ -50,7 +50,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, base_parser, report, spread
+from _common import RESULTS, add_set_argument, base_parser, report, spread
 from profiles import PROFILES
 
 from spnas.arch import SearchSpace, SerialCode
@@ -204,14 +204,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="workers of each SP-NAS search")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key of every profile's study YAML (e.g. schedule.iters=100)",
-    )
+    add_set_argument(parser, "schedule.iters=100")
     parser.add_argument(
         "--cross-from",
         nargs="+",
