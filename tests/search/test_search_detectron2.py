@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from spnas.arch import ParallelCode
 from spnas.cli import main
 
 TINY_STUDY = {
@@ -113,7 +114,16 @@ def test_search_runs_every_phase_with_the_real_engine(tmp_path, capsys) -> None:
     assert all(t["state"] == "COMPLETE" for t in status["trials"])
     verify = status["verify"]
     networks = verify["networks"]
-    assert networks[0]["role"] == "seed" and networks[-1]["role"] == "spnet"
+    assert networks[0]["role"] == "seed"
+    # The best SPNet is verified under its own role, unless it has no parallel subnet: then it
+    # is the serial network already verified under an earlier role (seed or a round's best).
+    best_parallel = status["best"]["parallel"]
+    has_subnets = ParallelCode.parse(best_parallel["parallel"]).total > 0
+    spnet = (best_parallel["arch"], best_parallel["parallel"])
+    assert (networks[-1]["role"] == "spnet") == has_subnets, (networks, spnet)
+    assert (best_parallel["arch"], has_subnets) in {
+        (n["arch"], n["role"] == "spnet") for n in networks
+    }
     assert kinds.count("verify") == 2 * len(networks)
     assert all(None not in n["retrained_ap"] for n in networks)
     assert verify["complete"] and verify["verdict"]
