@@ -37,7 +37,7 @@ demo: setup
 	@echo "Dashboard (figures and trial notes): $(VENV)/bin/spnas dashboard --storage sqlite:///runs/demo/spnas.db"
 	@echo "Best network: $(VENV)/bin/spnas export --study demo --storage sqlite:///runs/demo/spnas.db --out runs/demo/export"
 
-# Benchmarks (benchmarks/README in README.md's Performance section): each writes
+# Benchmarks (their results: docs/benchmarks.md): each writes
 # benchmarks/results/<name>.json. About 30 minutes on a 2-core CPU; run nothing else meanwhile.
 # overhead --storage postgresql and scaling start a PostgreSQL server (the binaries of the
 # `postgresql` Debian package, as .ci/run installs them).

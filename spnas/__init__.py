@@ -1,7 +1,11 @@
 """spnas: SP-NAS serial-to-parallel detection backbone search on Optuna and Detectron2.
 
-The public API is re-exported here; implementations live in the subpackages. Importing
-:mod:`spnas` is cheap: it does not import torch or detectron2.
+The package root exports the architecture codes, the search space and the exceptions only;
+each subpackage exports its own public API from its ``__init__`` (:mod:`spnas.search` the
+sampler, configuration and search state, :mod:`spnas.modeling` the networks,
+:mod:`spnas.engines` the engines and their value types, :mod:`spnas.data` the data sets,
+:mod:`spnas.export` the exported detectors). Importing :mod:`spnas` is cheap: it does not
+import torch or detectron2.
 
 Side effects: when detectron2 is installed, importing :mod:`spnas` prepares it, through
 :func:`spnas.engines.detectron2.compat.apply` — a placeholder ``detectron2._C`` when its

@@ -257,7 +257,7 @@ def test_status_and_resume_of_a_search_whose_seed_diverged(
 
 @pytest.mark.parametrize("name", ["smoke", "demo"])
 def test_shipped_cpu_studies_clip_gradients(name: str) -> None:
-    """Their retrains from crop pretraining diverged without it (docs/design.md §9)."""
+    """Their retrains from crop pretraining diverged without it (docs/benchmarks.md, measured facts)."""
     pytest.importorskip("detectron2")
     from spnas.engines.detectron2.config import get_spnas_cfg
 
