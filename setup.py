@@ -4,16 +4,35 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
+# What every spnas command imports: compatible ranges, so that spnas installs beside other
+# projects without forcing their versions. The exact versions the suite runs with are pinned in
+# requirements.txt, which `make` installs. Detectron2 has no wheel on PyPI:
+# tools/install_detectron2.sh installs it (the torchvision engine works without it).
+INSTALL_REQUIRES = [
+    "torch>=2.1,<3",
+    "torchvision>=0.16,<1",
+    "optuna>=5.0,<6",
+    "sqlalchemy>=1.4.2,<3",
+    "numpy>=1.24,<3",
+    "pillow>=9.1,<14",
+    "pyyaml>=6.0,<7",
+    "tqdm>=4.60,<5",
+    "fvcore>=0.1.5,<0.2",
+    "pycocotools>=2.0.6,<3",
+]
 
-def _requirements() -> list[str]:
-    lines = Path(__file__).with_name("requirements.txt").read_text().splitlines()
-    runtime = []
-    for line in lines:
-        line = line.split("#", 1)[0].strip()
-        if line and not line.startswith(("pytest", "ruff")):
-            runtime.append(line)
-    return runtime
-
+# Features whose packages are imported only when used; a missing one raises an error naming
+# its extra (spnas._optional.require).
+EXTRAS_REQUIRE = {
+    "postgres": ["psycopg2-binary>=2.9,<3"],  # postgresql+psycopg2:// storage URLs
+    "proxy": ["grpcio>=1.60,<2", "protobuf>=4.25,<8"],  # spnas storage-proxy, grpc:// URLs
+    "s3": ["boto3>=1.26,<2"],  # s3:// artifact stores
+    "dashboard": ["optuna-dashboard>=0.15,<1", "plotly>=5.14,<8"],  # notes and figures
+    # spnas report (PNG via kaleido, which needs a Chromium), Study.trials_dataframe()
+    "report": ["plotly>=5.14,<8", "kaleido>=0.2.1,<2", "pandas>=1.5,<4"],
+    "test": ["pytest>=8,<10", "pytest-timeout>=2.2,<3", "ruff>=0.5,<1"],
+}
+EXTRAS_REQUIRE["all"] = sorted({r for reqs in EXTRAS_REQUIRE.values() for r in reqs})
 
 setup(
     name="spnas",
@@ -31,7 +50,8 @@ setup(
         ),
         ("share/spnas/studies", sorted(str(p) for p in Path("studies").glob("*.yaml"))),
     ],
-    install_requires=_requirements(),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
     entry_points={"console_scripts": ["spnas = spnas.cli:main"]},
     license="Apache-2.0",
 )

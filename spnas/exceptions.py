@@ -26,3 +26,8 @@ class ConfigError(SpnasError, ValueError):
 
 class WeightsError(SpnasError, ValueError):
     """A weights file is missing, truncated, or does not fit the network."""
+
+
+class MissingDependencyError(SpnasError, ImportError):
+    """An optional dependency a feature needs is not installed; the message names the
+    ``spnas[extra]`` that installs it."""

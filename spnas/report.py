@@ -28,6 +28,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from spnas._io import atomic_write
+from spnas._optional import require
 from spnas.search import CONFIG_ATTR, Decision, SearchConfig, SearchState, summarize
 
 if TYPE_CHECKING:
@@ -213,12 +214,22 @@ def verification_figure(verify: Mapping[str, Any], metric: str) -> Any:
 
 
 def publish_to_dashboard(study: optuna.Study, config: SearchConfig) -> None:
-    """Store (replace) the search's figures in ``study`` for optuna-dashboard."""
-    from optuna_dashboard import save_plotly_graph_object
+    """Store (replace) the search's figures in ``study`` for optuna-dashboard.
 
+    Raises:
+        MissingDependencyError: naming the ``spnas[dashboard]`` extra when optuna-dashboard
+            or plotly is not installed.
+    """
+    require("plotly", package="plotly", extra="dashboard", purpose="the dashboard figures")
+    dashboard = require(
+        "optuna_dashboard",
+        package="optuna-dashboard",
+        extra="dashboard",
+        purpose="the dashboard figures",
+    )
     figures = report_figures(study.get_trials(deepcopy=False), config)
     for name, figure in figures.items():
-        save_plotly_graph_object(study, figure, graph_object_id=FIGURE_IDS[name])
+        dashboard.save_plotly_graph_object(study, figure, graph_object_id=FIGURE_IDS[name])
 
 
 #: Seconds between two refreshes of the dashboard figures by one worker.
@@ -487,8 +498,16 @@ def write_report(
     phases: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[Any]:
     """Write the figures (and the param importances, when the study has them) as PNGs and
-    ``index.html`` into ``out_dir``; return the paths."""
+    ``index.html`` into ``out_dir``; return the paths.
+
+    Raises:
+        MissingDependencyError: naming the ``spnas[report]`` extra when plotly or kaleido is
+            not installed.
+    """
     from pathlib import Path
+
+    for module in ("plotly", "kaleido"):
+        require(module, package=module, extra="report", purpose="spnas report")
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,7 @@ from typing import Any, ClassVar
 import optuna
 from optuna.trial import TrialState
 
+from spnas._optional import require
 from spnas.exceptions import SpnasError
 from spnas.search._optuna import change_trial_state_if  # Optuna's private trials table
 
@@ -283,6 +284,13 @@ def make_storage(
     url = str(url)
     check_storage_url(url)
     if url.startswith("grpc://"):
+        require(
+            "grpc",
+            package="grpcio",
+            extra="proxy",
+            purpose=f"storage {redact(url)!r} (the storage proxy)",
+            error=StorageError,
+        )
         from spnas.storage_proxy import connect_proxy
 
         return connect_proxy(url)
@@ -308,6 +316,14 @@ def make_storage(
         }
         if url.startswith("postgresql"):
             engine_kwargs["connect_args"] = {"connect_timeout": 10}
+        if url.startswith(("postgresql://", "postgresql+psycopg2://")):
+            require(
+                "psycopg2",
+                package="psycopg2-binary",
+                extra="postgres",
+                purpose=f"storage {redact(url)!r}",
+                error=StorageError,
+            )
         _check_password_is_readable(url)
     try:
         with warnings.catch_warnings():
@@ -412,12 +428,13 @@ def make_artifact_store(
         raise StorageError("no artifact store location: expected a directory or s3://bucket")
     location = str(location)
     if location.startswith("s3://"):
-        try:
-            import boto3
-        except ImportError as exc:
-            raise StorageError(
-                f"artifact store {location!r} needs boto3: pip install boto3"
-            ) from exc
+        boto3 = require(
+            "boto3",
+            package="boto3",
+            extra="s3",
+            purpose=f"artifact store {location!r}",
+            error=StorageError,
+        )
         bucket, _, prefix = location.removeprefix("s3://").partition("/")
         from optuna.artifacts import Boto3ArtifactStore
 

@@ -24,13 +24,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from optuna_dashboard import run_server
-
+    from spnas._optional import require
     from spnas.storage import make_artifact_store, make_storage, redact
 
+    dashboard = require(
+        "optuna_dashboard", package="optuna-dashboard", extra="dashboard", purpose="spnas dashboard"
+    )
     url = storage_url(args)
     storage = make_storage(url)
     store = make_artifact_store(args.artifacts) if args.artifacts else None
     print(f"optuna-dashboard for {redact(url)} at http://{args.host}:{args.port}/")
-    run_server(storage, host=args.host, port=args.port, artifact_store=store)
+    dashboard.run_server(storage, host=args.host, port=args.port, artifact_store=store)
     return 0

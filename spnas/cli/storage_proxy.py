@@ -30,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from spnas._optional import require
     from spnas.storage_proxy import serve
 
+    require("grpc", package="grpcio", extra="proxy", purpose="spnas storage-proxy")
     serve(args.storage, host=args.host, port=args.port, threads=args.threads)
     return 0

@@ -19,9 +19,10 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import TrialState
 
 from spnas._io import atomic_write, sha256_file
+from spnas._optional import require
 from spnas.data.coco import DatasetSplits
 from spnas.engines.base import DataSpec, Engine, InitWeights, TrialDiverged, build_engine
-from spnas.exceptions import WeightsError
+from spnas.exceptions import MissingDependencyError, WeightsError
 from spnas.modeling.torchvision_weights import load_tensor_file
 from spnas.search._artifacts import (
     WEIGHTS_ATTR,
@@ -408,13 +409,25 @@ def _save_note(
 ) -> None:
     # The dashboard note is a convenience: a failure to write it must not fail the trial.
     try:
-        from optuna_dashboard import save_note
-
-        save_note(trial, trial_note(decision, attrs, value))
+        dashboard = require(
+            "optuna_dashboard",
+            package="optuna-dashboard",
+            extra="dashboard",
+            purpose="a trial's dashboard note",
+        )
+        dashboard.save_note(trial, trial_note(decision, attrs, value))
+    except MissingDependencyError as exc:
+        _warn_once(f"no dashboard notes: {exc}")
     except Exception as exc:
         _logger.warning(
             "trial %d: no dashboard note (%s: %s)", trial.number, type(exc).__name__, exc
         )
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    """Log ``message`` once per process (a missing optional package, not a fault per trial)."""
+    _logger.warning(message)
 
 
 def build_search_engine(config: SearchConfig) -> Engine:
