@@ -1,7 +1,8 @@
 """The ``spnas`` command line.
 
-Each sub-command lives in its own module of this package and exposes
-``register(subparsers) -> None``, which adds its parser and sets ``func`` to a callable taking
+Each module of this package registers one command, or a group of commands that share their
+code (``search.py``: ``search``, ``worker``, ``status``, ``resume``), through
+``register(subparsers) -> None``, which adds the parsers and sets ``func`` to a callable taking
 the parsed namespace and returning an exit code. Modules are imported only to build the parser;
 heavy dependencies (torch, detectron2) are imported inside ``func``.
 """
@@ -11,9 +12,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
+from spnas.cli._warnings import silence_known_warnings
 from spnas.exceptions import SpnasError
 
 _COMMAND_MODULES = (
@@ -47,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The exit status of a command whose reader closed the pipe (``spnas … | head``): 128 + SIGPIPE,
+#: what a shell reports for a command killed by SIGPIPE.
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -55,8 +63,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="[%(asctime)s %(name)s %(levelname)s] %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not args.verbose:
+        silence_known_warnings()
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe surfaces here, not at exit
+        return status
+    except BrokenPipeError:
+        # The reader is gone (``| head``): stop quietly. Python flushes stdout again at exit;
+        # pointing it at devnull keeps that flush from raising a second time (the recipe of
+        # the Python docs, "Note on SIGPIPE").
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except SpnasError as exc:
         print(f"spnas {args.command}: error: {exc}", file=sys.stderr)
         return 2

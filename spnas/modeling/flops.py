@@ -75,15 +75,16 @@ def _owner(module_name: str, stage_names: tuple[str, ...]) -> str:
 
 def measure(net: SerialNet, input_size: tuple[int, int] = (224, 224)) -> CostReport:
     """Count the cost of ``net`` on one ``3×H×W`` image."""
-    from fvcore.nn import FlopCountAnalysis
-
     was_training = net.training
     net.eval()
     try:
         image = torch.zeros(1, 3, *input_size)
         with warnings.catch_warnings():
-            # fvcore traces with torch.jit, which newer torch flags as deprecated: not ours to fix.
+            # fvcore scripts a loss with torch.jit on import and traces with it, which newer
+            # torch flags as deprecated: not ours to fix.
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.*")
+            from fvcore.nn import FlopCountAnalysis
+
             analysis = FlopCountAnalysis(net, image)
             analysis.set_op_handle(**dict.fromkeys(_IGNORED_OPS, _free))
             analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
