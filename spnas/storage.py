@@ -236,11 +236,6 @@ def storage_url_from(
     raise StorageError(f"no storage: pass {what} URL, --storage-file FILE or set {STORAGE_ENV}")
 
 
-def default_storage_url(directory: str | Path = ".") -> str:
-    """The embedded default: an SQLite file ``spnas.db`` in ``directory``."""
-    return f"sqlite:///{Path(directory).resolve() / 'spnas.db'}"
-
-
 #: The storage URLs :func:`make_storage` opens: scheme (before ``://``) and its drivers.
 _STORAGE_SCHEME = re.compile(r"^(grpc|journal|sqlite|(postgresql|mysql)(\+\w+)?)://")
 

@@ -14,7 +14,6 @@ import warnings
 from typing import Any
 
 import torch
-from torch import nn
 
 from spnas.arch import ParallelCode, SerialCode
 from spnas.modeling.serialnet import SerialNet
@@ -141,7 +140,3 @@ def cost(
     parallel_text = None if parallel is None else str(ParallelCode.parse(parallel))
     with torch.no_grad():
         return _cost_cached(str(code), parallel_text, base_width, stem, tuple(input_size))
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

@@ -131,10 +131,6 @@ class SerialNet(nn.Module):
         """Channels and stride of every returned feature map."""
         return {name: self._shapes[name] for name in self.out_features}
 
-    def stage_shapes(self) -> dict[str, ShapeSpec]:
-        """Channels and stride of every stage, returned or not."""
-        return dict(self._shapes)
-
     def _run_stage(self, index: int, name: str, x: torch.Tensor) -> torch.Tensor:
         return self.stage(name)(x)
 
