@@ -37,6 +37,7 @@ worker killed during an upload leaves no half-written artifact.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import re
 import time
@@ -46,11 +47,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import optuna
+import sqlalchemy
+from optuna.storages import RDBStorage
+from optuna.storages._rdb.models import TrialModel  # private: see change_trial_state_if
 from optuna.trial import TrialState
 
 from spnas._optional import require
 from spnas.exceptions import SpnasError
-from spnas.search._optuna import change_trial_state_if  # Optuna's private trials table
 
 _logger = logging.getLogger(__name__)
 
@@ -342,6 +345,27 @@ def make_storage(
     if not url.startswith("sqlite:"):
         _retry_connections(storage.engine, url, reconnect_timeout)
     return storage
+
+
+def change_trial_state_if(
+    storage: RDBStorage, trial: int, old: TrialState, new: TrialState, stamp: str
+) -> bool:
+    """Set the state of the trial with storage id ``trial`` to ``new`` only if it is ``old``,
+    and its column ``stamp`` (``datetime_start`` or ``datetime_complete``) to now, in one
+    conditional ``UPDATE``: atomic even on SQLite, which has no row locks. Whether it changed.
+
+    It writes Optuna's private trials table (``optuna.storages._rdb.models.TrialModel``): the
+    one use of Optuna's private API outside :mod:`spnas.search._optuna`, kept here with the
+    storage that needs it; ``tests/search/test_search_optuna_adapter.py`` pins it too.
+    """
+    table = TrialModel.__table__
+    statement = (
+        sqlalchemy.update(table)
+        .where(table.c.trial_id == trial, table.c.state == old)
+        .values({"state": new, stamp: datetime.datetime.now()})
+    )
+    with storage.engine.begin() as connection:
+        return connection.execute(statement).rowcount == 1
 
 
 class _SQLiteStorage(optuna.storages.RDBStorage):

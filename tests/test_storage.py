@@ -11,6 +11,7 @@ it; no piece of three characters or more of the password may appear.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import logging
 import multiprocessing
@@ -24,6 +25,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+import spnas.storage
 from spnas.storage import (
     STORAGE_ENV,
     StorageError,
@@ -335,3 +337,16 @@ def test_a_url_from_a_file_or_the_environment_shows_no_piece_of_the_password(
     assert code == 2 and "user:***@127.0.0.1" in output, output
     assert not _leaks(output, password), output
     assert not [r for r in _misreadings(url, password) if r in output], output
+
+
+def test_the_storage_layer_does_not_import_the_search_package():
+    """spnas.storage sits below spnas.search (which builds on it): no import, even a lazy one,
+    goes upward."""
+    tree = ast.parse(Path(spnas.storage.__file__).read_text(encoding="utf-8"))
+    imported = {
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    assert not {name for name in imported if name and name.startswith("spnas.search")}

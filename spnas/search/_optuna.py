@@ -6,11 +6,12 @@ the study's system attributes, as optuna-dashboard reads them), the heartbeat of
 trial (a trial waiting to decide beats its own heart), whether this thread runs
 ``Study.optimize`` (ask-and-tell is told apart from a worker), the whole study behind
 HyperbandPruner's per-bracket view, one transaction for several params on an RDB storage,
-and the trials table, for the conditional state changes that make claiming a trial atomic on
-SQLite (:class:`spnas.storage` ``_SQLiteStorage``), and the heartbeats table, to find the
-trials of processes killed before their first heartbeat.
-``tests/search/test_search_optuna_adapter.py`` is pinned to the Optuna version of
-``requirements.txt`` and fails loudly when any of these moves.
+and the heartbeats table, to find the trials of processes killed before their first heartbeat.
+The one use below the search package, the trials table's conditional state change that makes
+claiming a trial atomic on SQLite, lives with that storage
+(:func:`spnas.storage.change_trial_state_if`), so the storage layer does not depend on
+:mod:`spnas.search`. ``tests/search/test_search_optuna_adapter.py`` is pinned to the Optuna
+version of ``requirements.txt`` and fails loudly when any of these moves.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from optuna.storages._rdb.models import TrialModel
 from optuna.trial import FrozenTrial, TrialState
 
 __all__ = [
-    "change_trial_state_if",
     "heartbeat_interval",
     "in_optimize_loop",
     "is_heartbeat_enabled",
@@ -105,22 +105,6 @@ def set_trial_params(
     for name, value in values.items():
         distribution = distributions[name]
         storage.set_trial_param(trial, name, distribution.to_internal_repr(value), distribution)
-
-
-def change_trial_state_if(
-    storage: RDBStorage, trial: int, old: TrialState, new: TrialState, stamp: str
-) -> bool:
-    """Set the state of the trial with storage id ``trial`` to ``new`` only if it is ``old``,
-    and its column ``stamp`` (``datetime_start`` or ``datetime_complete``) to now, in one
-    conditional ``UPDATE``: atomic even on SQLite, which has no row locks. Whether it changed."""
-    table = TrialModel.__table__
-    statement = (
-        sqlalchemy.update(table)
-        .where(table.c.trial_id == trial, table.c.state == old)
-        .values({"state": new, stamp: datetime.datetime.now()})
-    )
-    with storage.engine.begin() as connection:
-        return connection.execute(statement).rowcount == 1
 
 
 def silent_trials(storage: BaseStorage, study: int) -> list[int]:

@@ -1,6 +1,6 @@
-"""The one module that uses Optuna's private API (spnas/search/_optuna.py), pinned to the
-Optuna version of requirements.txt: when Optuna moves these internals, this fails first and
-names what moved."""
+"""Every use of Optuna's private API — the adapter spnas/search/_optuna.py, and the SQLite
+claims' conditional update in spnas/storage.py — pinned to the Optuna version of
+requirements.txt: when Optuna moves these internals, this fails first and names what moved."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
 
 from spnas.search import _optuna as adapter
+from spnas.storage import change_trial_state_if
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -101,11 +102,11 @@ def test_a_state_changes_only_from_the_state_named(tmp_path: Path) -> None:
     study.enqueue_trial({})
     waiting = adapter.trial_id(study.get_trials()[0])
     claim = (TrialState.WAITING, TrialState.RUNNING, "datetime_start")
-    assert adapter.change_trial_state_if(storage, waiting, *claim)
-    assert not adapter.change_trial_state_if(storage, waiting, *claim)  # RUNNING now
+    assert change_trial_state_if(storage, waiting, *claim)
+    assert not change_trial_state_if(storage, waiting, *claim)  # RUNNING now
     trial = storage.get_trial(waiting)
     assert trial.state == TrialState.RUNNING and trial.datetime_start is not None
     fail = (TrialState.RUNNING, TrialState.FAIL, "datetime_complete")
-    assert adapter.change_trial_state_if(storage, waiting, *fail)
+    assert change_trial_state_if(storage, waiting, *fail)
     assert storage.get_trial(waiting).state == TrialState.FAIL
     assert storage.get_trial(waiting).datetime_complete is not None
