@@ -292,7 +292,7 @@ def measure_artifacts(root: Path, repeats: int = 3) -> dict[str, float]:
     from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
 
     from spnas.arch import RESNET50
-    from spnas.engines.base import ModelSpec
+    from spnas.engines import ModelSpec
     from spnas.engines.torchvision import TorchvisionEngine
 
     model = TorchvisionEngine().build_model(ModelSpec(RESNET50, num_classes=80))

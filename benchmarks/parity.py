@@ -56,7 +56,7 @@ from detectron2.utils.events import EventStorage
 from torch import nn
 
 from spnas.arch import RESNET18, RESNET50, SerialCode
-from spnas.engines.base import ModelSpec, Schedule
+from spnas.engines import ModelSpec, Schedule
 from spnas.engines.detectron2 import config_path, configure_levels, get_spnas_cfg
 from spnas.engines.detectron2.engine import apply_spec
 from spnas.engines.torchvision import TorchvisionEngine

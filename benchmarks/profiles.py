@@ -264,7 +264,7 @@ def retrain_one(
     config: Any, profile: str, net: str, seed: int, root: Path, run: dict[str, Any]
 ) -> None:
     """Retrain ``net`` on ``profile`` with ``seed``; append the AP and seconds to ``run``."""
-    from spnas.engines.base import TrialDiverged
+    from spnas.engines import TrialDiverged
     from spnas.search import retrain
 
     begun = time.monotonic()

@@ -40,7 +40,7 @@ import torch
 
 from spnas._io import atomic_write
 from spnas.data.coco import DatasetSplits
-from spnas.engines.base import DataSpec
+from spnas.engines import DataSpec
 from spnas.engines.torchvision import load_detector as load_torchvision_detector
 from spnas.exceptions import ConfigError
 from spnas.storage import make_artifact_store

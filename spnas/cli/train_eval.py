@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spnas.engines.base import DataSpec, InitWeights, ModelSpec, Schedule, build_engine
+    from spnas.engines import DataSpec, InitWeights, ModelSpec, Schedule, build_engine
     from spnas.morphism import parse_ops
 
     data = DataSpec.from_dir(args.data, metric=args.metric)

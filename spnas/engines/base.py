@@ -11,7 +11,8 @@ keys are a bare backbone's (``stem.*``, ``res2.*`` — e.g. from ``spnas pretrai
 the backbone only.
 
 The value types and the registry are defined in :mod:`spnas.engines._types` and
-:mod:`spnas.engines._registry`, and importable from here as well as from :mod:`spnas.engines`.
+:mod:`spnas.engines._registry`; import them, as :class:`Engine` itself, from
+:mod:`spnas.engines`.
 """
 
 from __future__ import annotations
@@ -28,39 +29,18 @@ import torch
 from torch import nn
 
 from spnas._io import atomic_write
-from spnas.engines._registry import ENGINE_REGISTRY, build_engine, engine_names, register_engine
 from spnas.engines._types import (
-    METRIC_DIRECTIONS,
     DataSpec,
     ExportedDetector,
     InitWeights,
     ModelSpec,
-    NullReporter,
     Reporter,
     Schedule,
-    TrialDiverged,
     TrialResult,
 )
 from spnas.exceptions import ConfigError, WeightsError
 
-__all__ = [
-    "ENGINE_REGISTRY",
-    "METRIC_DIRECTIONS",
-    "DataSpec",
-    "Engine",
-    "ExportedDetector",
-    "InitWeights",
-    "ModelSpec",
-    "NullReporter",
-    "Reporter",
-    "Schedule",
-    "TrialDiverged",
-    "TrialResult",
-    "build_engine",
-    "engine_names",
-    "register_engine",
-    "save_state_dict",
-]
+__all__ = ["Engine", "save_state_dict"]
 
 _logger = logging.getLogger(__name__)
 

@@ -47,15 +47,15 @@ from spnas.device import resolve_device
 from spnas.exceptions import ConfigError, SpnasError
 
 if TYPE_CHECKING:
-    from spnas.engines.base import (
+    from spnas.engines._types import (
         DataSpec,
-        Engine,
         InitWeights,
         ModelSpec,
         Reporter,
         Schedule,
         TrialResult,
     )
+    from spnas.engines.base import Engine
 
 __all__ = [
     "DEFAULT_TIMEOUT",

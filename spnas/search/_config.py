@@ -1,6 +1,8 @@
 """Study configuration: the study YAML, validated, and stored in the study's user attributes.
 
-A study YAML has these sections (every key optional but ``study.name``; unknown keys and
+docs/study-yaml.md documents every key with its default and its check
+(tests/search/test_search_yaml_doc.py compares it with the dataclasses below). A study YAML
+has these sections (every key optional but ``study.name``; unknown keys and
 values of the wrong type are errors naming the key)::
 
     study:     name, storage, artifacts, workdir
@@ -12,7 +14,7 @@ values of the wrong type are errors naming the key)::
     serial:    n_mutations, n_stuck, n_rounds, op_weights, max_trials (per round)
     parallel:  n_stuck, budget_gmacs, budget_ratio, max_tries, max_trials
     reignite:  epochs, image_size, lr, batch_size, imagefolder
-    schedule:  fields of spnas.engines.base.Schedule (the fast scheme of every trial)
+    schedule:  fields of spnas.engines.Schedule (the fast scheme of every trial)
     verify:    enabled, repeats, schedule (overrides of ``schedule`` for retraining)
     final:     enabled, schedule
     search:    seed, comparison (equal_training | greedy), keep_top_k, wait_seconds,
@@ -41,8 +43,7 @@ from typing import Any
 import yaml
 
 from spnas.arch import SearchSpace, SerialCode
-from spnas.engines import engine_names
-from spnas.engines._types import METRIC_DIRECTIONS, ModelSpec, Schedule
+from spnas.engines import METRIC_DIRECTIONS, ModelSpec, Schedule, engine_names
 from spnas.exceptions import ArchError, ConfigError
 
 CONFIG_ATTR = "spnas:config"

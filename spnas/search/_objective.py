@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from spnas._io import atomic_write, sha256_file
 from spnas._optional import require
 from spnas.data.coco import DatasetSplits
-from spnas.engines.base import DataSpec, Engine, InitWeights, TrialDiverged, build_engine
+from spnas.engines import DataSpec, Engine, InitWeights, TrialDiverged, build_engine
 from spnas.exceptions import MissingDependencyError, WeightsError
 from spnas.modeling.torchvision_weights import load_tensor_file
 from spnas.search._artifacts import (

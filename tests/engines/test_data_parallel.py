@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from spnas.engines.base import DataSpec, ModelSpec, Schedule
+from spnas.engines import DataSpec, ModelSpec, Schedule
 
 pytestmark = pytest.mark.slow
 

@@ -310,8 +310,7 @@ def test_infer_reads_an_exported_model(
 
 def test_export_refuses_weights_that_run_code(data: Path, tmp_path: Path) -> None:
     from spnas.data.coco import DatasetSplits
-    from spnas.engines import DataSpec
-    from spnas.engines.base import ModelSpec, Schedule
+    from spnas.engines import DataSpec, ModelSpec, Schedule
     from spnas.engines.detectron2 import Detectron2Engine
 
     marker = tmp_path / "pwned"

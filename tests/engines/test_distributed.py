@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from spnas.cli.search import worker_gpus
 from spnas.device import resolve_amp
-from spnas.engines.base import Schedule
+from spnas.engines import Schedule
 from spnas.engines.distributed import DistributedError, get_world_size, launch, post
 from spnas.exceptions import ConfigError, DataError
 

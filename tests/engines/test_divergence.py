@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from spnas.data import make_synthetic_dataset
-from spnas.engines.base import DataSpec, NullReporter, Schedule, TrialDiverged
+from spnas.engines import DataSpec, NullReporter, Schedule, TrialDiverged
 
 
 class NaNAfter(nn.Module):
@@ -90,7 +90,7 @@ def test_detectron2_engine_maps_a_diverged_step_to_trial_diverged(
 ) -> None:
     """The trainer's FloatingPointError at iteration ``i`` becomes TrialDiverged(i, loss)."""
     pytest.importorskip("detectron2")
-    from spnas.engines.base import ModelSpec
+    from spnas.engines import ModelSpec
     from spnas.engines.detectron2 import Detectron2Engine, config_path
     from spnas.engines.detectron2.trainer import SPNASTrainer
 

@@ -1,6 +1,6 @@
 """Test doubles and helpers for the search tests (imported via ``tests/search/conftest.py``).
 
-- :class:`FakeEngine`: an :class:`~spnas.engines.base.Engine` that "trains" by building the
+- :class:`FakeEngine`: an :class:`~spnas.engines.Engine` that "trains" by building the
   real detector-shaped backbone (an :class:`~spnas.modeling.SPNet` under
   ``backbone.bottom_up.``), loading the trial's initial weights through
   :meth:`Engine.initialize` (so weight inheritance along seed → serial → reignite → parallel is
@@ -34,7 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from spnas.arch import ParallelCode, SerialCode
-from spnas.engines.base import (
+from spnas.engines import (
     DataSpec,
     Engine,
     ExportedDetector,

@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search_doubles import SEED_ARCH, FakeEngine, frozen, make_config
 
 from spnas.arch import ParallelCode, SerialCode
-from spnas.engines.base import TrialDiverged
+from spnas.engines import TrialDiverged
 from spnas.search import Decision, SearchConfig, SearchState, SPNASSampler, summarize
 
 C, R, F, P = TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL, TrialState.PRUNED

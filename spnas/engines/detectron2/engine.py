@@ -18,9 +18,9 @@ from torch import nn
 from spnas._io import atomic_write
 from spnas.data.coco import load_coco
 from spnas.device import resolve_device
-from spnas.engines.base import (
+from spnas.engines._registry import register_engine
+from spnas.engines._types import (
     DataSpec,
-    Engine,
     ExportedDetector,
     InitWeights,
     ModelSpec,
@@ -28,9 +28,8 @@ from spnas.engines.base import (
     Schedule,
     TrialDiverged,
     TrialResult,
-    register_engine,
-    save_state_dict,
 )
+from spnas.engines.base import Engine, save_state_dict
 from spnas.engines.detectron2.config import (
     changed_keys,
     config_path,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from detectron2.engine import HookBase
 from tqdm import tqdm
 
-from spnas.engines.base import Reporter
+from spnas.engines._types import Reporter
 
 
 def latest_loss(trainer) -> float:

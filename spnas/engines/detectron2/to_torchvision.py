@@ -39,7 +39,7 @@ from detectron2.config import CfgNode
 
 from spnas.arch import ParallelCode
 from spnas.data.normalization import PIXEL_MEAN_RGB, PIXEL_STD_RGB
-from spnas.engines.base import ModelSpec
+from spnas.engines._types import ModelSpec
 from spnas.engines.torchvision import FasterRCNNLayout
 from spnas.exceptions import ConfigError, WeightsError
 

@@ -39,7 +39,7 @@ from detectron2.utils.logger import setup_logger
 from fvcore.common.param_scheduler import CosineParamScheduler
 
 from spnas.device import resolve_amp
-from spnas.engines.base import NullReporter, Reporter
+from spnas.engines._types import NullReporter, Reporter
 from spnas.engines.detectron2.checkpoint import AtomicCheckpointer
 from spnas.engines.detectron2.compat import has_compiled_ops
 from spnas.engines.detectron2.evaluation import LAMREvaluator, SearchCOCOEvaluator

@@ -12,9 +12,9 @@ from torchvision.models.detection import FasterRCNN
 
 from spnas.data.coco import CocoDataset
 from spnas.device import resolve_device
-from spnas.engines.base import (
+from spnas.engines._registry import register_engine
+from spnas.engines._types import (
     DataSpec,
-    Engine,
     ExportedDetector,
     InitWeights,
     ModelSpec,
@@ -22,9 +22,8 @@ from spnas.engines.base import (
     Reporter,
     Schedule,
     TrialResult,
-    register_engine,
-    save_state_dict,
 )
+from spnas.engines.base import Engine, save_state_dict
 from spnas.engines.distributed import data_parallel, is_main_process
 from spnas.engines.torchvision.builder import build_faster_rcnn
 from spnas.engines.torchvision.evaluation import evaluate_detector

@@ -12,7 +12,7 @@ from torchvision.models.detection import FasterRCNN
 
 from spnas.data.coco import CocoDataset
 from spnas.data.torch_dataset import DetectionDataset, collate
-from spnas.engines.base import DataSpec
+from spnas.engines._types import DataSpec
 from spnas.evaluation import coco_metrics, log_average_miss_rate
 
 __all__ = ["EVAL_BATCH", "evaluate_detector"]

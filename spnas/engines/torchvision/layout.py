@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from spnas.engines.base import ModelSpec
+from spnas.engines._types import ModelSpec
 from spnas.exceptions import ConfigError
 
 __all__ = ["ASPECT_RATIOS", "FasterRCNNLayout", "check_detector_options"]

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from spnas.data.coco import CocoDataset
 from spnas.data.torch_dataset import DetectionDataset, collate
 from spnas.device import resolve_amp
-from spnas.engines.base import Reporter, Schedule, TrialDiverged
+from spnas.engines._types import Reporter, Schedule, TrialDiverged
 from spnas.engines.distributed import get_rank, get_world_size, is_main_process
 
 __all__ = ["TrainingTimes", "seeded", "train"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from spnas.data.synthetic import make_synthetic_dataset
-from spnas.engines.base import DataSpec, InitWeights, ModelSpec, Schedule, TrialDiverged
+from spnas.engines import DataSpec, InitWeights, ModelSpec, Schedule, TrialDiverged
 from spnas.engines.detectron2 import (
     Detectron2Engine,
     add_spnas_config,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spnas.engines.base import ModelSpec
+from spnas.engines import ModelSpec
 from spnas.engines.detectron2 import config_path, configure_levels
 from spnas.engines.detectron2.config import get_spnas_cfg
 from spnas.engines.detectron2.engine import apply_spec

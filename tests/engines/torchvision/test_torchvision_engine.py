@@ -15,7 +15,7 @@ import torch
 from spnas.data import make_synthetic_dataset
 from spnas.data.coco import DatasetSplits, load_coco
 from spnas.data.torch_dataset import DetectionDataset, collate
-from spnas.engines.base import (
+from spnas.engines import (
     DataSpec,
     InitWeights,
     ModelSpec,
