@@ -9,9 +9,12 @@ connections reach the server. Both ends cache finished trials, so a worker's loo
 history reads only what changed.
 
 Through the proxy, Optuna records no heartbeats (:class:`optuna.storages.GrpcStorageProxy`
-implements none): a trial whose worker died stays ``RUNNING``. Fail it by hand
-(``optuna`` CLI or :func:`optuna.storages.fail_stale_trials` on a direct storage) when a
-barrier trial's worker dies; the search then retries it.
+implements none). spnas workers beat through the storage's ordinary API instead
+(:mod:`spnas.search._liveness`): a running trial writes a new number into its system attribute
+``spnas:beat`` every ``search.beat_seconds``, and the waiting workers fail and retry, with its
+decision, a trial whose beat stood still for ``search.beat_grace_seconds`` (by their own
+clocks, so clock skew between nodes does not matter). A worker that was SIGKILLed or lost its
+node therefore stalls nobody for longer than the grace period.
 
 Needs ``grpcio`` and ``protobuf`` (``requirements.txt``).
 """

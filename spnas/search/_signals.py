@@ -94,13 +94,17 @@ def preemption_signals() -> Iterator[None]:
         _received.clear()
 
 
-def requeue_interrupted(study: optuna.Study, trial_id: int | None) -> int | None:
+def requeue_interrupted(
+    study: optuna.Study, trial_id: int | None, *, claim: bool = False
+) -> int | None:
     """Fail the trial a preempted worker was running (when still RUNNING) and queue its retry.
 
     Nothing is queued for a trial that finished anyway, has no decision yet (undecided trials
     need no retry), was already retried (declared stale by another worker), or no longer
     exists: a database that lost its last commits in a crash or a fail-over (asynchronous
     commit or replication) may have lost the trial's creation, and then its decision too.
+    With ``claim``, the retry is queued only when this call is the one that failed the trial:
+    several watchers that find the same dead trial queue one retry, not one each.
 
     Returns:
         The number of the interrupted trial when a retry was queued, else ``None``.
@@ -113,10 +117,13 @@ def requeue_interrupted(study: optuna.Study, trial_id: int | None) -> int | None
     except KeyError:  # Optuna's "Record does not exist."
         _logger.warning("trial id %d is not in the storage any more: nothing to retry", trial_id)
         return None
+    failed_here = False
     if trial.state == TrialState.RUNNING:
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            failed_here = storage.set_trial_state_values(trial_id, TrialState.FAIL)
         trial = storage.get_trial(trial_id)
+    if claim and not failed_here:
+        return None
     if trial.state != TrialState.FAIL or Decision.of(trial) is None:
         return None
     trials = study.get_trials(deepcopy=False)
