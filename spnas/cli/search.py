@@ -2,7 +2,9 @@
 
 - ``spnas search STUDY.yaml [--workers N] [--storage URL] [--set key=value …]`` creates the
   study (idempotent: an existing one with the same configuration is resumed), prepares the data
-  and runs N local worker processes until the search is done, showing progress.
+  and runs N local worker processes until the search is done, showing progress. With
+  ``--workers 0`` it creates (and checks) the study and exits: the cluster recipes' creation
+  step, after which ``spnas worker`` processes run the search on the nodes.
 - ``spnas worker --study NAME --storage URL`` joins a search from any node; it needs no YAML.
 - ``spnas status --study NAME --storage URL [--json]`` prints the phase, round, best networks
   and the trials.
@@ -46,7 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Create (or resume) an SP-NAS study and run N local workers until done.",
     )
     search.add_argument("study_file", help="study YAML, e.g. studies/smoke.yaml")
-    search.add_argument("--workers", type=int, default=1, help="local worker processes")
+    search.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="local worker processes (0: create and check the study, run nothing)",
+    )
     add_storage_arguments(search, "storage URL (overrides study.storage)")
     search.add_argument(
         "--set",
@@ -106,8 +113,8 @@ def run_search(args: argparse.Namespace) -> int:
     from spnas.search._checks import check_settings
     from spnas.storage import STORAGE_ENV, redact
 
-    if args.workers < 1:
-        raise ConfigError(f"--workers {args.workers}: expected at least 1")
+    if args.workers < 0:
+        raise ConfigError(f"--workers {args.workers}: expected 0 (create only) or more")
     config = SearchConfig.from_yaml(args.study_file, list(args.overrides))
     if args.storage or args.storage_file or os.environ.get(STORAGE_ENV):
         study = dataclasses.replace(config.study, storage=storage_url(args))
@@ -118,6 +125,12 @@ def run_search(args: argparse.Namespace) -> int:
     check_settings(config, storage)
     prepare_data(config)
     create_search_study(config, storage)
+    if args.workers == 0:
+        print(
+            f"study {config.study.name!r} in {redact(storage)} is ready: start workers with "
+            f"`spnas worker --study {config.study.name}` and the same storage"
+        )
+        return 0
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     logs = Path(config.study.workdir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
