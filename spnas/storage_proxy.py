@@ -2,7 +2,8 @@
 
 Every worker that opens a PostgreSQL storage holds its own connections (``make_storage``
 bounds them to :data:`spnas.storage.POOL_SIZE`), so 256 workers need several hundred, against
-PostgreSQL's default ``max_connections`` of 100. ``spnas storage-proxy --storage URL`` runs
+PostgreSQL's default ``max_connections`` of 100. ``spnas storage-proxy`` (the database URL from
+``--storage-file FILE`` or ``SPNAS_STORAGE``, off its command line) runs
 :func:`optuna.storages.run_grpc_proxy_server` in front of the database instead: the workers
 speak gRPC to it (``--storage grpc://HOST:PORT``), and only the proxy's ``threads``
 connections reach the server. Both ends cache finished trials, so a worker's look at the
@@ -81,7 +82,7 @@ def connect_proxy(url: str, timeout: float = CONNECT_TIMEOUT_S) -> optuna.storag
         storage.close()
         raise StorageError(
             f"no storage proxy answers at {redact(url)!r} after {timeout:.0f} s: start it with "
-            f"`spnas storage-proxy --storage URL --host {host} --port {port}`"
+            f"`spnas storage-proxy --storage-file FILE --host {host} --port {port}`"
         ) from None
     return storage
 
