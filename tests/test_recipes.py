@@ -190,7 +190,12 @@ def test_kubernetes_manifests_have_workers_database_and_proxy() -> None:
     job = objects[("Job", "spnas-workers")]
     assert job["apiVersion"] == "batch/v1" and job["spec"]["completionMode"] == "Indexed"
     assert job["spec"]["parallelism"] >= 1
-    assert job["spec"]["template"]["spec"]["restartPolicy"] in ("Never", "OnFailure")
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy
+    # A preempted worker exits 143 (128 + SIGTERM): its pod is replaced, not counted a failure.
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    on_codes = [r["onExitCodes"] for r in rules if r["action"] == "Ignore" and "onExitCodes" in r]
+    assert on_codes == [{"containerName": "worker", "operator": "In", "values": [143]}]
+    assert any(c["type"] == "DisruptionTarget" for r in rules for c in r.get("onPodConditions", []))
     worker = _container(job)
     assert worker["command"][:2] == ["spnas", "worker"]
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1

@@ -47,6 +47,20 @@ class Preempted(KeyboardInterrupt):
 
 #: The signal received while :func:`preemption_signals` is active (at most one).
 _received: list[int] = []
+#: The signal that stopped the last worker of this process (kept after it stopped).
+_stopped: list[int] = []
+
+
+def stopped_by() -> int | None:
+    """The signal that stopped this process's last worker (:func:`preemption_signals` or
+    :func:`stop_before_joining`), else ``None``: ``spnas worker`` then exits ``128 + signal``
+    (143 for SIGTERM), so that a scheduler reads "stopped, run me again", not "done"."""
+    return _stopped[0] if _stopped else None
+
+
+def _remember(signum: int) -> None:
+    _received.append(signum)
+    _stopped[:] = [signum]
 
 
 def raise_if_preempted() -> None:
@@ -65,7 +79,7 @@ def stop_before_joining(signum: int, frame: object) -> None:
     during its start-up never goes on to run the search.
     """
     if not _received:
-        _received.append(signum)
+        _remember(signum)
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
@@ -82,8 +96,11 @@ def preemption_signals() -> Iterator[None]:
     def handler(signum: int, frame: object) -> None:
         if _received:
             return
-        _received.append(signum)
+        _remember(signum)
         raise Preempted(signum)
+
+    if not _received:  # no signal pending from the start-up: a fresh worker
+        _stopped.clear()
 
     previous = {sig: signal.signal(sig, handler) for sig in PREEMPTION_SIGNALS}
     try:
