@@ -2,16 +2,20 @@
 
 Every worker that opens a PostgreSQL storage holds its own connections (``make_storage``
 bounds them to :data:`spnas.storage.POOL_SIZE`), so 256 workers need several hundred, against
-PostgreSQL's default ``max_connections`` of 100. ``spnas storage-proxy --storage URL`` runs
+PostgreSQL's default ``max_connections`` of 100. ``spnas storage-proxy`` (the database URL from
+``--storage-file FILE`` or ``SPNAS_STORAGE``, off its command line) runs
 :func:`optuna.storages.run_grpc_proxy_server` in front of the database instead: the workers
 speak gRPC to it (``--storage grpc://HOST:PORT``), and only the proxy's ``threads``
 connections reach the server. Both ends cache finished trials, so a worker's look at the
 history reads only what changed.
 
 Through the proxy, Optuna records no heartbeats (:class:`optuna.storages.GrpcStorageProxy`
-implements none): a trial whose worker died stays ``RUNNING``. Fail it by hand
-(``optuna`` CLI or :func:`optuna.storages.fail_stale_trials` on a direct storage) when a
-barrier trial's worker dies; the search then retries it.
+implements none). spnas workers beat through the storage's ordinary API instead
+(:mod:`spnas.search._liveness`): a running trial writes a new number into its system attribute
+``spnas:beat`` every ``search.beat_seconds``, and the waiting workers fail and retry, with its
+decision, a trial whose beat stood still for ``search.beat_grace_seconds`` (by their own
+clocks, so clock skew between nodes does not matter). A worker that was SIGKILLed or lost its
+node therefore stalls nobody for longer than the grace period.
 
 Needs ``grpcio`` and ``protobuf`` (``requirements.txt``).
 """
@@ -78,7 +82,7 @@ def connect_proxy(url: str, timeout: float = CONNECT_TIMEOUT_S) -> optuna.storag
         storage.close()
         raise StorageError(
             f"no storage proxy answers at {redact(url)!r} after {timeout:.0f} s: start it with "
-            f"`spnas storage-proxy --storage URL --host {host} --port {port}`"
+            f"`spnas storage-proxy --storage-file FILE --host {host} --port {port}`"
         ) from None
     return storage
 

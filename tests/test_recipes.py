@@ -1,12 +1,15 @@
 """The cluster recipes (``recipes/``) are valid, and their worker command lines run.
 
-- ``recipes/slurm/spnas.sbatch``: bash syntax; one task per GPU; the script itself runs here
-  (with an ``srun`` that runs its command once) against a finished study, and refuses to run
-  without ``SPNAS_STUDY`` / ``SPNAS_STORAGE``.
+- ``recipes/slurm/spnas.sbatch``: bash syntax; one task per GPU; no storage URL on a command
+  line; the script itself runs here (with an ``srun`` that runs its command once) against a
+  finished study, the URL from ``SPNAS_STORAGE`` or from ``SPNAS_STORAGE_FILE``, and refuses
+  to run without ``SPNAS_STUDY`` and one of those.
 - ``recipes/kubernetes/*.yaml``: the kinds and fields of the Job, Deployments and Services
   (selectors match labels, the workers' storage URL names the proxy's Service and port); the
   proxy's and the workers' container commands, with Kubernetes' ``$(VAR)`` expansion, run here:
-  a ``spnas storage-proxy`` in front of the study's database and a worker through it.
+  a ``spnas storage-proxy`` in front of the study's database (its URL from the environment, as
+  the Secret gives it, and not in its command line) and a worker through it; the creation Job
+  runs ``spnas search … --workers 0``.
 
 A worker on a finished study looks at it and returns at once: the commands are checked
 end to end without training anything. The study is crafted from decided trials (seed, control,
@@ -100,7 +103,11 @@ def test_sbatch_is_valid_bash_with_one_worker_per_gpu() -> None:
     assert directives["gpus-per-task"] == "1"
     assert int(directives["ntasks-per-node"]) >= 1
     command = " ".join(text.replace("\\\n", " ").split("\nsrun ", 1)[1].split("\n", 1)[0].split())
-    assert 'spnas worker --study "$SPNAS_STUDY" --storage "$SPNAS_STORAGE"' in command
+    assert 'spnas worker --study "$SPNAS_STUDY" ${storage[@]+"${storage[@]}"}' in command
+    # The URL (with its password) never on a command line: from the environment or a file.
+    commands = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    assert not any("--storage " in line or '$SPNAS_STORAGE"' in line for line in commands)
+    assert "--workers 0" in text  # the creation step
 
 
 def test_sbatch_runs_its_worker_on_a_finished_study(tmp_path: Path, bin_dir: Path) -> None:
@@ -116,6 +123,29 @@ def test_sbatch_runs_its_worker_on_a_finished_study(tmp_path: Path, bin_dir: Pat
     )
     assert result.returncode == 0, result.stderr
     assert "study 'recipe' is done" in result.stderr
+
+
+def test_sbatch_runs_with_the_storage_in_a_file(tmp_path: Path, bin_dir: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    finished_study(url)
+    secret = tmp_path / "storage"
+    secret.write_text(url + "\n")
+    secret.chmod(0o600)
+    env = _env(bin_dir, SPNAS_STUDY="recipe", SPNAS_STORAGE_FILE=str(secret))
+    env.pop("SPNAS_STORAGE", None)
+    result = subprocess.run(
+        ["bash", str(SBATCH)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=WORKER_TIMEOUT_S,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "study 'recipe' is done" in result.stderr
+    no_storage = {k: v for k, v in env.items() if k != "SPNAS_STORAGE_FILE"}
+    refused = subprocess.run(["bash", str(SBATCH)], env=no_storage, capture_output=True, text=True)
+    assert refused.returncode != 0 and "SPNAS_STORAGE_FILE" in refused.stderr
 
 
 def test_sbatch_refuses_to_run_without_the_study_and_storage(bin_dir: Path) -> None:
@@ -160,7 +190,12 @@ def test_kubernetes_manifests_have_workers_database_and_proxy() -> None:
     job = objects[("Job", "spnas-workers")]
     assert job["apiVersion"] == "batch/v1" and job["spec"]["completionMode"] == "Indexed"
     assert job["spec"]["parallelism"] >= 1
-    assert job["spec"]["template"]["spec"]["restartPolicy"] in ("Never", "OnFailure")
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy
+    # A preempted worker exits 143 (128 + SIGTERM): its pod is replaced, not counted a failure.
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    on_codes = [r["onExitCodes"] for r in rules if r["action"] == "Ignore" and "onExitCodes" in r]
+    assert on_codes == [{"containerName": "worker", "operator": "In", "values": [143]}]
+    assert any(c["type"] == "DisruptionTarget" for r in rules for c in r.get("onPodConditions", []))
     worker = _container(job)
     assert worker["command"][:2] == ["spnas", "worker"]
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
@@ -176,12 +211,22 @@ def test_kubernetes_manifests_have_workers_database_and_proxy() -> None:
 
     proxy = _container(objects[("Deployment", "spnas-storage-proxy")])
     assert proxy["command"][:2] == ["spnas", "storage-proxy"]
-    # The password comes from a Secret, never from the manifest.
-    (database_url,) = [e for e in proxy["env"] if e["name"] == "DATABASE_URL"]
+    # The password comes from a Secret as SPNAS_STORAGE, never from the manifest, and no
+    # command line holds a storage URL.
+    (database_url,) = [e for e in proxy["env"] if e["name"] == "SPNAS_STORAGE"]
     assert "secretKeyRef" in database_url["valueFrom"]
     storage = {e["name"]: e.get("value") for e in worker["env"]}["SPNAS_STORAGE"]
     service = _service_for(objects, "spnas-storage-proxy")
     assert storage == f"grpc://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    create = objects[("Job", "spnas-create-study")]
+    creator = _container(create)
+    assert creator["command"][:2] == ["spnas", "search"] and creator["command"][-2:] == [
+        "--workers",
+        "0",
+    ]
+    assert {e["name"]: e.get("value") for e in creator["env"]}["SPNAS_STORAGE"] == storage
+    for container in (proxy, worker, creator):
+        assert not any("--storage" in part or "STORAGE)" in part for part in container["command"])
 
 
 def _expand(command: list[str], env: dict[str, str]) -> list[str]:
@@ -206,7 +251,7 @@ def test_kubernetes_worker_runs_through_the_storage_proxy(tmp_path: Path, bin_di
     port = str(_free_port())
     service = objects[("Service", "spnas-storage-proxy")]
     service_port = str(service["spec"]["ports"][0]["port"])
-    proxy_command = _expand(proxy["command"], {"DATABASE_URL": url})
+    proxy_command = _expand(proxy["command"], {})
     proxy_command[proxy_command.index("--port") + 1] = port
     worker_env = {e["name"]: e["value"] for e in worker["env"]}
     worker_env["SPNAS_STUDY"] = "recipe"
@@ -215,7 +260,7 @@ def test_kubernetes_worker_runs_through_the_storage_proxy(tmp_path: Path, bin_di
     )
     server = subprocess.Popen(
         proxy_command,
-        env=_env(bin_dir),
+        env=_env(bin_dir, SPNAS_STORAGE=url),  # as the Secret gives it
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -231,6 +276,9 @@ def test_kubernetes_worker_runs_through_the_storage_proxy(tmp_path: Path, bin_di
         )
         assert result.returncode == 0, result.stderr
         assert "study 'recipe' is done" in result.stderr
+        # What `ps` shows of the proxy (its shell wrapper exec'd into Python) holds no URL.
+        cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        assert "storage-proxy" in cmdline and url not in cmdline, cmdline
     finally:
         os.killpg(server.pid, 9)
         server.wait()

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
-from spnas.storage import MAX_OVERFLOW, POOL_SIZE, StorageError, make_storage
+from spnas.storage import MAX_OVERFLOW, POOL_SIZE, STORAGE_ENV, StorageError, make_storage
 from spnas.storage_proxy import DEFAULT_PORT, connect_proxy, parse_grpc_url, serve
 
 
@@ -60,3 +61,40 @@ def test_postgresql_connections_of_a_process_are_bounded(postgresql_server) -> N
     assert (pool.size(), pool._max_overflow) == (POOL_SIZE, MAX_OVERFLOW)
     proxy_pool = make_storage(url, pool_size=16, max_overflow=0).engine.pool
     assert (proxy_pool.size(), proxy_pool._max_overflow) == (16, 0)
+
+
+@pytest.mark.parametrize("source", ["file", "env", "flag"])
+def test_the_proxy_takes_the_database_url_like_every_command(
+    source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--storage-file`` and ``SPNAS_STORAGE`` keep the password off the command line."""
+    import spnas.storage_proxy
+    from spnas.cli import main
+
+    url = "postgresql+psycopg2://spnas:secret@db:5432/spnas"
+    served: list[tuple[str, dict]] = []
+    monkeypatch.setattr(
+        spnas.storage_proxy, "serve", lambda storage, **kw: served.append((storage, kw))
+    )
+    monkeypatch.delenv(STORAGE_ENV, raising=False)
+    argv = ["storage-proxy", "--port", "13001", "--threads", "4"]
+    if source == "file":
+        secret = tmp_path / "storage"
+        secret.write_text(url + "\n")
+        argv += ["--storage-file", str(secret)]
+    elif source == "env":
+        monkeypatch.setenv(STORAGE_ENV, url)
+    else:
+        argv += ["--storage", url]
+    assert main(argv) == 0
+    assert served == [(url, {"host": "127.0.0.1", "port": 13001, "threads": 4})]
+
+
+def test_the_proxy_without_a_storage_names_the_ways_to_give_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from spnas.cli import main
+
+    monkeypatch.delenv(STORAGE_ENV, raising=False)
+    assert main(["storage-proxy"]) == 2
+    assert f"--storage-file FILE or set {STORAGE_ENV}" in capsys.readouterr().err

@@ -2,7 +2,9 @@
 
 - ``spnas search STUDY.yaml [--workers N] [--storage URL] [--set key=value …]`` creates the
   study (idempotent: an existing one with the same configuration is resumed), prepares the data
-  and runs N local worker processes until the search is done, showing progress.
+  and runs N local worker processes until the search is done, showing progress. With
+  ``--workers 0`` it creates (and checks) the study and exits: the cluster recipes' creation
+  step, after which ``spnas worker`` processes run the search on the nodes.
 - ``spnas worker --study NAME --storage URL`` joins a search from any node; it needs no YAML.
 - ``spnas status --study NAME --storage URL [--json]`` prints the phase, round, best networks
   and the trials.
@@ -14,8 +16,10 @@ environment variable ``SPNAS_STORAGE``; ``spnas search`` gives it to its workers
 environment, never on their command line (which ``ps`` shows).
 
 ``spnas search`` forwards SIGTERM and SIGINT to its workers and waits for them: each fails
-its running trial, queues its retry and exits 0, so a preempted search resumes at once when
-started again.
+its running trial, queues its retry and exits 128 + the signal (143 for SIGTERM, the shell's
+convention; 0 when the search was done anyway), and so does ``spnas search``: a Kubernetes
+Indexed Job then replaces the pod instead of counting its index as succeeded, and a preempted
+search resumes at once when started again.
 """
 
 from __future__ import annotations
@@ -46,7 +50,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Create (or resume) an SP-NAS study and run N local workers until done.",
     )
     search.add_argument("study_file", help="study YAML, e.g. studies/smoke.yaml")
-    search.add_argument("--workers", type=int, default=1, help="local worker processes")
+    search.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="local worker processes (0: create and check the study, run nothing)",
+    )
     add_storage_arguments(search, "storage URL (overrides study.storage)")
     search.add_argument(
         "--set",
@@ -106,8 +115,8 @@ def run_search(args: argparse.Namespace) -> int:
     from spnas.search._checks import check_settings
     from spnas.storage import STORAGE_ENV, redact
 
-    if args.workers < 1:
-        raise ConfigError(f"--workers {args.workers}: expected at least 1")
+    if args.workers < 0:
+        raise ConfigError(f"--workers {args.workers}: expected 0 (create only) or more")
     config = SearchConfig.from_yaml(args.study_file, list(args.overrides))
     if args.storage or args.storage_file or os.environ.get(STORAGE_ENV):
         study = dataclasses.replace(config.study, storage=storage_url(args))
@@ -118,6 +127,12 @@ def run_search(args: argparse.Namespace) -> int:
     check_settings(config, storage)
     prepare_data(config)
     create_search_study(config, storage)
+    if args.workers == 0:
+        print(
+            f"study {config.study.name!r} in {redact(storage)} is ready: start workers with "
+            f"`spnas worker --study {config.study.name}` and the same storage"
+        )
+        return 0
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     logs = Path(config.study.workdir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -132,14 +147,21 @@ def run_search(args: argparse.Namespace) -> int:
         state = _watch(config.study.name, storage, procs, received)
     _print_status(_status(config.study.name, storage))
     if received:
-        # Preempted: a clean stop when every worker re-queued its trial and exited 0.
-        return 0 if all(p.returncode == 0 for p in procs) else 1
+        # Preempted: a clean stop when every worker re-queued its trial and exited 0 (the
+        # search was done) or 128 + the signal; then, like them, 128 + the signal.
+        if not all(p.returncode == 0 or p.returncode in _STOPPED_CODES for p in procs):
+            return 1
+        return 0 if state is not None and state.done else _STOPPED_EXIT + received[0]
     return 0 if state is not None and state.phase == "done" else 1
 
 
 #: After forwarding a signal, how long ``spnas search`` waits for its workers before
 #: killing them.
 STOP_TIMEOUT_S = 120.0
+#: A process stopped by signal N exits 128 + N (the shell's convention: 143 for SIGTERM).
+_STOPPED_EXIT = 128
+#: The exit codes of a worker that a stop signal ended cleanly (its trial re-queued).
+_STOPPED_CODES = frozenset(_STOPPED_EXIT + sig for sig in (signal.SIGTERM, signal.SIGINT))
 
 
 @contextlib.contextmanager
@@ -271,7 +293,11 @@ def _watch(
         raise
     finally:
         bar.close()
-    failed = [i for i, p in enumerate(procs) if p.returncode not in (0, None)]
+    failed = [
+        i
+        for i, p in enumerate(procs)
+        if p.returncode not in (0, None) and not (received and p.returncode in _STOPPED_CODES)
+    ]
     if failed:
         _logger.warning("worker(s) %s exited with an error; see their logs", failed)
     return state
@@ -280,7 +306,7 @@ def _watch(
 def run_worker_command(args: argparse.Namespace) -> int:
     # Until run_worker takes SIGTERM over (after torch and the study are loaded), it stops the
     # worker like Ctrl-C: no trial is running yet, so there is nothing to re-queue.
-    from spnas.search._signals import stop_before_joining
+    from spnas.search._signals import stop_before_joining, stopped_by
 
     signal.signal(signal.SIGTERM, stop_before_joining)
     signal.signal(signal.SIGINT, stop_before_joining)
@@ -304,8 +330,13 @@ def run_worker_command(args: argparse.Namespace) -> int:
         if type(exc) is not KeyboardInterrupt:  # Preempted escaping run_worker: unexpected
             raise
         _logger.warning("stopped before joining the search")
-        return 0
-    return 0 if state.phase != "failed" else 1
+        return _STOPPED_EXIT + (stopped_by() or signal.SIGINT)
+    if state.phase == "failed":
+        return 1
+    signum = stopped_by()
+    # Stopped before the search was done: non-zero, so that a Kubernetes Indexed Job does not
+    # count the pod's index as succeeded (its podFailurePolicy ignores 143: a new pod).
+    return _STOPPED_EXIT + signum if signum is not None and not state.done else 0
 
 
 def run_resume(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ values of the wrong type are errors naming the key)::
     final:     enabled, schedule
     search:    seed, comparison (equal_training | greedy), keep_top_k, wait_seconds,
                max_barrier_attempts, barrier_backoff_seconds,
-               disk_full_wait_seconds
+               disk_full_wait_seconds, beat_seconds, beat_grace_seconds
 
 Every key's value is bounded (:func:`check_size`): at most :data:`MAX_VALUES_PER_KEY` values,
 counted with every use of a YAML alias, so an alias bomb is refused before anything copies it.
@@ -358,8 +358,20 @@ class SearchSection:
     #: How long a worker waits for a full disk to have space again before it stops
     #: (spnas.search._disk); its trial is queued with its decision meanwhile.
     disk_full_wait_seconds: float = 1800.0
+    #: On storages without Optuna heartbeats (the gRPC proxy, a journal file): how often a
+    #: running trial beats, and how long its beat may stand still before waiting workers fail
+    #: and retry it (spnas.search._liveness). RDB storages use their own heartbeats.
+    beat_seconds: float = 60.0
+    beat_grace_seconds: float = 600.0
 
     def __post_init__(self) -> None:
+        if not self.beat_seconds > 0:
+            raise ConfigError(f"search.beat_seconds={self.beat_seconds!r}: expected seconds > 0")
+        if not self.beat_grace_seconds >= 2 * self.beat_seconds:
+            raise ConfigError(
+                f"search.beat_grace_seconds={self.beat_grace_seconds!r}: expected at least "
+                f"twice search.beat_seconds ({2 * self.beat_seconds!r})"
+            )
         if not self.disk_full_wait_seconds >= 0:
             raise ConfigError(
                 f"search.disk_full_wait_seconds={self.disk_full_wait_seconds!r}: expected "

@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from spnas.arch import ParallelCode
 from spnas.exceptions import ConfigError
 from spnas.search._config import CONFIG_ATTR, SearchConfig
+from spnas.search._liveness import BeatWatch, needs_beats, next_beat, record_beat
 from spnas.search._optuna import (
     heartbeat_interval,
     in_optimize_loop,
@@ -144,6 +145,8 @@ class SPNASSampler(BaseSampler):
         self._max_wait = max_wait_seconds
         self._ask_wait = ask_wait_seconds
         self._failures_seen: dict[int, float] = {}
+        # The beats of running trials seen by this worker (storages without heartbeats).
+        self._watch: BeatWatch | None = None
         # Trials that _abandon could not fail (the storage was down): see take_unabandoned.
         self._unabandoned: list[int] = []
         # Per study (see _study_key): its one direction, and whether check_study passed
@@ -385,11 +388,12 @@ class SPNASSampler(BaseSampler):
         started = time.monotonic()
         last_log: float | None = None
         max_step = MAX_WAIT_STEP_S
-        heartbeat = is_heartbeat_enabled(storage_of(study))
-        if heartbeat:
+        interval = self._beat_interval(study)
+        heartbeat = interval is not None
+        if interval is not None:
             # A waiting trial beats its own heart (_keep_alive): it must look at least once
             # per heartbeat interval, or other workers fail it as stale.
-            max_step = min(max_step, heartbeat_interval(storage_of(study)))
+            max_step = min(max_step, interval)
         step = min(config.search.wait_seconds, max_step)
         max_wait = self._max_wait if self._max_wait is not None else math.inf
         if not in_optimize_loop(study):
@@ -499,7 +503,7 @@ class SPNASSampler(BaseSampler):
         """
         storage = storage_of(study)
         ahead = [trial_id(t) for t in blocking]
-        beat = storage.get_heartbeat_interval() / 2.0 if is_heartbeat_enabled(storage) else math.inf
+        beat = self._beat_period(study)
         began = last_log = time.monotonic()
         last_beat = -math.inf  # the first look beats: a trial that never beat is never stale
         while True:
@@ -587,7 +591,7 @@ class SPNASSampler(BaseSampler):
         """
         storage = storage_of(study)
         seen = [_fingerprint(t) for t in watched]
-        beat = storage.get_heartbeat_interval() / 2.0 if is_heartbeat_enabled(storage) else math.inf
+        beat = self._beat_period(study)
         started = last_beat = time.monotonic()
         while True:
             time.sleep(max(0.0, min(step, deadline - time.monotonic())))
@@ -612,8 +616,23 @@ class SPNASSampler(BaseSampler):
                     fresh.append(record.number)
         return fresh
 
-    @staticmethod
-    def _keep_alive(study: Study, trial: FrozenTrial) -> None:
+    def _beat_interval(self, study: Study) -> float | None:
+        """Seconds between two beats of a running trial: Optuna's heartbeat interval, or
+        ``search.beat_seconds`` on a storage without heartbeats (:mod:`spnas.search._liveness`);
+        ``None`` on an in-memory storage, which no other process shares."""
+        storage = storage_of(study)
+        if is_heartbeat_enabled(storage):
+            return heartbeat_interval(storage)
+        if needs_beats(storage):
+            return self.config_for(study).search.beat_seconds
+        return None
+
+    def _beat_period(self, study: Study) -> float:
+        """How often a waiting trial beats (:meth:`_keep_alive`): twice per interval."""
+        interval = self._beat_interval(study)
+        return math.inf if interval is None else interval / 2.0
+
+    def _keep_alive(self, study: Study, trial: FrozenTrial) -> None:
         # Optuna beats a trial's heart only while its objective runs; a trial waiting here
         # beats its own, and fails the stale trials of dead workers so that their barriers
         # are retried instead of blocking everyone.
@@ -630,6 +649,20 @@ class SPNASSampler(BaseSampler):
                     "trial id %d: running past the grace period without a heartbeat (its "
                     "process died): failed%s",
                     silent,
+                    "" if retried is None else f"; trial {retried} queued for a retry",
+                )
+        elif needs_beats(storage):
+            # No heartbeats (the gRPC proxy): beats in system attributes, watched here.
+            record_beat(storage, trial_id(trial), next_beat())
+            if self._watch is None:
+                self._watch = BeatWatch(self.config_for(study).search.beat_grace_seconds)
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            for dead in self._watch.dead(running, exclude=trial_id(trial)):
+                retried = requeue_interrupted(study, dead, claim=True)
+                _logger.warning(
+                    "trial id %d: its beat stood still for %.0f s (its process died): failed%s",
+                    dead,
+                    self.config_for(study).search.beat_grace_seconds,
                     "" if retried is None else f"; trial {retried} queued for a retry",
                 )
 

@@ -47,6 +47,20 @@ class Preempted(KeyboardInterrupt):
 
 #: The signal received while :func:`preemption_signals` is active (at most one).
 _received: list[int] = []
+#: The signal that stopped the last worker of this process (kept after it stopped).
+_stopped: list[int] = []
+
+
+def stopped_by() -> int | None:
+    """The signal that stopped this process's last worker (:func:`preemption_signals` or
+    :func:`stop_before_joining`), else ``None``: ``spnas worker`` then exits ``128 + signal``
+    (143 for SIGTERM), so that a scheduler reads "stopped, run me again", not "done"."""
+    return _stopped[0] if _stopped else None
+
+
+def _remember(signum: int) -> None:
+    _received.append(signum)
+    _stopped[:] = [signum]
 
 
 def raise_if_preempted() -> None:
@@ -65,7 +79,7 @@ def stop_before_joining(signum: int, frame: object) -> None:
     during its start-up never goes on to run the search.
     """
     if not _received:
-        _received.append(signum)
+        _remember(signum)
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
@@ -82,8 +96,11 @@ def preemption_signals() -> Iterator[None]:
     def handler(signum: int, frame: object) -> None:
         if _received:
             return
-        _received.append(signum)
+        _remember(signum)
         raise Preempted(signum)
+
+    if not _received:  # no signal pending from the start-up: a fresh worker
+        _stopped.clear()
 
     previous = {sig: signal.signal(sig, handler) for sig in PREEMPTION_SIGNALS}
     try:
@@ -94,13 +111,17 @@ def preemption_signals() -> Iterator[None]:
         _received.clear()
 
 
-def requeue_interrupted(study: optuna.Study, trial_id: int | None) -> int | None:
+def requeue_interrupted(
+    study: optuna.Study, trial_id: int | None, *, claim: bool = False
+) -> int | None:
     """Fail the trial a preempted worker was running (when still RUNNING) and queue its retry.
 
     Nothing is queued for a trial that finished anyway, has no decision yet (undecided trials
     need no retry), was already retried (declared stale by another worker), or no longer
     exists: a database that lost its last commits in a crash or a fail-over (asynchronous
     commit or replication) may have lost the trial's creation, and then its decision too.
+    With ``claim``, the retry is queued only when this call is the one that failed the trial:
+    several watchers that find the same dead trial queue one retry, not one each.
 
     Returns:
         The number of the interrupted trial when a retry was queued, else ``None``.
@@ -113,10 +134,13 @@ def requeue_interrupted(study: optuna.Study, trial_id: int | None) -> int | None
     except KeyError:  # Optuna's "Record does not exist."
         _logger.warning("trial id %d is not in the storage any more: nothing to retry", trial_id)
         return None
+    failed_here = False
     if trial.state == TrialState.RUNNING:
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            failed_here = storage.set_trial_state_values(trial_id, TrialState.FAIL)
         trial = storage.get_trial(trial_id)
+    if claim and not failed_here:
+        return None
     if trial.state != TrialState.FAIL or Decision.of(trial) is None:
         return None
     trials = study.get_trials(deepcopy=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -15,6 +16,7 @@ import sqlalchemy.exc
 from spnas.exceptions import ConfigError
 from spnas.search._config import CONFIG_ATTR, SearchConfig
 from spnas.search._disk import is_disk_full, local_dirs, wait_for_space
+from spnas.search._liveness import Pulse, needs_beats
 from spnas.search._objective import (
     Objective,
     clean_trial_dir,
@@ -259,6 +261,10 @@ def run_worker(
       :mod:`spnas.search._disk`) instead of failing the search;
     - the weights no trial can use and the scratch files of killed workers' trials are
       deleted when a worker starts and after a storage outage (:mod:`spnas.search._gc`);
+    - on a storage without Optuna heartbeats (``spnas storage-proxy``, a journal file) the
+      running trial beats in its system attributes every ``search.beat_seconds``, and waiting
+      workers fail and retry a trial whose beat stood still for ``search.beat_grace_seconds``
+      (:mod:`spnas.search._liveness`);
     - a worker paused beyond the grace period (its trial failed as stale and retried
       elsewhere) discards its result when it wakes and goes on with a new trial;
     - every trial's weights and scratch files are deleted from its folder when it ends,
@@ -277,11 +283,19 @@ def run_worker(
     # Trials that failed on a full disk: retried at once, then the worker waits for space.
     disk_full: set[int] = set()
     disk_dirs = local_dirs(config.study.workdir, config.study.artifacts)
+    # No Optuna heartbeats (the gRPC proxy): the running trial beats in its system attributes.
+    beats = needs_beats(storage_of(study))
 
     def run(trial: optuna.Trial) -> Any:
         current["id"], current["number"] = trial_id(trial), trial.number
+        pulse = (
+            Pulse(storage_of(study), current["id"], config.search.beat_seconds)
+            if beats
+            else contextlib.nullcontext()
+        )
         try:
-            return objective(trial)
+            with pulse:
+                return objective(trial)
         except Exception as exc:
             cause = _storage_cause(exc)
             if cause is not None:

@@ -259,3 +259,29 @@ def test_good_detectron2_opts_pass_the_engine_check(tmp_path: Path, search_asset
     )
     check_settings(make_config(tmp_path / "run", "good", search_assets, **sections))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.usefixtures("no_workers")
+def test_workers_0_creates_and_checks_the_study_and_trains_nothing(
+    tmp_path: Path, search_assets: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The cluster recipes' creation step: the study is created (its inputs checked) and the
+    command exits 0 without starting a worker (``no_workers``)."""
+    import optuna
+
+    from spnas.search import CONFIG_ATTR
+
+    values = config_dict(tmp_path / "run", "create-only", search_assets)
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(values))
+    assert main(["search", str(study), "--workers", "0"]) == 0
+    assert "spnas worker --study create-only" in capsys.readouterr().out
+    created = optuna.load_study(study_name="create-only", storage=values["study"]["storage"])
+    assert created.user_attrs[CONFIG_ATTR]["study"]["name"] == "create-only"
+    assert created.get_trials() == []
+
+    bad = config_dict(tmp_path / "bad", "bad", search_assets, data={"dir": str(tmp_path / "no")})
+    study.write_text(yaml.safe_dump(bad))
+    assert main(["search", str(study), "--workers", "0"]) == 2
+    assert main(["search", str(study), "--workers", "-1"]) == 2
+    assert "--workers -1: expected 0 (create only) or more" in capsys.readouterr().err

@@ -1,8 +1,9 @@
 """Preemption, pauses and faults with real processes and real signals.
 
 - SIGTERM to ``spnas search`` reaches its workers: each fails its running trial and queues its
-  retry, every process exits 0, none is left behind, and a worker started again takes the
-  interrupted trial at once (no 600 s heartbeat grace).
+  retry, every process exits 143 (128 + SIGTERM: "stopped, run me again" to a scheduler such
+  as a Kubernetes Indexed Job), none is left behind, and a worker started again takes the
+  interrupted trial at once (no 600 s heartbeat grace). ``spnas worker`` alone exits 143 too.
 - During a PostgreSQL search whose URL holds a password, the password is in no command line
   (``ps``), log or printed output.
 - A worker paused (SIGSTOP) past the heartbeat grace, whose trial was failed as stale and
@@ -42,6 +43,7 @@ from test_search_workers import (
 from spnas.search import (
     Decision,
     Objective,
+    SearchConfig,
     SearchState,
     create_search_study,
     load_search_study,
@@ -157,11 +159,43 @@ def stop(proc: subprocess.Popen, log: Path) -> list[int]:
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, f"workers left running after SIGTERM: {left}\n{log.read_text()[-3000:]}"
-    assert proc.returncode == 0, log.read_text()[-3000:]
+    assert proc.returncode == 128 + signal.SIGTERM, log.read_text()[-3000:]
     return pids
 
 
 # --------------------------------------------------------------------------- SIGTERM
+def test_sigterm_to_a_worker_before_the_search_is_done_exits_143(
+    tmp_path: Path, search_assets: Path
+) -> None:
+    """A Kubernetes Indexed Job counts an index whose pod exited 0 as succeeded and never
+    replaces it: a preempted worker exits 128 + SIGTERM, its trial queued for a retry."""
+    values = config_dict(tmp_path, "pod", search_assets, schedule={"iters": 60})
+    url = values["study"]["storage"]
+    create_search_study(SearchConfig.from_dict(values))
+    env = dict(os.environ, OMP_NUM_THREADS="1", **{STORAGE_ENV: url})
+    log = tmp_path / "worker.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "spnas", "worker", "--study", "pod", "--threads", "1"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        seed = wait_until(
+            lambda: running_decided("pod", url, "seed"), "a running seed trial", proc, log, 180
+        )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=STOP_TIMEOUT_S) == 128 + signal.SIGTERM, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    trials = trials_of("pod", url)
+    assert trials[seed.number].state == TrialState.FAIL, describe(trials)
+    assert [t.state for t in retries_of(trials, seed.number)] == [TrialState.WAITING]
+
+
 def test_sigterm_to_search_requeues_the_trial_and_leaves_no_process(
     tmp_path: Path, search_assets: Path
 ) -> None:

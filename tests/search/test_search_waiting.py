@@ -85,12 +85,15 @@ def test_a_trial_in_line_reads_only_the_trial_ahead(
 
     clock = _Clock(on_sleep)
     monkeypatch.setattr(sampler_module, "time", clock)
-    full_reads = looks = 0
+    full_reads = looks = watches = 0
     get_all_trials, get_trial = storage.get_all_trials, storage.get_trial
 
     def count_full(*args, **kwargs):
-        nonlocal full_reads
-        full_reads += 1
+        nonlocal full_reads, watches
+        if kwargs.get("states") == (TrialState.RUNNING,):
+            watches += 1  # the liveness watch (SQLite without heartbeats: spnas's beats)
+        else:
+            full_reads += 1
         return get_all_trials(*args, **kwargs)
 
     def count_look(*args, **kwargs):
@@ -108,6 +111,10 @@ def test_a_trial_in_line_reads_only_the_trial_ahead(
     # One full read to find the line, one when it has decided, one per change of the barrier
     # (decided, completed) at most — not one per look.
     assert full_reads <= 4, full_reads
+    # The running trials' beats are read once per beat period (and when the line starts and
+    # ends), not at every look.
+    period = make_config(tmp_path).search.beat_seconds / 2
+    assert watches <= clock.now / period + 2, (watches, clock.now)
     assert looks >= 10, looks
     # Until the head of the line decides, a look reads that one trial, not the waiter too.
     assert before_the_seed[0][0] == before_the_seed[0][1], before_the_seed
@@ -270,6 +277,6 @@ def test_a_trial_killed_before_its_first_heartbeat_is_failed_by_the_line(
     assert silent_trials(study._storage, sid) == []  # younger than the grace period
     time.sleep(1.2)
     assert silent_trials(study._storage, sid) == [dead]
-    SPNASSampler._keep_alive(study, beating)
+    study.sampler._keep_alive(study, beating)
     assert study._storage.get_trial(dead).state == TrialState.FAIL
     assert study._storage.get_trial(beating._trial_id).state == TrialState.RUNNING
