@@ -15,8 +15,8 @@ values of the wrong type are errors naming the key)::
     schedule:  fields of spnas.engines.base.Schedule (the fast scheme of every trial)
     verify:    enabled, repeats, schedule (overrides of ``schedule`` for retraining)
     final:     enabled, schedule
-    search:    seed, comparison (equal_training | greedy), keep_top_k, wait_seconds,
-               max_barrier_attempts, barrier_backoff_seconds,
+    search:    seed, comparison (equal_training | greedy), noise_repeats, keep_top_k,
+               wait_seconds, max_barrier_attempts, barrier_backoff_seconds,
                disk_full_wait_seconds
 
 Every key's value is bounded (:func:`check_size`): at most :data:`MAX_VALUES_PER_KEY` values,
@@ -58,6 +58,9 @@ MAX_DEPTH = 16
 #: ImageNet in real use, GPU-days each); the shipped studies use 1-2 rounds. 100 leaves room
 #: for any real search and refuses a typo (1000000) that would never end the serial phase.
 MAX_ROUNDS = 100
+#: ``search.noise_repeats``: each is a full search trial per round; more than 10 would spend a
+#: round's budget on measuring noise that 3–5 repeats already estimate to ±30 %.
+MAX_NOISE_REPEATS = 10
 #: A detectron2 config key in ``engine.opts``: dotted upper-case names, e.g. ``MODEL.FPN.NORM``.
 _OPTS_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 #: How deep an ``engine.opts`` value may nest lists (``MODEL.ANCHOR_GENERATOR.SIZES`` is 2).
@@ -349,6 +352,10 @@ class FinalSection:
 class SearchSection:
     seed: int = 0
     comparison: str = "equal_training"
+    #: With equal training, how many seeds each round's control trains (the same network and
+    #: weights, training seeds ``schedule.seed + k``): their spread is the round's σ_trial,
+    #: the noise of one search trial. 1: no noise measured.
+    noise_repeats: int = 2
     keep_top_k: int = 3
     wait_seconds: float = 2.0
     max_barrier_attempts: int = 3
@@ -367,6 +374,11 @@ class SearchSection:
         if self.comparison not in COMPARISONS:
             raise ConfigError(
                 f"search.comparison={self.comparison!r}: expected one of {', '.join(COMPARISONS)}"
+            )
+        if not 1 <= self.noise_repeats <= MAX_NOISE_REPEATS:
+            raise ConfigError(
+                f"search.noise_repeats={self.noise_repeats!r}: expected an integer from 1 (no "
+                f"noise measured) to {MAX_NOISE_REPEATS} (control trials per round)"
             )
 
 

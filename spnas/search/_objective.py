@@ -44,6 +44,7 @@ from spnas.search._state import (
     Decision,
     SearchState,
 )
+from spnas.search._stats import noise_sigma
 from spnas.storage import StorageError, make_artifact_store, redact
 
 if TYPE_CHECKING:
@@ -215,6 +216,9 @@ class Objective:
             seed = self.config.search.seed + (decision.repeat or 0)
         elif decision.kind == "final":
             seed = self.config.final_schedule.seed
+        elif decision.kind == "control":
+            # A noise repeat: the same network and weights, another training seed.
+            seed = self.config.schedule.seed + (decision.repeat or 0)
         else:
             seed = self.config.schedule.seed
         trial.set_user_attr(SEED_ATTR, seed)
@@ -239,6 +243,7 @@ class Objective:
                 schedule = (
                     self.config.final_schedule if decision.kind == "final" else self.config.schedule
                 )
+                schedule = dataclasses.replace(schedule, seed=seed)
                 result = self.engine.train_eval(
                     spec, init, schedule, data, reporter, out_dir=out_dir
                 )
@@ -261,6 +266,8 @@ class Objective:
             "pretrain_iters": self._pretrain_iters,
             "metrics": result.to_dict()["metrics"],
         }
+        if decision.kind == "control":
+            attrs["noise_sigma"] = _control_noise(trial, decision, value)
         for key, attr in attrs.items():
             trial.set_user_attr(key, attr)
         _save_note(trial, decision, attrs, value)
@@ -365,6 +372,17 @@ class Objective:
             if best is not None:
                 keep.add(best.number)
         keep.update(r.decision.parent for r in state.records if r.running and r.decision.parent)
+        # The first control of the running round: it stands for the round's reference (the
+        # mean of its noise repeats) and may become the round's best once its repeats finished.
+        start = state.init_from
+        keep.update(
+            r.number
+            for r in state.records
+            if r.decision.kind == "control"
+            and not r.decision.repeat
+            and start is not None
+            and r.decision.parent == start.number
+        )
         reverse = state.direction == "maximize"
         for phase in (("seed", "serial", "reignite"), ("parallel_seed", "parallel", "final")):
             done = [r for r in state.records if r.decision.kind in phase and r.value is not None]
@@ -401,6 +419,23 @@ def record_divergence(
     what = decision.kind + (f" repeat {decision.repeat}" if decision.repeat is not None else "")
     _logger.warning("trial %d (%s) diverged, not retried: %s", trial.number, what, exc)
     return optuna.TrialPruned(f"diverged: {exc}")
+
+
+def _control_noise(trial: optuna.Trial, decision: Decision, value: float) -> float | None:
+    """σ_trial of the round so far: the spread of its finished control repeats and this one
+    (a user attribute of the control, so that optuna-dashboard shows the noise)."""
+    values = [value]
+    for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        mine = Decision.of(other)
+        if (
+            mine is not None
+            and mine.kind == "control"
+            and mine.parent == decision.parent
+            and (mine.parallel is None) == (decision.parallel is None)
+            and other.value is not None
+        ):
+            values.append(other.value)
+    return noise_sigma(values)
 
 
 def _save_note(

@@ -659,17 +659,9 @@ class SPNASSampler(BaseSampler):
         if kind == "seed":
             return Decision("seed", arch=config.seed_arch, round=0)
         if state.pending is not None:
+            # verify and control: the state fixes the whole decision (network, repeat).
             return state.pending
         assert parent is not None, kind
-        if kind == "control":
-            # The round's baseline, trained one more schedule: the reference of the round.
-            return Decision(
-                "control",
-                arch=parent.arch,
-                parallel=parent.parallel,
-                parent=parent.number,
-                round=state.round,
-            )
         if kind == "reignite":
             return Decision("reignite", arch=parent.arch, parent=parent.number, round=state.round)
         if kind == "parallel_seed":

@@ -36,7 +36,11 @@ Comparison at equal training (``search.comparison``, docs/design.md "Equal train
   architecture. A ``control`` trial continues the baseline itself for the same schedule; it is
   the round's reference: a candidate improves only by beating the control or a better candidate,
   all with exactly the same training. The control is no barrier: candidates train beside it,
-  and are judged once it finished.
+  and are judged once it finished. With ``search.noise_repeats`` = k > 1 the control trains k
+  times, with the training seeds ``schedule.seed + repeat`` (decision field ``repeat``; the
+  first has none): their standard deviation is the round's σ_trial (:func:`round_noise`), the
+  noise of one search trial, their mean the round's reference. Candidates are judged once
+  every repeat finished; a repeat that fails or diverges fails like the control.
 - ``greedy``: the paper's rule: a child starts from its parent's trained weights and must beat
   the parent's value, which mixes the architecture with the training the lineage accumulated.
 
@@ -103,6 +107,8 @@ class Decision:
     ops: tuple[str, ...] = ()
     round: int = 0
     #: ``verify`` trials: which network (``seed``, ``round 1`` …, ``spnet``) and which seed.
+    #: ``control`` trials: which noise repeat (``None``: the first, ``k``: seed
+    #: ``schedule.seed + k``).
     role: str | None = None
     repeat: int | None = None
 
@@ -120,7 +126,7 @@ class Decision:
             "ops": list(self.ops),
             "round": self.round,
         }
-        if self.role is not None:
+        if self.role is not None or self.repeat is not None:
             body.update(role=self.role, repeat=self.repeat)
         return {DECISION_ATTR: body, KIND_ATTR: self.kind}
 
@@ -571,25 +577,40 @@ class _Replay:
                 and r.decision.parent == baseline.number
                 and (r.decision.parallel is not None) == parallel_phase
             ]
-            control, status = self.attempts_state(controls)
-            if status == "failed":
-                return self.failed("control", controls)
-            if status == "diverged":
-                assert control is not None
-                return self.diverged("control", control)
-            if status == "decide":
-                return self.state(phase, "control", parent=start)
-            if control is None:
-                # The control still trains: candidates may train beside it, proposed from the
-                # baseline's architecture, but none is judged before the control finished.
+            done: list[Record] = []
+            for repeat in range(self.config.search.noise_repeats):
+                attempts = [r for r in controls if (r.decision.repeat or 0) == repeat]
+                what = "control" if repeat == 0 else f"control repeat {repeat}"
+                control, status = self.attempts_state(attempts)
+                if status == "failed":
+                    return self.failed(what, attempts)
+                if status == "diverged":
+                    assert control is not None
+                    return self.diverged(what, control)
+                if status == "decide":
+                    pending = Decision(
+                        "control",
+                        arch=start.arch,
+                        parallel=start.parallel,
+                        parent=start.number,
+                        round=self.round,
+                        repeat=repeat or None,
+                    )
+                    return self.state(phase, "control", parent=start, pending=pending)
+                if control is not None:
+                    done.append(control)
+            if len(done) < self.config.search.noise_repeats:
+                # A control still trains: candidates may train beside it, proposed from the
+                # baseline's architecture, but none is judged before every control finished.
                 self.stuck = 0
                 spent = max_trials is not None and len(records) >= max_trials
                 if spent or any(r.decision.kind == "exhausted" for r in records):
-                    return self.state(
-                        phase, None, f"waiting for control trial {controls[-1].number}", start
-                    )
+                    running = ", ".join(str(r.number) for r in controls if r.running)
+                    return self.state(phase, None, f"waiting for control trial {running}", start)
                 return self.state(phase, phase, parent=start)
-            reference = self.best_of(control)
+            # The reference: the control's mean over its noise repeats.
+            mean = sum(r.value for r in done if r.value is not None) / len(done)
+            reference = dataclasses.replace(self.best_of(done[0]), value=mean)
         best, ended, running = self.rounds_loop(records, reference, stuck_limit, max_trials)
         self.set_best(phase, best)
         init_from = start if self.equal_training else best

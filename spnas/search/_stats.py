@@ -66,3 +66,9 @@ def paired_interval(differences: Sequence[float], level: float = 0.95) -> list[f
     mean = statistics.fmean(differences)
     half = t_quantile((1 + level) / 2, n - 1) * statistics.stdev(differences) / math.sqrt(n)
     return [mean - half, mean + half]
+
+
+def noise_sigma(values: Sequence[float]) -> float | None:
+    """σ_trial: the standard deviation of one network's trials that differ only by their
+    training seed (a round's control repeats); ``None`` with fewer than two."""
+    return statistics.stdev(values) if len(values) >= 2 else None

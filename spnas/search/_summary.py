@@ -1,13 +1,13 @@
 """One pure summary of a search, read by ``spnas status``, the report and the dashboard.
 
 :func:`summarize` turns a study's trials into plain data (JSON-ready: non-finite numbers are
-``None``): the phase, the best networks, the rows of the paper's Table 6, every trial, and —
+``None``): the phase, the best networks, the rows of the paper's Table 6, each round's noise
+(σ_trial of its control repeats) against the spread of its candidates, every trial, and —
 once verification trials exist — :func:`verification_summary`: each verified network's search
 value against its values retrained from scratch (paper Fig. 4a), the gain of the searched
 network over the seed at equal training with its paired 95 % interval, and the rank agreement
-(Kendall τ). A repeat whose
-training diverged is a failed repeat: it has no value, the network's row lists it, and the
-verdict says how many repeats of which network diverged.
+(Kendall τ). A repeat whose training diverged is a failed repeat: it has no value, the
+network's row lists it, and the verdict says how many repeats of which network diverged.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from spnas.search._state import (
     SearchState,
     verification_plan,
 )
-from spnas.search._stats import paired_interval
+from spnas.search._stats import noise_sigma, paired_interval
 
 
 def _finite(value: Any) -> Any:
@@ -282,6 +282,55 @@ def phase_table(state: SearchState) -> list[dict[str, Any]]:
     ]
 
 
+def rounds_table(state: SearchState) -> list[dict[str, Any]]:
+    """Each round's signal against its noise: per serial round (and the parallel phase,
+    ``round`` ``"parallel"``) the control's repeats, σ_trial (``noise_sigma``: their standard
+    deviation, ``None`` under two finished repeats or without controls), and the round's
+    candidates: how many finished with a value, their spread (``std``), the best, and the
+    best's gain over the control's mean in units of σ_trial (``best_gain_in_sigma``, the
+    round's signal-to-noise ratio; positive is better for minimised metrics too)."""
+    sign = 1.0 if state.direction == "maximize" else -1.0
+    groups: dict[str | int, tuple[list[float], list[Record]]] = {}
+    for record in state.records:
+        d = record.decision
+        key: str | int
+        if d.kind == "control":
+            key = "parallel" if d.parallel is not None else d.round
+        elif d.kind in ("serial", "parallel"):
+            key = d.round if d.kind == "serial" else "parallel"
+        else:
+            continue
+        controls, candidates = groups.setdefault(key, ([], []))
+        if d.kind != "control":
+            candidates.append(record)
+        elif record.value is not None:
+            controls.append(record.value)
+    rows = []
+    for key, (controls, candidates) in groups.items():
+        values = [r.value for r in candidates if r.value is not None]
+        sigma = noise_sigma(controls)
+        control_mean = statistics.fmean(controls) if controls else None
+        best = max(values, key=lambda v: sign * v) if values else None
+        snr = None
+        if best is not None and control_mean is not None and sigma:
+            snr = sign * (best - control_mean) / sigma
+        rows.append(
+            {
+                "round": key,
+                "noise_sigma": _finite(sigma),
+                "control": {"values": controls, "mean": _finite(control_mean)},
+                "candidates": {
+                    "count": len(values),
+                    "trials": len(candidates),
+                    "std": _finite(noise_sigma(values)),
+                    "best": _finite(best),
+                    "best_gain_in_sigma": _finite(snr),
+                },
+            }
+        )
+    return rows
+
+
 def _trial_row(trial: FrozenTrial, decision: Decision) -> dict[str, Any]:
     row = {
         "number": trial.number,
@@ -351,6 +400,7 @@ def summarize(trials: Sequence[FrozenTrial], config: Any, study: str = "") -> di
             "parallel": best_entry(state.best_parallel),
         },
         "phases": phase_table(state),
+        "rounds": rounds_table(state),
         "verify": verification_summary(state),
         "trials": rows,
     }

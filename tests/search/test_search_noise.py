@@ -1,0 +1,160 @@
+"""Measured noise (docs/design.md §4.1): a round's control trains ``search.noise_repeats``
+times with other training seeds; their spread is σ_trial, their mean the round's reference,
+and ``spnas status`` shows σ_trial per round next to the spread of the round's candidates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+from search_doubles import SEED_ARCH, FakeEngine, frozen, make_config
+from search_doubles import seed_decision as seed
+
+import spnas.cli
+from spnas.arch import SerialCode
+from spnas.exceptions import ConfigError
+from spnas.search import (
+    Decision,
+    Objective,
+    SearchConfig,
+    SearchState,
+    SPNASSampler,
+    create_search_study,
+    load_search_study,
+    run_worker,
+    summarize,
+)
+
+C, R, F = TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL
+
+
+def control(repeat: int | None = None) -> Decision:
+    return Decision("control", arch=SerialCode.parse(SEED_ARCH), parent=0, round=1, repeat=repeat)
+
+
+def serial(i: int) -> Decision:
+    return Decision("serial", arch=SerialCode.parse(f"BB({'1' * (i + 2)},d1,d1,d1)"), round=1)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> SearchConfig:
+    return make_config(tmp_path, serial={"n_stuck": 3})  # noise_repeats: 2, the default
+
+
+def decide(trials: list, config: SearchConfig) -> Decision:
+    state = SearchState.from_trials(trials, config)
+    assert state.next_kind is not None, state.waiting_for
+    return SPNASSampler(config)._decision(state, len(trials))
+
+
+@pytest.mark.parametrize("value", [0, 11, -1])
+def test_noise_repeats_out_of_range_is_refused(tmp_path: Path, value: int) -> None:
+    with pytest.raises(ConfigError, match=rf"search\.noise_repeats={value}: expected an integer"):
+        make_config(tmp_path, search={"noise_repeats": value})
+
+
+def test_noise_repeats_must_be_an_integer(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="noise_repeats"):
+        make_config(tmp_path, search={"noise_repeats": 1.5})
+
+
+def test_the_control_is_decided_once_per_noise_repeat_before_any_candidate(
+    config: SearchConfig,
+) -> None:
+    trials = [frozen(0, seed(), C, 20.0)]
+    first = decide(trials, config)
+    assert first.kind == "control" and first.repeat is None  # the first: as before
+    trials.append(frozen(1, first, R))
+    second = decide(trials, config)
+    assert second.kind == "control" and second.repeat == 1
+    assert (second.arch, second.parent, second.round) == (first.arch, 0, 1)
+    trials.append(frozen(2, second, R))
+    assert decide(trials, config).kind == "serial"  # candidates train beside the controls
+
+
+def test_a_failed_noise_repeat_is_decided_again_as_the_same_repeat(config: SearchConfig) -> None:
+    trials = [frozen(0, seed(), C, 20.0), frozen(1, control(), C, 21.0)]
+    trials.append(frozen(2, control(1), F))
+    again = decide(trials, config)
+    assert again.kind == "control" and again.repeat == 1
+    trials += [frozen(3, again, F), frozen(4, again, F)]
+    state = SearchState.from_trials(trials, config)
+    assert state.phase == "failed" and "control repeat 1 failed 3 times" in state.reason
+
+
+def test_candidates_are_judged_against_the_mean_of_the_repeats(config: SearchConfig) -> None:
+    """Controls 20 and 22: the reference is 21, so 20.5 (above the first control alone) is no
+    improvement, 21.5 is."""
+    trials = [frozen(0, seed(), C, 10.0), frozen(1, control(), C, 20.0)]
+    trials += [frozen(2, control(1), R), frozen(3, serial(1), C, 20.5)]
+    state = SearchState.from_trials(trials, config)
+    assert state.round_best.number == 0 and state.stuck == 0  # not judged while 2 runs
+    trials[2] = frozen(2, control(1), C, 22.0)
+    state = SearchState.from_trials(trials, config)
+    assert state.round_best.number == 1 and state.round_best.value == pytest.approx(21.0)
+    assert state.stuck == 1
+    trials.append(frozen(4, serial(2), C, 21.5))
+    state = SearchState.from_trials(trials, config)
+    assert state.round_best.number == 4 and state.stuck == 0
+
+
+def test_status_rounds_show_the_noise_against_the_candidates(config: SearchConfig) -> None:
+    trials = [frozen(0, seed(), C, 10.0), frozen(1, control(), C, 20.0)]
+    trials += [frozen(2, control(1), C, 22.0), frozen(3, serial(1), C, 20.5)]
+    trials += [frozen(4, serial(2), C, 24.0), frozen(5, serial(3), R)]
+    (row,) = summarize(trials, config, "s")["rounds"]
+    assert row["round"] == 1
+    assert row["noise_sigma"] == pytest.approx(2**0.5)  # stdev(20, 22)
+    assert row["control"] == {"values": [20.0, 22.0], "mean": pytest.approx(21.0)}
+    candidates = row["candidates"]
+    assert candidates["count"] == 2 and candidates["trials"] == 3
+    assert candidates["std"] == pytest.approx(3.5 / 2**0.5)  # stdev(20.5, 24)
+    assert candidates["best"] == 24.0
+    assert candidates["best_gain_in_sigma"] == pytest.approx(3.0 / 2**0.5)
+
+
+def test_one_noise_repeat_measures_no_noise(tmp_path: Path) -> None:
+    config = make_config(tmp_path, search={"noise_repeats": 1})
+    trials = [frozen(0, seed(), C, 10.0), frozen(1, control(), C, 20.0)]
+    assert decide(trials, config).kind == "serial"
+    trials.append(frozen(2, serial(1), C, 21.0))
+    (row,) = summarize(trials, config, "s")["rounds"]
+    assert row["noise_sigma"] is None and row["candidates"]["best_gain_in_sigma"] is None
+
+
+def test_a_search_measures_its_noise_per_round(
+    search_assets: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A whole search in process (FakeEngine, whose AP moves with the training seed): every
+    round's controls train with seeds 0 and 1 and show σ_trial in the status and on the
+    control trials (a user attribute optuna-dashboard lists)."""
+    config = make_config(tmp_path, "noisy", search_assets, verify={"enabled": False})
+    create_search_study(config)
+    state = run_worker(
+        config.study.name,
+        config.study.storage,
+        objective=Objective(config, engine=FakeEngine(sleep=0.0, noise=2.0)),
+    )
+    assert state.phase == "done"
+    study, _ = load_search_study(config.study.name, config.study.storage)
+    controls = [t for t in study.get_trials() if Decision.of(t).kind == "control"]
+    # Two serial rounds and the parallel phase, two seeds each.
+    assert len(controls) == 6
+    assert sorted(t.user_attrs["seed"] for t in controls) == [0, 0, 0, 1, 1, 1]
+    sigmas = {t.user_attrs["noise_sigma"] for t in controls if Decision.of(t).repeat == 1}
+    assert None not in sigmas and all(s > 0 for s in sigmas)
+
+    argv = ["status", "--study", config.study.name, "--storage", config.study.storage]
+    assert spnas.cli.main([*argv, "--json"]) == 0
+    rounds = json.loads(capsys.readouterr().out)["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, "parallel"]
+    for row in rounds:
+        values = row["control"]["values"]
+        assert len(values) == 2 and values[0] != values[1]
+        assert row["noise_sigma"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
+        assert row["candidates"]["trials"] >= 1
+    assert spnas.cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert f"round 1: noise σ {rounds[0]['noise_sigma']:.2f} (2 control repeat(s))" in text
