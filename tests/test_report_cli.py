@@ -97,7 +97,8 @@ def make_verified_study(path: Path, name: str) -> str:
             "serial": {"n_rounds": 0, "max_trials": 1},
             "parallel": {"max_trials": 1},
             "verify": {"repeats": 2},
-            "search": {"noise_repeats": 1},  # the history below has one control per round
+            # The history below: one control per round, the greedy acceptance.
+            "search": {"noise_repeats": 1, "acceptance": "greedy"},
             "schedule": {"iters": 1, "min_size": 64},
         }
     )

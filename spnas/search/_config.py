@@ -15,8 +15,9 @@ values of the wrong type are errors naming the key)::
     schedule:  fields of spnas.engines.base.Schedule (the fast scheme of every trial)
     verify:    enabled, repeats, schedule (overrides of ``schedule`` for retraining)
     final:     enabled, schedule
-    search:    seed, comparison (equal_training | greedy), noise_repeats, keep_top_k,
-               wait_seconds, max_barrier_attempts, barrier_backoff_seconds,
+    search:    seed, comparison (equal_training | greedy), noise_repeats,
+               acceptance (noise_aware | greedy), accept_z, keep_top_k, wait_seconds,
+               max_barrier_attempts, barrier_backoff_seconds,
                disk_full_wait_seconds
 
 Every key's value is bounded (:func:`check_size`): at most :data:`MAX_VALUES_PER_KEY` values,
@@ -48,6 +49,8 @@ from spnas.exceptions import ArchError, ConfigError
 CONFIG_ATTR = "spnas:config"
 #: ``search.comparison``: how candidates are judged (docs/design.md, "Equal training").
 COMPARISONS: tuple[str, ...] = ("equal_training", "greedy")
+#: ``search.acceptance``: when a candidate replaces the round's best (docs/design.md §4.1).
+ACCEPTANCES: tuple[str, ...] = ("noise_aware", "greedy")
 #: The most values one key of a study config may hold, counted expanded: a YAML alias counts
 #: every time it is used, so a "billion laughs" document (9 levels of 9 aliases: 387 M values
 #: from 1 KB) is refused before anything copies it. Real configs hold a few dozen values a key.
@@ -356,6 +359,11 @@ class SearchSection:
     #: weights, training seeds ``schedule.seed + k``): their spread is the round's σ_trial,
     #: the noise of one search trial. 1: no noise measured.
     noise_repeats: int = 2
+    #: ``noise_aware``: a candidate must beat the round's best by more than ``accept_z`` ×
+    #: σ_trial, and again as the mean of a second evaluation with a fresh seed; ``greedy``:
+    #: the paper's rule, any better value.
+    acceptance: str = "noise_aware"
+    accept_z: float = 1.0
     keep_top_k: int = 3
     wait_seconds: float = 2.0
     max_barrier_attempts: int = 3
@@ -374,6 +382,15 @@ class SearchSection:
         if self.comparison not in COMPARISONS:
             raise ConfigError(
                 f"search.comparison={self.comparison!r}: expected one of {', '.join(COMPARISONS)}"
+            )
+        if self.acceptance not in ACCEPTANCES:
+            raise ConfigError(
+                f"search.acceptance={self.acceptance!r}: expected one of {', '.join(ACCEPTANCES)}"
+            )
+        if not 0 <= self.accept_z < float("inf"):
+            raise ConfigError(
+                f"search.accept_z={self.accept_z!r}: expected a number ≥ 0 (how many σ_trial a "
+                "candidate must beat the round's best by)"
             )
         if not 1 <= self.noise_repeats <= MAX_NOISE_REPEATS:
             raise ConfigError(

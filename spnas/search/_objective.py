@@ -208,19 +208,18 @@ class Objective:
         assert self._num_classes is not None
         out_dir = trial_dir(self.workdir, trial.number)
         out_dir.mkdir(parents=True, exist_ok=True)
-        reporter = OptunaReporter(
-            trial, self.config.data.metric, prunable=decision.kind not in UNPRUNABLE_KINDS
-        )
+        # A re-evaluation (``repeat``) is judged on its value: never pruned.
+        prunable = decision.kind not in UNPRUNABLE_KINDS and not decision.repeat
+        reporter = OptunaReporter(trial, self.config.data.metric, prunable=prunable)
         self._pretrain_iters = 0
         if decision.kind == "verify":
             seed = self.config.search.seed + (decision.repeat or 0)
         elif decision.kind == "final":
             seed = self.config.final_schedule.seed
-        elif decision.kind == "control":
-            # A noise repeat: the same network and weights, another training seed.
-            seed = self.config.schedule.seed + (decision.repeat or 0)
         else:
-            seed = self.config.schedule.seed
+            # A control's noise repeat or a candidate's re-evaluation (``repeat`` k): the same
+            # network and weights, another training seed.
+            seed = self.config.schedule.seed + (decision.repeat or 0)
         trial.set_user_attr(SEED_ATTR, seed)
         try:
             if decision.kind == "verify":

@@ -638,6 +638,9 @@ class SPNASSampler(BaseSampler):
         rng = random.Random(f"{config.search.seed}:{number}")
         kind = state.next_kind
         parent = state.parent
+        if state.pending is not None:
+            # verify, control and re-evaluation: the state fixes the whole decision.
+            return state.pending
         try:
             if kind == "serial":
                 return propose_serial(state, rng)
@@ -658,9 +661,6 @@ class SPNASSampler(BaseSampler):
             )
         if kind == "seed":
             return Decision("seed", arch=config.seed_arch, round=0)
-        if state.pending is not None:
-            # verify and control: the state fixes the whole decision (network, repeat).
-            return state.pending
         assert parent is not None, kind
         if kind == "reignite":
             return Decision("reignite", arch=parent.arch, parent=parent.number, round=state.round)

@@ -41,6 +41,11 @@ Comparison at equal training (``search.comparison``, docs/design.md "Equal train
   first has none): their standard deviation is the round's σ_trial (:func:`round_noise`), the
   noise of one search trial, their mean the round's reference. Candidates are judged once
   every repeat finished; a repeat that fails or diverges fails like the control.
+
+Acceptance (``search.acceptance``, docs/design.md §4.1): ``noise_aware`` (default): a
+candidate replaces the round's best only if it beats it by more than ``search.accept_z`` ×
+σ_trial, and again as the mean with its re-evaluation (the same decision with ``repeat`` 1:
+another training seed), decided before any new candidate; ``greedy``: any better value.
 - ``greedy``: the paper's rule: a child starts from its parent's trained weights and must beat
   the parent's value, which mixes the architecture with the training the lineage accumulated.
 
@@ -69,6 +74,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from spnas.arch import ParallelCode, SerialCode
+from spnas.search._stats import noise_sigma
 
 ATTR_PREFIX = "spnas:"
 KINDS: tuple[str, ...] = (
@@ -347,6 +353,24 @@ def _better(a: float, b: float, direction: str) -> bool:
     return a > b if direction == "maximize" else a < b
 
 
+def _beats(value: float, best: float, margin: float, direction: str) -> bool:
+    """``value`` is better than ``best`` by more than ``margin`` (0: simply better)."""
+    return (value - best > margin) if direction == "maximize" else (best - value > margin)
+
+
+@dataclasses.dataclass
+class _Judged:
+    """What judging a round's finished candidates found (:meth:`_Replay.rounds_loop`)."""
+
+    best: Best
+    ended: bool = False
+    running: list[Record] = dataclasses.field(default_factory=list)
+    #: A would-be winner's re-evaluation, to decide now.
+    pending: Decision | None = None
+    #: A would-be winner's running re-evaluation: later candidates wait for it.
+    waiting: Record | None = None
+
+
 def _records(trials: Iterable[FrozenTrial]) -> tuple[Record, ...]:
     trials = list(trials)
     # A failed trial that Optuna retried is superseded by its retry (which copies the decision).
@@ -526,31 +550,65 @@ class _Replay:
         return None, self.state(phase, kind, parent=parent)
 
     def rounds_loop(
-        self, records: list[Record], best: Best, stuck_limit: int, max_trials: int | None
-    ) -> tuple[Best, bool, list[Record]]:
-        """Replay finished trials in the order they finished; returns (best, ended?, running).
+        self,
+        records: list[Record],
+        best: Best,
+        stuck_limit: int,
+        max_trials: int | None,
+        sigma: float | None,
+    ) -> _Judged:
+        """Judge the finished candidates in the order they finished (docs/design.md §4.1).
 
         A round ends when stuck, exhausted, or — with ``max_trials`` — when its budget of
-        trials is spent (running ones included, so no trial beyond the budget is proposed).
+        trials is spent (running ones and re-evaluations included, so no trial beyond the
+        budget is proposed). With ``search.acceptance: noise_aware`` a candidate must beat
+        the best by more than ``accept_z`` × ``sigma`` (σ_trial; 0 when unmeasured); such a
+        would-be winner is re-evaluated (the same decision, ``repeat`` 1: another training
+        seed) and replaces the best only if the mean of its two values beats it by as much.
+        Candidates that finished after it are judged once its re-evaluation finished.
         """
+        search = self.config.search
+        noise_aware = search.acceptance == "noise_aware"
+        margin = search.accept_z * sigma if noise_aware and sigma else 0.0
+        reevaluations: dict[tuple[str, str | None], list[Record]] = {}
+        for record in records:
+            if record.decision.repeat:
+                reevaluations.setdefault(record.decision.candidate, []).append(record)
         finished = sorted(
-            (r for r in records if r.finished),
+            (r for r in records if r.finished and not r.decision.repeat),
             key=lambda r: (r.finished_at or datetime.max, r.number),
         )
         self.stuck = 0
         exhausted = False
+        judged = _Judged(best)
         for record in finished:
             if record.decision.kind == "exhausted":
                 exhausted = True
                 continue
-            if record.value is not None and _better(record.value, best.value, self.direction):
-                best = self.best_of(record)
-                self.stuck = 0
-            else:
+            value = record.value
+            if value is None or not _beats(value, judged.best.value, margin, self.direction):
                 self.stuck += 1
-        running = [r for r in records if r.running]
+                continue
+            if noise_aware:
+                attempts = reevaluations.get(record.decision.candidate, [])
+                again, status = self.attempts_state(attempts)
+                if status == "decide":
+                    judged.pending = dataclasses.replace(record.decision, repeat=1)
+                    break
+                if status == "running":
+                    judged.waiting = next(r for r in attempts if r.running)
+                    break
+                mean = None if status != "complete" or again is None else (value + again.value) / 2
+                if mean is None or not _beats(mean, judged.best.value, margin, self.direction):
+                    self.stuck += 1  # failed, diverged, or not better on average: rejected
+                    continue
+                value = mean
+            judged.best = dataclasses.replace(self.best_of(record), value=value)
+            self.stuck = 0
+        judged.running = [r for r in records if r.running]
         spent = max_trials is not None and len(records) >= max_trials
-        return best, exhausted or spent or self.stuck >= stuck_limit, running
+        judged.ended = exhausted or spent or self.stuck >= stuck_limit
+        return judged
 
     def round_result(
         self,
@@ -567,6 +625,7 @@ class _Replay:
         # The baseline's own morphisms led to it from its parent; the round starts from it.
         start = dataclasses.replace(self.best_of(baseline), ops=())
         reference = start
+        sigma: float | None = None
         self.set_best(phase, start)
         if self.equal_training:
             parallel_phase = phase == "parallel"
@@ -609,12 +668,28 @@ class _Replay:
                     return self.state(phase, None, f"waiting for control trial {running}", start)
                 return self.state(phase, phase, parent=start)
             # The reference: the control's mean over its noise repeats.
-            mean = sum(r.value for r in done if r.value is not None) / len(done)
-            reference = dataclasses.replace(self.best_of(done[0]), value=mean)
-        best, ended, running = self.rounds_loop(records, reference, stuck_limit, max_trials)
+            values = [r.value for r in done if r.value is not None]
+            sigma = noise_sigma(values)
+            reference = dataclasses.replace(self.best_of(done[0]), value=sum(values) / len(values))
+        judged = self.rounds_loop(records, reference, stuck_limit, max_trials, sigma)
+        best, running = judged.best, judged.running
         self.set_best(phase, best)
         init_from = start if self.equal_training else best
-        if not ended:
+        if judged.pending is not None:
+            # A would-be winner is re-evaluated before anything else (even past max_trials:
+            # a candidate is judged whole).
+            return self.state(
+                phase, phase, parent=best, init_from=init_from, pending=judged.pending
+            )
+        if judged.waiting is not None and judged.ended:
+            return self.state(
+                phase,
+                None,
+                f"waiting for re-evaluation trial {judged.waiting.number}",
+                parent=best,
+                init_from=init_from,
+            )
+        if not judged.ended or judged.waiting is not None:
             return self.state(phase, phase, parent=best, init_from=init_from)
         if running:
             what = f"round {self.round}" if phase == "serial" else "the phase"

@@ -286,9 +286,10 @@ def rounds_table(state: SearchState) -> list[dict[str, Any]]:
     """Each round's signal against its noise: per serial round (and the parallel phase,
     ``round`` ``"parallel"``) the control's repeats, σ_trial (``noise_sigma``: their standard
     deviation, ``None`` under two finished repeats or without controls), and the round's
-    candidates: how many finished with a value, their spread (``std``), the best, and the
-    best's gain over the control's mean in units of σ_trial (``best_gain_in_sigma``, the
-    round's signal-to-noise ratio; positive is better for minimised metrics too)."""
+    candidates: how many finished with a value, their spread (``std``), the best (first
+    evaluations), the best's gain over the control's mean in units of σ_trial
+    (``best_gain_in_sigma``, the round's signal-to-noise ratio; positive is better for
+    minimised metrics too), and how many were re-evaluated as would-be winners."""
     sign = 1.0 if state.direction == "maximize" else -1.0
     groups: dict[str | int, tuple[list[float], list[Record]]] = {}
     for record in state.records:
@@ -305,8 +306,11 @@ def rounds_table(state: SearchState) -> list[dict[str, Any]]:
             candidates.append(record)
         elif record.value is not None:
             controls.append(record.value)
+    reevaluated = {r.decision.candidate for r in state.records if r.decision.repeat}
     rows = []
-    for key, (controls, candidates) in groups.items():
+    for key, (controls, records) in groups.items():
+        # A re-evaluation is a second value of its candidate, not another candidate.
+        candidates = [r for r in records if not r.decision.repeat]
         values = [r.value for r in candidates if r.value is not None]
         sigma = noise_sigma(controls)
         control_mean = statistics.fmean(controls) if controls else None
@@ -325,6 +329,9 @@ def rounds_table(state: SearchState) -> list[dict[str, Any]]:
                     "std": _finite(noise_sigma(values)),
                     "best": _finite(best),
                     "best_gain_in_sigma": _finite(snr),
+                    "reevaluated": sum(
+                        1 for r in candidates if r.decision.candidate in reevaluated
+                    ),
                 },
             }
         )
@@ -345,7 +352,9 @@ def _trial_row(trial: FrozenTrial, decision: Decision) -> dict[str, Any]:
         "gmacs": trial.user_attrs.get("gmacs"),
     }
     if decision.role is not None:
-        row["role"], row["repeat"] = decision.role, decision.repeat
+        row["role"] = decision.role
+    if decision.role is not None or decision.repeat is not None:
+        row["repeat"] = decision.repeat
     diverged = Divergence.of(trial)
     if diverged is not None:
         row["diverged"] = {

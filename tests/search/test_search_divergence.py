@@ -68,7 +68,10 @@ def diverged(trial: FrozenTrial, iteration: int = 33, seed: int = 0) -> FrozenTr
 def config(tmp_path: Path) -> SearchConfig:
     # One control per round: the histories below have one (noise: test_search_noise.py).
     return make_config(
-        tmp_path, serial={"n_rounds": 0}, verify={"repeats": 3}, search={"noise_repeats": 1}
+        tmp_path,
+        serial={"n_rounds": 0},
+        verify={"repeats": 3},
+        search={"noise_repeats": 1, "acceptance": "greedy"},
     )
 
 

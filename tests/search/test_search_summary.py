@@ -73,7 +73,10 @@ def _verified(config: SearchConfig, seed: list[float], rnd: list[float], spnet: 
 def config(tmp_path: Path) -> SearchConfig:
     # One control per round: the histories below have one (noise: test_search_noise.py).
     return make_config(
-        tmp_path, serial={"n_rounds": 0}, verify={"repeats": 3}, search={"noise_repeats": 1}
+        tmp_path,
+        serial={"n_rounds": 0},
+        verify={"repeats": 3},
+        search={"noise_repeats": 1, "acceptance": "greedy"},
     )
 
 
@@ -145,7 +148,10 @@ def test_a_consistent_gain_below_the_seeds_spread_beats_it(config: SearchConfig)
 
 def test_one_paired_repeat_has_no_interval(tmp_path: Path) -> None:
     config = make_config(
-        tmp_path, serial={"n_rounds": 0}, verify={"repeats": 1}, search={"noise_repeats": 1}
+        tmp_path,
+        serial={"n_rounds": 0},
+        verify={"repeats": 1},
+        search={"noise_repeats": 1, "acceptance": "greedy"},
     )
     verify = summarize(_verified(config, [10.0], [12.0], [15.0]), config, "s")["verify"]
     assert verify["gain_over_seed"]["ci95"] is None and verify["beats_seed"] is None
@@ -175,7 +181,7 @@ def test_minimized_metrics_count_a_drop_as_a_gain(tmp_path: Path) -> None:
         serial={"n_rounds": 0},
         verify={"repeats": 2},
         data={"metric": "LAMR"},
-        search={"noise_repeats": 1},
+        search={"noise_repeats": 1, "acceptance": "greedy"},
     )
     trials = _verified(config, [0.5, 0.6], [0.4, 0.5], [0.2, 0.3])
     gain = summarize(trials, config, "s")["verify"]["gain_over_seed"]

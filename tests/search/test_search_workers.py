@@ -196,9 +196,15 @@ def check_search(
     assert kinds["final"] == 0, text
 
     # Proposals are new: no candidate trained twice, none equal to a barrier's network.
-    proposals = Counter(d.candidate for t, d in live if d.kind in ("serial", "parallel"))
+    # A re-evaluation (noise-aware acceptance) is a second training of a would-be winner:
+    # at most one completes each, of a candidate that was proposed.
+    searched = [(t, d) for t, d in live if d.kind in ("serial", "parallel")]
+    proposals = Counter(d.candidate for _, d in searched if not d.repeat)
     twice = [c for c, n in proposals.items() if n > 1]
     assert not twice, f"candidates decided twice: {twice}\n{text}"
+    done = TrialState.COMPLETE
+    again = Counter(d.candidate for t, d in searched if d.repeat and t.state == done)
+    assert all(n == 1 and c in proposals for c, n in again.items()), f"{again}\n{text}"
     for t, d in live:
         if d.kind in ("seed", "parallel_seed"):
             assert d.candidate not in proposals, f"#{t.number} {d.candidate} proposed again"
@@ -227,7 +233,7 @@ def check_search(
             # The round's best: its best candidate if that beat the control's mean, else the
             # control (its first repeat stands for it).
             sign = 1.0 if config.direction == "maximize" else -1.0
-            values = [(sign * t.value, t) for t, _ in members if t.value is not None]
+            values = [(sign * t.value, t) for t, d in members if t.value and not d.repeat]
             top = max(values, key=lambda vt: vt[0], default=None)
             best = top[1] if top is not None and top[0] > sign * reference else control
             assert Decision.of(reignite).parent == best.number, f"round {round_}\n{text}"
@@ -293,14 +299,21 @@ def _check_stuck(
     direction: str,
     text: str,
 ) -> None:
+    """The round ended stuck (or exhausted). The engine has no noise (σ_trial 0), so the
+    noise-aware rule is the greedy one, plus a re-evaluation of every winner, which must
+    exist, complete, with the winner's value."""
+    again = {d.candidate: t for t, d in members if d.repeat}
     best, stuck, exhausted = baseline, 0, False
     for trial, decision in members:
         if decision.kind == "exhausted":
             exhausted = True
             continue
+        if decision.repeat:
+            continue
         value = trial.value if trial.state == TrialState.COMPLETE else None
         better = value is not None and (value > best if direction == "maximize" else value < best)
         if better:
+            assert again[decision.candidate].value == value, f"trial {trial.number}"
             best, stuck = value, 0
         else:
             stuck += 1
