@@ -382,6 +382,22 @@ class Objective:
             and start is not None
             and r.decision.parent == start.number
         )
+        # A would-be winner whose re-evaluation is decided next or runs (noise-aware
+        # acceptance) may become the parent: its weights stay until it is judged.
+        judging = {
+            r.decision.candidate
+            for r in state.records
+            if r.running and r.decision.repeat and r.decision.kind != "control"
+        }
+        if state.pending is not None and state.pending.kind in ("serial", "parallel"):
+            judging.add(state.pending.candidate)
+        keep.update(
+            r.number
+            for r in state.records
+            if r.decision.kind in ("serial", "parallel")
+            and not r.decision.repeat
+            and r.decision.candidate in judging
+        )
         reverse = state.direction == "maximize"
         for phase in (("seed", "serial", "reignite"), ("parallel_seed", "parallel", "final")):
             done = [r for r in state.records if r.decision.kind in phase and r.value is not None]

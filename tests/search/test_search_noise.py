@@ -18,6 +18,7 @@ import spnas.cli
 from spnas.arch import SerialCode
 from spnas.exceptions import ConfigError
 from spnas.search import (
+    WEIGHTS_ATTR,
     Decision,
     Objective,
     SearchConfig,
@@ -261,3 +262,37 @@ def test_a_search_measures_its_noise_per_round(
     assert spnas.cli.main(argv) == 0
     text = capsys.readouterr().out
     assert f"round 1: noise σ {rounds[0]['noise_sigma']:.2f} (2 control repeat(s))" in text
+
+
+def test_a_would_be_winner_keeps_its_weights_until_it_is_judged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """keep_top_k 1: trial 3 (40, re-evaluated 30: the round's best at 35) is the top value;
+    trial 5 (37.5, +2.5 over 35) waits for its re-evaluation and may become the parent, so its
+    weights stay; trial 6 (a loser) is deleted."""
+    import optuna
+
+    import spnas.search._objective as objective_module
+
+    config = make_config(tmp_path, serial={"n_stuck": 3}, search={"keep_top_k": 1})
+    trials = _round((serial(1), C, 40.0), (serial(1, repeat=1), C, 30.0), (serial(2), C, 37.5))
+    trials.append(frozen(len(trials), serial(3), C, 20.0))
+    assert SearchState.from_trials(trials, config).pending == serial(2, repeat=1)
+    study = optuna.create_study(direction="maximize")
+    for trial in trials:
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=trial.value,
+                system_attrs=trial.system_attrs,
+                user_attrs={WEIGHTS_ATTR: f"w{trial.number}"},
+            )
+        )
+    removed: list[int] = []
+    monkeypatch.setattr(
+        objective_module,
+        "remove_weights",
+        lambda study, stale, store: removed.extend(t.number for t, _ in stale),
+    )
+    Objective(config, engine=FakeEngine()).prune_weights(study, keep=set())
+    assert 5 in set(range(len(trials))) - set(removed)  # the would-be winner
+    assert 6 in removed and 3 not in removed  # a loser; the round's best
