@@ -55,6 +55,8 @@ def finished_study(url: str, name: str = "recipe") -> None:
             "serial": {"n_rounds": 0, "max_trials": 1},
             "parallel": {"max_trials": 0},
             "verify": {"enabled": False},
+            # The history below: one control per round, the greedy acceptance.
+            "search": {"noise_repeats": 1, "acceptance": "greedy"},
         }
     )
     study = optuna.create_study(study_name=name, storage=url, direction=config.direction)

@@ -387,6 +387,8 @@ def _print_status(status: dict[str, Any]) -> None:
         shown = "—" if best is None else f"{best:.2f}"
         print(f"  {row['phase']:<16} {metric} {shown}{delta}  [{row['trials']} trial(s)]")
         baseline = best if best is not None else baseline
+    for row in status.get("rounds", ()):
+        print("  " + _noise_line(row))
     counts = Counter((row["kind"], _shown_state(row)) for row in status["trials"])
     if counts:
         print(
@@ -398,6 +400,21 @@ def _print_status(status: dict[str, Any]) -> None:
         print(f"  #{row['number']:<4} {row['kind']:<13} {_shown_state(row):<8} {value:>7}  {code}")
     if status["verify"] is not None:
         _print_verification(status["verify"], metric)
+
+
+def _noise_line(row: dict[str, Any]) -> str:
+    """``round 1: noise σ 0.42 (2 control repeats); 5 candidates, spread 0.80, best +1.9 σ``."""
+
+    def fmt(value: float | None, spec: str = ".2f") -> str:
+        return "n/a" if value is None else format(value, spec)
+
+    name = "parallel" if row["round"] == "parallel" else f"round {row['round']}"
+    candidates = row["candidates"]
+    return (
+        f"{name}: noise σ {fmt(row['noise_sigma'])} ({len(row['control']['values'])} control "
+        f"repeat(s)); {candidates['count']} candidate(s), spread {fmt(candidates['std'])}, "
+        f"best {fmt(candidates['best_gain_in_sigma'], '+.1f')} σ over the control"
+    )
 
 
 def _shown_state(row: dict[str, Any]) -> str:

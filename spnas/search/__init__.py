@@ -8,6 +8,7 @@ Public API:
   your own samplers;
 - :class:`Decision`, :func:`get_decision` — what a trial trains, inside your own objective;
 - :func:`summarize`, :func:`verification_summary` — the search as plain data (``spnas status``);
+  :func:`paired_interval`, :func:`t_quantile` — the paired 95 % interval its verdict rests on;
 - :func:`retrain` — a network retrained from scratch at equal training (verification);
 - :class:`Objective`, :func:`create_search_study`, :func:`load_search_study`,
   :func:`run_worker`, :func:`prepare_data` — what ``spnas search`` and ``spnas worker`` run;
@@ -46,6 +47,7 @@ _API = {
     "get_decision": "_sampler",
     "kendall_tau": "_summary",
     "load_search_study": "_worker",
+    "paired_interval": "_stats",
     "prepare_data": "_worker",
     "pretrain_backbone": "_retrain",
     "propose_parallel": "_proposals",
@@ -55,6 +57,7 @@ _API = {
     "run_worker": "_worker",
     "sample_parallel_code": "_proposals",
     "summarize": "_summary",
+    "t_quantile": "_stats",
     "trial_note": "_notes",
     "verification_plan": "_state",
     "verification_summary": "_summary",

@@ -17,7 +17,8 @@ values of the wrong type are errors naming the key)::
     schedule:  fields of spnas.engines.Schedule (the fast scheme of every trial)
     verify:    enabled, repeats, schedule (overrides of ``schedule`` for retraining)
     final:     enabled, schedule
-    search:    seed, comparison (equal_training | greedy), keep_top_k, wait_seconds,
+    search:    seed, comparison (equal_training | greedy), noise_repeats,
+               acceptance (noise_aware | greedy), accept_z, keep_top_k, wait_seconds,
                max_barrier_attempts, barrier_backoff_seconds,
                disk_full_wait_seconds, beat_seconds, beat_grace_seconds
 
@@ -49,6 +50,8 @@ from spnas.exceptions import ArchError, ConfigError
 CONFIG_ATTR = "spnas:config"
 #: ``search.comparison``: how candidates are judged (docs/design.md, "Equal training").
 COMPARISONS: tuple[str, ...] = ("equal_training", "greedy")
+#: ``search.acceptance``: when a candidate replaces the round's best (docs/design.md §4.1).
+ACCEPTANCES: tuple[str, ...] = ("noise_aware", "greedy")
 #: The most values one key of a study config may hold, counted expanded: a YAML alias counts
 #: every time it is used, so a "billion laughs" document (9 levels of 9 aliases: 387 M values
 #: from 1 KB) is refused before anything copies it. Real configs hold a few dozen values a key.
@@ -59,6 +62,9 @@ MAX_DEPTH = 16
 #: ImageNet in real use, GPU-days each); the shipped studies use 1-2 rounds. 100 leaves room
 #: for any real search and refuses a typo (1000000) that would never end the serial phase.
 MAX_ROUNDS = 100
+#: ``search.noise_repeats``: each is a full search trial per round; more than 10 would spend a
+#: round's budget on measuring noise that 3–5 repeats already estimate to ±30 %.
+MAX_NOISE_REPEATS = 10
 #: A detectron2 config key in ``engine.opts``: dotted upper-case names, e.g. ``MODEL.FPN.NORM``.
 _OPTS_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 #: How deep an ``engine.opts`` value may nest lists (``MODEL.ANCHOR_GENERATOR.SIZES`` is 2).
@@ -350,6 +356,15 @@ class FinalSection:
 class SearchSection:
     seed: int = 0
     comparison: str = "equal_training"
+    #: With equal training, how many seeds each round's control trains (the same network and
+    #: weights, training seeds ``schedule.seed + k``): their spread is the round's σ_trial,
+    #: the noise of one search trial. 1: no noise measured.
+    noise_repeats: int = 2
+    #: ``noise_aware``: a candidate must beat the round's best by more than ``accept_z`` ×
+    #: σ_trial, and again as the mean of a second evaluation with a fresh seed; ``greedy``:
+    #: the paper's rule, any better value.
+    acceptance: str = "noise_aware"
+    accept_z: float = 1.0
     keep_top_k: int = 3
     wait_seconds: float = 2.0
     max_barrier_attempts: int = 3
@@ -380,6 +395,20 @@ class SearchSection:
         if self.comparison not in COMPARISONS:
             raise ConfigError(
                 f"search.comparison={self.comparison!r}: expected one of {', '.join(COMPARISONS)}"
+            )
+        if self.acceptance not in ACCEPTANCES:
+            raise ConfigError(
+                f"search.acceptance={self.acceptance!r}: expected one of {', '.join(ACCEPTANCES)}"
+            )
+        if not 0 <= self.accept_z < float("inf"):
+            raise ConfigError(
+                f"search.accept_z={self.accept_z!r}: expected a number ≥ 0 (how many σ_trial a "
+                "candidate must beat the round's best by)"
+            )
+        if not 1 <= self.noise_repeats <= MAX_NOISE_REPEATS:
+            raise ConfigError(
+                f"search.noise_repeats={self.noise_repeats!r}: expected an integer from 1 (no "
+                f"noise measured) to {MAX_NOISE_REPEATS} (control trials per round)"
             )
 
 

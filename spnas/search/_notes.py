@@ -20,6 +20,13 @@ def trial_note(decision: Decision, attrs: Mapping[str, Any], value: float | None
         lines.append(f"- **parallel**: `{decision.parallel}`")
     if decision.role is not None:
         lines.append(f"- **verifies**: {decision.role}, repeat {decision.repeat}")
+    elif decision.repeat and decision.kind != "control":
+        lines.append(f"- **re-evaluation** {decision.repeat}: another training seed")
+    elif decision.kind == "control":
+        lines.append(
+            f"- **noise repeat** {decision.repeat or 0}: σ_trial of the round so far "
+            f"{fmt(attrs.get('noise_sigma'))}"
+        )
     if decision.parent is not None:
         lines.append(f"- **parent**: trial {decision.parent}")
     if decision.ops:

@@ -45,6 +45,7 @@ from spnas.search._state import (
     Decision,
     SearchState,
 )
+from spnas.search._stats import noise_sigma
 from spnas.storage import StorageError, make_artifact_store, redact
 
 if TYPE_CHECKING:
@@ -208,16 +209,18 @@ class Objective:
         assert self._num_classes is not None
         out_dir = trial_dir(self.workdir, trial.number)
         out_dir.mkdir(parents=True, exist_ok=True)
-        reporter = OptunaReporter(
-            trial, self.config.data.metric, prunable=decision.kind not in UNPRUNABLE_KINDS
-        )
+        # A re-evaluation (``repeat``) is judged on its value: never pruned.
+        prunable = decision.kind not in UNPRUNABLE_KINDS and not decision.repeat
+        reporter = OptunaReporter(trial, self.config.data.metric, prunable=prunable)
         self._pretrain_iters = 0
         if decision.kind == "verify":
             seed = self.config.search.seed + (decision.repeat or 0)
         elif decision.kind == "final":
             seed = self.config.final_schedule.seed
         else:
-            seed = self.config.schedule.seed
+            # A control's noise repeat or a candidate's re-evaluation (``repeat`` k): the same
+            # network and weights, another training seed.
+            seed = self.config.schedule.seed + (decision.repeat or 0)
         trial.set_user_attr(SEED_ATTR, seed)
         try:
             if decision.kind == "verify":
@@ -240,6 +243,7 @@ class Objective:
                 schedule = (
                     self.config.final_schedule if decision.kind == "final" else self.config.schedule
                 )
+                schedule = dataclasses.replace(schedule, seed=seed)
                 result = self.engine.train_eval(
                     spec, init, schedule, data, reporter, out_dir=out_dir
                 )
@@ -262,6 +266,8 @@ class Objective:
             "pretrain_iters": self._pretrain_iters,
             "metrics": result.to_dict()["metrics"],
         }
+        if decision.kind == "control":
+            attrs["noise_sigma"] = _control_noise(trial, decision, value)
         for key, attr in attrs.items():
             trial.set_user_attr(key, attr)
         _save_note(trial, decision, attrs, value)
@@ -366,6 +372,33 @@ class Objective:
             if best is not None:
                 keep.add(best.number)
         keep.update(r.decision.parent for r in state.records if r.running and r.decision.parent)
+        # The first control of the running round: it stands for the round's reference (the
+        # mean of its noise repeats) and may become the round's best once its repeats finished.
+        start = state.init_from
+        keep.update(
+            r.number
+            for r in state.records
+            if r.decision.kind == "control"
+            and not r.decision.repeat
+            and start is not None
+            and r.decision.parent == start.number
+        )
+        # A would-be winner whose re-evaluation is decided next or runs (noise-aware
+        # acceptance) may become the parent: its weights stay until it is judged.
+        judging = {
+            r.decision.candidate
+            for r in state.records
+            if r.running and r.decision.repeat and r.decision.kind != "control"
+        }
+        if state.pending is not None and state.pending.kind in ("serial", "parallel"):
+            judging.add(state.pending.candidate)
+        keep.update(
+            r.number
+            for r in state.records
+            if r.decision.kind in ("serial", "parallel")
+            and not r.decision.repeat
+            and r.decision.candidate in judging
+        )
         reverse = state.direction == "maximize"
         for phase in (("seed", "serial", "reignite"), ("parallel_seed", "parallel", "final")):
             done = [r for r in state.records if r.decision.kind in phase and r.value is not None]
@@ -402,6 +435,23 @@ def record_divergence(
     what = decision.kind + (f" repeat {decision.repeat}" if decision.repeat is not None else "")
     _logger.warning("trial %d (%s) diverged, not retried: %s", trial.number, what, exc)
     return optuna.TrialPruned(f"diverged: {exc}")
+
+
+def _control_noise(trial: optuna.Trial, decision: Decision, value: float) -> float | None:
+    """σ_trial of the round so far: the spread of its finished control repeats and this one
+    (a user attribute of the control, so that optuna-dashboard shows the noise)."""
+    values = [value]
+    for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        mine = Decision.of(other)
+        if (
+            mine is not None
+            and mine.kind == "control"
+            and mine.parent == decision.parent
+            and (mine.parallel is None) == (decision.parallel is None)
+            and other.value is not None
+        ):
+            values.append(other.value)
+    return noise_sigma(values)
 
 
 def _save_note(

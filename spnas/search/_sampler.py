@@ -671,6 +671,9 @@ class SPNASSampler(BaseSampler):
         rng = random.Random(f"{config.search.seed}:{number}")
         kind = state.next_kind
         parent = state.parent
+        if state.pending is not None:
+            # verify, control and re-evaluation: the state fixes the whole decision.
+            return state.pending
         try:
             if kind == "serial":
                 return propose_serial(state, rng)
@@ -691,18 +694,7 @@ class SPNASSampler(BaseSampler):
             )
         if kind == "seed":
             return Decision("seed", arch=config.seed_arch, round=0)
-        if state.pending is not None:
-            return state.pending
         assert parent is not None, kind
-        if kind == "control":
-            # The round's baseline, trained one more schedule: the reference of the round.
-            return Decision(
-                "control",
-                arch=parent.arch,
-                parallel=parent.parallel,
-                parent=parent.number,
-                round=state.round,
-            )
         if kind == "reignite":
             return Decision("reignite", arch=parent.arch, parent=parent.number, round=state.round)
         if kind == "parallel_seed":

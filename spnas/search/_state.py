@@ -36,7 +36,16 @@ Comparison at equal training (``search.comparison``, docs/design.md "Equal train
   architecture. A ``control`` trial continues the baseline itself for the same schedule; it is
   the round's reference: a candidate improves only by beating the control or a better candidate,
   all with exactly the same training. The control is no barrier: candidates train beside it,
-  and are judged once it finished.
+  and are judged once it finished. With ``search.noise_repeats`` = k > 1 the control trains k
+  times, with the training seeds ``schedule.seed + repeat`` (decision field ``repeat``; the
+  first has none): their standard deviation is the round's σ_trial (:func:`round_noise`), the
+  noise of one search trial, their mean the round's reference. Candidates are judged once
+  every repeat finished; a repeat that fails or diverges fails like the control.
+
+Acceptance (``search.acceptance``, docs/design.md §4.1): ``noise_aware`` (default): a
+candidate replaces the round's best only if it beats it by more than ``search.accept_z`` ×
+σ_trial, and again as the mean with its re-evaluation (the same decision with ``repeat`` 1:
+another training seed), decided before any new candidate; ``greedy``: any better value.
 - ``greedy``: the paper's rule: a child starts from its parent's trained weights and must beat
   the parent's value, which mixes the architecture with the training the lineage accumulated.
 
@@ -65,6 +74,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from spnas.arch import ParallelCode, SerialCode
+from spnas.search._stats import noise_sigma
 
 ATTR_PREFIX = "spnas:"
 KINDS: tuple[str, ...] = (
@@ -103,6 +113,8 @@ class Decision:
     ops: tuple[str, ...] = ()
     round: int = 0
     #: ``verify`` trials: which network (``seed``, ``round 1`` …, ``spnet``) and which seed.
+    #: ``control`` trials: which noise repeat (``None``: the first, ``k``: seed
+    #: ``schedule.seed + k``).
     role: str | None = None
     repeat: int | None = None
 
@@ -120,7 +132,7 @@ class Decision:
             "ops": list(self.ops),
             "round": self.round,
         }
-        if self.role is not None:
+        if self.role is not None or self.repeat is not None:
             body.update(role=self.role, repeat=self.repeat)
         return {DECISION_ATTR: body, KIND_ATTR: self.kind}
 
@@ -341,6 +353,24 @@ def _better(a: float, b: float, direction: str) -> bool:
     return a > b if direction == "maximize" else a < b
 
 
+def _beats(value: float, best: float, margin: float, direction: str) -> bool:
+    """``value`` is better than ``best`` by more than ``margin`` (0: simply better)."""
+    return (value - best > margin) if direction == "maximize" else (best - value > margin)
+
+
+@dataclasses.dataclass
+class _Judged:
+    """What judging a round's finished candidates found (:meth:`_Replay.rounds_loop`)."""
+
+    best: Best
+    ended: bool = False
+    running: list[Record] = dataclasses.field(default_factory=list)
+    #: A would-be winner's re-evaluation, to decide now.
+    pending: Decision | None = None
+    #: A would-be winner's running re-evaluation: later candidates wait for it.
+    waiting: Record | None = None
+
+
 def _records(trials: Iterable[FrozenTrial]) -> tuple[Record, ...]:
     trials = list(trials)
     # A failed trial that Optuna retried is superseded by its retry (which copies the decision).
@@ -520,31 +550,65 @@ class _Replay:
         return None, self.state(phase, kind, parent=parent)
 
     def rounds_loop(
-        self, records: list[Record], best: Best, stuck_limit: int, max_trials: int | None
-    ) -> tuple[Best, bool, list[Record]]:
-        """Replay finished trials in the order they finished; returns (best, ended?, running).
+        self,
+        records: list[Record],
+        best: Best,
+        stuck_limit: int,
+        max_trials: int | None,
+        sigma: float | None,
+    ) -> _Judged:
+        """Judge the finished candidates in the order they finished (docs/design.md §4.1).
 
         A round ends when stuck, exhausted, or — with ``max_trials`` — when its budget of
-        trials is spent (running ones included, so no trial beyond the budget is proposed).
+        trials is spent (running ones and re-evaluations included, so no trial beyond the
+        budget is proposed). With ``search.acceptance: noise_aware`` a candidate must beat
+        the best by more than ``accept_z`` × ``sigma`` (σ_trial; 0 when unmeasured); such a
+        would-be winner is re-evaluated (the same decision, ``repeat`` 1: another training
+        seed) and replaces the best only if the mean of its two values beats it by as much.
+        Candidates that finished after it are judged once its re-evaluation finished.
         """
+        search = self.config.search
+        noise_aware = search.acceptance == "noise_aware"
+        margin = search.accept_z * sigma if noise_aware and sigma else 0.0
+        reevaluations: dict[tuple[str, str | None], list[Record]] = {}
+        for record in records:
+            if record.decision.repeat:
+                reevaluations.setdefault(record.decision.candidate, []).append(record)
         finished = sorted(
-            (r for r in records if r.finished),
+            (r for r in records if r.finished and not r.decision.repeat),
             key=lambda r: (r.finished_at or datetime.max, r.number),
         )
         self.stuck = 0
         exhausted = False
+        judged = _Judged(best)
         for record in finished:
             if record.decision.kind == "exhausted":
                 exhausted = True
                 continue
-            if record.value is not None and _better(record.value, best.value, self.direction):
-                best = self.best_of(record)
-                self.stuck = 0
-            else:
+            value = record.value
+            if value is None or not _beats(value, judged.best.value, margin, self.direction):
                 self.stuck += 1
-        running = [r for r in records if r.running]
+                continue
+            if noise_aware:
+                attempts = reevaluations.get(record.decision.candidate, [])
+                again, status = self.attempts_state(attempts)
+                if status == "decide":
+                    judged.pending = dataclasses.replace(record.decision, repeat=1)
+                    break
+                if status == "running":
+                    judged.waiting = next(r for r in attempts if r.running)
+                    break
+                mean = None if status != "complete" or again is None else (value + again.value) / 2
+                if mean is None or not _beats(mean, judged.best.value, margin, self.direction):
+                    self.stuck += 1  # failed, diverged, or not better on average: rejected
+                    continue
+                value = mean
+            judged.best = dataclasses.replace(self.best_of(record), value=value)
+            self.stuck = 0
+        judged.running = [r for r in records if r.running]
         spent = max_trials is not None and len(records) >= max_trials
-        return best, exhausted or spent or self.stuck >= stuck_limit, running
+        judged.ended = exhausted or spent or self.stuck >= stuck_limit
+        return judged
 
     def round_result(
         self,
@@ -561,6 +625,7 @@ class _Replay:
         # The baseline's own morphisms led to it from its parent; the round starts from it.
         start = dataclasses.replace(self.best_of(baseline), ops=())
         reference = start
+        sigma: float | None = None
         self.set_best(phase, start)
         if self.equal_training:
             parallel_phase = phase == "parallel"
@@ -571,29 +636,60 @@ class _Replay:
                 and r.decision.parent == baseline.number
                 and (r.decision.parallel is not None) == parallel_phase
             ]
-            control, status = self.attempts_state(controls)
-            if status == "failed":
-                return self.failed("control", controls)
-            if status == "diverged":
-                assert control is not None
-                return self.diverged("control", control)
-            if status == "decide":
-                return self.state(phase, "control", parent=start)
-            if control is None:
-                # The control still trains: candidates may train beside it, proposed from the
-                # baseline's architecture, but none is judged before the control finished.
+            done: list[Record] = []
+            for repeat in range(self.config.search.noise_repeats):
+                attempts = [r for r in controls if (r.decision.repeat or 0) == repeat]
+                what = "control" if repeat == 0 else f"control repeat {repeat}"
+                control, status = self.attempts_state(attempts)
+                if status == "failed":
+                    return self.failed(what, attempts)
+                if status == "diverged":
+                    assert control is not None
+                    return self.diverged(what, control)
+                if status == "decide":
+                    pending = Decision(
+                        "control",
+                        arch=start.arch,
+                        parallel=start.parallel,
+                        parent=start.number,
+                        round=self.round,
+                        repeat=repeat or None,
+                    )
+                    return self.state(phase, "control", parent=start, pending=pending)
+                if control is not None:
+                    done.append(control)
+            if len(done) < self.config.search.noise_repeats:
+                # A control still trains: candidates may train beside it, proposed from the
+                # baseline's architecture, but none is judged before every control finished.
                 self.stuck = 0
                 spent = max_trials is not None and len(records) >= max_trials
                 if spent or any(r.decision.kind == "exhausted" for r in records):
-                    return self.state(
-                        phase, None, f"waiting for control trial {controls[-1].number}", start
-                    )
+                    running = ", ".join(str(r.number) for r in controls if r.running)
+                    return self.state(phase, None, f"waiting for control trial {running}", start)
                 return self.state(phase, phase, parent=start)
-            reference = self.best_of(control)
-        best, ended, running = self.rounds_loop(records, reference, stuck_limit, max_trials)
+            # The reference: the control's mean over its noise repeats.
+            values = [r.value for r in done if r.value is not None]
+            sigma = noise_sigma(values)
+            reference = dataclasses.replace(self.best_of(done[0]), value=sum(values) / len(values))
+        judged = self.rounds_loop(records, reference, stuck_limit, max_trials, sigma)
+        best, running = judged.best, judged.running
         self.set_best(phase, best)
         init_from = start if self.equal_training else best
-        if not ended:
+        if judged.pending is not None:
+            # A would-be winner is re-evaluated before anything else (even past max_trials:
+            # a candidate is judged whole).
+            return self.state(
+                phase, phase, parent=best, init_from=init_from, pending=judged.pending
+            )
+        if judged.waiting is not None and judged.ended:
+            return self.state(
+                phase,
+                None,
+                f"waiting for re-evaluation trial {judged.waiting.number}",
+                parent=best,
+                init_from=init_from,
+            )
+        if not judged.ended or judged.waiting is not None:
             return self.state(phase, phase, parent=best, init_from=init_from)
         if running:
             what = f"round {self.round}" if phase == "serial" else "the phase"

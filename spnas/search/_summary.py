@@ -1,12 +1,13 @@
 """One pure summary of a search, read by ``spnas status``, the report and the dashboard.
 
 :func:`summarize` turns a study's trials into plain data (JSON-ready: non-finite numbers are
-``None``): the phase, the best networks, the rows of the paper's Table 6, every trial, and —
+``None``): the phase, the best networks, the rows of the paper's Table 6, each round's noise
+(σ_trial of its control repeats) against the spread of its candidates, every trial, and —
 once verification trials exist — :func:`verification_summary`: each verified network's search
 value against its values retrained from scratch (paper Fig. 4a), the gain of the searched
-network over the seed at equal training, and the rank agreement (Kendall τ). A repeat whose
-training diverged is a failed repeat: it has no value, the network's row lists it, and the
-verdict says how many repeats of which network diverged.
+network over the seed at equal training with its paired 95 % interval, and the rank agreement
+(Kendall τ). A repeat whose training diverged is a failed repeat: it has no value, the
+network's row lists it, and the verdict says how many repeats of which network diverged.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from spnas.search._state import (
     SearchState,
     verification_plan,
 )
+from spnas.search._stats import noise_sigma, paired_interval
 
 
 def _finite(value: Any) -> Any:
@@ -71,8 +73,9 @@ def verification_summary(state: SearchState) -> dict[str, Any] | None:
 
     ``gain_over_seed`` is the searched network's (the best SPNet, else the last round's best)
     retrained value minus the seed's, paired by repeat (same seed), signed so that a positive
-    gain is better whatever the metric's direction; ``beats_seed`` says whether its mean is
-    above the seed's own spread (the standard deviation of the seed's repeats).
+    gain is better whatever the metric's direction, with ``ci95``, its paired 95 % *t* interval
+    (:func:`~spnas.search.paired_interval`); ``beats_seed`` says whether that interval lies
+    above zero.
     """
     records = [r for r in state.records if r.decision.kind == "verify"]
     if not records:
@@ -125,10 +128,12 @@ def verification_summary(state: SearchState) -> dict[str, Any] | None:
             "mean": gain,
             "std": gain_std,
             "n": len(paired),
+            "ci95": paired_interval(paired),
             "seed_std": seed_std,
         }
         if gain is not None:
-            summary["beats_seed"] = gain > (seed_std or 0.0)
+            ci95 = summary["gain_over_seed"]["ci95"]
+            summary["beats_seed"] = None if ci95 is None else ci95[0] > 0
             summary["verdict"] = _verdict(summary["gain_over_seed"], config.data.metric)
     gain = summary["gain_over_seed"]
     if summary["complete"] and (gain is None or gain["mean"] is None):
@@ -230,24 +235,23 @@ def _network_row(
 
 
 def _verdict(gain: dict[str, Any], metric: str) -> str:
-    mean, std, seed_std, n = gain["mean"], gain["std"], gain["seed_std"], gain["n"]
-    spread = f"{std:.2f}" if std is not None else "n/a"
-    seed_spread = f"{seed_std:.2f}" if seed_std is not None else "n/a"
+    """Whether the searched network beats the seed: its paired 95 % interval is above zero."""
+    mean, std, n, ci95 = gain["mean"], gain["std"], gain["n"], gain["ci95"]
     what = f"{gain['network']} {_code(gain['arch'], gain['parallel'])}"
-    if seed_std is None:
+    if ci95 is None:
         return (
-            f"{what}: gain over the seed {mean:+.2f} {metric} from {n} repeat(s); with one "
-            "repeat the seed's spread is unknown, so this says nothing (set verify.repeats ≥ 3)"
+            f"{what}: gain over the seed {mean:+.2f} {metric} from {n} paired repeat(s); with "
+            "one the spread is unknown, so this says nothing (set verify.repeats ≥ 3)"
         )
-    if mean > seed_std:
-        factor = f"{mean / seed_std:.1f}× " if seed_std > 0 else ""
-        return (
-            f"{what} beats the seed at equal training: {mean:+.2f} ± {spread} {metric} over "
-            f"{n} seeds, {factor}the seed's own spread (σ {seed_spread})"
-        )
+    measured = (
+        f"{mean:+.2f} ± {std:.2f} {metric} over {n} seeds, "
+        f"paired 95 % interval [{ci95[0]:+.2f}, {ci95[1]:+.2f}]"
+    )
+    if ci95[0] > 0:
+        return f"{what} beats the seed at equal training: {measured}"
     return (
-        f"{what} does NOT beat the seed by more than the seed's own spread at equal training: "
-        f"gain {mean:+.2f} ± {spread} {metric} over {n} seeds, seed σ {seed_spread}"
+        f"{what} does NOT beat the seed at equal training (its paired 95 % interval is not "
+        f"above zero): gain {measured}"
     )
 
 
@@ -278,6 +282,62 @@ def phase_table(state: SearchState) -> list[dict[str, Any]]:
     ]
 
 
+def rounds_table(state: SearchState) -> list[dict[str, Any]]:
+    """Each round's signal against its noise: per serial round (and the parallel phase,
+    ``round`` ``"parallel"``) the control's repeats, σ_trial (``noise_sigma``: their standard
+    deviation, ``None`` under two finished repeats or without controls), and the round's
+    candidates: how many finished with a value, their spread (``std``), the best (first
+    evaluations), the best's gain over the control's mean in units of σ_trial
+    (``best_gain_in_sigma``, the round's signal-to-noise ratio; positive is better for
+    minimised metrics too), and how many were re-evaluated as would-be winners."""
+    sign = 1.0 if state.direction == "maximize" else -1.0
+    groups: dict[str | int, tuple[list[float], list[Record]]] = {}
+    for record in state.records:
+        d = record.decision
+        key: str | int
+        if d.kind == "control":
+            key = "parallel" if d.parallel is not None else d.round
+        elif d.kind in ("serial", "parallel"):
+            key = d.round if d.kind == "serial" else "parallel"
+        else:
+            continue
+        controls, candidates = groups.setdefault(key, ([], []))
+        if d.kind != "control":
+            candidates.append(record)
+        elif record.value is not None:
+            controls.append(record.value)
+    reevaluated = {r.decision.candidate for r in state.records if r.decision.repeat}
+    rows = []
+    for key, (controls, records) in groups.items():
+        # A re-evaluation is a second value of its candidate, not another candidate.
+        candidates = [r for r in records if not r.decision.repeat]
+        values = [r.value for r in candidates if r.value is not None]
+        sigma = noise_sigma(controls)
+        control_mean = statistics.fmean(controls) if controls else None
+        best = max(values, key=lambda v: sign * v) if values else None
+        snr = None
+        if best is not None and control_mean is not None and sigma:
+            snr = sign * (best - control_mean) / sigma
+        rows.append(
+            {
+                "round": key,
+                "noise_sigma": _finite(sigma),
+                "control": {"values": controls, "mean": _finite(control_mean)},
+                "candidates": {
+                    "count": len(values),
+                    "trials": len(candidates),
+                    "std": _finite(noise_sigma(values)),
+                    "best": _finite(best),
+                    "best_gain_in_sigma": _finite(snr),
+                    "reevaluated": sum(
+                        1 for r in candidates if r.decision.candidate in reevaluated
+                    ),
+                },
+            }
+        )
+    return rows
+
+
 def _trial_row(trial: FrozenTrial, decision: Decision) -> dict[str, Any]:
     row = {
         "number": trial.number,
@@ -292,7 +352,9 @@ def _trial_row(trial: FrozenTrial, decision: Decision) -> dict[str, Any]:
         "gmacs": trial.user_attrs.get("gmacs"),
     }
     if decision.role is not None:
-        row["role"], row["repeat"] = decision.role, decision.repeat
+        row["role"] = decision.role
+    if decision.role is not None or decision.repeat is not None:
+        row["repeat"] = decision.repeat
     diverged = Divergence.of(trial)
     if diverged is not None:
         row["diverged"] = {
@@ -347,6 +409,7 @@ def summarize(trials: Sequence[FrozenTrial], config: Any, study: str = "") -> di
             "parallel": best_entry(state.best_parallel),
         },
         "phases": phase_table(state),
+        "rounds": rounds_table(state),
         "verify": verification_summary(state),
         "trials": rows,
     }

@@ -141,6 +141,8 @@ class FakeEngine(Engine):
         hang_seconds: how long a claimed trial sleeps.
         full_disk_calls: the first so many ``train_eval`` calls fail as writing their weights
             to a full disk would (``OSError`` ``ENOSPC``).
+        noise: the AP of a training seed other than 0 moves by up to ``± noise / 2`` (a hash
+            of the seed): what a control's noise repeats measure.
     """
 
     name = "fake"
@@ -152,8 +154,10 @@ class FakeEngine(Engine):
         hang_dir: str | None = None,
         hang_seconds: float = 300.0,
         full_disk_calls: int = 0,
+        noise: float = 0.0,
     ) -> None:
         self.sleep = sleep
+        self.noise = noise
         self.hang_dir = None if hang_dir is None else Path(hang_dir)
         self.hang_seconds = hang_seconds
         self.full_disk_calls = full_disk_calls
@@ -213,6 +217,8 @@ class FakeEngine(Engine):
         inherited = self.initialize(model, init_weights)
         time.sleep(self.sleep)
         ap = fake_ap(kind, spec.arch, spec.parallel)
+        if schedule.seed:
+            ap += self.noise * (_unit("seed", schedule.seed) - 0.5)
         if reporter is not None:
             reporter.progress(1, 1, 1.0)
             reporter.evaluation(1, {"AP": ap})

@@ -100,16 +100,22 @@ def test_search_runs_every_phase_with_the_real_engine(tmp_path, capsys) -> None:
 
     assert status["done"] is True and status["phase"] == "done"
     kinds = [t["kind"] for t in status["trials"]]
-    # One candidate per round and phase (max_trials: 1) beside each round's control:
-    # Algorithm 1's whole path at equal training, in order, then verification.
-    searched = [k for k in kinds if k != "verify"]
+    # One candidate per round and phase (max_trials: 1) beside each round's control and its
+    # noise repeat: Algorithm 1's whole path at equal training, in order, then verification.
+    # A candidate that beat the control by more than σ_trial is re-evaluated (repeat 1).
+    candidates = [t for t in status["trials"] if t["kind"] in ("serial", "parallel")]
+    reevaluated = [t for t in candidates if t.get("repeat")]
+    assert all(t["repeat"] == 1 for t in reevaluated)
+    searched = [
+        t["kind"] for t in status["trials"] if t["kind"] != "verify" and t not in reevaluated
+    ]
     assert searched == [
         "seed",
-        *("control", "serial"),
+        *("control", "control", "serial"),
         "reignite",
-        *("control", "serial"),
+        *("control", "control", "serial"),
         "parallel_seed",
-        *("control", "parallel"),
+        *("control", "control", "parallel"),
     ]
     assert all(t["state"] == "COMPLETE" for t in status["trials"])
     verify = status["verify"]

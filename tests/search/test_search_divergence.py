@@ -66,7 +66,13 @@ def diverged(trial: FrozenTrial, iteration: int = 33, seed: int = 0) -> FrozenTr
 
 @pytest.fixture
 def config(tmp_path: Path) -> SearchConfig:
-    return make_config(tmp_path, serial={"n_rounds": 0}, verify={"repeats": 3})
+    # One control per round: the histories below have one (noise: test_search_noise.py).
+    return make_config(
+        tmp_path,
+        serial={"n_rounds": 0},
+        verify={"repeats": 3},
+        search={"noise_repeats": 1, "acceptance": "greedy"},
+    )
 
 
 def replay(trials: list[FrozenTrial], config: SearchConfig) -> SearchState:

@@ -57,8 +57,11 @@ def serial(i: int, parent: int, round_: int = 1, ops: tuple[str, ...] = ()) -> D
 @pytest.fixture
 def config(tmp_path: Path) -> SearchConfig:
     # n_stuck 2, one reignition, parallel n_stuck 2; equal training and verification are the
-    # defaults.
-    return make_config(tmp_path, verify={"repeats": 2})
+    # defaults. One control per round: these histories test the control's mechanics; its noise
+    # repeats are tested in test_search_noise.py.
+    return make_config(
+        tmp_path, verify={"repeats": 2}, search={"noise_repeats": 1, "acceptance": "greedy"}
+    )
 
 
 def replay(trials: Sequence[FrozenTrial], config: SearchConfig) -> SearchState:
@@ -239,7 +242,9 @@ def test_failed_verification_is_retried_then_left_out(config: SearchConfig) -> N
 
 
 def test_verification_off_ends_with_the_parallel_phase(tmp_path: Path) -> None:
-    config = make_config(tmp_path, verify={"enabled": False})
+    config = make_config(
+        tmp_path, verify={"enabled": False}, search={"noise_repeats": 1, "acceptance": "greedy"}
+    )
     assert replay(_through_parallel(), config).phase == "done"
 
 

@@ -49,6 +49,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import pickle
+import statistics
 import warnings
 from collections.abc import Callable
 from multiprocessing.managers import DictProxy
@@ -301,8 +302,10 @@ def test_a_study_of_either_direction(
 ) -> None:
     """A default study (minimize), and either explicit direction, run every trial asked for;
     the search ranks by the study's direction; a direction other than the metric's is
-    warned about once."""
-    sampler = SPNASSampler(config_values)
+    warned about once. The greedy acceptance, so that the round's best is the best value
+    (noise-aware acceptance: test_search_noise.py)."""
+    search = {**config_values.get("search", {}), "acceptance": "greedy"}
+    sampler = SPNASSampler({**config_values, "search": search})
     kwargs = {} if direction is None else {"direction": direction}
     study = optuna.create_study(sampler=sampler, **kwargs)
     with caplog.at_level(logging.WARNING, logger="spnas"):
@@ -315,9 +318,11 @@ def test_a_study_of_either_direction(
     config = sampler.config_for(study)
     state = SearchState.from_trials(study.trials, config, ranked)
     assert state.direction == ranked
-    candidates = [t.value for t in study.trials if get_decision(t).kind in ("control", "serial")]
+    controls = [t.value for t in study.trials if get_decision(t).kind == "control"]
+    candidates = [t.value for t in study.trials if get_decision(t).kind == "serial"]
     pick = min if ranked == "minimize" else max
-    assert state.round_best.value == pick(candidates)
+    # The reference is the mean of the control's noise repeats.
+    assert state.round_best.value == pytest.approx(pick([*candidates, statistics.fmean(controls)]))
     warned = [r for r in caplog.records if MISMATCH in r.getMessage()]
     assert len(warned) == (0 if ranked == "maximize" else 1)
 
@@ -332,7 +337,8 @@ def test_enqueued_trials(config_values: dict[str, Any]) -> None:
     trials = study.trials
     assert [t.params["x"] for t in trials[:2]] == [0.25, 0.75]
     assert trials[1].user_attrs == {"from": "queue"}
-    assert [get_decision(t).kind for t in trials[:3]] == ["seed", "control", "serial"]
+    kinds = [get_decision(t).kind for t in trials[:4]]
+    assert kinds == ["seed", "control", "control", "serial"]  # two noise repeats
     assert all(t.state == TrialState.COMPLETE for t in trials)
 
 
@@ -347,16 +353,22 @@ def test_failed_and_pruned_trials_told(config_values: dict[str, Any]) -> None:
     retry = study.ask()
     assert get_decision(retry).kind == "seed"
     study.tell(retry, 0.5)
-    control = study.ask()
-    assert get_decision(control).kind == "control"
-    study.tell(control, 0.4)
+    for value in (0.35, 0.45):  # the control's two noise repeats: mean 0.4
+        control = study.ask()
+        assert get_decision(control).kind == "control"
+        study.tell(control, value)
     candidate = study.ask()
     assert get_decision(candidate).kind == "serial"
     study.tell(candidate, state=TrialState.PRUNED)
     better = study.ask()
-    study.tell(better, 0.1)  # minimize: an improvement on the control's 0.4
+    study.tell(better, 0.1)  # minimize: an improvement on the control's 0.4 (σ 0.07)
+    again = study.ask()  # noise-aware acceptance: re-evaluated before it becomes the parent
+    assert get_decision(again).candidate == get_decision(better).candidate
+    assert get_decision(again).repeat == 1
+    study.tell(again, 0.2)
     state = SearchState.from_trials(study.trials, config, "minimize")
     assert state.round_best.number == better.number and state.stuck == 0
+    assert state.round_best.value == pytest.approx(0.15)
     worse = study.ask()
     study.tell(worse, 0.9)
     assert SearchState.from_trials(study.trials, config, "minimize").stuck == 1
@@ -398,7 +410,8 @@ def test_a_pickled_sampler_in_another_process(
     trials = study.get_trials()
     assert len(trials) == 7 and all(t.state == TrialState.COMPLETE for t in trials)
     kinds = [get_decision(t).kind for t in trials]
-    assert kinds[:2] == ["seed", "control"] and set(kinds[2:]) == {"serial"}
+    # The seed, the control's two noise repeats, then candidates.
+    assert kinds[:3] == ["seed", "control", "control"] and set(kinds[3:]) == {"serial"}
 
 
 def test_a_multi_objective_study_is_refused(config_values: dict[str, Any]) -> None:

@@ -167,7 +167,9 @@ def test_a_study_to_the_other_direction_is_searched_to_its_own(
 def test_the_state_ranks_by_the_direction_it_is_given(
     tmp_path: Path, direction: str | StudyDirection | None, best: int
 ) -> None:
-    config = make_config(tmp_path, search={"comparison": "greedy"})  # AP: maximize
+    config = make_config(
+        tmp_path, search={"comparison": "greedy", "acceptance": "greedy"}
+    )  # AP: maximize
     arch = SerialCode.parse(SEED_ARCH)
     trials = [
         frozen(0, Decision("seed", arch=arch), TrialState.COMPLETE, 25.0),

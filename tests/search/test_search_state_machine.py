@@ -64,7 +64,7 @@ def serial(i: int, parent: int, round_: int = 1) -> Decision:
 def make_config(root: Path, **sections: dict) -> SearchConfig:
     """The paper's greedy rule without verification: the state machine these tests replay
     (equal training and verification: test_search_equal_training.py)."""
-    search = {"comparison": "greedy", **sections.pop("search", {})}
+    search = {"comparison": "greedy", "acceptance": "greedy", **sections.pop("search", {})}
     verify = {"enabled": False, **sections.pop("verify", {})}
     return _make_config(root, search=search, verify=verify, **sections)
 

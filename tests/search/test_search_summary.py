@@ -10,7 +10,14 @@ from optuna.trial import FrozenTrial, TrialState
 from search_doubles import SEED_ARCH, frozen, make_config
 
 from spnas.arch import ParallelCode, SerialCode
-from spnas.search import Decision, SearchConfig, kendall_tau, summarize
+from spnas.search import (
+    Decision,
+    SearchConfig,
+    kendall_tau,
+    paired_interval,
+    summarize,
+    t_quantile,
+)
 
 C = TrialState.COMPLETE
 SPNET = ("BB(111,d1,d1,d1)", "(1,0,0,0)")
@@ -64,7 +71,13 @@ def _verified(config: SearchConfig, seed: list[float], rnd: list[float], spnet: 
 
 @pytest.fixture
 def config(tmp_path: Path) -> SearchConfig:
-    return make_config(tmp_path, serial={"n_rounds": 0}, verify={"repeats": 3})
+    # One control per round: the histories below have one (noise: test_search_noise.py).
+    return make_config(
+        tmp_path,
+        serial={"n_rounds": 0},
+        verify={"repeats": 3},
+        search={"noise_repeats": 1, "acceptance": "greedy"},
+    )
 
 
 def test_no_verification_before_its_trials(config: SearchConfig) -> None:
@@ -87,8 +100,13 @@ def test_a_clear_gain_is_reported_with_its_spread(config: SearchConfig) -> None:
     # Paired by repeat: 5, 5.5, 6.
     assert gain["network"] == "spnet" and gain["n"] == 3
     assert gain["mean"] == pytest.approx(5.5) and gain["std"] == pytest.approx(0.5)
+    # mean ± t(0.975, 2) · s / √3 = 5.5 ± 4.3027 · 0.5 / √3.
+    assert gain["ci95"] == pytest.approx([4.2579, 6.7421], abs=1e-4)
     assert verify["beats_seed"] is True
-    assert "beats the seed at equal training: +5.50 ± 0.50 AP over 3 seeds" in verify["verdict"]
+    assert (
+        "beats the seed at equal training: +5.50 ± 0.50 AP over 3 seeds, "
+        "paired 95 % interval [+4.26, +6.74]"
+    ) in verify["verdict"]
     # Search values 10, 25, 35 rank as the retrained means 11, 13, 16.5.
     assert verify["kendall_tau"] == pytest.approx(1.0)
 
@@ -97,13 +115,73 @@ def test_no_gain_beyond_the_seeds_spread_is_said_plainly(config: SearchConfig) -
     trials = _verified(config, [10.0, 14.0, 12.0], [12.0, 13.0, 11.0], [12.5, 11.0, 13.5])
     verify = summarize(trials, config, "s")["verify"]
     assert verify["beats_seed"] is False
-    assert "does NOT beat the seed by more than the seed's own spread" in verify["verdict"]
-    assert "seed σ 2.00" in verify["verdict"]
+    assert "does NOT beat the seed at equal training" in verify["verdict"]
+    assert "not above zero" in verify["verdict"]
+
+
+def test_a_gain_above_the_seeds_spread_but_inside_the_noise_does_not_beat_it(
+    config: SearchConfig,
+) -> None:
+    """The old rule (mean gain > σ of the seed's repeats, 0.5 here) said 'beats': the paired
+    differences 3, -1, 2 (mean 1.33) have an interval [-3.84, +6.50]."""
+    trials = _verified(config, [10.0, 10.5, 11.0], [12.0, 13.0, 14.0], [13.0, 9.5, 13.0])
+    verify = summarize(trials, config, "s")["verify"]
+    gain = verify["gain_over_seed"]
+    assert gain["mean"] == pytest.approx(4 / 3) and gain["mean"] > gain["seed_std"]
+    assert gain["ci95"][0] < 0 < gain["ci95"][1]
+    assert verify["beats_seed"] is False
+    assert "does NOT beat the seed" in verify["verdict"]
+
+
+def test_a_consistent_gain_below_the_seeds_spread_beats_it(config: SearchConfig) -> None:
+    """The old rule said 'does not beat' (mean 1.0 < σ 2 of the seed's repeats); paired by
+    seed the gain is 1.0 ± 0.1, its interval [+0.75, +1.25] above zero."""
+    trials = _verified(config, [10.0, 14.0, 12.0], [12.0, 13.0, 11.0], [11.0, 15.1, 12.9])
+    verify = summarize(trials, config, "s")["verify"]
+    gain = verify["gain_over_seed"]
+    assert gain["mean"] == pytest.approx(1.0) and gain["mean"] < gain["seed_std"]
+    assert gain["ci95"] == pytest.approx([0.7516, 1.2484], abs=1e-4)
+    assert verify["beats_seed"] is True
+    assert "beats the seed at equal training" in verify["verdict"]
+    assert "[+0.75, +1.25]" in verify["verdict"]
+
+
+def test_one_paired_repeat_has_no_interval(tmp_path: Path) -> None:
+    config = make_config(
+        tmp_path,
+        serial={"n_rounds": 0},
+        verify={"repeats": 1},
+        search={"noise_repeats": 1, "acceptance": "greedy"},
+    )
+    verify = summarize(_verified(config, [10.0], [12.0], [15.0]), config, "s")["verify"]
+    assert verify["gain_over_seed"]["ci95"] is None and verify["beats_seed"] is None
+    assert "says nothing (set verify.repeats ≥ 3)" in verify["verdict"]
+
+
+@pytest.mark.parametrize(
+    ("df", "quantile"),
+    # Student's t 0.975 quantiles (tables): 12.7062, 4.3027, 2.7764, 2.0423, 1.9840.
+    [(1, 12.7062047), (2, 4.3026527), (4, 2.7764451), (30, 2.0422725), (100, 1.9839715)],
+)
+def test_t_quantile_matches_the_tables(df: int, quantile: float) -> None:
+    assert t_quantile(0.975, df) == pytest.approx(quantile, abs=1e-6)
+
+
+def test_paired_interval_bad_input() -> None:
+    assert paired_interval([1.0]) is None
+    with pytest.raises(ValueError, match="degrees of freedom 0"):
+        t_quantile(0.975, 0)
+    with pytest.raises(ValueError, match=r"probability 1\.5"):
+        t_quantile(1.5, 3)
 
 
 def test_minimized_metrics_count_a_drop_as_a_gain(tmp_path: Path) -> None:
     config = make_config(
-        tmp_path, serial={"n_rounds": 0}, verify={"repeats": 2}, data={"metric": "LAMR"}
+        tmp_path,
+        serial={"n_rounds": 0},
+        verify={"repeats": 2},
+        data={"metric": "LAMR"},
+        search={"noise_repeats": 1, "acceptance": "greedy"},
     )
     trials = _verified(config, [0.5, 0.6], [0.4, 0.5], [0.2, 0.3])
     gain = summarize(trials, config, "s")["verify"]["gain_over_seed"]

@@ -167,8 +167,10 @@ def test_the_first_in_line_decides_for_the_whole_line(
         one_by_one.append(reference_study.sampler.decide(reference_study, trial))
         _write(reference_study._storage, trial._trial_id, one_by_one[-1])
     assert [first, *ahead] == one_by_one
-    assert [d.kind for d in one_by_one] == ["control"] + ["serial"] * 5
-    assert len({d.arch for d in one_by_one[1:]}) == 5  # five different candidates
+    # The control's two noise repeats (search.noise_repeats), then the candidates.
+    assert [(d.kind, d.repeat) for d in one_by_one[:2]] == [("control", None), ("control", 1)]
+    assert [d.kind for d in one_by_one[2:]] == ["serial"] * 4
+    assert len({d.arch for d in one_by_one[2:]}) == 4  # four different candidates
 
 
 def test_deciding_ahead_stops_at_a_barrier(tmp_path: Path) -> None:

@@ -196,9 +196,15 @@ def check_search(
     assert kinds["final"] == 0, text
 
     # Proposals are new: no candidate trained twice, none equal to a barrier's network.
-    proposals = Counter(d.candidate for t, d in live if d.kind in ("serial", "parallel"))
+    # A re-evaluation (noise-aware acceptance) is a second training of a would-be winner:
+    # at most one completes each, of a candidate that was proposed.
+    searched = [(t, d) for t, d in live if d.kind in ("serial", "parallel")]
+    proposals = Counter(d.candidate for _, d in searched if not d.repeat)
     twice = [c for c, n in proposals.items() if n > 1]
     assert not twice, f"candidates decided twice: {twice}\n{text}"
+    done = TrialState.COMPLETE
+    again = Counter(d.candidate for t, d in searched if d.repeat and t.state == done)
+    assert all(n == 1 and c in proposals for c, n in again.items()), f"{again}\n{text}"
     for t, d in live:
         if d.kind in ("seed", "parallel_seed"):
             assert d.candidate not in proposals, f"#{t.number} {d.candidate} proposed again"
@@ -219,15 +225,17 @@ def check_search(
             ),
             key=lambda td: (td[0].datetime_complete, td[0].number),
         )
-        control = _control_of(live, baseline.number, text)
+        control, reference = _control_of(live, baseline.number, config.search.noise_repeats, text)
         assert all(d.parent == baseline.number for _, d in members if d.kind == "serial"), text
-        _check_stuck(members, control.value, config.serial.n_stuck, config.direction, text)
+        _check_stuck(members, reference, config.serial.n_stuck, config.direction, text)
         if round_ <= config.serial.n_rounds:
             reignite = next(t for t, d in live if d.kind == "reignite" and d.round == round_)
-            best = max(
-                [control, *[t for t, _ in members if t.value is not None]],
-                key=lambda t: t.value if config.direction == "maximize" else -t.value,
-            )
+            # The round's best: its best candidate if that beat the control's mean, else the
+            # control (its first repeat stands for it).
+            sign = 1.0 if config.direction == "maximize" else -1.0
+            values = [(sign * t.value, t) for t, d in members if t.value and not d.repeat]
+            top = max(values, key=lambda vt: vt[0], default=None)
+            best = top[1] if top is not None and top[0] > sign * reference else control
             assert Decision.of(reignite).parent == best.number, f"round {round_}\n{text}"
             # The reignition started after the round's last trial finished.
             last = max((t.datetime_complete for t, _ in members), default=None)
@@ -239,8 +247,8 @@ def check_search(
         key=lambda td: (td[0].datetime_complete, td[0].number),
     )
     assert all(d.parent == pseed.number for _, d in members if d.kind == "parallel"), text
-    control = _control_of(live, pseed.number, text)
-    _check_stuck(members, control.value, config.parallel.n_stuck, config.direction, text)
+    _, reference = _control_of(live, pseed.number, config.search.noise_repeats, text)
+    _check_stuck(members, reference, config.parallel.n_stuck, config.direction, text)
 
     # Verification: every planned network, every repeat, exactly once and complete.
     verified = Counter((d.candidate, d.repeat) for t, d in live if d.kind == "verify")
@@ -270,12 +278,18 @@ def check_search(
     return state
 
 
-def _control_of(live: list[tuple[FrozenTrial, Decision]], baseline: int, text: str) -> FrozenTrial:
-    """The one complete control trial of the round that started from trial ``baseline``."""
-    controls = [t for t, d in live if d.kind == "control" and d.parent == baseline]
-    assert len(controls) == 1, f"{len(controls)} controls of trial {baseline}\n{text}"
-    assert controls[0].state == TrialState.COMPLETE, text
-    return controls[0]
+def _control_of(
+    live: list[tuple[FrozenTrial, Decision]], baseline: int, repeats: int, text: str
+) -> tuple[FrozenTrial, float]:
+    """The first control of the round that started from trial ``baseline`` and the round's
+    reference, the mean of the control's noise repeats (each trained once and complete)."""
+    controls = [(t, d) for t, d in live if d.kind == "control" and d.parent == baseline]
+    assert sorted(d.repeat or 0 for _, d in controls) == list(range(repeats)), (
+        f"{len(controls)} controls of trial {baseline}\n{text}"
+    )
+    assert all(t.state == TrialState.COMPLETE for t, _ in controls), text
+    first = next(t for t, d in controls if not d.repeat)
+    return first, sum(t.value for t, _ in controls) / repeats
 
 
 def _check_stuck(
@@ -285,14 +299,21 @@ def _check_stuck(
     direction: str,
     text: str,
 ) -> None:
+    """The round ended stuck (or exhausted). The engine has no noise (σ_trial 0), so the
+    noise-aware rule is the greedy one, plus a re-evaluation of every winner, which must
+    exist, complete, with the winner's value."""
+    again = {d.candidate: t for t, d in members if d.repeat}
     best, stuck, exhausted = baseline, 0, False
     for trial, decision in members:
         if decision.kind == "exhausted":
             exhausted = True
             continue
+        if decision.repeat:
+            continue
         value = trial.value if trial.state == TrialState.COMPLETE else None
         better = value is not None and (value > best if direction == "maximize" else value < best)
         if better:
+            assert again[decision.candidate].value == value, f"trial {trial.number}"
             best, stuck = value, 0
         else:
             stuck += 1
