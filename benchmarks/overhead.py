@@ -96,7 +96,15 @@ def study_config(
         "model": {"seed_arch": SEED_ARCH, "width": 16},
         "space": {"min_blocks": 8, "max_blocks": 40, "max_stages": 7},
         "serial": {"n_mutations": 3, "n_stuck": 10**9, "n_rounds": 1},
-        "search": {"wait_seconds": 0.01, "comparison": comparison},
+        # One control per round and the plain acceptance rule: the histories below write no
+        # control repeats or re-evaluations (search.noise_repeats, search.acceptance), which
+        # add trials but not decision work of another kind.
+        "search": {
+            "wait_seconds": 0.01,
+            "comparison": comparison,
+            "noise_repeats": 1,
+            "acceptance": "greedy",
+        },
     }
     if phase == "parallel":
         values["model"]["seed_arch"] = PARALLEL_ARCH

@@ -91,7 +91,9 @@ def study_values(name: str, trials: int) -> dict[str, Any]:
         # verified: the measurement is the serial round.
         "parallel": {"n_stuck": 1, "max_trials": 0},
         "verify": {"enabled": False},
-        "search": {"wait_seconds": 0.2},
+        # One control and no re-evaluations (search.noise_repeats, search.acceptance): the round
+        # then has exactly ``trials`` serial trials, which the throughput counts.
+        "search": {"wait_seconds": 0.2, "noise_repeats": 1, "acceptance": "greedy"},
     }
 
 
