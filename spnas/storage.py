@@ -92,6 +92,11 @@ class StorageError(SpnasError):
     """A storage or artifact store cannot be reached or created."""
 
 
+class StorageUnreachableError(StorageError):
+    """The database did not answer the first connection (a server down, starting or
+    restarting, or a refused login): unlike a malformed URL, the same URL may work later."""
+
+
 def _parse(url: str) -> Any:
     """The SQLAlchemy URL of ``url``, or ``None`` when it is not one."""
     from sqlalchemy.engine import make_url
@@ -276,8 +281,10 @@ def make_storage(
     ``max_overflow`` more at once (then waits for one to be free).
 
     Raises:
-        StorageError: when the database cannot be reached or the URL is not understood; the
-            message shows the URL without its password.
+        StorageUnreachableError: when the database does not answer the first connection
+            (a :class:`StorageError`; a worker waits and tries again, a creation does not).
+        StorageError: when the URL is not understood or cannot be used; the message shows the
+            URL without its password.
     """
     url = str(url)
     check_storage_url(url)
@@ -338,7 +345,12 @@ def make_storage(
                 ),
             )
     except Exception as exc:  # sqlalchemy raises many types; all mean "cannot use this URL"
-        raise StorageError(
+        error = (
+            StorageUnreachableError
+            if isinstance(exc, sqlalchemy.exc.OperationalError)
+            else StorageError
+        )
+        raise error(
             f"cannot open storage {redact(url)!r}: {type(exc).__name__}: "
             f"{_redact_exception(exc, url)}"
         ) from None

@@ -19,6 +19,9 @@ TESTS=(
     tests/search/test_search_workers.py
     tests/search/test_search_waiting.py
     tests/search/test_search_preemption.py
+    tests/search/test_search_liveness.py
+    tests/search/test_search_gc.py
+    tests/search/test_search_disk_full.py
     tests/search/test_search_data_parallel.py
     tests/test_storage.py
     tests/test_storage_proxy.py

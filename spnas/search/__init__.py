@@ -11,7 +11,7 @@ Public API:
   :func:`paired_interval`, :func:`t_quantile` — the paired 95 % interval its verdict rests on;
 - :func:`retrain` — a network retrained from scratch at equal training (verification);
 - :class:`Objective`, :func:`create_search_study`, :func:`load_search_study`,
-  :func:`run_worker`, :func:`prepare_data` — what ``spnas search`` and ``spnas worker`` run;
+  :func:`join_search_study`, :func:`run_worker`, :func:`prepare_data` — what ``spnas search`` and ``spnas worker`` run;
 - :func:`collect_garbage` — what ``spnas gc`` runs (leftovers of killed workers).
 
 The names load on first use: a process that only decides (the sampler, ``get_decision``, a
@@ -46,6 +46,7 @@ _API = {
     "fetch_weights": "_objective",
     "get_decision": "_sampler",
     "kendall_tau": "_summary",
+    "join_search_study": "_worker",
     "load_search_study": "_worker",
     "paired_interval": "_stats",
     "prepare_data": "_worker",

@@ -644,7 +644,8 @@ class SPNASSampler(BaseSampler):
                 optuna.storages.fail_stale_trials(study)
             # Killed before their first heartbeat: failed (and retried, if decided) likewise.
             for silent in silent_trials(storage, study_id(study)):
-                retried = requeue_interrupted(study, silent)
+                # Every waiting worker finds it: only the one that fails it queues the retry.
+                retried = requeue_interrupted(study, silent, claim=True)
                 _logger.warning(
                     "trial id %d: running past the grace period without a heartbeat (its "
                     "process died): failed%s",

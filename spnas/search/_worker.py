@@ -34,6 +34,7 @@ from spnas.search._signals import (
 from spnas.search._state import SearchState
 from spnas.storage import (
     StorageError,
+    StorageUnreachableError,
     check_artifact_store,
     hide_password,
     make_artifact_store,
@@ -273,8 +274,7 @@ def run_worker(
     Returns:
         The search state when the worker stopped.
     """
-    study, config = load_search_study(study_name, storage_url, storage_options=storage_options)
-    resume_failed_search(study, config)
+    study, config = join_search_study(study_name, storage_url, storage_options=storage_options)
     objective = objective or Objective(config)
     _collect_garbage(study, config, objective)
     current: dict[str, int] = {}
@@ -382,6 +382,34 @@ def run_worker(
             outages = 0
             disk_waited = 0.0
             ran += 1
+
+
+def join_search_study(
+    study_name: str, storage_url: str, *, storage_options: Mapping[str, Any] | None = None
+) -> tuple[optuna.Study, SearchConfig]:
+    """Open a search study as a worker joins it: :func:`load_search_study`, then resume the
+    search if it stopped as failed (:func:`~spnas.search.resume_failed_search`).
+
+    A database that does not answer (down, starting or restarting) pauses the caller, as an
+    outage mid-search does (up to ``MAX_STORAGE_OUTAGES`` in a row), instead of ending it:
+    workers of a cluster start beside their database, or meet its restart while they start.
+    """
+    outages = 0
+    while True:
+        try:
+            study, config = load_search_study(
+                study_name, storage_url, storage_options=storage_options
+            )
+            resume_failed_search(study, config)
+            return study, config
+        except StorageUnreachableError as exc:
+            cause: BaseException | None = exc
+        except Exception as exc:
+            cause = _storage_cause(exc)
+            if cause is None:
+                raise
+        outages += 1
+        _pause_for_storage(cause, outages, storage_url)
 
 
 def _storage_cause(exc: BaseException) -> BaseException | None:

@@ -440,12 +440,12 @@ def worker_main(
         force=True,
     )
     logging.getLogger("optuna").setLevel(logging.INFO)
-    from spnas.search import Objective, load_search_study, run_worker
+    from spnas.search import Objective, join_search_study, run_worker
 
     kwargs: dict[str, Any] = {}
     if storage_options:
         kwargs["storage_options"] = storage_options
-    _, config = load_search_study(name, url, **kwargs)
+    _, config = join_search_study(name, url, **kwargs)  # as `spnas worker` does
     objective = Objective(config, engine=FakeEngine(**engine_kwargs))
     state = run_worker(name, url, objective=objective, **kwargs)
     logging.getLogger(__name__).info("worker done: %s", state.phase)

@@ -20,18 +20,20 @@ from typing import Any
 import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
-from search_doubles import config_dict, worker_main
+from search_doubles import FakeEngine, config_dict, worker_main
 
 from spnas.search import (
     WEIGHTS_ATTR,
     Decision,
+    Objective,
     SearchConfig,
     SearchState,
     create_search_study,
     load_search_study,
+    run_worker,
     verification_plan,
 )
-from spnas.storage import make_storage
+from spnas.storage import StorageUnreachableError, make_storage
 
 pytestmark = pytest.mark.slow
 
@@ -483,6 +485,39 @@ def test_workers_wait_through_a_postgres_restart(
     assert len(trials) > len(before)
     logs = "".join(log.read_text(errors="replace") for log in workers.logs)
     assert "unreachable" in logs or "storage error" in logs, "no worker saw the outage"
+
+
+def test_a_worker_started_while_the_database_is_down_waits_for_it(
+    tmp_path: Path,
+    search_assets: Path,
+    postgresql_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker meeting a restart while it starts (seen once in CI: it died in
+    load_search_study) or starting before its database pauses as it does mid-search."""
+    import threading
+
+    import spnas.search._worker as worker
+
+    monkeypatch.setattr(worker, "STORAGE_OUTAGE_WAIT_S", 0.5)
+    url = postgresql_server.new_database("spnas_down_at_start")
+    config, url = new_study(tmp_path, search_assets, url, "down")
+    pid_file = postgresql_server.data_dir / "postmaster.pid"
+    restart = threading.Thread(target=postgresql_server.restart, kwargs={"down_seconds": 3.0})
+    restart.start()
+    try:
+        deadline = time.monotonic() + 60
+        while pid_file.exists():  # until the server is down
+            assert time.monotonic() < deadline, "the server did not stop"
+            time.sleep(0.05)
+        with pytest.raises(StorageUnreachableError):  # what the worker meets at start-up
+            make_storage(url)
+        engine = FakeEngine(sleep=0.0)
+        run_worker(config.study.name, url, objective=Objective(config, engine=engine), max_trials=1)
+    finally:
+        restart.join()
+    assert [kind for kind, _, _ in engine.calls] == ["seed"]
+    assert _trials_now(config.study.name, url)[0].state == TrialState.COMPLETE
 
 
 def test_stopping_every_worker_and_starting_again_resumes(
