@@ -11,14 +11,14 @@ then ``--seeds`` searches (search ``k`` = 0, 1, …):
   random search (serial code uniform, parallel code by the search's FLOPs-inverse sampling
   under its FLOPs budget), never selected by any search value; its value per seed is their
   mean. If selection adds nothing, a pick retrains like this mean.
-- **SP-NAS**: a whole search (``spnas search`` with ``--workers`` workers on the profile's
+- **SP-NAS**: a whole search (``spnas search`` with one worker on the profile's
   study YAML, ``studies/bench-*.yaml``) at equal training, verification off; search ``k``
   runs with ``search.seed = schedule.seed = k``. Its study (SQLite) is kept in
   ``benchmarks/results/<run-name>/spnas-<profile>-<k>.db`` (with the study YAML and the
   search's log), so that its trajectory can be audited (``spnas status``, the dashboard).
 - **Random search** at the same budget: codes drawn as for the unselected baseline, each
   pretrained from scratch and trained one search schedule (:func:`spnas.search.retrain`,
-  seed ``k``) by ``--workers`` processes at once, until the next one would exceed the budget;
+  seed ``k``) one after the other, until the next one would exceed the budget;
   its pick is the best by that search value. Every candidate is listed in the results.
 - **Verification**: both picks are retrained from scratch with the verification schedule,
   with the same ``--verify-seeds`` seeds as the baselines.
@@ -33,9 +33,10 @@ iterations: a crop-pretraining step at 32 px costs a fraction of a detection ste
 search was charged 438 steps a candidate for about 1.1× a search trial's time), and the
 backbone's FLOPs (what :mod:`spnas.modeling.flops` counts) leave out the detector's FPN, RPN
 and box head, which dominate a detection step at these widths; the measured time counts all
-of it. Seconds depend on concurrency, so random search runs as many candidates at once as
-SP-NAS has workers (each with ``cores / workers`` torch threads, as ``spnas search`` gives its
-workers): both are charged under the same sharing of the machine. Run it on a quiet machine:
+of it. Both methods run alone, one trial at a time with every core (the SP-NAS search with
+one worker): a trial's span is then its own work. With several workers it would not be: a
+trial waits for a running barrier (the seed, a round's control) inside the sampler, after
+Optuna has started it, so its span would hold the wait too. Run it on a quiet machine:
 other load inflates both sides, but not necessarily alike.
 
 **Seeds.** Every seed used during either search is below ``VERIFY_SEED_BASE`` (1000); the
@@ -50,7 +51,7 @@ and the same pooled over the searches (``_paired.pooled``).
 
 Results (``benchmarks/results/search_vs_random.json``, or ``--out``; rewritten after every
 search, so a partial run keeps what it measured): ``settings`` (``searches``,
-``verify_seeds``, ``unselected``, ``workers``, ``budget`` = ``"trial_seconds"``,
+``verify_seeds``, ``unselected``, ``budget`` = ``"trial_seconds"``,
 ``overrides``, ``run_dir``); ``profiles.<profile>``:
 
 - ``verify_seeds``; ``seed``, ``high_res``: a network (``arch``, ``parallel``, ``gmacs``,
@@ -60,7 +61,8 @@ search, so a partial run keeps what it measured): ``settings`` (``searches``,
   ``search_ap``, ``trials``, ``budget_seconds``, ``seeds_used``, ``study``: the path of its
   SQLite file), ``random`` (a network plus ``search_ap``, ``trained``, ``budget_seconds``,
   ``seeds_used``, ``candidates``: each with ``arch``, ``parallel``, ``search_ap``,
-  ``seconds``), ``budget_ratio`` (random's seconds / SP-NAS's) and ``paired``;
+  ``seconds``), ``budget_ratio`` (random's budget / SP-NAS's), ``gmacs_over_high_res`` (``spnas``,
+  ``random``: each pick's GMACs over the high-resolution network's) and ``paired``;
 - ``paired.<comparison>`` for the comparisons ``spnas_minus_random``, ``spnas_minus_seed``,
   ``spnas_minus_unselected``, ``spnas_minus_high_res``, ``random_minus_unselected``,
   ``random_minus_seed``: ``differences`` (one per verification seed), ``n``, ``mean``,
@@ -90,17 +92,14 @@ candidate's crop pretraining charged like detection steps): such a profile is ma
 SP-NAS − random comparison carries that bias.
 
 Run (hours; on a quiet machine): ``.venv/bin/python benchmarks/search_vs_random.py
-[--profiles A B] [--seeds 3] [--verify-seeds 5] [--unselected 5] [--workers 2]
+[--profiles A B] [--seeds 3] [--verify-seeds 5] [--unselected 5]
 [--run-name NAME] [--set KEY=VALUE…] [--cross-from FILE…] [--picks-from FILE…] [--json]``.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import logging
-import multiprocessing
-import os
 import random
 import statistics
 import subprocess
@@ -229,9 +228,7 @@ def random_network(config: SearchConfig, rng: random.Random) -> tuple[str, str |
     return str(arch), None if parallel is None else str(parallel)
 
 
-def run_spnas(
-    run_dir: Path, values: dict[str, Any], workers: int
-) -> tuple[SearchConfig, optuna.Study]:
+def run_spnas(run_dir: Path, values: dict[str, Any]) -> tuple[SearchConfig, optuna.Study]:
     """Run the search with ``spnas search`` (as a user would); its config and study. The study
     YAML and the search's log go to ``run_dir`` beside the study."""
     path = run_dir / f"{values['study']['name']}.yaml"
@@ -239,7 +236,7 @@ def run_spnas(
     log = run_dir / f"{values['study']['name']}.log"
     with open(log, "w") as out:
         subprocess.run(
-            [sys.executable, "-m", "spnas", "search", str(path), "--workers", str(workers)],
+            [sys.executable, "-m", "spnas", "search", str(path), "--workers", "1"],
             stdout=out,
             stderr=subprocess.STDOUT,
             check=True,
@@ -320,7 +317,7 @@ def baselines(
 
 
 def train_candidate(
-    config: SearchConfig, arch: str, parallel: str | None, seed: int, out: str
+    config: SearchConfig, arch: str, parallel: str | None, seed: int, out: Path
 ) -> tuple[float, float]:
     """One random-search candidate trained as a search trial: its value and wall seconds."""
     started = time.monotonic()
@@ -332,49 +329,19 @@ def train_candidate(
     return value, time.monotonic() - started
 
 
-def _set_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def run_random(
-    config: SearchConfig, budget: float, seed: int, workers: int, out: Path
-) -> dict[str, Any]:
-    """Random search until ``budget`` seconds are spent, ``workers`` candidates at once.
-
-    A candidate starts while the seconds spent, plus the mean candidate's for each one
-    running and for itself, stay within the budget (the first ``workers`` always start).
-    """
+def run_random(config: SearchConfig, budget: float, seed: int, out: Path) -> dict[str, Any]:
+    """Random search until ``budget`` seconds are spent: a candidate starts while the seconds
+    spent plus the mean candidate's stay within the budget (the first always starts)."""
     rng = random.Random(f"random:{seed}")
-    threads = max(1, (os.cpu_count() or 1) // workers)
     candidates: list[dict[str, Any]] = []
-    running: dict[concurrent.futures.Future, dict[str, Any]] = {}
     spent = 0.0
-    with concurrent.futures.ProcessPoolExecutor(
-        workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_set_threads,
-        initargs=(threads,),
-    ) as pool:
-        while True:
-            mean = statistics.fmean(c["seconds"] for c in candidates) if candidates else 0.0
-            while len(running) < workers and spent + (len(running) + 1) * mean <= budget:
-                arch, parallel = random_network(config, rng)
-                index = len(candidates) + len(running)
-                future = pool.submit(
-                    train_candidate, config, arch, parallel, seed, str(out / f"c{index}")
-                )
-                running[future] = {"arch": arch, "parallel": parallel}
-            if not running:
-                break
-            done, _ = concurrent.futures.wait(
-                running, return_when=concurrent.futures.FIRST_COMPLETED
-            )
-            for future in done:
-                value, seconds = future.result()
-                candidates.append({**running.pop(future), "search_ap": value, "seconds": seconds})
-                spent += seconds
+    while not candidates or spent + spent / len(candidates) <= budget:
+        arch, parallel = random_network(config, rng)
+        value, seconds = train_candidate(config, arch, parallel, seed, out / f"c{len(candidates)}")
+        candidates.append(
+            {"arch": arch, "parallel": parallel, "search_ap": value, "seconds": seconds}
+        )
+        spent += seconds
     best = max(candidates, key=lambda c: c["search_ap"])
     return {
         "arch": best["arch"],
@@ -414,12 +381,6 @@ def main() -> None:
     )
     parser.add_argument(
         "--unselected", type=int, default=5, help="random networks of the unselected baseline"
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=2,
-        help="workers of each SP-NAS search (and candidates random search trains at once)",
     )
     parser.add_argument(
         "--run-name",
@@ -478,7 +439,6 @@ def _settings(args: Any, **extra: Any) -> dict[str, Any]:
     return {
         "verify_seeds": args.verify_seeds,
         "unselected": args.unselected,
-        "workers": args.workers,
         "overrides": args.overrides,
         **extra,
     }
@@ -506,12 +466,10 @@ def search(args: Any) -> None:
             for k in range(args.seeds):
                 storage = run_dir / f"spnas-{profile}-{k}.db"
                 values = study_values(root, profile, k, args.overrides, storage)
-                config, study = run_spnas(run_dir, values, args.workers)
+                config, study = run_spnas(run_dir, values)
                 spnas = {**spnas_pick(config, study), "study": str(storage)}
                 check_disjoint(seeds, spnas["seeds_used"], f"{profile} search {k} (SP-NAS)")
-                pick = run_random(
-                    config, spnas["budget_seconds"], k, args.workers, root / f"r-{profile}-{k}"
-                )
+                pick = run_random(config, spnas["budget_seconds"], k, root / f"r-{profile}-{k}")
                 check_disjoint(seeds, pick["seeds_used"], f"{profile} search {k} (random)")
                 _add_search(result, profile, config, k, spnas, pick, root)
                 result["wall_s"] = time.monotonic() - started
@@ -562,7 +520,12 @@ def _add_search(
         "search": k,
         "spnas": spnas,
         "random": pick,
-        "budget_ratio": pick["budget_seconds"] / spnas["budget_seconds"],
+        "budget_ratio": _budget_ratio(spnas, pick),
+        # The high-resolution network is the equal-cost reference: how far from equal.
+        "gmacs_over_high_res": {
+            "spnas": spnas["gmacs"] / entry["high_res"]["gmacs"],
+            "random": pick["gmacs"] / entry["high_res"]["gmacs"],
+        },
         "paired": {
             key: paired(networks[left], networks[right]) for key, left, right in COMPARISONS
         },
@@ -573,6 +536,12 @@ def _add_search(
         for key, _, _ in COMPARISONS
     }
     print(summary_line(profile, row), flush=True)
+
+
+def _budget_ratio(spnas: dict[str, Any], pick: dict[str, Any]) -> float:
+    """Random search's budget over SP-NAS's: seconds, or optimizer steps in earlier files."""
+    key = "budget_seconds" if "budget_seconds" in spnas else "budget_steps"
+    return pick[key] / spnas[key]
 
 
 def summary_line(profile: str, row: dict[str, Any]) -> str:
@@ -605,7 +574,7 @@ def reverify(args: Any) -> None:
 
     The searches themselves do not depend on the verification (it is off inside them), so an
     earlier run's picks are what a new run would pick with the same budget rule, up to the
-    order in which its workers finish trials; only the verification is measured again, on
+    order in which its workers finished trials; only the verification is measured again, on
     seeds disjoint from every seed those searches used. Budgets and search APs are the
     earlier run's.
     """

@@ -186,7 +186,7 @@ def test_search_vs_random(tmp_path: Path) -> None:
     run = run_script(
         "search_vs_random.py",
         *("--profiles", "small-objects", "--seeds", "1", "--verify-seeds", "2"),
-        *("--unselected", "2", "--workers", "1", *sets(toy), "--out", str(out)),
+        *("--unselected", "2", *sets(toy), "--out", str(out)),
         timeout=600,
     )
     result = result_of(run, out, "search_vs_random")
@@ -222,6 +222,9 @@ def test_search_vs_random(tmp_path: Path) -> None:
         study_name="spnas-small-objects-0", storage=f"sqlite:///{study}"
     ).get_trials()
     assert sum("kind" in t.user_attrs for t in trials) == spnas["trials"]
+    assert row["gmacs_over_high_res"]["spnas"] == pytest.approx(
+        spnas["gmacs"] / entry["high_res"]["gmacs"]
+    )
     for method in (spnas, pick, entry["seed"], entry["high_res"]):
         assert len(method["retrained"]) == 2 and all(finite(v) for v in method["retrained"])
     diffs = row["paired"]["spnas_minus_random"]
@@ -248,6 +251,56 @@ def test_search_vs_random(tmp_path: Path) -> None:
     # A second run into the same run directory would mix two runs' studies: refused.
     again = run_script("search_vs_random.py", "--profiles", "small-objects", "--out", str(out))
     assert again.returncode != 0 and "not empty" in again.stderr
+
+
+@pytest.mark.slow
+def test_search_vs_random_picks_from_an_old_file(tmp_path: Path) -> None:
+    """--picks-from on a file from before the disjoint seeds (``per_seed`` rows, a budget in
+    optimizer steps, verified on seeds 0-2): its picks are verified again on seeds 1000+k
+    beside this run's baselines, and the profile says its budget was optimizer steps."""
+    toy = [*TOY_STUDY, "schedule.iters=2", "verify.schedule.iters=2"]
+    old = tmp_path / "old.json"
+    pick = {"arch": "BB(1,1d,1d1,d1)", "parallel": "(2,2,1,0)", "search_ap": 1.0}
+    seed = {"arch": "BB(11,d1,d1,d1)", "parallel": None, "search_ap": 0.5}
+    old_ap = {"retrained": [9.0, 8.0, 7.0]}  # verified on seeds 0-2: replaced
+    old.write_text(
+        json.dumps(
+            {
+                "measured_at": "2026-12-01T00:00:00+00:00",
+                "settings": {"seeds": 1, "repeats": 3, "overrides": toy},
+                "profiles": {
+                    "small-objects": {
+                        "per_seed": [
+                            {
+                                "seed": 0,
+                                "spnas": {**pick, "trials": 8, "budget_steps": 900, **old_ap},
+                                "random": {**seed, "trained": 3, "budget_steps": 880, **old_ap},
+                            }
+                        ]
+                    }
+                },
+            }
+        )
+    )
+    out = tmp_path / "reverified.json"
+    run = run_script(
+        "search_vs_random.py",
+        *("--picks-from", str(old), "--verify-seeds", "2", "--unselected", "1"),
+        *("--out", str(out)),
+        timeout=400,
+    )
+    result = result_of(run, out, "search_vs_random")
+    assert result["complete"] is True and result["from"][0]["file"] == "old.json"
+    entry = result["profiles"]["small-objects"]
+    assert entry["budget"] == "optimizer_steps" and entry["overrides"] == toy
+    (row,) = entry["per_search"]
+    assert row["search"] == 0 and row["budget_ratio"] == pytest.approx(880 / 900)
+    for method in (row["spnas"], row["random"], entry["seed"], entry["unselected"]["networks"][0]):
+        assert len(method["retrained"]) == 2 and all(finite(v) for v in method["retrained"])
+    # The old random pick is the seed's architecture, retrained with the same seeds: the same
+    # APs (a retrain is deterministic for its seed on one machine).
+    assert row["random"]["retrained"] == entry["seed"]["retrained"]
+    assert row["paired"]["random_minus_seed"]["differences"] == [0.0, 0.0]
 
 
 def test_search_vs_random_refuses_old_files_for_cross(tmp_path: Path) -> None:
