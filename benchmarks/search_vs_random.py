@@ -1,35 +1,99 @@
-"""SP-NAS against random search at equal budget, both picks retrained from scratch (Table 9).
+"""SP-NAS against random search at equal training seconds, with paired intervals (Table 9).
 
-For each benchmark profile (``spnas data synth --profile``) and each of ``--seeds`` seeds:
+For each benchmark profile (``spnas data synth --profile``), first the profile's baselines,
+then ``--seeds`` searches (search ``k`` = 0, 1, …):
 
-- **SP-NAS**: a whole search (``spnas search`` with 2 workers on the profile's study YAML,
-  ``studies/bench-*.yaml``: seed, serial rounds with a reignition, parallel phase) at equal
-  training (``search.comparison: equal_training``), no verification inside. Its budget is every optimizer step it took: each trial's detection
-  iterations plus the classification pretraining of the seed and of every reignition.
-- **Random search** at the same budget: codes drawn uniformly from the same space (serial code
-  with the seed's number of doublings, then a parallel code by the same FLOPs-inverse sampling
-  under the same FLOPs budget), each pretrained from scratch and trained one search schedule
-  (:func:`spnas.search.retrain`), until the next one would exceed the budget; its pick is the
-  best by that search value.
-- **Both picks and the seed are retrained** from scratch with the verification schedule,
-  ``--repeats`` seeds each (the same seeds for every network): the only difference between the
-  three is the architecture.
+- **Baselines**, retrained once per profile: the seed ``BB(11,d1,d1,d1)``; the hand-made
+  high-resolution network ``BB(11d,1d,1d,1)`` of ``benchmarks/profiles.py`` (the reference at
+  about the GMACs of the searches' picks: it costs 1.75× the seed, their picks 1.5–2.2× in
+  earlier runs; every network's GMACs are in the results); and the **unselected-random**
+  baseline: ``--unselected`` architectures drawn from the search space by the same rule as
+  random search (serial code uniform, parallel code by the search's FLOPs-inverse sampling
+  under its FLOPs budget), never selected by any search value; its value per seed is their
+  mean. If selection adds nothing, a pick retrains like this mean.
+- **SP-NAS**: a whole search (``spnas search`` with one worker on the profile's
+  study YAML, ``studies/bench-*.yaml``) at equal training, verification off; search ``k``
+  runs with ``search.seed = schedule.seed = k``. Its study (SQLite) is kept in
+  ``benchmarks/results/<run-name>/spnas-<profile>-<k>.db`` (with the study YAML and the
+  search's log), so that its trajectory can be audited (``spnas status``, the dashboard).
+- **Random search** at the same budget: codes drawn as for the unselected baseline, each
+  pretrained from scratch and trained one search schedule (:func:`spnas.search.retrain`,
+  seed ``k``) one after the other, until the next one would exceed the budget;
+  its pick is the best by that search value. Every candidate is listed in the results.
+- **Verification**: both picks are retrained from scratch with the verification schedule,
+  with the same ``--verify-seeds`` seeds as the baselines.
 
-Then the data-specificity check (paper Fig. 4b): SP-NAS's pick of each profile is retrained on
-the other profile(s) with the same repeats. ``--cross-from FILE…`` runs that check alone, on
-the seed-0 picks of earlier result files (one or more profiles each), and writes
-``results/search_vs_random-cross.json``: a retrain is deterministic for its seed on one
-machine, so the native picks' retrained APs in those files need not be measured again.
-``--picks-from FILE…`` runs no search: it retrains the seed and both picks of every search in
-those files with this run's verification schedule (the study YAMLs' 900 iterations, or
-``--set verify.schedule.iters=N``), then Fig. 4b, and writes
-``results/search_vs_random-reverified.json`` (or ``--out``). The searches run with
-verification off, so their picks do not depend on its schedule.
+**Budget: seconds of every trial, measured.** SP-NAS is charged the wall time of every trial
+that trained (from Optuna's start and completion time of the trial): the seed, controls and
+their noise repeats, candidates, re-evaluations, reignitions and the parallel phase,
+including the crop pretraining done inside the seed and reignition trials, weight transfers
+and the evaluation. Random search is charged the wall time of each candidate (crop
+pretraining, detection training, evaluation). Seconds, not optimizer steps nor FLOPs ×
+iterations: a crop-pretraining step at 32 px costs a fraction of a detection step (random
+search was charged 438 steps a candidate for about 1.1× a search trial's time), and the
+backbone's FLOPs (what :mod:`spnas.modeling.flops` counts) leave out the detector's FPN, RPN
+and box head, which dominate a detection step at these widths; the measured time counts all
+of it. Both methods run alone, one trial at a time with every core (the SP-NAS search with
+one worker): a trial's span is then its own work. With several workers it would not be: a
+trial waits for a running barrier (the seed, a round's control) inside the sampler, after
+Optuna has started it, so its span would hold the wait too. Run it on a quiet machine:
+other load inflates both sides, but not necessarily alike.
 
-Run: ``.venv/bin/python benchmarks/search_vs_random.py [--profiles A B] [--seeds 3]
-[--repeats 3] [--cross-from FILE…] [--picks-from FILE…] [--json]``; it writes
-``benchmarks/results/search_vs_random.json`` after every search, so a partial run keeps what
-it measured.
+**Seeds.** Every seed used during either search is below ``VERIFY_SEED_BASE`` (1000); the
+verification seeds are ``1000 + j`` (``_paired.verification_seeds``). The seeds a search
+actually used (each trial's recorded training seed and ``search.seed``; random search's
+``k``) are in the results, and the script stops if one of them is a verification seed.
+
+**Statistics.** Per profile, search and comparison, the differences seed by seed (both
+networks retrained with the same verification seed) and their paired *t* 95 % interval
+(:func:`spnas.search.paired_interval`, the interval of ``spnas status`` and ``spnas verify``),
+and the same pooled over the searches (``_paired.pooled``).
+
+Results (``benchmarks/results/search_vs_random.json``, or ``--out``; rewritten after every
+search, so a partial run keeps what it measured): ``settings`` (``searches``,
+``verify_seeds``, ``unselected``, ``budget`` = ``"trial_seconds"``,
+``overrides``, ``run_dir``); ``profiles.<profile>``:
+
+- ``verify_seeds``; ``seed``, ``high_res``: a network (``arch``, ``parallel``, ``gmacs``,
+  ``retrained``: the AP per verification seed); ``unselected``: ``networks`` (networks as
+  above), ``mean_per_seed``, ``mean``;
+- ``per_search``: one row per search: ``search`` (``k``), ``spnas`` (a network plus
+  ``search_ap``, ``trials``, ``budget_seconds``, ``seeds_used``, ``study``: the path of its
+  SQLite file), ``random`` (a network plus ``search_ap``, ``trained``, ``budget_seconds``,
+  ``seeds_used``, ``candidates``: each with ``arch``, ``parallel``, ``search_ap``,
+  ``seconds``), ``budget_ratio`` (random's budget / SP-NAS's), ``gmacs_over_high_res`` (``spnas``,
+  ``random``: each pick's GMACs over the high-resolution network's) and ``paired``;
+- ``paired.<comparison>`` for the comparisons ``spnas_minus_random``, ``spnas_minus_seed``,
+  ``spnas_minus_unselected``, ``spnas_minus_high_res``, ``random_minus_unselected``,
+  ``random_minus_seed``: ``differences`` (one per verification seed), ``n``, ``mean``,
+  ``ci95`` (``[low, high]``, or ``null`` under two seeds), ``above_zero`` (the whole interval
+  above zero);
+- ``pooled.<comparison>``: ``searches``; ``over_searches``: each search's mean difference,
+  one value a search, with its interval — the verdict on the method, search-to-search
+  variation included; ``over_seeds``: per seed, the mean over searches, with its interval —
+  these searches held fixed. Both have the keys of a ``paired`` entry.
+
+Then the data-specificity check (paper Fig. 4b, ``cross_profile``): the first search's SP-NAS
+pick of each profile retrained on the other profile(s) with the verification seeds, and
+``native_minus_other``, the paired difference to the native pick there.
+
+``--cross-from FILE…`` runs that check alone on the first picks of earlier result files and
+writes ``results/search_vs_random-cross.json``; their native picks' APs pair with this run's
+only if they were verified with the same seeds, so a file verified with other seeds (every
+file from before the disjoint seeds: they used seeds 0–2) is refused. ``--picks-from FILE…``
+runs no search: it retrains the seed, the baselines and both picks of every search in those
+files with this run's verification seeds and schedule, and writes
+``results/search_vs_random-reverified.json`` (or ``--out``). Earlier files record no seeds
+used (``seeds_used``); their searches trained with their search seed (0–2),
+``schedule.seed`` 0 plus a repeat and verified with seeds 0–2, all below 1000, so their picks
+can be verified again on disjoint seeds. Their budgets, however, were optimizer steps (a
+candidate's crop pretraining charged like detection steps): such a profile is marked
+``budget: "optimizer_steps"`` (with the ``overrides`` it was retrained with) and its
+SP-NAS − random comparison carries that bias.
+
+Run (hours; on a quiet machine): ``.venv/bin/python benchmarks/search_vs_random.py
+[--profiles A B] [--seeds 3] [--verify-seeds 5] [--unselected 5]
+[--run-name NAME] [--set KEY=VALUE…] [--cross-from FILE…] [--picks-from FILE…] [--json]``.
 """
 
 from __future__ import annotations
@@ -50,8 +114,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, add_set_argument, base_parser, report, spread
-from profiles import PROFILES
+from _common import RESULTS, add_set_argument, base_parser, report
+from _paired import VERIFY_SEED_BASE, check_disjoint, paired, pooled, verification_seeds
+from profiles import NETS, PROFILES
 
 from spnas.arch import SearchSpace, SerialCode
 from spnas.search import SearchConfig, SearchState, load_search_study, retrain
@@ -59,22 +124,40 @@ from spnas.search._config import apply_override
 from spnas.search._proposals import flops_budget, sample_parallel_code, stage_costs
 
 NAME = "search_vs_random"
-SEED_ARCH = "BB(11,d1,d1,d1)"
+SEED_ARCH = NETS["seed"]
+HIGH_RES_ARCH = NETS["high-res"]
 ROOT = Path(__file__).resolve().parents[1]
+
+#: The comparisons made per search: (key, left network, right network), as ``left − right``.
+COMPARISONS = (
+    ("spnas_minus_random", "spnas", "random"),
+    ("spnas_minus_seed", "spnas", "seed"),
+    ("spnas_minus_unselected", "spnas", "unselected"),
+    ("spnas_minus_high_res", "spnas", "high_res"),
+    ("random_minus_unselected", "random", "unselected"),
+    ("random_minus_seed", "random", "seed"),
+)
+#: Seeds an earlier result file's searches may have used, when the file does not list them.
+OLD_SEEDS = range(VERIFY_SEED_BASE)
 
 
 def study_values(
-    root: Path, profile: str, seed: int, overrides: list[str] | tuple[str, ...] = ()
+    root: Path,
+    profile: str,
+    seed: int,
+    overrides: list[str] | tuple[str, ...] = (),
+    storage: Path | None = None,
 ) -> dict[str, Any]:
     """The profile's study YAML (``studies/bench-*.yaml``) with ``overrides`` (``--set``),
-    its files under ``root``."""
+    its work files under ``root``, its study in ``storage`` (default ``root/studies.db``);
+    search and trial seeds ``seed``."""
     values = yaml.safe_load((ROOT / PROFILES[profile][0]).read_text(encoding="utf-8"))
     for item in overrides:
         apply_override(values, item)
     name = f"spnas-{profile}-{seed}"
     values["study"] = {
         "name": name,
-        "storage": f"sqlite:///{root / 'studies.db'}",
+        "storage": f"sqlite:///{storage or root / 'studies.db'}",
         "workdir": str(root / name),
     }
     values["engine"] = {
@@ -84,8 +167,29 @@ def study_values(
     }
     values["data"] = {**values["data"], "dir": str(root / f"data-{profile}")}
     values["search"] = {**values.get("search", {}), "seed": seed, "comparison": "equal_training"}
+    # Search k trains with seeds k + repeat: the searches are independent replicas.
+    values["schedule"] = {**values["schedule"], "seed": seed}
     values["verify"] = {**values.get("verify", {}), "enabled": False}
     return values
+
+
+def profile_config(
+    root: Path, profile: str, overrides: list[str] | tuple[str, ...]
+) -> SearchConfig:
+    """The profile's configuration, its data set generated under ``root``."""
+    from spnas.search import prepare_data
+
+    config = SearchConfig.from_dict(study_values(root, profile, 0, overrides))
+    prepare_data(config)
+    return config
+
+
+def gmacs(config: SearchConfig, arch: Any, parallel: Any) -> float:
+    """The backbone's GMACs at the search's input size."""
+    from spnas.modeling.flops import cost
+
+    size = (config.schedule.min_size, config.schedule.min_size)
+    return cost(arch, parallel, base_width=config.model.width, input_size=size).gmacs
 
 
 def random_code(space: SearchSpace, doublings: int, rng: random.Random) -> SerialCode:
@@ -109,26 +213,30 @@ def random_code(space: SearchSpace, doublings: int, rng: random.Random) -> Seria
 
 def random_parallel(config: SearchConfig, arch: SerialCode, rng: random.Random) -> Any:
     """A parallel code by the search's own FLOPs-inverse sampling, under its FLOPs budget."""
-    from spnas.modeling.flops import cost
-
     costs, budget = stage_costs(config, arch), flops_budget(config, arch)
-    size = (config.schedule.min_size, config.schedule.min_size)
     for _ in range(config.parallel.max_tries):
         code = sample_parallel_code(arch, costs, config.space.max_subnets, rng)
-        gmacs = cost(arch, code, base_width=config.model.width, input_size=size).gmacs
-        if gmacs <= budget:
+        if gmacs(config, arch, code) <= budget:
             return code
     return None
 
 
-def run_spnas(root: Path, values: dict[str, Any], workers: int) -> tuple[SearchConfig, Any]:
-    """Run the search with ``spnas search`` (as a user would); its config and final state."""
-    path = root / f"{values['study']['name']}.yaml"
+def random_network(config: SearchConfig, rng: random.Random) -> tuple[str, str | None]:
+    """A network of the search space (serial and parallel code), drawn as random search draws."""
+    arch = random_code(config.space, SEED_ARCH.count("d"), rng)
+    parallel = random_parallel(config, arch, rng)
+    return str(arch), None if parallel is None else str(parallel)
+
+
+def run_spnas(run_dir: Path, values: dict[str, Any]) -> tuple[SearchConfig, optuna.Study]:
+    """Run the search with ``spnas search`` (as a user would); its config and study. The study
+    YAML and the search's log go to ``run_dir`` beside the study."""
+    path = run_dir / f"{values['study']['name']}.yaml"
     path.write_text(yaml.safe_dump(values))
-    log = root / f"{values['study']['name']}.log"
+    log = run_dir / f"{values['study']['name']}.log"
     with open(log, "w") as out:
         subprocess.run(
-            [sys.executable, "-m", "spnas", "search", str(path), "--workers", str(workers)],
+            [sys.executable, "-m", "spnas", "search", str(path), "--workers", "1"],
             stdout=out,
             stderr=subprocess.STDOUT,
             check=True,
@@ -137,73 +245,148 @@ def run_spnas(root: Path, values: dict[str, Any], workers: int) -> tuple[SearchC
     return config, study
 
 
-def search_budget(study: optuna.Study) -> int:
-    """Optimizer steps of every trial: detection iterations and classification pretraining."""
-    steps = 0
-    for trial in study.get_trials(deepcopy=False):
-        steps += int(trial.user_attrs.get("train_iters") or 0)
-        steps += int(trial.user_attrs.get("pretrain_iters") or 0)
-    return steps
+def trained_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The trials that trained a network (the objective records their ``kind``; a worker
+    told to wait records none), finished or not, with both timestamps."""
+    return [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if "kind" in t.user_attrs and t.datetime_start and t.datetime_complete
+    ]
+
+
+def search_seconds(study: optuna.Study) -> float:
+    """SP-NAS's budget: the wall seconds of every trial that trained."""
+    return sum(
+        (t.datetime_complete - t.datetime_start).total_seconds() for t in trained_trials(study)
+    )
+
+
+def search_seeds(study: optuna.Study, config: SearchConfig) -> list[int]:
+    """Every seed the search trained with: each trial's and the pretraining's."""
+    seeds = {config.search.seed}
+    seeds.update(t.user_attrs["seed"] for t in trained_trials(study) if "seed" in t.user_attrs)
+    return sorted(seeds)
 
 
 def retrained(
-    config: SearchConfig, arch: Any, parallel: Any, repeats: int, out: Path
-) -> list[float | None]:
+    config: SearchConfig, arch: Any, parallel: Any, seeds: list[int], out: Path
+) -> dict[str, Any]:
     """The network retrained from scratch with the verification schedule, one AP per seed."""
-    values: list[float | None] = []
-    for repeat in range(repeats):
+    values: list[float] = []
+    for seed in seeds:
         try:
             result = retrain(
                 config,
                 arch,
                 parallel,
-                seed=repeat,
-                out_dir=out / f"r{repeat}",
+                seed=seed,
+                out_dir=out / f"s{seed}",
                 schedule=config.verify_schedule,
             )
             values.append(result.detection.metric(config.data.metric))
         except FloatingPointError:  # a diverged training found nothing
             values.append(0.0)
-    return values
+    return {
+        "arch": str(arch),
+        "parallel": None if parallel is None else str(parallel),
+        "gmacs": gmacs(config, arch, parallel),
+        "retrained": values,
+    }
 
 
-def run_random(
-    config: SearchConfig, budget: int, seed: int, out: Path
-) -> tuple[dict[str, Any], int, int]:
-    """Random search until the budget is spent: its pick, steps spent, candidates trained."""
+def baselines(
+    config: SearchConfig, profile: str, seeds: list[int], unselected: int, out: Path
+) -> dict[str, Any]:
+    """The seed, the high-resolution network and the unselected-random mean, retrained."""
+    rng = random.Random(f"unselected:{profile}")
+    networks = [
+        retrained(config, *random_network(config, rng), seeds, out / f"u{i}")
+        for i in range(unselected)
+    ]
+    per_seed = [statistics.fmean(n["retrained"][j] for n in networks) for j in range(len(seeds))]
+    return {
+        "seed": retrained(config, SEED_ARCH, None, seeds, out / "seed"),
+        "high_res": retrained(config, HIGH_RES_ARCH, None, seeds, out / "high-res"),
+        "unselected": {
+            "networks": networks,
+            "mean_per_seed": per_seed,
+            "mean": statistics.fmean(per_seed),
+        },
+    }
+
+
+def train_candidate(
+    config: SearchConfig, arch: str, parallel: str | None, seed: int, out: Path
+) -> tuple[float, float]:
+    """One random-search candidate trained as a search trial: its value and wall seconds."""
+    started = time.monotonic()
+    try:
+        result = retrain(config, arch, parallel, seed=seed, out_dir=out)
+        value = result.detection.metric(config.data.metric)
+    except FloatingPointError:
+        value = 0.0
+    return value, time.monotonic() - started
+
+
+def run_random(config: SearchConfig, budget: float, seed: int, out: Path) -> dict[str, Any]:
+    """Random search until ``budget`` seconds are spent: a candidate starts while the seconds
+    spent plus the mean candidate's stay within the budget (the first always starts)."""
     rng = random.Random(f"random:{seed}")
-    doublings = str(SerialCode.parse(SEED_ARCH)).count("d")
-    spent, trained, best = 0, 0, None
-    cost_estimate = 0
-    while spent + cost_estimate <= budget:
-        arch = random_code(config.space, doublings, rng)
-        parallel = random_parallel(config, arch, rng)
-        try:
-            result = retrain(config, arch, parallel, seed=seed, out_dir=out / f"c{trained}")
-            value = result.detection.metric(config.data.metric)
-            steps = result.iterations
-        except FloatingPointError:
-            value, steps = 0.0, cost_estimate
-        spent += steps
-        cost_estimate = max(cost_estimate, steps)
-        trained += 1
-        if best is None or value > best["search_ap"]:
-            best = {"arch": str(arch), "parallel": None if parallel is None else str(parallel)}
-            best["search_ap"] = value
-    assert best is not None
-    return best, spent, trained
+    candidates: list[dict[str, Any]] = []
+    spent = 0.0
+    while not candidates or spent + spent / len(candidates) <= budget:
+        arch, parallel = random_network(config, rng)
+        value, seconds = train_candidate(config, arch, parallel, seed, out / f"c{len(candidates)}")
+        candidates.append(
+            {"arch": arch, "parallel": parallel, "search_ap": value, "seconds": seconds}
+        )
+        spent += seconds
+    best = max(candidates, key=lambda c: c["search_ap"])
+    return {
+        "arch": best["arch"],
+        "parallel": best["parallel"],
+        "search_ap": best["search_ap"],
+        "trained": len(candidates),
+        "budget_seconds": spent,
+        "seeds_used": [seed],
+        "candidates": candidates,
+    }
 
 
-def _mean(values: list[float | None]) -> float:
-    return statistics.fmean(v for v in values if v is not None)
+def spnas_pick(config: SearchConfig, study: optuna.Study) -> dict[str, Any]:
+    """The search's pick (its best SPNet, else its best SerialNet), budget and seeds."""
+    state = SearchState.from_trials(study.get_trials(deepcopy=False), config)
+    best = state.best_parallel or state.round_best
+    return {
+        "arch": str(best.arch),
+        "parallel": None if best.parallel is None else str(best.parallel),
+        "search_ap": best.value,
+        "trials": len(trained_trials(study)),
+        "budget_seconds": search_seconds(study),
+        "seeds_used": search_seeds(study, config),
+    }
 
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--profiles", nargs="+", default=["small-objects", "large-objects"])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=2, help="workers of each SP-NAS search")
+    parser.add_argument("--seeds", type=int, default=3, help="searches per profile and method")
+    parser.add_argument(
+        "--verify-seeds",
+        type=int,
+        default=5,
+        metavar="N",
+        help=f"verification seeds {VERIFY_SEED_BASE}, {VERIFY_SEED_BASE + 1}, … (at least 2)",
+    )
+    parser.add_argument(
+        "--unselected", type=int, default=5, help="random networks of the unselected baseline"
+    )
+    parser.add_argument(
+        "--run-name",
+        default=None,
+        help="the studies go to <results>/<run-name>/ (default: the result file's name)",
+    )
     add_set_argument(parser, "schedule.iters=100")
     parser.add_argument(
         "--cross-from",
@@ -211,7 +394,7 @@ def main() -> None:
         type=Path,
         default=None,
         metavar="FILE",
-        help="only the Fig. 4b check, on the seed-0 picks of these result files",
+        help="only the Fig. 4b check, on the first picks of these result files",
     )
     parser.add_argument(
         "--picks-from",
@@ -219,88 +402,187 @@ def main() -> None:
         type=Path,
         default=None,
         metavar="FILE",
-        help="no search: retrain the picks (and the seed) of these result files with this "
-        "run's verification schedule (the study YAMLs' or --set verify.schedule.iters=N), then "
-        "Fig. 4b",
+        help="no search: retrain the baselines and the picks of these result files with this "
+        "run's verification seeds and schedule, then Fig. 4b",
     )
     args = parser.parse_args()
+    try:
+        args.verify_seeds = verification_seeds(args.verify_seeds)
+    except ValueError as exc:
+        parser.error(f"--verify-seeds: {exc}")
+    if args.unselected < 1:
+        parser.error(f"--unselected {args.unselected}: expected 1 or more networks")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.basicConfig(level=logging.WARNING)
     if args.cross_from:
         cross_only(args)
-        return
-    if args.picks_from:
+    elif args.picks_from:
         reverify(args)
-        return
+    else:
+        search(args)
+
+
+def run_directory(args: Any) -> Path:
+    """``<results>/<run-name>/``, new: where the run's studies are kept."""
+    out = args.out or RESULTS / f"{NAME}.json"
+    run_dir = out.parent / (args.run_name or out.stem)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise SystemExit(
+            f"{run_dir} is not empty: the studies of an earlier run are kept there; pass "
+            f"another --run-name (or --out), or move it away"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _settings(args: Any, **extra: Any) -> dict[str, Any]:
+    return {
+        "verify_seeds": args.verify_seeds,
+        "unselected": args.unselected,
+        "overrides": args.overrides,
+        **extra,
+    }
+
+
+def search(args: Any) -> None:
+    """Baselines, then per search: SP-NAS, random search at its seconds, both verified."""
     started = time.monotonic()
+    run_dir = run_directory(args)
+    seeds = args.verify_seeds
     result: dict[str, Any] = {
         "complete": False,
-        "settings": {"seeds": args.seeds, "repeats": args.repeats, "overrides": args.overrides},
+        "settings": _settings(
+            args, searches=args.seeds, budget="trial_seconds", run_dir=str(run_dir)
+        ),
         "profiles": {},
         "cross_profile": [],
     }
     with tempfile.TemporaryDirectory(prefix="spnas-svr-") as tmp:
         root = Path(tmp)
-        picks: dict[str, list[tuple[SearchConfig, dict[str, Any]]]] = {}
         for profile in args.profiles:
-            entry: dict[str, Any] = {"per_seed": []}
+            config = profile_config(root, profile, args.overrides)
+            entry = _profile_entry(config, profile, args, root)
             result["profiles"][profile] = entry
-            for seed in range(args.seeds):
-                values = study_values(root, profile, seed, args.overrides)
-                config, study = run_spnas(root, values, args.workers)
-                if seed == 0:
-                    entry["seed_retrained"] = retrained(
-                        config, SEED_ARCH, None, args.repeats, root / f"seed-{profile}"
-                    )
-                state = SearchState.from_trials(study.get_trials(deepcopy=False), config)
-                best = state.best_parallel or state.round_best
-                budget = search_budget(study)
-                spnas = {
-                    "arch": str(best.arch),
-                    "parallel": None if best.parallel is None else str(best.parallel),
-                    "search_ap": best.value,
-                    "trials": len(study.get_trials(deepcopy=False)),
-                    "budget_steps": budget,
-                }
-                spnas["retrained"] = retrained(
-                    config, best.arch, best.parallel, args.repeats, root / f"s-{profile}-{seed}"
-                )
-                pick, spent, trained = run_random(config, budget, seed, root / f"r{profile}{seed}")
-                pick.update(budget_steps=spent, trained=trained)
-                pick["retrained"] = retrained(
-                    config, pick["arch"], pick["parallel"], args.repeats, root / f"p{profile}{seed}"
-                )
-                _add_search(result, profile, _row(seed, spnas, pick, entry["seed_retrained"]))
-                picks.setdefault(profile, []).append((config, spnas))
+            for k in range(args.seeds):
+                storage = run_dir / f"spnas-{profile}-{k}.db"
+                values = study_values(root, profile, k, args.overrides, storage)
+                config, study = run_spnas(run_dir, values)
+                spnas = {**spnas_pick(config, study), "study": str(storage)}
+                check_disjoint(seeds, spnas["seeds_used"], f"{profile} search {k} (SP-NAS)")
+                pick = run_random(config, spnas["budget_seconds"], k, root / f"r-{profile}-{k}")
+                check_disjoint(seeds, pick["seeds_used"], f"{profile} search {k} (random)")
+                _add_search(result, profile, config, k, spnas, pick, root)
                 result["wall_s"] = time.monotonic() - started
                 report(NAME, result, args)
-        result["cross_profile"] = _cross_profile(picks, args.repeats, root)
+        result["cross_profile"] = _cross_profile(result["profiles"], args.overrides, seeds, root)
     result.update(complete=True, wall_s=time.monotonic() - started)
     report(NAME, result, args)
 
 
-def _add_search(result: dict[str, Any], profile: str, row: dict[str, Any]) -> None:
-    """Add one search's row to ``result``'s profile, print it, and update the summary."""
+def _profile_entry(config: SearchConfig, profile: str, args: Any, root: Path) -> dict[str, Any]:
+    """A profile's results before its first search: its baselines."""
+    base = baselines(config, profile, args.verify_seeds, args.unselected, root / f"b-{profile}")
+    print(
+        f"{profile}: seed {statistics.fmean(base['seed']['retrained']):.2f}, high-res "
+        f"{statistics.fmean(base['high_res']['retrained']):.2f}, unselected random "
+        f"{base['unselected']['mean']:.2f} (mean of {args.unselected})",
+        flush=True,
+    )
+    return {"verify_seeds": args.verify_seeds, **base, "per_search": [], "pooled": {}}
+
+
+def _add_search(
+    result: dict[str, Any],
+    profile: str,
+    config: SearchConfig,
+    k: int,
+    spnas: dict[str, Any],
+    pick: dict[str, Any],
+    root: Path,
+) -> None:
+    """Verify both picks of search ``k``, add its row and the pooled summary, print it."""
     entry = result["profiles"][profile]
-    entry["per_seed"].append(row)
-    print(json_line(profile, row), flush=True)
-    entry.update(_profile_summary(entry["per_seed"], entry["seed_retrained"]))
+    seeds = entry["verify_seeds"]
+    for method, tag in ((spnas, "s"), (pick, "p")):
+        method.update(
+            retrained(
+                config, method["arch"], method["parallel"], seeds, root / f"{tag}-{profile}-{k}"
+            )
+        )
+    networks = {
+        "spnas": spnas["retrained"],
+        "random": pick["retrained"],
+        "seed": entry["seed"]["retrained"],
+        "high_res": entry["high_res"]["retrained"],
+        "unselected": entry["unselected"]["mean_per_seed"],
+    }
+    row = {
+        "search": k,
+        "spnas": spnas,
+        "random": pick,
+        "budget_ratio": _budget_ratio(spnas, pick),
+        # The high-resolution network is the equal-cost reference: how far from equal.
+        "gmacs_over_high_res": {
+            "spnas": spnas["gmacs"] / entry["high_res"]["gmacs"],
+            "random": pick["gmacs"] / entry["high_res"]["gmacs"],
+        },
+        "paired": {
+            key: paired(networks[left], networks[right]) for key, left, right in COMPARISONS
+        },
+    }
+    entry["per_search"].append(row)
+    entry["pooled"] = {
+        key: pooled([r["paired"][key]["differences"] for r in entry["per_search"]])
+        for key, _, _ in COMPARISONS
+    }
+    print(summary_line(profile, row), flush=True)
+
+
+def _budget_ratio(spnas: dict[str, Any], pick: dict[str, Any]) -> float:
+    """Random search's budget over SP-NAS's: seconds, or optimizer steps in earlier files."""
+    key = "budget_seconds" if "budget_seconds" in spnas else "budget_steps"
+    return pick[key] / spnas[key]
+
+
+def summary_line(profile: str, row: dict[str, Any]) -> str:
+    """One search's picks and paired differences, for the log."""
+
+    def interval(key: str) -> str:
+        d = row["paired"][key]
+        ci = "n/a" if d["ci95"] is None else f"[{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
+        return f"{key} {d['mean']:+.2f} {ci}"
+
+    spnas, pick = row["spnas"], row["random"]
+    return (
+        f"{profile} search {row['search']}: SP-NAS {spnas['arch']} {spnas['parallel']} "
+        f"({spnas['trials']} trials), random {pick['arch']} {pick['parallel']} "
+        f"({pick['trained']} candidates, {row['budget_ratio']:.2f}× the seconds); "
+        + "; ".join(interval(key) for key, _, _ in COMPARISONS)
+    )
+
+
+def _earlier_rows(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """An earlier file's searches of one profile, as (search, SP-NAS pick, random pick) rows;
+    files from before the disjoint seeds name them ``per_seed`` and ``seed``."""
+    if "per_search" in entry:
+        return entry["per_search"]
+    return [{**row, "search": row["seed"]} for row in entry["per_seed"]]
 
 
 def reverify(args: Any) -> None:
-    """Retrain the picks of earlier runs (``--picks-from``) with this run's verification schedule.
+    """Retrain the picks of earlier runs (``--picks-from``) with this run's verification.
 
-    The searches themselves do not depend on the verification schedule (it is off inside them),
-    so an earlier run's picks are what a new run would pick, up to the order in which its two
-    workers finish trials; only the verification is measured again. Budgets and search APs are
-    the earlier run's.
+    The searches themselves do not depend on the verification (it is off inside them), so an
+    earlier run's picks are what a new run would pick with the same budget rule, up to the
+    order in which its workers finished trials; only the verification is measured again, on
+    seeds disjoint from every seed those searches used. Budgets and search APs are the
+    earlier run's.
     """
-    from spnas.search._worker import prepare_data
-
     started = time.monotonic()
+    seeds = args.verify_seeds
     result: dict[str, Any] = {
         "complete": False,
-        "settings": {"repeats": args.repeats, "overrides": args.overrides},
+        "settings": _settings(args),
         "from": [],
         "profiles": {},
         "cross_profile": [],
@@ -308,133 +590,88 @@ def reverify(args: Any) -> None:
     args.out = args.out or RESULTS / f"{NAME}-reverified.json"
     with tempfile.TemporaryDirectory(prefix="spnas-svr-") as tmp:
         root = Path(tmp)
-        picks: dict[str, list[tuple[SearchConfig, dict[str, Any]]]] = {}
         for path in args.picks_from:
             earlier = json.loads(path.read_text())
             overrides = [*earlier["settings"]["overrides"], *args.overrides]
             result["from"].append({"file": path.name, "measured_at": earlier["measured_at"]})
             for profile, before in earlier["profiles"].items():
-                config = SearchConfig.from_dict(study_values(root, profile, 0, overrides))
-                prepare_data(config)
-                entry: dict[str, Any] = {"per_seed": []}
+                config = profile_config(root, profile, overrides)
+                entry = _profile_entry(config, profile, args, root)
+                entry["budget"] = earlier["settings"].get("budget", "optimizer_steps")
+                entry["overrides"] = overrides
                 result["profiles"][profile] = entry
-                entry["seed_retrained"] = retrained(
-                    config, SEED_ARCH, None, args.repeats, root / f"seed-{profile}"
-                )
-                for row in before["per_seed"]:
+                for row in _earlier_rows(before):
+                    k = row["search"]
                     spnas, pick = dict(row["spnas"]), dict(row["random"])
-                    for method, out in ((spnas, "s"), (pick, "p")):
-                        method["retrained"] = retrained(
-                            config,
-                            method["arch"],
-                            method["parallel"],
-                            args.repeats,
-                            root / f"{out}-{profile}-{row['seed']}",
-                        )
-                    _add_search(
-                        result, profile, _row(row["seed"], spnas, pick, entry["seed_retrained"])
-                    )
-                    picks.setdefault(profile, []).append((config, spnas))
+                    for method, name in ((spnas, "SP-NAS"), (pick, "random")):
+                        used = method.get("seeds_used", OLD_SEEDS)
+                        check_disjoint(seeds, used, f"{path} {profile} search {k} ({name})")
+                    _add_search(result, profile, config, k, spnas, pick, root)
                     result["wall_s"] = time.monotonic() - started
                     report(NAME, result, args)
-        result["cross_profile"] = _cross_profile(picks, args.repeats, root)
+        result["cross_profile"] = _cross_profile(result["profiles"], args.overrides, seeds, root)
     result.update(complete=True, wall_s=time.monotonic() - started)
     report(NAME, result, args)
 
 
 def cross_only(args: Any) -> None:
     """The Fig. 4b check alone, on the picks of earlier runs (``--cross-from``)."""
-    from spnas.search import SearchConfig
-    from spnas.search._worker import prepare_data
-
     started = time.monotonic()
+    seeds = args.verify_seeds
     result: dict[str, Any] = {"complete": False, "from": [], "cross_profile": []}
     args.out = args.out or RESULTS / f"{NAME}-cross.json"
+    profiles: dict[str, Any] = {}
+    for path in args.cross_from:
+        earlier = json.loads(path.read_text())
+        verified = earlier["settings"].get("verify_seeds")
+        if verified != seeds:
+            raise SystemExit(
+                f"{path}: verified with seeds {verified or 'from 0 (before disjoint seeds)'}, "
+                f"not this run's {seeds}: its native picks' APs do not pair with this run's "
+                f"retrains; verify its picks again with --picks-from {path}"
+            )
+        result["from"].append({"file": path.name, "measured_at": earlier["measured_at"]})
+        for profile, entry in earlier["profiles"].items():
+            profiles[profile] = {**entry, "overrides": earlier["settings"]["overrides"]}
     with tempfile.TemporaryDirectory(prefix="spnas-svr-") as tmp:
-        root = Path(tmp)
-        picks: dict[str, list[tuple[SearchConfig, dict[str, Any]]]] = {}
-        for path in args.cross_from:
-            earlier = json.loads(path.read_text())
-            overrides = earlier["settings"]["overrides"]
-            if earlier["settings"]["repeats"] != args.repeats:
-                raise SystemExit(
-                    f"{path}: repeats {earlier['settings']['repeats']}, not {args.repeats}"
-                )
-            result["from"].append({"file": path.name, "measured_at": earlier["measured_at"]})
-            for profile, entry in earlier["profiles"].items():
-                config = SearchConfig.from_dict(study_values(root, profile, 0, overrides))
-                prepare_data(config)
-                picks[profile] = [(config, entry["per_seed"][0]["spnas"])]
-        result["cross_profile"] = _cross_profile(picks, args.repeats, root)
+        result["cross_profile"] = _cross_profile(profiles, args.overrides, seeds, Path(tmp))
     result.update(complete=True, wall_s=time.monotonic() - started)
     report(NAME, result, args)
 
 
-def _row(
-    seed: int, spnas: dict[str, Any], pick: dict[str, Any], seed_values: list[float | None]
-) -> dict[str, Any]:
-    spnas_mean, random_mean = _mean(spnas["retrained"]), _mean(pick["retrained"])
-    return {
-        "seed": seed,
-        "spnas": spnas,
-        "random": pick,
-        "spnas_retrained_mean": spnas_mean,
-        "random_retrained_mean": random_mean,
-        "seed_retrained_mean": _mean(seed_values),
-        "spnas_beats_random": spnas_mean > random_mean,
-    }
-
-
-def _profile_summary(rows: list[dict[str, Any]], seed_values: list[float | None]) -> dict:
-    seed_std = statistics.stdev(v for v in seed_values if v is not None)
-    spnas = [r["spnas_retrained_mean"] for r in rows]
-    gains = [m - _mean(seed_values) for m in spnas]
-    return {
-        "seed": spread([v for v in seed_values if v is not None]),
-        "spnas_retrained": spread(spnas),
-        "random_retrained": spread([r["random_retrained_mean"] for r in rows]),
-        "spnas_gain_over_seed": spread(gains),
-        "spnas_beats_seed_by_2_std": [g > 2 * seed_std for g in gains],
-        "spnas_beats_random": [r["spnas_beats_random"] for r in rows],
-    }
-
-
 def _cross_profile(
-    picks: dict[str, list[tuple[SearchConfig, dict[str, Any]]]], repeats: int, root: Path
+    profiles: dict[str, dict[str, Any]],
+    overrides: list[str],
+    seeds: list[int],
+    root: Path,
 ) -> list[dict[str, Any]]:
-    """Paper Fig. 4b: each profile's SP-NAS pick (seed 0) retrained on every other profile."""
+    """Paper Fig. 4b: each profile's first SP-NAS pick retrained on every other profile.
+
+    A profile's entry may carry its own ``overrides`` (an earlier file's), else ``overrides``.
+    """
     rows = []
-    for source, searched in picks.items():
-        _, pick = searched[0]
-        for target, other in picks.items():
-            if target == source:
+    for target, entry in profiles.items():
+        if not entry["per_search"]:
+            continue
+        config = profile_config(root, target, entry.get("overrides", overrides))
+        native = entry["per_search"][0]["spnas"]
+        for source, other in profiles.items():
+            if source == target or not other["per_search"]:
                 continue
-            config = other[0][0]
-            values = retrained(
-                config, pick["arch"], pick["parallel"], repeats, root / f"x-{source}-{target}"
+            pick = other["per_search"][0]["spnas"]
+            net = retrained(
+                config, pick["arch"], pick["parallel"], seeds, root / f"x-{source}-{target}"
             )
             rows.append(
                 {
                     "searched_on": source,
                     "retrained_on": target,
-                    "arch": pick["arch"],
-                    "parallel": pick["parallel"],
-                    "retrained": values,
-                    "mean": _mean(values),
-                    "native_pick_mean": _mean(other[0][1]["retrained"]),
+                    **net,
+                    "native_pick": {"arch": native["arch"], "parallel": native["parallel"]},
+                    "native_minus_other": paired(native["retrained"], net["retrained"]),
                 }
             )
     return rows
-
-
-def json_line(profile: str, row: dict[str, Any]) -> str:
-    return (
-        f"{profile} seed {row['seed']}: retrained seed {row['seed_retrained_mean']:.2f}, "
-        f"SP-NAS {row['spnas_retrained_mean']:.2f} ({row['spnas']['arch']} "
-        f"{row['spnas']['parallel']}, {row['spnas']['budget_steps']} steps), random "
-        f"{row['random_retrained_mean']:.2f} ({row['random']['arch']} {row['random']['parallel']}, "
-        f"{row['random']['trained']} candidates, {row['random']['budget_steps']} steps)"
-    )
 
 
 if __name__ == "__main__":

@@ -169,8 +169,10 @@ def test_profiles(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_search_vs_random(tmp_path: Path) -> None:
-    """A whole toy search (``spnas search``, 1 worker: seed, control, one serial trial, the
-    parallel phase), random search at its budget, and the retrains of seed and both picks."""
+    """The baselines (seed, high-res, 2 unselected random networks), a whole toy search
+    (``spnas search``, 1 worker: seed, control and its noise repeat, one serial trial, the
+    parallel phase), random search at its measured seconds, both picks retrained on the
+    disjoint verification seeds, the paired intervals, and the study kept beside the result."""
     out = tmp_path / "svr.json"
     toy = [
         *TOY_STUDY,
@@ -183,29 +185,136 @@ def test_search_vs_random(tmp_path: Path) -> None:
     ]
     run = run_script(
         "search_vs_random.py",
-        *("--profiles", "small-objects", "--seeds", "1", "--repeats", "2", "--workers", "1"),
-        *sets(toy),
+        *("--profiles", "small-objects", "--seeds", "1", "--verify-seeds", "2"),
+        *("--unselected", "2", *sets(toy), "--out", str(out)),
+        timeout=600,
+    )
+    result = result_of(run, out, "search_vs_random")
+    assert result["complete"] is True
+    settings = result["settings"]
+    assert settings["overrides"] == toy and settings["budget"] == "trial_seconds"
+    assert settings["verify_seeds"] == [1000, 1001]
+    entry = result["profiles"]["small-objects"]
+    assert entry["seed"]["arch"] == "BB(11,d1,d1,d1)"
+    assert entry["high_res"]["arch"] == "BB(11d,1d,1d,1)"
+    assert entry["high_res"]["gmacs"] > entry["seed"]["gmacs"] > 0
+    unselected = entry["unselected"]
+    assert len(unselected["networks"]) == 2 and len(unselected["mean_per_seed"]) == 2
+    for j, mean in enumerate(unselected["mean_per_seed"]):
+        assert mean == pytest.approx(sum(n["retrained"][j] for n in unselected["networks"]) / 2)
+    (row,) = entry["per_search"]
+    spnas, pick = row["spnas"], row["random"]
+    # seed, control and its noise repeat, serial, parallel seed, control, repeat, parallel
+    assert spnas["trials"] >= 6
+    assert spnas["arch"].startswith("BB(") and spnas["parallel"] is not None
+    assert positive(spnas["budget_seconds"]) and positive(pick["budget_seconds"])
+    assert pick["trained"] == len(pick["candidates"]) >= 1
+    assert sum(c["seconds"] for c in pick["candidates"]) == pytest.approx(pick["budget_seconds"])
+    # Every seed either search trained with is below the verification seeds.
+    assert 0 in spnas["seeds_used"] and pick["seeds_used"] == [0]
+    assert max(spnas["seeds_used"]) < 1000
+    # The study is kept beside the result, with every trial the budget counted.
+    study = Path(spnas["study"])
+    assert study == tmp_path / "svr" / "spnas-small-objects-0.db" and study.is_file()
+    import optuna
+
+    trials = optuna.load_study(
+        study_name="spnas-small-objects-0", storage=f"sqlite:///{study}"
+    ).get_trials()
+    assert sum("kind" in t.user_attrs for t in trials) == spnas["trials"]
+    assert row["gmacs_over_high_res"]["spnas"] == pytest.approx(
+        spnas["gmacs"] / entry["high_res"]["gmacs"]
+    )
+    for method in (spnas, pick, entry["seed"], entry["high_res"]):
+        assert len(method["retrained"]) == 2 and all(finite(v) for v in method["retrained"])
+    diffs = row["paired"]["spnas_minus_random"]
+    assert diffs["differences"] == pytest.approx(
+        [a - b for a, b in zip(spnas["retrained"], pick["retrained"], strict=True)]
+    )
+    assert (
+        set(row["paired"])
+        == set(entry["pooled"])
+        >= {
+            "spnas_minus_random",
+            "spnas_minus_seed",
+            "spnas_minus_unselected",
+            "spnas_minus_high_res",
+        }
+    )
+    for paired in row["paired"].values():
+        low, high = paired["ci95"]
+        assert paired["n"] == 2 and low <= paired["mean"] <= high
+    pooled = entry["pooled"]["spnas_minus_seed"]
+    assert pooled["searches"] == 1 and pooled["over_searches"]["ci95"] is None
+    assert pooled["over_seeds"]["differences"] == row["paired"]["spnas_minus_seed"]["differences"]
+    assert result["cross_profile"] == []  # one profile: nothing to cross
+    # A second run into the same run directory would mix two runs' studies: refused.
+    again = run_script("search_vs_random.py", "--profiles", "small-objects", "--out", str(out))
+    assert again.returncode != 0 and "not empty" in again.stderr
+
+
+@pytest.mark.slow
+def test_search_vs_random_picks_from_an_old_file(tmp_path: Path) -> None:
+    """--picks-from on a file from before the disjoint seeds (``per_seed`` rows, a budget in
+    optimizer steps, verified on seeds 0-2): its picks are verified again on seeds 1000+k
+    beside this run's baselines, and the profile says its budget was optimizer steps."""
+    toy = [*TOY_STUDY, "schedule.iters=2", "verify.schedule.iters=2"]
+    old = tmp_path / "old.json"
+    pick = {"arch": "BB(1,1d,1d1,d1)", "parallel": "(2,2,1,0)", "search_ap": 1.0}
+    seed = {"arch": "BB(11,d1,d1,d1)", "parallel": None, "search_ap": 0.5}
+    old_ap = {"retrained": [9.0, 8.0, 7.0]}  # verified on seeds 0-2: replaced
+    old.write_text(
+        json.dumps(
+            {
+                "measured_at": "2026-12-01T00:00:00+00:00",
+                "settings": {"seeds": 1, "repeats": 3, "overrides": toy},
+                "profiles": {
+                    "small-objects": {
+                        "per_seed": [
+                            {
+                                "seed": 0,
+                                "spnas": {**pick, "trials": 8, "budget_steps": 900, **old_ap},
+                                "random": {**seed, "trained": 3, "budget_steps": 880, **old_ap},
+                            }
+                        ]
+                    }
+                },
+            }
+        )
+    )
+    out = tmp_path / "reverified.json"
+    run = run_script(
+        "search_vs_random.py",
+        *("--picks-from", str(old), "--verify-seeds", "2", "--unselected", "1"),
         *("--out", str(out)),
         timeout=400,
     )
     result = result_of(run, out, "search_vs_random")
-    assert result["complete"] is True
-    assert result["settings"]["overrides"] == toy
+    assert result["complete"] is True and result["from"][0]["file"] == "old.json"
     entry = result["profiles"]["small-objects"]
-    assert len(entry["seed_retrained"]) == 2
-    (row,) = entry["per_seed"]
-    spnas, pick = row["spnas"], row["random"]
-    # seed, control, serial, parallel seed, control, parallel
-    assert spnas["trials"] >= 6
-    assert spnas["arch"].startswith("BB(") and spnas["parallel"] is not None
-    assert positive(spnas["budget_steps"])
-    assert pick["trained"] >= 1 and positive(pick["budget_steps"])
-    for method in (spnas, pick):
+    assert entry["budget"] == "optimizer_steps" and entry["overrides"] == toy
+    (row,) = entry["per_search"]
+    assert row["search"] == 0 and row["budget_ratio"] == pytest.approx(880 / 900)
+    for method in (row["spnas"], row["random"], entry["seed"], entry["unselected"]["networks"][0]):
         assert len(method["retrained"]) == 2 and all(finite(v) for v in method["retrained"])
-    for key in ("spnas_retrained_mean", "random_retrained_mean", "seed_retrained_mean"):
-        assert finite(row[key])
-    assert finite(entry["spnas_gain_over_seed"]["mean"])
-    assert result["cross_profile"] == []  # one profile: nothing to cross
+    # The old random pick is the seed's architecture, retrained with the same seeds: the same
+    # APs (a retrain is deterministic for its seed on one machine).
+    assert row["random"]["retrained"] == entry["seed"]["retrained"]
+    assert row["paired"]["random_minus_seed"]["differences"] == [0.0, 0.0]
+
+
+def test_search_vs_random_refuses_old_files_for_cross(tmp_path: Path) -> None:
+    """--cross-from pairs an earlier file's native picks with new retrains: a file verified on
+    seeds 0-2 (before the disjoint seeds) is refused, naming --picks-from."""
+    run = run_script(
+        "search_vs_random.py",
+        *("--cross-from", "benchmarks/results/search_vs_random.json"),
+        *("--out", str(tmp_path / "cross.json")),
+        timeout=120,
+    )
+    assert run.returncode != 0
+    assert "--picks-from" in run.stderr and "before disjoint seeds" in run.stderr
+    assert not (tmp_path / "cross.json").exists()
 
 
 def _processes_mentioning(marker: str) -> list[str]:
