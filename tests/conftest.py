@@ -11,12 +11,18 @@ Modules ask for it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread
 
 ``postgresql_url`` (session): ``postgresql+psycopg2://postgres@127.0.0.1:PORT/spnas_test``.
 Use ``postgresql_server.new_database(name)`` for a database of a test's own.
+
+``mini_coco`` (session): a miniature COCO release, in COCO's own layout (``train2017/``,
+``val2017/``, ``annotations/instances_{train,val}2017.json``, 12-digit JPEG names, image ids
+unique across the splits): 24 + 8 synthetic 96 px images of 2 shape classes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,3 +57,32 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def mini_coco(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from PIL import Image
+
+    from spnas.data import make_synthetic_dataset
+
+    made = tmp_path_factory.mktemp("synthetic")
+    synthetic = make_synthetic_dataset(
+        made, train=24, val=8, size=96, classes=2, seed=0, show_progress=False
+    )
+    root = tmp_path_factory.mktemp("coco")
+    (root / "annotations").mkdir()
+    first_id = 1
+    for split, json_path in (("train2017", synthetic.train_json), ("val2017", synthetic.val_json)):
+        data = json.loads(json_path.read_text())
+        (root / split).mkdir()
+        new_ids = {img["id"]: first_id + k for k, img in enumerate(data["images"])}
+        first_id += len(new_ids)
+        for img in data["images"]:
+            name = f"{new_ids[img['id']]:012d}.jpg"
+            with Image.open(synthetic.image_root / img["file_name"]) as image:
+                image.convert("RGB").save(root / split / name, quality=95)
+            img["id"], img["file_name"] = new_ids[img["id"]], name
+        for ann in data["annotations"]:
+            ann["image_id"] = new_ids[ann["image_id"]]
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
+    return root

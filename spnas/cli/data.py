@@ -21,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     actions = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     _register_synth(actions)
+    _register_coco(actions)
     _register_voc2coco(actions)
     _register_bdd2coco(actions)
     _register_ecp2coco(actions)
@@ -110,6 +111,37 @@ def _print_summary(name: str, splits: DatasetSplits) -> None:
         f"{name}: {', '.join(parts)}, {classes} -> {splits.train_json}, {splits.val_json}, "
         f"images under {splits.image_root}"
     )
+
+
+def _register_coco(actions: argparse._SubParsersAction) -> None:
+    parser = actions.add_parser(
+        "coco",
+        help="make COCO as it ships (train2017/, val2017/, annotations/) a data set directory",
+        description=(
+            "Make OUT a data set directory of the COCO release in --coco (TRAIN/ and VAL/ image "
+            "folders, annotations/instances_TRAIN.json and instances_VAL.json): OUT/train.json "
+            "and OUT/val.json are the annotation files with file_name prefixed by the image "
+            "folder, and OUT/images/TRAIN, OUT/images/VAL link to the image folders (no image "
+            "is copied)."
+        ),
+    )
+    parser.add_argument("--coco", required=True, metavar="DIR", help="the COCO folder")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    parser.add_argument(
+        "--train", default="train2017", metavar="NAME", help="training split (default: train2017)"
+    )
+    parser.add_argument(
+        "--val", default="val2017", metavar="NAME", help="validation split (default: val2017)"
+    )
+    parser.set_defaults(func=_run_coco)
+
+
+def _run_coco(args: argparse.Namespace) -> int:
+    from spnas.data.coco_layout import link_coco
+
+    splits = link_coco(args.coco, args.out, train=args.train, val=args.val)
+    _print_summary(f"COCO {args.train} -> {args.val}", splits)
+    return 0
 
 
 def _register_voc2coco(actions: argparse._SubParsersAction) -> None:

@@ -8,6 +8,8 @@ Every data set ends up as COCO-format json plus an image root, which both engine
 - :func:`voc_to_coco`, :func:`bdd_to_coco` and :func:`ecp_to_coco` convert Pascal VOC,
   BDD100K and EuroCity Persons into the same layout (``train.json``, ``val.json``,
   ``images/``), which :class:`spnas.data.coco.DatasetSplits` reads.
+- :func:`link_coco` makes COCO as it ships (``train2017/``, ``val2017/``,
+  ``annotations/instances_*.json``) such a directory, linking the image folders.
 
 Importing this package is cheap: it does not import torch or detectron2.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from spnas.data._validate import validate_dataset
 from spnas.data.bdd import BDD_CLASSES, BDD_IMAGE_SIZE, bdd_to_coco
+from spnas.data.coco_layout import link_coco
 from spnas.data.ecp import ECP_CLASSES, ECP_IGNORE_REGIONS, ECP_TIMES, ecp_to_coco
 from spnas.data.synthetic import (
     DEFAULT_PROFILE,
@@ -43,6 +46,7 @@ __all__ = [
     "bdd_to_coco",
     "ecp_to_coco",
     "get_profile",
+    "link_coco",
     "make_synthetic_dataset",
     "parse_voc_sets",
     "validate_dataset",
