@@ -12,6 +12,10 @@ Public API:
 - :func:`retrain` — a network retrained from scratch at equal training (verification);
 - :class:`Objective`, :func:`create_search_study`, :func:`load_search_study`,
   :func:`run_worker`, :func:`prepare_data` — what ``spnas search`` and ``spnas worker`` run;
+- :func:`launch_workers`, :class:`Launched`, :func:`worker_gpus` — local worker processes with
+  stop signals forwarded to them (``spnas search``, ``spnas verify``);
+  :func:`stop_before_joining`, :func:`stopped_by`, :data:`STOPPED_EXIT` — a worker process's
+  stop and exit status (``spnas worker``);
 - :func:`collect_garbage` — what ``spnas gc`` runs (leftovers of killed workers).
 
 The names load on first use: a process that only decides (the sampler, ``get_decision``, a
@@ -28,10 +32,12 @@ _API = {
     "CONFIG_ATTR": "_config",
     "Decision": "_state",
     "KINDS": "_state",
+    "Launched": "_launch",
     "Objective": "_objective",
     "OptunaReporter": "_objective",
     "Record": "_state",
     "SPNASSampler": "_sampler",
+    "STOPPED_EXIT": "_launch",
     "SearchConfig": "_config",
     "SearchExhausted": "_proposals",
     "SearchState": "_state",
@@ -46,6 +52,7 @@ _API = {
     "fetch_weights": "_objective",
     "get_decision": "_sampler",
     "kendall_tau": "_summary",
+    "launch_workers": "_launch",
     "load_search_study": "_worker",
     "paired_interval": "_stats",
     "prepare_data": "_worker",
@@ -56,11 +63,14 @@ _API = {
     "retrain": "_retrain",
     "run_worker": "_worker",
     "sample_parallel_code": "_proposals",
+    "stop_before_joining": "_signals",
+    "stopped_by": "_signals",
     "summarize": "_summary",
     "t_quantile": "_stats",
     "trial_note": "_notes",
     "verification_plan": "_state",
     "verification_summary": "_summary",
+    "worker_gpus": "_launch",
 }
 
 __all__ = sorted(_API)

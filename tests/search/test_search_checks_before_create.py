@@ -166,7 +166,7 @@ def no_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the bad input was accepted: spnas search started workers")
 
-    monkeypatch.setattr("spnas.cli.search._start_workers", refuse)
+    monkeypatch.setattr("spnas.search.launch_workers", refuse)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
