@@ -41,6 +41,7 @@ _API = {
     "SearchConfig": "_config",
     "SearchExhausted": "_proposals",
     "SearchState": "_state",
+    "TrialKind": "_state",
     "UNPRUNABLE_KINDS": "_state",
     "WEIGHTS_ATTR": "_artifacts",
     "WEIGHTS_SHA256_ATTR": "_artifacts",
