@@ -106,8 +106,13 @@ def _set_threads(threads: int | None) -> None:
 
 def run_search(args: argparse.Namespace) -> int:
     from spnas.exceptions import ConfigError
-    from spnas.search import SearchConfig, create_search_study, launch_workers, prepare_data
-    from spnas.search._checks import check_settings
+    from spnas.search import (
+        SearchConfig,
+        check_settings,
+        create_search_study,
+        launch_workers,
+        prepare_data,
+    )
     from spnas.storage import STORAGE_ENV, redact
 
     if args.workers < 0:

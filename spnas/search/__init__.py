@@ -10,8 +10,9 @@ Public API:
 - :func:`summarize`, :func:`verification_summary` — the search as plain data (``spnas status``);
   :func:`paired_interval`, :func:`t_quantile` — the paired 95 % interval its verdict rests on;
 - :func:`retrain` — a network retrained from scratch at equal training (verification);
-- :class:`Objective`, :func:`create_search_study`, :func:`load_search_study`,
-  :func:`run_worker`, :func:`prepare_data` — what ``spnas search`` and ``spnas worker`` run;
+- :class:`Objective`, :func:`check_settings`, :func:`create_search_study`,
+  :func:`load_search_study`, :func:`run_worker`, :func:`prepare_data` — what ``spnas search``
+  and ``spnas worker`` run;
 - :func:`launch_workers`, :class:`Launched`, :func:`worker_gpus` — local worker processes with
   stop signals forwarded to them (``spnas search``, ``spnas verify``);
   :func:`stop_before_joining`, :func:`stopped_by`, :data:`STOPPED_EXIT` — a worker process's
@@ -46,6 +47,7 @@ _API = {
     "WEIGHTS_ATTR": "_artifacts",
     "WEIGHTS_SHA256_ATTR": "_artifacts",
     "build_search_engine": "_objective",
+    "check_settings": "_checks",
     "check_inputs": "_worker",
     "collect_garbage": "_gc",
     "create_search_study": "_worker",

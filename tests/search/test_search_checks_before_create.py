@@ -252,7 +252,7 @@ def test_engine_opts_shape_is_checked_at_config_load(
 def test_good_detectron2_opts_pass_the_engine_check(tmp_path: Path, search_assets: Path) -> None:
     from search_doubles import make_config
 
-    from spnas.search._checks import check_settings
+    from spnas.search import check_settings
 
     sections = _detectron2(
         "MODEL.ANCHOR_GENERATOR.SIZES", [[8, 16]], "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64"
