@@ -122,7 +122,7 @@ def study_config(
 
 def _frozen(config: SearchConfig, history: list[tuple[Decision, float]]) -> list[FrozenTrial]:
     """Completed trials of ``history`` as the search writes them (decision, params, gmacs)."""
-    from spnas.search._params import architecture_distributions, architecture_values
+    from spnas.search import architecture_distributions, architecture_values
 
     start = datetime.datetime(2026, 1, 1)
     distributions = architecture_distributions(config)

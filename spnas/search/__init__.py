@@ -17,7 +17,9 @@ Public API:
   stop signals forwarded to them (``spnas search``, ``spnas verify``);
   :func:`stop_before_joining`, :func:`stopped_by`, :data:`STOPPED_EXIT` — a worker process's
   stop and exit status (``spnas worker``);
-- :func:`collect_garbage` — what ``spnas gc`` runs (leftovers of killed workers).
+- :func:`collect_garbage` — what ``spnas gc`` runs (leftovers of killed workers);
+- :func:`architecture_distributions`, :func:`architecture_values` — a trial's architecture as
+  Optuna params (for Optuna's analysis, and its own samplers on the same space).
 
 The names load on first use: a process that only decides (the sampler, ``get_decision``, a
 light worker of ``benchmarks/scaling.py``) imports no torch.
@@ -46,6 +48,8 @@ _API = {
     "UNPRUNABLE_KINDS": "_state",
     "WEIGHTS_ATTR": "_artifacts",
     "WEIGHTS_SHA256_ATTR": "_artifacts",
+    "architecture_distributions": "_params",
+    "architecture_values": "_params",
     "build_search_engine": "_objective",
     "check_settings": "_checks",
     "check_inputs": "_worker",
