@@ -60,7 +60,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import base_parser, report
 
-from spnas.search import Decision, SearchConfig, SearchState, SPNASSampler, create_search_study
+from spnas.search import (
+    Decision,
+    SearchConfig,
+    SearchState,
+    SPNASSampler,
+    TrialKind,
+    create_search_study,
+)
 from spnas.search._config import SearchSection
 from spnas.storage import make_storage
 
@@ -115,7 +122,7 @@ def study_config(
 
 def _frozen(config: SearchConfig, history: list[tuple[Decision, float]]) -> list[FrozenTrial]:
     """Completed trials of ``history`` as the search writes them (decision, params, gmacs)."""
-    from spnas.search._params import architecture_distributions, architecture_values
+    from spnas.search import architecture_distributions, architecture_values
 
     start = datetime.datetime(2026, 1, 1)
     distributions = architecture_distributions(config)
@@ -151,12 +158,12 @@ def serial_history(config: SearchConfig, n: int, seed: int = 0) -> list[FrozenTr
 
     rng = random.Random(seed)
     seed_arch = config.seed_arch
-    history = [(Decision(kind="seed", arch=seed_arch), 20.0)]
+    history = [(Decision(kind=TrialKind.SEED, arch=seed_arch), 20.0)]
     # The round's reference: the seed itself, or (equal training) its control, which continues
     # the seed's training one more schedule.
     best_arch, best_number, best_value, best_ops = seed_arch, 0, 20.0, ()
     if _equal_training(config):
-        history.append((Decision("control", seed_arch, parent=0, round=1), 20.5))
+        history.append((Decision(TrialKind.CONTROL, seed_arch, parent=0, round=1), 20.5))
         best_number, best_value = 1, 20.5
     taken = {str(seed_arch)}
     while len(history) < n:
@@ -170,7 +177,9 @@ def serial_history(config: SearchConfig, n: int, seed: int = 0) -> list[FrozenTr
             parent = best_number
         # Most children are a little worse than the best, about one in eight better.
         value = best_value + rng.uniform(-2.0, 0.3)
-        history.append((Decision("serial", child, parent=parent, ops=ops_text, round=1), value))
+        history.append(
+            (Decision(TrialKind.SERIAL, child, parent=parent, ops=ops_text, round=1), value)
+        )
         if value > best_value:
             best_arch, best_number, best_value = child, len(history) - 1, value
             best_ops = ops_text
@@ -194,17 +203,17 @@ def parallel_history(config: SearchConfig, n: int, seed: int = 0) -> list[Frozen
     zeros = ParallelCode.zeros(arch.num_stages)
     equal = _equal_training(config)
     worse = arch.with_stages((*arch.stages[:-1], "11"))
-    history: list[tuple[Decision, float]] = [(Decision("seed", arch=arch), 20.0)]
+    history: list[tuple[Decision, float]] = [(Decision(TrialKind.SEED, arch=arch), 20.0)]
     if equal:
-        history.append((Decision("control", arch, parent=0, round=1), 20.5))
+        history.append((Decision(TrialKind.CONTROL, arch, parent=0, round=1), 20.5))
     serial_best = len(history) - 1
-    history.append((Decision("serial", worse, parent=0, ops=("expand",), round=1), 10.0))
+    history.append((Decision(TrialKind.SERIAL, worse, parent=0, ops=("expand",), round=1), 10.0))
     # The round's best (the seed, or its control) is the parallel phase's serial network.
-    history.append((Decision("parallel_seed", arch, zeros, parent=serial_best), 30.0))
+    history.append((Decision(TrialKind.PARALLEL_SEED, arch, zeros, parent=serial_best), 30.0))
     baseline = best = len(history) - 1
     best_value = 30.0
     if equal:
-        history.append((Decision("control", arch, zeros, parent=baseline, round=1), 30.5))
+        history.append((Decision(TrialKind.CONTROL, arch, zeros, parent=baseline, round=1), 30.5))
         best, best_value = len(history) - 1, 30.5
     counts = range(config.space.max_subnets + 1)
     codes = [c for c in itertools.product(counts, repeat=arch.num_stages) if any(c)]
@@ -212,7 +221,7 @@ def parallel_history(config: SearchConfig, n: int, seed: int = 0) -> list[Frozen
         code = ParallelCode(subnets)
         value = best_value + rng.uniform(-2.0, 0.3)
         parent = baseline if equal else best
-        history.append((Decision("parallel", arch, code, parent=parent, round=1), value))
+        history.append((Decision(TrialKind.PARALLEL, arch, code, parent=parent, round=1), value))
         if value > best_value:
             best, best_value = len(history) - 1, value
     return _frozen(config, history)
@@ -245,11 +254,11 @@ def _median_ms(values: list[float]) -> float:
 
 
 def measure_spnas(
-    config: SearchConfig, url: str, n: int, measure: int, kind: str = "serial"
+    config: SearchConfig, url: str, n: int, measure: int, kind: TrialKind = TrialKind.SERIAL
 ) -> dict[str, float]:
     """Ask + tell ``measure`` trials of ``kind`` after a history of ``n`` trials."""
     study = create_search_study(config, url)
-    history = (serial_history if kind == "serial" else parallel_history)(config, n)
+    history = (serial_history if kind == TrialKind.SERIAL else parallel_history)(config, n)
     state = SearchState.from_trials(history, config)
     if state.next_kind != kind:
         raise RuntimeError(
@@ -373,7 +382,7 @@ def main() -> None:
                 config = study_config(
                     root, f"parallel-{n}", url, phase="parallel", comparison=args.comparison
                 )
-                parallel = measure_spnas(config, url, n, args.measure, kind="parallel")
+                parallel = measure_spnas(config, url, n, args.measure, kind=TrialKind.PARALLEL)
                 random_ms = measure_random(url_of(f"random_{n}"), f"random-{n}", n, args.measure)
                 row = {
                     "trials_in_history": n,

@@ -65,6 +65,7 @@ from spnas.search import (
     SearchConfig,
     SearchState,
     SPNASSampler,
+    TrialKind,
     get_decision,
 )
 from spnas.storage import make_storage
@@ -109,7 +110,7 @@ class LightObjective:
         decision = get_decision(trial)
         self.log.write(f"{trial.number} {decision.kind} {1000.0 * waited:.1f}\n")
         self.log.flush()
-        if decision.kind in ("idle", "exhausted"):
+        if decision.kind in (TrialKind.IDLE, TrialKind.EXHAUSTED):
             raise optuna.TrialPruned(decision.kind)
         if decision.parallel is None:  # the serial phase, which is measured
             time.sleep(self.seconds)
@@ -272,9 +273,9 @@ def run(root: Path, url: str, counter_args: tuple[str, int, str], workers: int,
     decided = [(t, Decision.of(t)) for t in trials]
     serial = [
         t for t, d in decided
-        if d is not None and d.kind == "serial" and t.state == optuna.trial.TrialState.COMPLETE
+        if d is not None and d.kind == TrialKind.SERIAL and t.state == optuna.trial.TrialState.COMPLETE
     ]  # fmt: skip
-    seed = next(t for t, d in decided if d is not None and d.kind == "seed")
+    seed = next(t for t, d in decided if d is not None and d.kind == TrialKind.SEED)
     window = (max(t.datetime_complete for t in serial) - seed.datetime_complete).total_seconds()
     after_seed = {
         t.number
@@ -285,7 +286,7 @@ def run(root: Path, url: str, counter_args: tuple[str, int, str], workers: int,
         float(ms)
         for path in log_dir.glob("decisions-*.txt")
         for number, kind, ms in (line.split() for line in path.read_text().splitlines())
-        if kind == "serial" and int(number) in after_seed
+        if kind == TrialKind.SERIAL and int(number) in after_seed
     ]
     return {
         "workers": workers,

@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from spnas._io import atomic_write
 from spnas._optional import require
-from spnas.search import CONFIG_ATTR, Decision, SearchConfig, SearchState, summarize
+from spnas.search import CONFIG_ATTR, Decision, SearchConfig, SearchState, TrialKind, summarize
 
 if TYPE_CHECKING:
     from spnas.modeling.flops import CostReport
@@ -37,14 +37,14 @@ if TYPE_CHECKING:
 _logger = logging.getLogger(__name__)
 
 #: Colours of the trial kinds, shared by every figure.
-KIND_COLOURS: dict[str, str] = {
-    "seed": "#7f7f7f",
-    "serial": "#1f77b4",
-    "reignite": "#d62728",
-    "parallel_seed": "#9467bd",
-    "parallel": "#2ca02c",
-    "control": "#17becf",
-    "final": "#ff7f0e",
+KIND_COLOURS: dict[TrialKind, str] = {
+    TrialKind.SEED: "#7f7f7f",
+    TrialKind.SERIAL: "#1f77b4",
+    TrialKind.REIGNITE: "#d62728",
+    TrialKind.PARALLEL_SEED: "#9467bd",
+    TrialKind.PARALLEL: "#2ca02c",
+    TrialKind.CONTROL: "#17becf",
+    TrialKind.FINAL: "#ff7f0e",
 }
 FIGURE_IDS: dict[str, str] = {
     "trajectory": "spnas-trajectory",
@@ -78,10 +78,10 @@ def trajectory_figure(trials: Sequence[FrozenTrial], config: SearchConfig) -> An
                 x=[p[0] for p in points],
                 y=[p[1] for p in points],
                 mode="markers",
-                name=kind,
+                name=kind.value,
                 marker={"color": colour, "size": 9},
                 text=[f"{p[2]} {p[3] or ''}" for p in points],
-                hovertemplate="trial %{x}: %{y:.2f}<br>%{text}<extra>" + kind + "</extra>",
+                hovertemplate="trial %{x}: %{y:.2f}<br>%{text}<extra>" + kind.value + "</extra>",
             )
         )
     better = max if config.direction == "maximize" else min
@@ -103,7 +103,7 @@ def trajectory_figure(trials: Sequence[FrozenTrial], config: SearchConfig) -> An
 def _best_networks(trials: Sequence[FrozenTrial], config: SearchConfig) -> list[tuple[str, Any]]:
     state = SearchState.from_trials(trials, config)
     networks: list[tuple[str, Any]] = []
-    seeds = state.of_kind("seed")
+    seeds = state.of_kind(TrialKind.SEED)
     if seeds and seeds[0].decision.arch is not None:
         networks.append(("seed", (seeds[0].decision.arch, None)))
     if state.best_serial is not None:
@@ -163,7 +163,7 @@ def ap_vs_gmacs_figure(trials: Sequence[FrozenTrial], config: SearchConfig) -> A
                 x=[t.user_attrs["gmacs"] for t, _ in points],
                 y=[t.value for t, _ in points],
                 mode="markers",
-                name=kind,
+                name=kind.value,
                 marker={"color": colour, "size": 9},
                 text=[f"#{t.number} {d.arch} {d.parallel or ''}" for t, d in points],
                 hovertemplate="%{x:.3f} GMACs: %{y:.2f}<br>%{text}<extra></extra>",
@@ -380,7 +380,7 @@ def report_html(
     trials = study.get_trials(deepcopy=False)
     metric = config.data.metric
     state = SearchState.from_trials(trials, config)
-    seeds = state.of_kind("seed")
+    seeds = state.of_kind(TrialKind.SEED)
     sources: dict[str, Any] = {
         "seed": seeds[0] if seeds else None,
         "best serial": state.best_serial,
@@ -401,12 +401,12 @@ def report_html(
     trial_rows = []
     for trial in trials:
         decision = Decision.of(trial)
-        if decision is None or decision.kind == "idle":
+        if decision is None or decision.kind == TrialKind.IDLE:
             continue
         trial_rows.append(
             (
                 trial.number,
-                decision.kind,
+                decision.kind.value,
                 trial.state.name,
                 decision.round,
                 None if decision.arch is None else str(decision.arch),

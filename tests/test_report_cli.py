@@ -167,7 +167,7 @@ def test_report_shows_the_param_importances_of_the_architecture(tmp_path: Path) 
     import random
 
     from spnas.morphism import mutate
-    from spnas.search._params import architecture_distributions, architecture_values
+    from spnas.search import architecture_distributions, architecture_values
 
     config = SearchConfig.from_dict(
         {"study": {"name": "importances"}, "model": {"seed_arch": SEED, "width": 8}}

@@ -25,15 +25,10 @@ search resumes at once when started again.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import logging
 import os
 import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +106,13 @@ def _set_threads(threads: int | None) -> None:
 
 def run_search(args: argparse.Namespace) -> int:
     from spnas.exceptions import ConfigError
-    from spnas.search import SearchConfig, create_search_study, prepare_data
-    from spnas.search._checks import check_settings
+    from spnas.search import (
+        SearchConfig,
+        check_settings,
+        create_search_study,
+        launch_workers,
+        prepare_data,
+    )
     from spnas.storage import STORAGE_ENV, redact
 
     if args.workers < 0:
@@ -140,173 +140,22 @@ def run_search(args: argparse.Namespace) -> int:
         f"study {config.study.name!r} in {redact(storage)}: {args.workers} worker(s), "
         f"{threads} thread(s) each, logs in {logs}"
     )
-    procs = _start_workers(
-        config.study.name, storage, args.workers, threads, logs, config.schedule.gpus_per_trial
+    launched = launch_workers(
+        config.study.name,
+        storage,
+        args.workers,
+        threads=threads,
+        logs=logs,
+        gpus_per_trial=config.schedule.gpus_per_trial,
     )
-    with _forward_signals(procs) as received:
-        state = _watch(config.study.name, storage, procs, received)
     _print_status(_status(config.study.name, storage))
-    if received:
-        # Preempted: a clean stop when every worker re-queued its trial and exited 0 (the
-        # search was done) or 128 + the signal; then, like them, 128 + the signal.
-        if not all(p.returncode == 0 or p.returncode in _STOPPED_CODES for p in procs):
-            return 1
-        return 0 if state is not None and state.done else _STOPPED_EXIT + received[0]
-    return 0 if state is not None and state.phase == "done" else 1
-
-
-#: After forwarding a signal, how long ``spnas search`` waits for its workers before
-#: killing them.
-STOP_TIMEOUT_S = 120.0
-#: A process stopped by signal N exits 128 + N (the shell's convention: 143 for SIGTERM).
-_STOPPED_EXIT = 128
-#: The exit codes of a worker that a stop signal ended cleanly (its trial re-queued).
-_STOPPED_CODES = frozenset(_STOPPED_EXIT + sig for sig in (signal.SIGTERM, signal.SIGINT))
-
-
-@contextlib.contextmanager
-def _forward_signals(procs: list[subprocess.Popen]) -> Iterator[list[int]]:
-    """While active, SIGTERM/SIGINT are passed on to every live worker; yields the list of
-    signals received (watched by :func:`_watch`, which then waits for the workers)."""
-    received: list[int] = []
-
-    def forward(signum: int, frame: object) -> None:
-        received.append(signum)
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signum)
-
-    stops = (signal.SIGTERM, signal.SIGINT)
-    previous = {sig: signal.signal(sig, forward) for sig in stops}
-    try:
-        yield received
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-def _start_workers(
-    name: str, storage: str, count: int, threads: int, logs: Path, gpus_per_trial: int = 1
-) -> list[subprocess.Popen]:
-    from spnas.storage import STORAGE_ENV
-
-    gpus = _visible_gpus()
-    procs = []
-    for index in range(count):
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        # Workers share the cores: OpenMP threads that spin while waiting would starve the
-        # other workers (measured: a training step 20x slower on a loaded 2-core machine).
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(worker_gpus(gpus, index, gpus_per_trial))
-        # The URL may hold a password: in the environment, not on the command line.
-        env[STORAGE_ENV] = storage
-        command = [sys.executable, "-m", "spnas", "worker", "--study", name]
-        command += ["--threads", str(threads)]
-        log = open(logs / f"worker-{index}.log", "a", encoding="utf-8")  # noqa: SIM115
-        procs.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
-    return procs
-
-
-def worker_gpus(gpus: list[str], index: int, gpus_per_trial: int) -> list[str]:
-    """The devices worker ``index`` owns: the next ``gpus_per_trial`` of ``gpus``, round
-    robin, so that workers share devices when there are more workers than devices allow."""
-    if gpus_per_trial > len(gpus):
-        from spnas.exceptions import ConfigError
-
-        raise ConfigError(
-            f"schedule.gpus_per_trial={gpus_per_trial}: only {len(gpus)} GPU(s) visible "
-            f"({','.join(gpus)})"
-        )
-    start = index * gpus_per_trial
-    return [gpus[(start + i) % len(gpus)] for i in range(gpus_per_trial)]
-
-
-def _visible_gpus() -> list[str]:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [g for g in visible.split(",") if g.strip()]
-    try:
-        import torch
-
-        return [str(i) for i in range(torch.cuda.device_count())]
-    except Exception:  # no torch CUDA runtime: CPU workers
-        return []
-
-
-def _describe(state: Any, finished: int) -> str:
-    best = state.best_parallel or state.best_serial
-    text = f"{finished} trial(s) done, {state.phase}"
-    if state.phase == "serial":
-        text += f" round {state.round}, stuck {state.stuck}"
-    if best is not None:
-        code = f"{best.arch}" + (f" {best.parallel}" if best.parallel else "")
-        text += f", best {best.value:.2f} {code}"
-    if state.waiting_for:
-        text += f" ({state.waiting_for})"
-    return text
-
-
-def _watch(
-    name: str, storage: str, procs: list[subprocess.Popen], received: list[int] | None = None
-) -> Any:
-    """Show the search's progress until every worker has exited.
-
-    On a terminal a tqdm bar updates in place; in a log file a line is written when the
-    search's status changes. Once a signal was forwarded (``received``), workers still alive
-    after :data:`STOP_TIMEOUT_S` are killed.
-    """
-    from tqdm import tqdm
-
-    from spnas.search import SearchState, load_search_study
-
-    study, config = load_search_study(name, storage)
-    state = None
-    interactive = sys.stdout.isatty()
-    bar = tqdm(desc="search", unit="trial", dynamic_ncols=True, disable=not interactive)
-    last = ""
-    stopping = 0.0
-    try:
-        while True:
-            trials = study.get_trials(deepcopy=False)
-            state = SearchState.from_trials(trials, config)
-            finished = sum(1 for t in trials if t.state.is_finished())
-            text = _describe(state, finished)
-            if text != last:
-                if interactive:
-                    bar.n = finished
-                    bar.set_postfix_str(text.split(", ", 1)[-1])
-                else:
-                    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
-                last = text
-            if all(p.poll() is not None for p in procs):
-                break
-            if received:
-                stopping = stopping or time.monotonic()
-                if time.monotonic() - stopping > STOP_TIMEOUT_S:
-                    for p in procs:
-                        p.kill()
-            time.sleep(0.5 if received else 2.0)
-    except KeyboardInterrupt:
-        for p in procs:
-            p.terminate()
-        raise
-    finally:
-        bar.close()
-    failed = [
-        i
-        for i, p in enumerate(procs)
-        if p.returncode not in (0, None) and not (received and p.returncode in _STOPPED_CODES)
-    ]
-    if failed:
-        _logger.warning("worker(s) %s exited with an error; see their logs", failed)
-    return state
+    return launched.exit_code()
 
 
 def run_worker_command(args: argparse.Namespace) -> int:
     # Until run_worker takes SIGTERM over (after torch and the study are loaded), it stops the
     # worker like Ctrl-C: no trial is running yet, so there is nothing to re-queue.
-    from spnas.search._signals import stop_before_joining, stopped_by
+    from spnas.search import STOPPED_EXIT, stop_before_joining, stopped_by
 
     signal.signal(signal.SIGTERM, stop_before_joining)
     signal.signal(signal.SIGINT, stop_before_joining)
@@ -330,13 +179,13 @@ def run_worker_command(args: argparse.Namespace) -> int:
         if type(exc) is not KeyboardInterrupt:  # Preempted escaping run_worker: unexpected
             raise
         _logger.warning("stopped before joining the search")
-        return _STOPPED_EXIT + (stopped_by() or signal.SIGINT)
+        return STOPPED_EXIT + (stopped_by() or signal.SIGINT)
     if state.phase == "failed":
         return 1
     signum = stopped_by()
     # Stopped before the search was done: non-zero, so that a Kubernetes Indexed Job does not
     # count the pod's index as succeeded (its podFailurePolicy ignores 143: a new pod).
-    return _STOPPED_EXIT + signum if signum is not None and not state.done else 0
+    return STOPPED_EXIT + signum if signum is not None and not state.done else 0
 
 
 def run_resume(args: argparse.Namespace) -> int:

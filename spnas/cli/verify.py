@@ -36,9 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from spnas.cli._json import dumps
-    from spnas.cli.search import _forward_signals, _print_verification, _start_workers, _watch
+    from spnas.cli.search import _print_verification
     from spnas.exceptions import ConfigError
-    from spnas.search import enable_verification, load_search_study, summarize
+    from spnas.search import enable_verification, launch_workers, load_search_study, summarize
 
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: expected at least 1")
@@ -50,19 +50,22 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     logs = Path(config.study.workdir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    gpus_per_trial = config.verify_schedule.gpus_per_trial
-    procs = _start_workers(args.study, url, args.workers, threads, logs, gpus_per_trial)
     # With --json, stdout carries the result alone; progress goes to stderr. SIGTERM/SIGINT
     # reach the workers, which re-queue their trials, as under `spnas search`.
-    with (
-        contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout),
-        _forward_signals(procs) as received,
-    ):
-        state = _watch(args.study, url, procs, received)
+    with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
+        launched = launch_workers(
+            args.study,
+            url,
+            args.workers,
+            threads=threads,
+            logs=logs,
+            gpus_per_trial=config.verify_schedule.gpus_per_trial,
+        )
     summary = summarize(study.get_trials(deepcopy=False), config, args.study)
     verify = summary["verify"]
     if args.json:
         print(dumps(verify, indent=2))
     elif verify is not None:
         _print_verification(verify, config.data.metric)
+    state = launched.state
     return 0 if state is not None and state.phase == "done" else 1

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from spnas.morphism._mutate import DEFAULT_WEIGHTS, NoCandidateError, mutate
+from spnas.morphism._mutate import DEFAULT_WEIGHTS, NoCandidateError, check_op_weights, mutate
 from spnas.morphism._ops import (
     DIRECTIONS,
     OP_KINDS,
@@ -60,6 +60,7 @@ __all__ = [
     "Swap",
     "apply",
     "apply_all",
+    "check_op_weights",
     "find_backbone",
     "format_ops",
     "inherit",

@@ -73,7 +73,7 @@ def mutate(
     """
     parent = SerialCode.parse(code)
     rng = _as_rng(rng)
-    kind_weights = _check_weights(weights)
+    kind_weights = check_op_weights(weights)
     for name, value in (("n_ops", n_ops), ("max_tries", max_tries)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"mutate {name}={value!r}: expected an integer ≥ 1")
@@ -158,7 +158,13 @@ def _as_rng(rng: random.Random | int | None) -> random.Random:
     raise ConfigError(f"mutate rng={rng!r}: expected a random.Random, an integer seed or None")
 
 
-def _check_weights(weights: Mapping[str, float] | None) -> Mapping[str, float]:
+def check_op_weights(weights: Mapping[str, float] | None) -> Mapping[str, float]:
+    """The mutation weights per op kind (:data:`DEFAULT_WEIGHTS` for ``None``), checked.
+
+    Raises:
+        ConfigError: an unknown op kind, a weight that is not a finite number ≥ 0, or no
+            positive weight.
+    """
     if weights is None:
         return DEFAULT_WEIGHTS
     checked: dict[str, float] = {}

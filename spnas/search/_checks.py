@@ -113,7 +113,7 @@ def check_values(config: Any) -> None:
     """
     from spnas.modeling.norm import NORMS
     from spnas.modeling.stems import STEMS
-    from spnas.morphism._mutate import _check_weights
+    from spnas.morphism import check_op_weights
 
     name = config.study.name
     if not _NAME.match(name) or name != name.strip() or name in (".", ".."):
@@ -137,7 +137,7 @@ def check_values(config: Any) -> None:
         )
     if config.serial.op_weights is not None:
         try:
-            _check_weights(config.serial.op_weights)
+            check_op_weights(config.serial.op_weights)
         except ConfigError as exc:
             raise ConfigError(f"'serial.op_weights': {exc}") from None
     for section, schedule in (("schedule", config.schedule), ("final.schedule", None)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from spnas.search._state import Decision
+from spnas.search._state import Decision, TrialKind
 
 
 def trial_note(decision: Decision, attrs: Mapping[str, Any], value: float | None) -> str:
@@ -20,9 +20,9 @@ def trial_note(decision: Decision, attrs: Mapping[str, Any], value: float | None
         lines.append(f"- **parallel**: `{decision.parallel}`")
     if decision.role is not None:
         lines.append(f"- **verifies**: {decision.role}, repeat {decision.repeat}")
-    elif decision.repeat and decision.kind != "control":
+    elif decision.repeat and decision.kind != TrialKind.CONTROL:
         lines.append(f"- **re-evaluation** {decision.repeat}: another training seed")
-    elif decision.kind == "control":
+    elif decision.kind == TrialKind.CONTROL:
         lines.append(
             f"- **noise repeat** {decision.repeat or 0}: σ_trial of the round so far "
             f"{fmt(attrs.get('noise_sigma'))}"

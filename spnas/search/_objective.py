@@ -42,8 +42,10 @@ from spnas.search._state import (
     DIVERGED_LOSS_ATTR,
     SEED_ATTR,
     UNPRUNABLE_KINDS,
+    UNTRAINED_KINDS,
     Decision,
     SearchState,
+    TrialKind,
 )
 from spnas.search._stats import noise_sigma
 from spnas.storage import StorageError, make_artifact_store, redact
@@ -194,10 +196,10 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         decision = get_decision(trial)
-        if decision.kind in ("idle", "exhausted"):
+        if decision.kind in UNTRAINED_KINDS:
             raise optuna.TrialPruned(f"nothing to train ({decision.kind})")
         for key, value in (
-            ("kind", decision.kind),
+            ("kind", decision.kind.value),
             ("arch", str(decision.arch)),
             ("parallel", None if decision.parallel is None else str(decision.parallel)),
             ("round", decision.round),
@@ -213,9 +215,9 @@ class Objective:
         prunable = decision.kind not in UNPRUNABLE_KINDS and not decision.repeat
         reporter = OptunaReporter(trial, self.config.data.metric, prunable=prunable)
         self._pretrain_iters = 0
-        if decision.kind == "verify":
+        if decision.kind == TrialKind.VERIFY:
             seed = self.config.search.seed + (decision.repeat or 0)
-        elif decision.kind == "final":
+        elif decision.kind == TrialKind.FINAL:
             seed = self.config.final_schedule.seed
         else:
             # A control's noise repeat or a candidate's re-evaluation (``repeat`` k): the same
@@ -223,7 +225,7 @@ class Objective:
             seed = self.config.schedule.seed + (decision.repeat or 0)
         trial.set_user_attr(SEED_ATTR, seed)
         try:
-            if decision.kind == "verify":
+            if decision.kind == TrialKind.VERIFY:
                 retrained = retrain(
                     self.config,
                     decision.arch,
@@ -241,7 +243,9 @@ class Objective:
                 init = self.init_weights(trial, decision, out_dir)
                 spec = self.config.model_spec(decision.arch, decision.parallel, self._num_classes)
                 schedule = (
-                    self.config.final_schedule if decision.kind == "final" else self.config.schedule
+                    self.config.final_schedule
+                    if decision.kind == TrialKind.FINAL
+                    else self.config.schedule
                 )
                 schedule = dataclasses.replace(schedule, seed=seed)
                 result = self.engine.train_eval(
@@ -249,7 +253,7 @@ class Objective:
                 )
         except TrialDiverged as exc:
             raise record_divergence(trial, decision, exc, seed) from exc
-        if decision.kind != "verify":
+        if decision.kind != TrialKind.VERIFY:
             # Verification retrains from scratch: its weights are never a parent.
             check_still_running(trial)
             self.upload(trial, Path(result.weights))
@@ -266,7 +270,7 @@ class Objective:
             "pretrain_iters": self._pretrain_iters,
             "metrics": result.to_dict()["metrics"],
         }
-        if decision.kind == "control":
+        if decision.kind == TrialKind.CONTROL:
             attrs["noise_sigma"] = _control_noise(trial, decision, value)
         for key, attr in attrs.items():
             trial.set_user_attr(key, attr)
@@ -305,12 +309,12 @@ class Objective:
     ) -> InitWeights | None:
         """The weights the trial starts from (docs/design.md §4)."""
         study = trial.study
-        if decision.kind == "seed":
+        if decision.kind == TrialKind.SEED:
             return InitWeights(self.seed_backbone())
         assert decision.parent is not None
         parent_path = self.fetch(study, decision.parent, out_dir / "parent.pth")
         parent = get_decision(study.get_trials(deepcopy=False)[decision.parent])
-        if decision.kind == "reignite":
+        if decision.kind == TrialKind.REIGNITE:
             return InitWeights(self.reignite(decision, parent_path, out_dir))
         return InitWeights(
             parent_path,
@@ -378,7 +382,7 @@ class Objective:
         keep.update(
             r.number
             for r in state.records
-            if r.decision.kind == "control"
+            if r.decision.kind == TrialKind.CONTROL
             and not r.decision.repeat
             and start is not None
             and r.decision.parent == start.number
@@ -388,19 +392,24 @@ class Objective:
         judging = {
             r.decision.candidate
             for r in state.records
-            if r.running and r.decision.repeat and r.decision.kind != "control"
+            if r.running and r.decision.repeat and r.decision.kind != TrialKind.CONTROL
         }
-        if state.pending is not None and state.pending.kind in ("serial", "parallel"):
+        if state.pending is not None and state.pending.kind in (
+            TrialKind.SERIAL,
+            TrialKind.PARALLEL,
+        ):
             judging.add(state.pending.candidate)
         keep.update(
             r.number
             for r in state.records
-            if r.decision.kind in ("serial", "parallel")
+            if r.decision.kind in (TrialKind.SERIAL, TrialKind.PARALLEL)
             and not r.decision.repeat
             and r.decision.candidate in judging
         )
         reverse = state.direction == "maximize"
-        for phase in (("seed", "serial", "reignite"), ("parallel_seed", "parallel", "final")):
+        serial = (TrialKind.SEED, TrialKind.SERIAL, TrialKind.REIGNITE)
+        parallel = (TrialKind.PARALLEL_SEED, TrialKind.PARALLEL, TrialKind.FINAL)
+        for phase in (serial, parallel):
             done = [r for r in state.records if r.decision.kind in phase and r.value is not None]
             done.sort(key=lambda r: r.value, reverse=reverse)
             keep.update(r.number for r in done[: self.config.search.keep_top_k])
@@ -432,7 +441,9 @@ def record_divergence(
     trial.set_user_attr(DIVERGED_ITERATION_ATTR, exc.iteration)
     trial.set_user_attr(DIVERGED_LOSS_ATTR, exc.loss)
     trial.set_user_attr(SEED_ATTR, seed)
-    what = decision.kind + (f" repeat {decision.repeat}" if decision.repeat is not None else "")
+    what = decision.kind.value + (
+        f" repeat {decision.repeat}" if decision.repeat is not None else ""
+    )
     _logger.warning("trial %d (%s) diverged, not retried: %s", trial.number, what, exc)
     return optuna.TrialPruned(f"diverged: {exc}")
 
@@ -445,7 +456,7 @@ def _control_noise(trial: optuna.Trial, decision: Decision, value: float) -> flo
         mine = Decision.of(other)
         if (
             mine is not None
-            and mine.kind == "control"
+            and mine.kind == TrialKind.CONTROL
             and mine.parent == decision.parent
             and (mine.parallel is None) == (decision.parallel is None)
             and other.value is not None

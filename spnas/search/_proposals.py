@@ -7,7 +7,7 @@ import random
 from spnas.arch import CodeCost, ParallelCode, SerialCode, code_cost
 from spnas.exceptions import ArchError
 from spnas.morphism import NoCandidateError, format_ops, mutate
-from spnas.search._state import Decision, SearchState
+from spnas.search._state import Decision, SearchState, TrialKind
 
 
 class SearchExhausted(NoCandidateError):
@@ -28,7 +28,7 @@ def propose_serial(state: SearchState, rng: random.Random) -> Decision:
     """
     config = state.config
     parent = state.parent
-    if parent is None or state.next_kind != "serial":
+    if parent is None or state.next_kind != TrialKind.SERIAL:
         raise ArchError(f"no serial proposal in phase {state.phase!r} (next: {state.next_kind})")
     avoid = {arch for arch, parallel in state.taken() if parallel is None}
     try:
@@ -44,7 +44,7 @@ def propose_serial(state: SearchState, rng: random.Random) -> Decision:
         raise SearchExhausted(str(exc)) from exc
     start, prefix = _weights_source(state)
     return Decision(
-        kind="serial",
+        kind=TrialKind.SERIAL,
         arch=child,
         parent=start,
         ops=(*prefix, *format_ops(ops).split("; ")),
@@ -120,7 +120,7 @@ def propose_parallel(state: SearchState, rng: random.Random) -> Decision:
     """
     config = state.config
     parent = state.parent
-    if parent is None or state.next_kind != "parallel":
+    if parent is None or state.next_kind != TrialKind.PARALLEL:
         raise ArchError(f"no parallel proposal in phase {state.phase!r} (next: {state.next_kind})")
     arch = parent.arch
     costs = stage_costs(config, arch)
@@ -135,7 +135,7 @@ def propose_parallel(state: SearchState, rng: random.Random) -> Decision:
             over_budget += 1
             continue
         return Decision(
-            kind="parallel",
+            kind=TrialKind.PARALLEL,
             arch=arch,
             parallel=code,
             parent=_weights_source(state)[0],

@@ -23,12 +23,14 @@ from optuna.trial import TrialState
 from spnas.search._artifacts import WEIGHTS_ATTR, WEIGHTS_SHA256_ATTR
 from spnas.search._config import SearchConfig
 from spnas.search._optuna import storage_of, study_id
-from spnas.search._state import SearchState
+from spnas.search._state import SearchState, TrialKind
 
 _logger = logging.getLogger(__name__)
 
 #: Kinds whose failure is one failed candidate among many, never the search's end.
-_CANDIDATE_KINDS = frozenset({"serial", "parallel", "exhausted", "idle"})
+_CANDIDATE_KINDS = frozenset(
+    {TrialKind.SERIAL, TrialKind.PARALLEL, TrialKind.EXHAUSTED, TrialKind.IDLE}
+)
 #: Workers that start together may all find the study failed; each writes a claim and only
 #: the one whose claim is still there this long after queues the retry.
 CLAIM_SETTLE_S = 2.0

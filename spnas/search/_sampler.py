@@ -36,7 +36,7 @@ from spnas.search._optuna import (
 from spnas.search._params import architecture_distributions, record_architecture
 from spnas.search._proposals import SearchExhausted, propose_parallel, propose_serial
 from spnas.search._signals import requeue_interrupted
-from spnas.search._state import DECISION_ATTR, KIND_ATTR, Decision, SearchState
+from spnas.search._state import DECISION_ATTR, KIND_ATTR, Decision, SearchState, TrialKind
 
 _logger = logging.getLogger(__name__)
 
@@ -329,7 +329,7 @@ class SPNASSampler(BaseSampler):
         """Turn a second retry of the same failed trial ``idle``: ``earlier`` runs it."""
         # The mark goes first here: from that write on no worker counts the copy as a
         # running barrier; the fields only clear what the copy carried.
-        attrs = Decision("idle", round=decision.round).to_attrs()
+        attrs = Decision(TrialKind.IDLE, round=decision.round).to_attrs()
         storage = storage_of(study)
         for key in (KIND_ATTR, DECISION_ATTR):
             storage.set_trial_system_attr(trial_id(trial), key, attrs[key])
@@ -424,7 +424,7 @@ class SPNASSampler(BaseSampler):
                 elif state.done:
                     if in_optimize_loop(study):
                         study.stop()
-                    idle = Decision("idle", round=state.round)
+                    idle = Decision(TrialKind.IDLE, round=state.round)
                     self._decide_ahead(study, trials, trial, idle)
                     return idle, False
                 elif state.next_kind is not None:
@@ -448,7 +448,7 @@ class SPNASSampler(BaseSampler):
                     _logger.info(
                         "trial %d: stepping aside for queued trial(s) %s", trial.number, queued
                     )
-                    return Decision("idle", round=state.round), False
+                    return Decision(TrialKind.IDLE, round=state.round), False
             now = time.monotonic()
             if now - started >= max_wait:
                 # Expected in ask-and-tell (ask again later); worth a warning in a worker.
@@ -459,7 +459,7 @@ class SPNASSampler(BaseSampler):
                     now - started,
                     reason,
                 )
-                return Decision("idle"), False
+                return Decision(TrialKind.IDLE), False
             if last_log is None or now - last_log >= LOG_EVERY_S:
                 _logger.info("trial %d: %s", trial.number, reason)
                 last_log = now
@@ -558,7 +558,7 @@ class SPNASSampler(BaseSampler):
         for waiting in line[:MAX_DECIDED_AHEAD]:
             state = SearchState.from_trials(list(history.values()), config, direction)
             if state.done:  # final: everyone in line is idle
-                ahead.append((waiting, Decision("idle", round=state.round)))
+                ahead.append((waiting, Decision(TrialKind.IDLE, round=state.round)))
             elif state.next_kind is None:
                 break
             else:
@@ -676,34 +676,38 @@ class SPNASSampler(BaseSampler):
             # verify, control and re-evaluation: the state fixes the whole decision.
             return state.pending
         try:
-            if kind == "serial":
+            if kind == TrialKind.SERIAL:
                 return propose_serial(state, rng)
-            if kind == "parallel":
+            if kind == TrialKind.PARALLEL:
                 return propose_parallel(state, rng)
         except SearchExhausted as exc:
             _logger.info("trial %d: %s; ending the %s", number, exc, state.phase)
             parallel = (
                 ParallelCode.zeros(parent.arch.num_stages)
-                if kind == "parallel" and parent
+                if kind == TrialKind.PARALLEL and parent
                 else None
             )
             return Decision(
-                "exhausted",
+                TrialKind.EXHAUSTED,
                 arch=parent.arch if parent else None,
                 parallel=parallel,
                 round=state.round,
             )
-        if kind == "seed":
-            return Decision("seed", arch=config.seed_arch, round=0)
+        if kind == TrialKind.SEED:
+            return Decision(TrialKind.SEED, arch=config.seed_arch, round=0)
         assert parent is not None, kind
-        if kind == "reignite":
-            return Decision("reignite", arch=parent.arch, parent=parent.number, round=state.round)
-        if kind == "parallel_seed":
-            zeros = ParallelCode.zeros(parent.arch.num_stages)
-            return Decision("parallel_seed", arch=parent.arch, parallel=zeros, parent=parent.number)
-        if kind == "final":
+        if kind == TrialKind.REIGNITE:
             return Decision(
-                "final", arch=parent.arch, parallel=parent.parallel, parent=parent.number
+                TrialKind.REIGNITE, arch=parent.arch, parent=parent.number, round=state.round
+            )
+        if kind == TrialKind.PARALLEL_SEED:
+            zeros = ParallelCode.zeros(parent.arch.num_stages)
+            return Decision(
+                TrialKind.PARALLEL_SEED, arch=parent.arch, parallel=zeros, parent=parent.number
+            )
+        if kind == TrialKind.FINAL:
+            return Decision(
+                TrialKind.FINAL, arch=parent.arch, parallel=parent.parallel, parent=parent.number
             )
         raise ConfigError(f"unknown trial kind {kind!r}")
 
@@ -763,7 +767,7 @@ def _write_decisions(storage: Any, decisions: Sequence[tuple[FrozenTrial, Decisi
         return True
 
     bodies = [(t, {DECISION_ATTR: d.to_attrs()[DECISION_ATTR]}) for t, d in decisions]
-    marks = [(t, {KIND_ATTR: d.kind}) for t, d in decisions]
+    marks = [(t, {KIND_ATTR: d.kind.value}) for t, d in decisions]
     with concurrent.futures.ThreadPoolExecutor(WRITE_THREADS) as pool:
         whole = list(pool.map(write, bodies))
         list(pool.map(write, [mark for mark, ok in zip(marks, whole, strict=True) if ok]))
@@ -779,7 +783,7 @@ def _is_running_decided(trial: FrozenTrial) -> bool:
     return (
         trial.state in (TrialState.RUNNING, TrialState.WAITING)
         and decision is not None
-        and decision.kind != "idle"
+        and decision.kind != TrialKind.IDLE
     )
 
 

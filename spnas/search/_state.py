@@ -6,7 +6,7 @@ where it was.
 
 Every decided trial carries its decision in two system attributes: ``spnas:decision`` (``arch``,
 ``parallel``, ``parent``, ``ops``, ``round``; ``role`` and ``repeat`` for verification) and
-``spnas:kind``, written last. The kinds:
+``spnas:kind``, written last. The kinds (:class:`TrialKind`, stored as their values):
 
 ============== ==================================================================
 ``seed``       first trial: the seed network from pretrained weights (barrier)
@@ -65,6 +65,7 @@ a diverged candidate is a failed candidate; a diverged barrier or control ends t
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -74,25 +75,55 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from spnas.arch import ParallelCode, SerialCode
+from spnas.exceptions import ConfigError
 from spnas.search._stats import noise_sigma
 
 ATTR_PREFIX = "spnas:"
-KINDS: tuple[str, ...] = (
-    "seed",
-    "serial",
-    "reignite",
-    "parallel_seed",
-    "parallel",
-    "final",
-    "control",
-    "verify",
-    "exhausted",
-    "idle",
+
+
+class TrialKind(str, enum.Enum):
+    """What a trial trains (the table above); stored as its value in ``spnas:kind``.
+
+    A ``str``: a member equals, hashes and formats as its value (``TrialKind.SEED == "seed"``),
+    so studies written with plain strings load unchanged and the value is what is stored.
+    """
+
+    SEED = "seed"
+    SERIAL = "serial"
+    REIGNITE = "reignite"
+    PARALLEL_SEED = "parallel_seed"
+    PARALLEL = "parallel"
+    FINAL = "final"
+    CONTROL = "control"
+    VERIFY = "verify"
+    EXHAUSTED = "exhausted"
+    IDLE = "idle"
+
+    def __str__(self) -> str:
+        # The value, not ``TrialKind.SEED``, in messages (and in format() on Python ≥ 3.12).
+        return self.value
+
+
+KINDS: tuple[TrialKind, ...] = tuple(TrialKind)
+BARRIER_KINDS: frozenset[TrialKind] = frozenset(
+    {TrialKind.SEED, TrialKind.REIGNITE, TrialKind.PARALLEL_SEED, TrialKind.FINAL}
 )
-BARRIER_KINDS: frozenset[str] = frozenset({"seed", "reignite", "parallel_seed", "final"})
 #: Kinds whose value the search needs (barriers, a round's control, verification): a pruner
 #: never stops them.
-UNPRUNABLE_KINDS: frozenset[str] = BARRIER_KINDS | {"control", "verify"}
+UNPRUNABLE_KINDS: frozenset[TrialKind] = BARRIER_KINDS | {TrialKind.CONTROL, TrialKind.VERIFY}
+#: Kinds that train nothing: no candidate was left, or the search had ended.
+UNTRAINED_KINDS: frozenset[TrialKind] = frozenset({TrialKind.EXHAUSTED, TrialKind.IDLE})
+
+
+def _kind(value: str) -> TrialKind:
+    try:
+        return TrialKind(value)
+    except ValueError:
+        raise ConfigError(
+            f"trial kind {value!r}: expected one of {', '.join(k.value for k in TrialKind)}"
+        ) from None
+
+
 PHASES: tuple[str, ...] = ("seed", "serial", "parallel", "verify", "final", "done", "failed")
 
 
@@ -106,7 +137,7 @@ _FIELDS = ("arch", "parallel", "parent", "ops", "round", "role", "repeat")
 class Decision:
     """What one trial trains: written on the trial by the sampler, read by the objective."""
 
-    kind: str
+    kind: TrialKind
     arch: SerialCode | None = None
     parallel: ParallelCode | None = None
     parent: int | None = None
@@ -117,6 +148,11 @@ class Decision:
     #: ``schedule.seed + k``).
     role: str | None = None
     repeat: int | None = None
+
+    def __post_init__(self) -> None:
+        # A plain string (a stored value, or ``Decision("serial")``) becomes its member.
+        if not isinstance(self.kind, TrialKind):
+            object.__setattr__(self, "kind", _kind(self.kind))
 
     def to_attrs(self) -> dict[str, Any]:
         """The trial system attributes that hold this decision: ``spnas:decision`` (the
@@ -134,7 +170,7 @@ class Decision:
         }
         if self.role is not None or self.repeat is not None:
             body.update(role=self.role, repeat=self.repeat)
-        return {DECISION_ATTR: body, KIND_ATTR: self.kind}
+        return {DECISION_ATTR: body, KIND_ATTR: self.kind.value}
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> Decision | None:
@@ -275,7 +311,7 @@ class SearchState:
 
     phase: str
     round: int
-    next_kind: str | None
+    next_kind: TrialKind | None
     waiting_for: str | None
     parent: Best | None
     stuck: int
@@ -305,7 +341,7 @@ class SearchState:
         """Candidates already decided (to avoid proposing them again)."""
         return {r.decision.candidate for r in self.records if r.decision.arch is not None}
 
-    def of_kind(self, *kinds: str) -> list[Record]:
+    def of_kind(self, *kinds: TrialKind) -> list[Record]:
         return [r for r in self.records if r.decision.kind in kinds]
 
     @classmethod
@@ -378,7 +414,7 @@ def _records(trials: Iterable[FrozenTrial]) -> tuple[Record, ...]:
     records = []
     for trial in sorted(trials, key=lambda t: t.number):
         decision = Decision.of(trial)
-        if decision is None or decision.kind == "idle":
+        if decision is None or decision.kind == TrialKind.IDLE:
             continue
         if trial.state == TrialState.FAIL and trial.number in retried:
             continue
@@ -405,7 +441,7 @@ def verification_plan(state: SearchState) -> list[tuple[str, Best]]:
     once, under its first role."""
     plan: list[tuple[str, Best]] = []
     seen: set[tuple[str, str | None]] = set()
-    seeds = [r for r in state.records if r.decision.kind == "seed" and r.value is not None]
+    seeds = [r for r in state.records if r.decision.kind == TrialKind.SEED and r.value is not None]
     candidates: list[tuple[str, Best | None]] = []
     if seeds:
         record = seeds[0]
@@ -449,7 +485,7 @@ class _Replay:
     def state(
         self,
         phase: str,
-        next_kind: str | None,
+        next_kind: TrialKind | None,
         waiting_for: str | None = None,
         parent: Best | None = None,
         reason: str | None = None,
@@ -518,7 +554,7 @@ class _Replay:
         )
 
     def barrier(
-        self, kind: str, round_: int, phase: str, parent: Best | None
+        self, kind: TrialKind, round_: int, phase: str, parent: Best | None
     ) -> tuple[Record | None, SearchState | None]:
         """The completed barrier trial, or the state to return while it is not complete."""
         attempts = [
@@ -582,7 +618,7 @@ class _Replay:
         exhausted = False
         judged = _Judged(best)
         for record in finished:
-            if record.decision.kind == "exhausted":
+            if record.decision.kind == TrialKind.EXHAUSTED:
                 exhausted = True
                 continue
             value = record.value
@@ -632,7 +668,7 @@ class _Replay:
             controls = [
                 r
                 for r in self.records
-                if r.decision.kind == "control"
+                if r.decision.kind == TrialKind.CONTROL
                 and r.decision.parent == baseline.number
                 and (r.decision.parallel is not None) == parallel_phase
             ]
@@ -648,14 +684,14 @@ class _Replay:
                     return self.diverged(what, control)
                 if status == "decide":
                     pending = Decision(
-                        "control",
+                        TrialKind.CONTROL,
                         arch=start.arch,
                         parallel=start.parallel,
                         parent=start.number,
                         round=self.round,
                         repeat=repeat or None,
                     )
-                    return self.state(phase, "control", parent=start, pending=pending)
+                    return self.state(phase, TrialKind.CONTROL, parent=start, pending=pending)
                 if control is not None:
                     done.append(control)
             if len(done) < self.config.search.noise_repeats:
@@ -663,10 +699,10 @@ class _Replay:
                 # baseline's architecture, but none is judged before every control finished.
                 self.stuck = 0
                 spent = max_trials is not None and len(records) >= max_trials
-                if spent or any(r.decision.kind == "exhausted" for r in records):
+                if spent or any(r.decision.kind == TrialKind.EXHAUSTED for r in records):
                     running = ", ".join(str(r.number) for r in controls if r.running)
                     return self.state(phase, None, f"waiting for control trial {running}", start)
-                return self.state(phase, phase, parent=start)
+                return self.state(phase, TrialKind(phase), parent=start)
             # The reference: the control's mean over its noise repeats.
             values = [r.value for r in done if r.value is not None]
             sigma = noise_sigma(values)
@@ -679,7 +715,7 @@ class _Replay:
             # A would-be winner is re-evaluated before anything else (even past max_trials:
             # a candidate is judged whole).
             return self.state(
-                phase, phase, parent=best, init_from=init_from, pending=judged.pending
+                phase, TrialKind(phase), parent=best, init_from=init_from, pending=judged.pending
             )
         if judged.waiting is not None and judged.ended:
             return self.state(
@@ -690,7 +726,7 @@ class _Replay:
                 init_from=init_from,
             )
         if not judged.ended or judged.waiting is not None:
-            return self.state(phase, phase, parent=best, init_from=init_from)
+            return self.state(phase, TrialKind(phase), parent=best, init_from=init_from)
         if running:
             what = f"round {self.round}" if phase == "serial" else "the phase"
             return self.state(
@@ -723,7 +759,7 @@ class _Replay:
                 return waiting
         if not self.config.final.enabled:
             return self.state("done", None, parent=best)
-        final, waiting = self.barrier("final", 0, "final", best)
+        final, waiting = self.barrier(TrialKind.FINAL, 0, "final", best)
         if final is None:
             assert waiting is not None
             return waiting
@@ -733,7 +769,7 @@ class _Replay:
         """The seed, then rounds ``1 .. n_rounds + 1``; rounds ``1..n_rounds`` end with a
         reignition. Returns the last round's best, or the state while the phase runs."""
         config = self.config
-        seed, waiting = self.barrier("seed", 0, "seed", None)
+        seed, waiting = self.barrier(TrialKind.SEED, 0, "seed", None)
         if seed is None:
             assert waiting is not None
             return waiting
@@ -746,7 +782,7 @@ class _Replay:
             records = [
                 r
                 for r in self.records
-                if r.decision.kind in ("serial", "exhausted")
+                if r.decision.kind in (TrialKind.SERIAL, TrialKind.EXHAUSTED)
                 and r.decision.round == round_
                 and r.decision.parallel is None
             ]
@@ -760,7 +796,7 @@ class _Replay:
                 return dataclasses.replace(result, best_serial=self.best_serial)
             if round_ == last_round:
                 return result
-            reignite, waiting = self.barrier("reignite", round_, "serial", result)
+            reignite, waiting = self.barrier(TrialKind.REIGNITE, round_, "serial", result)
             if reignite is None:
                 assert waiting is not None
                 return waiting
@@ -772,7 +808,7 @@ class _Replay:
     def parallel_phase(self, serial_best: Best) -> Best | SearchState:
         """Subnets stacked on the last round's best network; the best SPNet, or the state."""
         config = self.config
-        pseed, waiting = self.barrier("parallel_seed", 0, "parallel", serial_best)
+        pseed, waiting = self.barrier(TrialKind.PARALLEL_SEED, 0, "parallel", serial_best)
         if pseed is None:
             assert waiting is not None
             return waiting
@@ -780,7 +816,8 @@ class _Replay:
         records = [
             r
             for r in self.records
-            if r.decision.kind in ("parallel", "exhausted") and r.decision.parallel is not None
+            if r.decision.kind in (TrialKind.PARALLEL, TrialKind.EXHAUSTED)
+            and r.decision.parallel is not None
         ]
         return self.round_result(
             "parallel", pseed, records, config.parallel.n_stuck, config.parallel.max_trials
@@ -793,7 +830,7 @@ class _Replay:
         it as a failed repeat) or failed ``search.max_barrier_attempts`` times (left out).
         """
         plan = verification_plan(self.state("verify", None))
-        records = [r for r in self.records if r.decision.kind == "verify"]
+        records = [r for r in self.records if r.decision.kind == TrialKind.VERIFY]
         running = 0
         for role, best in plan:
             for repeat in range(self.config.verify.repeats):
@@ -808,7 +845,7 @@ class _Replay:
                     running += 1
                 elif status == "decide":
                     pending = Decision(
-                        "verify",
+                        TrialKind.VERIFY,
                         arch=best.arch,
                         parallel=best.parallel,
                         parent=best.number,
@@ -816,7 +853,7 @@ class _Replay:
                         role=role,
                         repeat=repeat,
                     )
-                    return self.state("verify", "verify", parent=best, pending=pending)
+                    return self.state("verify", TrialKind.VERIFY, parent=best, pending=pending)
         if running:
             return self.state(
                 "verify", None, f"waiting for {running} running verification trial(s)"

@@ -20,11 +20,13 @@ from typing import Any
 from optuna.trial import FrozenTrial
 
 from spnas.search._state import (
+    UNTRAINED_KINDS,
     Best,
     Decision,
     Divergence,
     Record,
     SearchState,
+    TrialKind,
     verification_plan,
 )
 from spnas.search._stats import noise_sigma, paired_interval
@@ -77,7 +79,7 @@ def verification_summary(state: SearchState) -> dict[str, Any] | None:
     (:func:`~spnas.search.paired_interval`); ``beats_seed`` says whether that interval lies
     above zero.
     """
-    records = [r for r in state.records if r.decision.kind == "verify"]
+    records = [r for r in state.records if r.decision.kind == TrialKind.VERIFY]
     if not records:
         return None
     config = state.config
@@ -262,16 +264,18 @@ def phase_table(state: SearchState) -> list[dict[str, Any]]:
     counts: dict[str, int] = {}
     for record in state.records:
         d = record.decision
-        if d.kind in ("exhausted", "idle", "verify"):
+        if d.kind in UNTRAINED_KINDS or d.kind == TrialKind.VERIFY:
             continue
-        if d.kind in ("parallel_seed", "parallel") or (d.kind == "control" and d.parallel):
+        if d.kind in (TrialKind.PARALLEL_SEED, TrialKind.PARALLEL) or (
+            d.kind == TrialKind.CONTROL and d.parallel
+        ):
             name = "parallel"
-        elif d.kind in ("serial", "control"):
+        elif d.kind in (TrialKind.SERIAL, TrialKind.CONTROL):
             name = f"serial round {d.round}"
-        elif d.kind == "reignite":
+        elif d.kind == TrialKind.REIGNITE:
             name = f"reignite {d.round}"
         else:
-            name = d.kind
+            name = d.kind.value
         counts[name] = counts.get(name, 0) + 1
         if record.value is not None:
             groups.setdefault(name, []).append(record.value)
@@ -295,14 +299,14 @@ def rounds_table(state: SearchState) -> list[dict[str, Any]]:
     for record in state.records:
         d = record.decision
         key: str | int
-        if d.kind == "control":
+        if d.kind == TrialKind.CONTROL:
             key = "parallel" if d.parallel is not None else d.round
-        elif d.kind in ("serial", "parallel"):
-            key = d.round if d.kind == "serial" else "parallel"
+        elif d.kind in (TrialKind.SERIAL, TrialKind.PARALLEL):
+            key = d.round if d.kind == TrialKind.SERIAL else "parallel"
         else:
             continue
         controls, candidates = groups.setdefault(key, ([], []))
-        if d.kind != "control":
+        if d.kind != TrialKind.CONTROL:
             candidates.append(record)
         elif record.value is not None:
             controls.append(record.value)
@@ -341,7 +345,7 @@ def rounds_table(state: SearchState) -> list[dict[str, Any]]:
 def _trial_row(trial: FrozenTrial, decision: Decision) -> dict[str, Any]:
     row = {
         "number": trial.number,
-        "kind": decision.kind,
+        "kind": decision.kind.value,
         "state": trial.state.name,
         "round": decision.round,
         "arch": None if decision.arch is None else str(decision.arch),
@@ -392,7 +396,7 @@ def summarize(trials: Sequence[FrozenTrial], config: Any, study: str = "") -> di
     rows = []
     for trial in trials:
         decision = Decision.of(trial)
-        if decision is not None and decision.kind != "idle":
+        if decision is not None and decision.kind != TrialKind.IDLE:
             rows.append(_trial_row(trial, decision))
     return {
         "study": study,

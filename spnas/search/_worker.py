@@ -277,49 +277,14 @@ def run_worker(
     study, config = join_search_study(study_name, storage_url, storage_options=storage_options)
     objective = objective or Objective(config)
     _collect_garbage(study, config, objective)
-    current: dict[str, int] = {}
-    # Trials that a storage error ended, to fail and retry with their decision once it answers.
-    lost: dict[int, BaseException] = {}
-    # Trials that failed on a full disk: retried at once, then the worker waits for space.
-    disk_full: set[int] = set()
-    disk_dirs = local_dirs(config.study.workdir, config.study.artifacts)
-    # No Optuna heartbeats (the gRPC proxy): the running trial beats in its system attributes.
-    beats = needs_beats(storage_of(study))
-
-    def run(trial: optuna.Trial) -> Any:
-        current["id"], current["number"] = trial_id(trial), trial.number
-        pulse = (
-            Pulse(storage_of(study), current["id"], config.search.beat_seconds)
-            if beats
-            else contextlib.nullcontext()
-        )
-        try:
-            with pulse:
-                return objective(trial)
-        except Exception as exc:
-            cause = _storage_cause(exc)
-            if cause is not None:
-                lost[current["id"]] = cause
-            elif not isinstance(exc, optuna.TrialPruned) and is_disk_full(exc, disk_dirs):
-                disk_full.add(current["id"])
-            raise
-
-    def clean(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        clean_trial_dir(config.study.workdir, trial.number)
-
-    ran = outages = 0
-    disk_waited = 0.0
+    loop = _TrialLoop(study, config, objective, storage_url)
+    ran = 0
     with preemption_signals():
         while True:
             try:
                 raise_if_preempted()
-                current.clear()
-                if lost:
-                    for lost_id in list(lost):
-                        _retry_lost_trial(study, lost_id)
-                        del lost[lost_id]
-                    # Weights whose trial the outage failed (an upload half recorded).
-                    _collect_garbage(study, config, objective)
+                loop.current.clear()
+                loop.retry_lost()
                 state = SearchState.from_trials(study.get_trials(deepcopy=False), config)
                 if state.done:
                     _logger.info("study %r is %s", study_name, state.phase)
@@ -327,61 +292,134 @@ def run_worker(
                 if max_trials is not None and ran >= max_trials:
                     return state
                 study.optimize(
-                    run,
+                    loop.run,
                     n_trials=1,
                     catch=(Exception,),
                     gc_after_trial=True,
-                    callbacks=[clean, *callbacks],
+                    callbacks=[loop.clean, *callbacks],
                 )
             except Preempted as exc:
-                return _preempted(study, config, current, exc)
+                return _preempted(study, config, loop.current, exc)
             except Exception as exc:
-                cause = _storage_cause(exc)
-                if cause is not None:
-                    # A query in flight when the database went away (Optuna masks a failed
-                    # write of a result behind its assertion "Should not reach."). New
-                    # connections wait for it (make_storage); a trial whose result could not
-                    # be written is retried with its decision once the database answers.
-                    if "id" in current:
-                        lost.setdefault(current["id"], cause)
-                        clean_trial_dir(config.study.workdir, current["number"])
-                    # A trial the error ended before its objective ran (in Optuna's ask).
-                    if isinstance(study.sampler, SPNASSampler):
-                        for lost_id in study.sampler.take_unabandoned():
-                            lost.setdefault(lost_id, cause)
-                    outages += 1
-                    _pause_for_storage(cause, outages, storage_url)
-                    continue
-                # The objective's own errors are caught by optimize (the trial fails). What
-                # escapes it is a write failing because the trial was finished by another
-                # worker (failed as stale while this one was paused past the grace period, and
-                # retried): the final result, or the decision of a trial that was waiting.
-                stale = isinstance(exc, optuna.exceptions.UpdateFinishedTrialError)
-                if not (stale or _finished_elsewhere(study, current)):
+                if not loop.recover(exc):
                     raise
-                _logger.warning(
-                    "trial %s was declared stale while this worker was paused; its result is "
-                    "discarded and its retry, if any, trains it again",
-                    current.get("number", "(deciding)"),
-                )
-                if "number" in current:
-                    clean_trial_dir(config.study.workdir, current["number"])
                 continue
-            if current.get("id") in disk_full:  # caught by optimize: the trial was told failed
-                disk_full.clear()
-                _retry_lost_trial(study, current["id"])
-                disk_waited += wait_for_space(
-                    disk_dirs, disk_waited, config.search.disk_full_wait_seconds
-                )
-                continue
-            cause = lost.get(current.get("id", -1))
-            if cause is not None:  # caught by optimize: the trial was told failed
-                outages += 1
-                _pause_for_storage(cause, outages, storage_url)
-                continue
-            outages = 0
-            disk_waited = 0.0
-            ran += 1
+            if loop.counts():
+                ran += 1
+
+
+class _TrialLoop:
+    """What one worker keeps between its trials (:func:`run_worker`): the trial it runs, the
+    trials a storage error or a full disk ended, and the outages and disk waits in a row."""
+
+    def __init__(
+        self, study: optuna.Study, config: SearchConfig, objective: Any, storage_url: str
+    ) -> None:
+        self.study, self.config, self.objective = study, config, objective
+        self.storage_url = storage_url
+        self.current: dict[str, int] = {}
+        # Trials that a storage error ended, to fail and retry with their decision once it
+        # answers.
+        self.lost: dict[int, BaseException] = {}
+        # Trials that failed on a full disk: retried at once, then the worker waits for space.
+        self.disk_full: set[int] = set()
+        self.disk_dirs = local_dirs(config.study.workdir, config.study.artifacts)
+        # No Optuna heartbeats (the gRPC proxy): the running trial beats in its system
+        # attributes.
+        self.beats = needs_beats(storage_of(study))
+        self.outages = 0
+        self.disk_waited = 0.0
+
+    def run(self, trial: optuna.Trial) -> Any:
+        """The objective, noting the trial and why it failed (a storage error, a full disk)."""
+        current = self.current
+        current["id"], current["number"] = trial_id(trial), trial.number
+        pulse = (
+            Pulse(storage_of(self.study), current["id"], self.config.search.beat_seconds)
+            if self.beats
+            else contextlib.nullcontext()
+        )
+        try:
+            with pulse:
+                return self.objective(trial)
+        except Exception as exc:
+            cause = _storage_cause(exc)
+            if cause is not None:
+                self.lost[current["id"]] = cause
+            elif not isinstance(exc, optuna.TrialPruned) and is_disk_full(exc, self.disk_dirs):
+                self.disk_full.add(current["id"])
+            raise
+
+    def clean(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        clean_trial_dir(self.config.study.workdir, trial.number)
+
+    def retry_lost(self) -> None:
+        """Fail and retry the trials a storage error ended, now that the storage answers."""
+        if not self.lost:
+            return
+        for lost_id in list(self.lost):
+            _retry_lost_trial(self.study, lost_id)
+            del self.lost[lost_id]
+        # Weights whose trial the outage failed (an upload half recorded).
+        _collect_garbage(self.study, self.config, self.objective)
+
+    def recover(self, exc: Exception) -> bool:
+        """Whether the worker goes on after ``exc`` escaped a trial (``False``: re-raise it)."""
+        current = self.current
+        cause = _storage_cause(exc)
+        if cause is not None:
+            # A query in flight when the database went away (Optuna masks a failed
+            # write of a result behind its assertion "Should not reach."). New
+            # connections wait for it (make_storage); a trial whose result could not
+            # be written is retried with its decision once the database answers.
+            if "id" in current:
+                self.lost.setdefault(current["id"], cause)
+                clean_trial_dir(self.config.study.workdir, current["number"])
+            # A trial the error ended before its objective ran (in Optuna's ask).
+            if isinstance(self.study.sampler, SPNASSampler):
+                for lost_id in self.study.sampler.take_unabandoned():
+                    self.lost.setdefault(lost_id, cause)
+            self.pause(cause)
+            return True
+        # The objective's own errors are caught by optimize (the trial fails). What
+        # escapes it is a write failing because the trial was finished by another
+        # worker (failed as stale while this one was paused past the grace period, and
+        # retried): the final result, or the decision of a trial that was waiting.
+        stale = isinstance(exc, optuna.exceptions.UpdateFinishedTrialError)
+        if not (stale or _finished_elsewhere(self.study, current)):
+            return False
+        _logger.warning(
+            "trial %s was declared stale while this worker was paused; its result is "
+            "discarded and its retry, if any, trains it again",
+            current.get("number", "(deciding)"),
+        )
+        if "number" in current:
+            clean_trial_dir(self.config.study.workdir, current["number"])
+        return True
+
+    def counts(self) -> bool:
+        """After a trial: whether it counts as run here. One that a full disk or a storage
+        error ended (caught by optimize: the trial was told failed) does not; the worker
+        waits for space, or for the storage, first."""
+        current = self.current
+        if current.get("id") in self.disk_full:
+            self.disk_full.clear()
+            _retry_lost_trial(self.study, current["id"])
+            self.disk_waited += wait_for_space(
+                self.disk_dirs, self.disk_waited, self.config.search.disk_full_wait_seconds
+            )
+            return False
+        cause = self.lost.get(current.get("id", -1))
+        if cause is not None:
+            self.pause(cause)
+            return False
+        self.outages = 0
+        self.disk_waited = 0.0
+        return True
+
+    def pause(self, cause: BaseException) -> None:
+        self.outages += 1
+        _pause_for_storage(cause, self.outages, self.storage_url)
 
 
 def join_search_study(

@@ -15,11 +15,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from spnas.cli.search import worker_gpus
 from spnas.device import resolve_amp
 from spnas.engines import Schedule
 from spnas.engines.distributed import DistributedError, get_world_size, launch, post
 from spnas.exceptions import ConfigError, DataError
+from spnas.search import worker_gpus
 
 
 def _sum_of_ranks(offset: int) -> tuple[int, int]:

@@ -82,8 +82,7 @@ def test_choosing_an_engine_imports_no_other_engine() -> None:
 def test_a_study_engine_section_builds_its_engine(
     section: dict, expected: dict, tmp_path: Path
 ) -> None:
-    from spnas.search import SearchConfig
-    from spnas.search._objective import build_search_engine
+    from spnas.search import SearchConfig, build_search_engine
 
     config = SearchConfig.from_dict(
         {"study": {"name": "s", "workdir": str(tmp_path)}, "engine": section}

@@ -166,7 +166,7 @@ def no_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the bad input was accepted: spnas search started workers")
 
-    monkeypatch.setattr("spnas.cli.search._start_workers", refuse)
+    monkeypatch.setattr("spnas.search.launch_workers", refuse)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
@@ -252,7 +252,7 @@ def test_engine_opts_shape_is_checked_at_config_load(
 def test_good_detectron2_opts_pass_the_engine_check(tmp_path: Path, search_assets: Path) -> None:
     from search_doubles import make_config
 
-    from spnas.search._checks import check_settings
+    from spnas.search import check_settings
 
     sections = _detectron2(
         "MODEL.ANCHOR_GENERATOR.SIZES", [[8, 16]], "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64"

@@ -37,9 +37,13 @@ class RankKillingEngine(TorchvisionEngine):
 def test_a_data_parallel_trial_whose_rank_dies_is_retried(
     search_assets: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from spnas.search import Objective, create_search_study, run_worker
-    from spnas.search._objective import WEIGHTS_ATTR
-    from spnas.search._sampler import get_decision
+    from spnas.search import (
+        WEIGHTS_ATTR,
+        Objective,
+        create_search_study,
+        get_decision,
+        run_worker,
+    )
 
     config = make_config(tmp_path, "ddp", search_assets, schedule={"iters": 2, "gpus_per_trial": 2})
     create_search_study(config)

@@ -13,8 +13,13 @@ from search_doubles import FakeEngine, make_config
 from search_doubles import fake_objective as objective
 
 from spnas.exceptions import ConfigError
-from spnas.search import Objective, SearchState, SPNASSampler, get_decision
-from spnas.search._params import architecture_distributions
+from spnas.search import (
+    Objective,
+    SearchState,
+    SPNASSampler,
+    architecture_distributions,
+    get_decision,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -76,8 +76,7 @@ from optuna.testing.pytest_samplers import (
 from optuna.trial import Trial, TrialState
 
 from spnas.exceptions import ConfigError
-from spnas.search import SearchState, SPNASSampler, get_decision
-from spnas.search._params import architecture_distributions
+from spnas.search import SearchState, SPNASSampler, architecture_distributions, get_decision
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

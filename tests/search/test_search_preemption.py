@@ -421,7 +421,7 @@ def test_a_signal_during_start_up_is_not_lost_in_a_finalizer(
     in a finalizer ("Exception ignored in WeakKeyDictionary…"): the worker then ran the whole
     search, and `spnas search` waited for it (CI). The start-up handler remembers the signal,
     and the worker loop stops at its first turn, before asking for a trial."""
-    from spnas.search._signals import stop_before_joining
+    from spnas.search import stop_before_joining
 
     config = make_config(tmp_path, "startup", search_assets)
     create_search_study(config)

@@ -37,10 +37,10 @@ from spnas.search import (
     SearchConfig,
     SearchState,
     create_search_study,
+    fetch_weights,
     load_search_study,
     run_worker,
 )
-from spnas.search._objective import fetch_weights
 from spnas.storage import (
     STORAGE_ENV,
     StorageError,
