@@ -211,7 +211,8 @@ def test_search_vs_random(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_ranking(tmp_path: Path) -> None:
     """Two toy searches (trial lengths 2 and 3: seed, control repeats, two serial candidates,
-    the parallel phase), every network of the round retrained twice, τ per trial length."""
+    the parallel phase), every network of the round retrained twice, τ per trial length; then
+    the same run resumed."""
     out = tmp_path / "ranking.json"
     toy = [
         *TOY_STUDY,
@@ -220,13 +221,12 @@ def test_ranking(tmp_path: Path) -> None:
         "parallel.max_trials=1",
         "search.wait_seconds=0.1",
     ]
-    run = run_script(
-        "ranking.py",
-        *("--trial-iters", "2", "3", "--candidates", "2", "--repeats", "2"),
-        *("--bootstrap", "20", *sets(toy), "--out", str(out)),
-        timeout=400,
-    )
-    result = result_of(run, out, "ranking")
+    args = [
+        *("--trial-iters", "2", "3", "--candidates", "2", "--repeats", "2", "--bootstrap", "20"),
+        *sets(toy),
+        *("--workdir", str(tmp_path / "work"), "--out", str(out)),
+    ]
+    result = result_of(run_script("ranking.py", *args, timeout=400), out, "ranking")
     assert result["complete"] is True
     assert result["settings"]["retrain"]["seeds"] == [1000, 1001]
     assert result["settings"]["retrain"]["verify_schedule"]["iters"] == 2
@@ -250,6 +250,12 @@ def test_ranking(tmp_path: Path) -> None:
         assert "kendall_tau_ci95" in entry and "kendall_tau_round" in entry
     # A network both searches found (at least the seed, the control) is retrained once.
     assert set(result["retrains"]) == codes
+    # Resumed: the finished searches and the retrains are reused, nothing is trained again.
+    resumed = run_script("ranking.py", *args, "--resume", timeout=400)
+    again = result_of(resumed, out, "ranking")
+    assert again["retrains"] == result["retrains"]
+    assert again["trial_lengths"] == result["trial_lengths"]
+    assert "Starting training" not in resumed.stdout + resumed.stderr
 
 
 def test_ranking_tau_and_bootstrap_interval() -> None:
