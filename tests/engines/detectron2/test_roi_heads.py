@@ -14,8 +14,7 @@ from detectron2.modeling import build_roi_heads
 from detectron2.modeling.poolers import assign_boxes_to_levels
 from detectron2.structures import Boxes
 
-from spnas.engines.detectron2 import config_path, get_spnas_cfg
-from spnas.engines.detectron2.roi_heads import InputScaledROIHeads
+from spnas.engines.detectron2 import InputScaledROIHeads, config_path, get_spnas_cfg
 from spnas.exceptions import ConfigError
 
 LEVELS = ("p2", "p3", "p4", "p5")
