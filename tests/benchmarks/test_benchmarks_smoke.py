@@ -317,6 +317,82 @@ def test_search_vs_random_refuses_old_files_for_cross(tmp_path: Path) -> None:
     assert not (tmp_path / "cross.json").exists()
 
 
+@pytest.mark.slow
+def test_ranking(tmp_path: Path) -> None:
+    """Two toy searches (trial lengths 2 and 3: seed, control repeats, two serial candidates,
+    the parallel phase), every network of the round retrained twice, τ per trial length; then
+    the same run resumed."""
+    out = tmp_path / "ranking.json"
+    toy = [
+        *TOY_STUDY,
+        "verify.schedule.iters=2",
+        "serial.n_rounds=0",
+        "parallel.max_trials=1",
+        "search.wait_seconds=0.1",
+    ]
+    args = [
+        *("--trial-iters", "2", "3", "--candidates", "2", "--repeats", "2", "--bootstrap", "20"),
+        *sets(toy),
+        *("--workdir", str(tmp_path / "work"), "--out", str(out)),
+    ]
+    result = result_of(run_script("ranking.py", *args, timeout=400), out, "ranking")
+    assert result["complete"] is True
+    assert result["settings"]["retrain"]["seeds"] == [1000, 1001]
+    assert result["settings"]["retrain"]["verify_schedule"]["iters"] == 2
+    assert set(result["trial_lengths"]) == {"2", "3"}
+    codes = set()
+    for entry in result["trial_lengths"].values():
+        assert entry["round"] == 1
+        networks = entry["networks"]
+        roles = [role for n in networks for role in n["roles"]]
+        # The serial round's control (not the parallel phase's), its candidates, its best.
+        assert "round 1 control" in roles and "round 1 best" in roles
+        assert 1 <= roles.count("round 1 candidate") <= 2
+        assert all(n["parallel"] is None for n in networks)
+        for network in networks:
+            assert finite(network["search_value"])
+            assert len(network["retrained"]) == 2 and all(finite(v) for v in network["retrained"])
+            codes.add(network["arch"])
+        assert entry["ranked_networks"] == len(networks) and entry["enough_networks"] is False
+        tau = entry["kendall_tau"]
+        assert tau is None or -1 <= tau <= 1
+        assert "kendall_tau_ci95" in entry and "kendall_tau_round" in entry
+    # A network both searches found (at least the seed, the control) is retrained once.
+    assert set(result["retrains"]) == codes
+    # Resumed: the finished searches and the retrains are reused, nothing is trained again.
+    resumed = run_script("ranking.py", *args, "--resume", timeout=400)
+    again = result_of(resumed, out, "ranking")
+    assert again["retrains"] == result["retrains"]
+    assert again["trial_lengths"] == result["trial_lengths"]
+    assert "Starting training" not in resumed.stdout + resumed.stderr
+
+
+def test_ranking_tau_and_bootstrap_interval() -> None:
+    """The statistics of ``ranking.py`` on networks whose ranks are known."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import ranking
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+    def nets(search: list[float], retrained: list[float]) -> list[dict[str, Any]]:
+        return [
+            {"search_value": s, "retrained_mean": r, "in_round": True}
+            for s, r in zip(search, retrained, strict=True)
+        ]
+
+    agree = ranking.ranked(nets(list(range(12)), list(range(12))), 200, 0)
+    assert agree["tau"] == 1 and agree["ci95"] == [1, 1] and agree["networks"] == 12
+    assert ranking.ranked(nets(list(range(12)), list(range(12, 0, -1))), 200, 0)["tau"] == -1
+    # One swapped neighbour pair of 12: τ = (65 − 1) / 66; resampling can only widen it.
+    swapped = ranking.ranked(nets(list(range(12)), [1, 0, *range(2, 12)]), 500, 0)
+    assert swapped["tau"] == pytest.approx(64 / 66)
+    low, high = swapped["ci95"]
+    assert low < swapped["tau"] <= high == 1
+    # No retrain measured yet: nothing to rank.
+    assert ranking.ranked([{"search_value": 1.0, "in_round": True}], 10, 0)["tau"] is None
+
+
 def _processes_mentioning(marker: str) -> list[str]:
     """Processes whose command line or environment holds ``marker`` (this one excluded)."""
     found = []

@@ -17,9 +17,10 @@ needed, each idempotent, none importing torch or detectron2 (so ``import spnas``
 2. **``PIL.Image.LINEAR``**, an alias of ``PIL.Image.BILINEAR``, when Pillow lacks it:
    ``detectron2.data.transforms`` uses it as a default argument, and Pillow 10 removed it.
 3. **An import hook** (a :data:`sys.meta_path` finder, :class:`_RegisterAfterImport`) that
-   imports :mod:`spnas.engines.detectron2.backbone` right after detectron2 imports
-   ``detectron2.modeling``, so that ``BACKBONE_REGISTRY`` has ``build_spnet_backbone`` and
-   ``build_spnet_fpn_backbone``. That is what lets stock detectron2 code build an exported
+   imports :mod:`spnas.engines.detectron2.backbone` and :mod:`~spnas.engines.detectron2.roi_heads`
+   right after detectron2 imports ``detectron2.modeling``, so that ``BACKBONE_REGISTRY`` has
+   ``build_spnet_backbone`` and ``build_spnet_fpn_backbone`` and ``ROI_HEADS_REGISTRY`` has
+   ``InputScaledROIHeads``. That is what lets stock detectron2 code build an exported
    config after a bare ``import spnas``, as the README shows::
 
        import spnas
@@ -184,11 +185,17 @@ def apply() -> None:
     _register_backbones_with_detectron2_modeling()
 
 
-_BACKBONE_MODULE = "spnas.engines.detectron2.backbone"
+#: The modules that register spnas's parts in detectron2's registries.
+_REGISTERING_MODULES = ("spnas.engines.detectron2.backbone", "spnas.engines.detectron2.roi_heads")
+
+
+def _import_registering_modules() -> None:
+    for name in _REGISTERING_MODULES:
+        importlib.import_module(name)
 
 
 class _RegisterAfterImport(importlib.abc.MetaPathFinder):
-    """Registers SPNet backbones right after ``detectron2.modeling`` is imported.
+    """Registers SPNet backbones and ROI heads right after ``detectron2.modeling`` is imported.
 
     ``import spnas`` must stay cheap (no torch), yet a config exported by spnas must build with
     stock detectron2 code: ``build_model(cfg)`` looks ``build_spnet_fpn_backbone`` up in
@@ -212,7 +219,7 @@ class _RegisterAfterImport(importlib.abc.MetaPathFinder):
         def exec_module(module: types.ModuleType) -> None:
             original(module)
             sys.meta_path[:] = [f for f in sys.meta_path if f is not self]
-            importlib.import_module(_BACKBONE_MODULE)
+            _import_registering_modules()
 
         loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
@@ -221,7 +228,7 @@ class _RegisterAfterImport(importlib.abc.MetaPathFinder):
 def _register_backbones_with_detectron2_modeling() -> None:
     if "detectron2.modeling" in sys.modules:
         if "detectron2.modeling.backbone" in sys.modules:
-            importlib.import_module(_BACKBONE_MODULE)
+            _import_registering_modules()
         return
     if not any(isinstance(f, _RegisterAfterImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _RegisterAfterImport())

@@ -23,6 +23,12 @@ Keys:
 ``MODEL.SPNAS.FREEZE_AT``
     freeze the stem (1) and stages before ``res{FREEZE_AT+1}``, like ``MODEL.BACKBONE.FREEZE_AT``.
 
+``MODEL.ROI_BOX_HEAD.CANONICAL_BOX_SIZE``
+    the box pooler's canonical box side in pixels, pooled from ``p4``, for
+    ``MODEL.ROI_HEADS.NAME: "InputScaledROIHeads"`` (the shipped configs'); 0, the default,
+    follows the input: ``224 × INPUT.MIN_SIZE_TEST / 800`` (detectron2's 224 px at 800 px),
+    so that the 8–100 px boxes of 128 px images spread over ``p2`` … ``p5`` instead of all
+    going to ``p2`` (:mod:`spnas.engines.detectron2.roi_heads`).
 ``SPNAS.DATA_DIR``
     a data set directory (train.json, val.json, images/) that ``spnas train`` registers as
     ``DATASETS.TRAIN`` / ``DATASETS.TEST`` (exported configs name no catalog entries, whose
@@ -50,6 +56,7 @@ from detectron2.config import CfgNode as CN
 
 from spnas.arch import SerialCode
 from spnas.engines.detectron2 import backbone as _backbone  # noqa: F401  (registers backbones)
+from spnas.engines.detectron2 import roi_heads as _roi_heads  # noqa: F401  (registers ROI heads)
 from spnas.exceptions import ConfigError
 
 
@@ -75,7 +82,8 @@ def config_path(name: str) -> Path:
 
 
 def add_spnas_config(cfg: CN) -> CN:
-    """Add ``cfg.MODEL.SPNAS``, ``cfg.TEST.LAMR`` (and ``SOLVER.BASE_LR_END`` if missing)."""
+    """Add ``cfg.MODEL.SPNAS``, ``cfg.MODEL.ROI_BOX_HEAD.CANONICAL_BOX_SIZE``,
+    ``cfg.TEST.LAMR`` (and ``SOLVER.BASE_LR_END`` if missing)."""
     cfg.MODEL.SPNAS = CN()
     cfg.MODEL.SPNAS.ARCH = "BNB(111,d111,d11111,d11)"
     cfg.MODEL.SPNAS.PARALLEL = []
@@ -85,6 +93,7 @@ def add_spnas_config(cfg: CN) -> CN:
     cfg.MODEL.SPNAS.XB_GROUPS = 32
     cfg.MODEL.SPNAS.OUT_FEATURES = []
     cfg.MODEL.SPNAS.FREEZE_AT = 0
+    cfg.MODEL.ROI_BOX_HEAD.CANONICAL_BOX_SIZE = 0
     cfg.TEST.LAMR = CN({"ENABLED": False, "CATEGORY_ID": -1})
     cfg.SPNAS = CN({"DATA_DIR": ""})
     if "BASE_LR_END" not in cfg.SOLVER:

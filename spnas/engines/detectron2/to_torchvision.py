@@ -40,16 +40,18 @@ from detectron2.config import CfgNode
 from spnas.arch import ParallelCode
 from spnas.data.normalization import PIXEL_MEAN_RGB, PIXEL_STD_RGB
 from spnas.engines._types import ModelSpec
+from spnas.engines.detectron2.roi_heads import pooler_canonical_box_size
 from spnas.engines.torchvision import FasterRCNNLayout
 from spnas.exceptions import ConfigError, WeightsError
 
-#: Config values a torchvision ``FasterRCNN`` cannot express, with the one it needs.
+#: Config values a torchvision ``FasterRCNN`` cannot express, with the one it needs (or, for
+#: names, the ones it can express).
 _REQUIRED: tuple[tuple[str, object], ...] = (
     ("MODEL.META_ARCHITECTURE", "GeneralizedRCNN"),
     ("MODEL.BACKBONE.NAME", "build_spnet_fpn_backbone"),
     ("MODEL.PROPOSAL_GENERATOR.NAME", "RPN"),
     ("MODEL.RPN.HEAD_NAME", "StandardRPNHead"),
-    ("MODEL.ROI_HEADS.NAME", "StandardROIHeads"),
+    ("MODEL.ROI_HEADS.NAME", ("StandardROIHeads", "InputScaledROIHeads")),
     ("MODEL.ROI_BOX_HEAD.NAME", "FastRCNNConvFCHead"),
     ("MODEL.ROI_BOX_HEAD.NUM_CONV", 0),
     ("MODEL.ROI_BOX_HEAD.NUM_FC", 2),
@@ -64,6 +66,9 @@ _REQUIRED: tuple[tuple[str, object], ...] = (
     ("MODEL.KEYPOINT_ON", False),
     ("INPUT.FORMAT", "RGB"),
 )
+
+#: The canonical box of detectron2's ``StandardROIHeads`` (its ``ROIPooler`` default).
+_STANDARD_CANONICAL_BOX = 224.0
 
 
 def _value(cfg: CfgNode, key: str) -> object:
@@ -117,6 +122,11 @@ def torchvision_layout(cfg: CfgNode) -> FasterRCNNLayout:
         # the same padded image.
         size_divisible=2 ** (spec.arch.num_stages + 1),
         sampling_ratio=cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
+        canonical_box_size=(
+            pooler_canonical_box_size(cfg)
+            if cfg.MODEL.ROI_HEADS.NAME == "InputScaledROIHeads"
+            else _STANDARD_CANONICAL_BOX
+        ),
         detectron2_geometry=True,
         options={
             "rpn_pre_nms_top_n_train": rpn.PRE_NMS_TOPK_TRAIN,
@@ -142,11 +152,16 @@ def torchvision_layout(cfg: CfgNode) -> FasterRCNNLayout:
 def _check_required(cfg: CfgNode) -> None:
     for key, expected in _REQUIRED:
         found = _value(cfg, key)
-        if isinstance(expected, tuple):
-            found = tuple(float(v) for v in found)
-        if found != expected:
+        if isinstance(expected, tuple) and isinstance(expected[0], str):
+            accepted = expected
+        else:
+            if isinstance(expected, tuple):
+                found = tuple(float(v) for v in found)
+            accepted = (expected,)
+        if found not in accepted:
             raise ConfigError(
-                f"{key} is {found!r}; a torchvision FasterRCNN needs {expected!r}, so this "
+                f"{key} is {found!r}; a torchvision FasterRCNN needs "
+                f"{' or '.join(repr(value) for value in accepted)}, so this "
                 "detector cannot be exported for torchvision"
             )
 

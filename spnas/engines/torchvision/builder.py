@@ -8,6 +8,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import MultiScaleRoIAlign
 
 from spnas.data.normalization import PIXEL_MEAN_RGB, PIXEL_STD_RGB
+from spnas.engines._roi import CANONICAL_LEVEL
 from spnas.engines.torchvision.fpn import SPNetFPN
 from spnas.engines.torchvision.geometry import AlignedMultiScaleRoIAlign, UnroundedAnchorGenerator
 from spnas.engines.torchvision.layout import FasterRCNNLayout
@@ -37,6 +38,8 @@ def build_faster_rcnn(layout: FasterRCNNLayout) -> FasterRCNN:
         featmap_names=list(backbone.stage_names),
         output_size=7,
         sampling_ratio=layout.sampling_ratio,
+        canonical_scale=layout.canonical_box_size,
+        canonical_level=CANONICAL_LEVEL,
     )
     height, width = roi_pool.output_size
     return FasterRCNN(

@@ -13,6 +13,7 @@ from torchvision.models.detection import FasterRCNN
 from spnas.data.coco import CocoDataset
 from spnas.device import resolve_device
 from spnas.engines._registry import register_engine
+from spnas.engines._roi import canonical_box_size
 from spnas.engines._types import (
     DataSpec,
     ExportedDetector,
@@ -91,7 +92,7 @@ class TorchvisionEngine(Engine):
     def layout(self, spec: ModelSpec, schedule: Schedule | None = None) -> FasterRCNNLayout:
         """The detector of ``spec``: anchors ``spec.anchor_size`` at the stride-4 level,
         doubling per level; image sizes from ``schedule`` (the :class:`Schedule` defaults,
-        800 and 1333, when ``None``)."""
+        800 and 1333, when ``None``); the RoI pooler's canonical box ``224 × min_size / 800``."""
         schedule = schedule or Schedule()
         levels = spec.arch.num_stages + 1
         return FasterRCNNLayout(
@@ -100,6 +101,9 @@ class TorchvisionEngine(Engine):
             representation_size=self.representation_size,
             min_size=schedule.min_size,
             max_size=schedule.max_size,
+            # The pooler maps boxes to levels relative to the image size, as detectron2's
+            # InputScaledROIHeads: small images then use every level (spnas.engines._roi).
+            canonical_box_size=canonical_box_size(schedule.min_size),
             options={
                 # torchvision's evaluation defaults, stated so that they do not drift: COCO
                 # keeps at most 100 detections per image; scores under 0.05 only add noise.

@@ -69,6 +69,11 @@ class FasterRCNNLayout:
         min_size, max_size: the transform's image resizing.
         size_divisible: images are padded to a multiple of this.
         sampling_ratio: RoIAlign's sampling points per bin (0: adaptive, as detectron2).
+        canonical_box_size: the box side (px) pooled from level 4 (``MultiScaleRoIAlign``'s
+            ``canonical_scale``); boxes twice as large go one level up. 224, torchvision's
+            default, suits 800 px images; :meth:`TorchvisionEngine.layout` scales it with
+            ``min_size`` (:func:`spnas.engines._roi.canonical_box_size`). Layouts saved
+            before this field existed load with 224, which their detectors were trained with.
         detectron2_geometry: anchors and RoIAlign as detectron2 computes them
             (:class:`UnroundedAnchorGenerator`, :class:`AlignedMultiScaleRoIAlign`), for
             detectors converted from detectron2; torchvision's own otherwise.
@@ -84,6 +89,7 @@ class FasterRCNNLayout:
     max_size: int = 1333
     size_divisible: int = 32
     sampling_ratio: int = 2
+    canonical_box_size: float = 224.0
     detectron2_geometry: bool = False
     options: Mapping[str, float] = dataclasses.field(default_factory=dict)
 

@@ -35,6 +35,13 @@ ops_module = sys.modules["detectron2._C"]
 compat.apply()
 compat.apply()
 result["ops_module_kept"] = sys.modules["detectron2._C"] is ops_module
+from detectron2.modeling import BACKBONE_REGISTRY, ROI_HEADS_REGISTRY
+result["registered"] = sorted(
+    name
+    for registry in (BACKBONE_REGISTRY, ROI_HEADS_REGISTRY)
+    for name, obj in registry._obj_map.items()
+    if obj.__module__.startswith("spnas.")
+)
 import PIL.Image
 result["linear_is_bilinear"] = PIL.Image.LINEAR == PIL.Image.BILINEAR
 errors = {}
@@ -77,6 +84,12 @@ def test_import_spnas_then_detectron2_modules(fresh_import: dict[str, Any]) -> N
     # The subprocess got this far only if every detectron2 module imported.
     assert fresh_import["torch_imported_by_spnas"] is False
     assert fresh_import["linear_is_bilinear"] is True
+    # Stock detectron2 code can build an exported config: spnas's parts are registered.
+    assert fresh_import["registered"] == [
+        "InputScaledROIHeads",
+        "build_spnet_backbone",
+        "build_spnet_fpn_backbone",
+    ]
 
 
 @needs_detectron2

@@ -11,6 +11,7 @@ from spnas.engines.detectron2.config import get_spnas_cfg
 from spnas.engines.detectron2.engine import apply_spec
 from spnas.engines.detectron2.to_torchvision import convert_state_dict, torchvision_layout
 from spnas.engines.torchvision import (
+    FasterRCNNLayout,
     build_faster_rcnn,
     load_detector,
     save_detector,
@@ -146,7 +147,11 @@ def test_detector_file_round_trip_and_bad_files(pair, tmp_path) -> None:
 def test_detectors_torchvision_cannot_express_are_refused() -> None:
     spec = ModelSpec("BB(11,d1,d1,d1)", num_classes=2, base_width=8)
     cfg = d2_cfg(spec, "cascade_rcnn_spnet_fpn_full.yaml")
-    with pytest.raises(ConfigError, match=r"MODEL.ROI_HEADS.NAME is 'CascadeROIHeads'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"MODEL.ROI_HEADS.NAME is 'CascadeROIHeads'.*'StandardROIHeads' or "
+        r"'InputScaledROIHeads'",
+    ):
         torchvision_layout(cfg)
     cfg = d2_cfg(spec)
     cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = True
@@ -156,6 +161,21 @@ def test_detectors_torchvision_cannot_express_are_refused() -> None:
     cfg.MODEL.PIXEL_MEAN = [103.53, 116.28, 123.675]
     with pytest.raises(ConfigError, match=r"MODEL.PIXEL_MEAN"):
         torchvision_layout(cfg)
+
+
+def test_layout_keeps_the_roi_pooler_canonical_box() -> None:
+    spec = ModelSpec("BB(11,d1,d1,d1)", num_classes=2, base_width=8)
+    cfg = d2_cfg(spec)  # InputScaledROIHeads at 128 px
+    assert torchvision_layout(cfg).canonical_box_size == pytest.approx(224 * 128 / 800)
+    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+    layout = torchvision_layout(cfg)
+    assert layout.canonical_box_size == 224
+    # A detector exported before the layout had the field was trained with 224.
+    values = layout.to_dict()
+    del values["canonical_box_size"]
+    assert FasterRCNNLayout.from_dict(values).canonical_box_size == 224
+    model = build_faster_rcnn(torchvision_layout(d2_cfg(spec)))
+    assert model.roi_heads.box_roi_pool.canonical_scale == pytest.approx(35.84)
 
 
 def test_weights_of_another_detector_are_refused(pair) -> None:

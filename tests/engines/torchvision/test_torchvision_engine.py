@@ -198,6 +198,28 @@ def test_model_keys_levels_and_forward(engine: TorchvisionEngine) -> None:
     assert all(torch.isfinite(v) for v in losses.values())
 
 
+def test_roi_pooler_levels_follow_the_image_size(engine: TorchvisionEngine) -> None:
+    """At 128 px, proposals of 8–100 px pool from res2 … res5, not all from res2 as with
+    torchvision's 224 px canonical box (as detectron2's InputScaledROIHeads)."""
+    from torchvision.ops.poolers import _setup_scales
+
+    model = engine.build_model(tiny_spec(), tiny_schedule(min_size=128, max_size=128))
+    pool = model.roi_heads.box_roi_pool
+    assert pool.canonical_scale == pytest.approx(224 * 128 / 800)
+    features = list(model.backbone(torch.rand(1, 3, 128, 128)).values())[:4]
+    sides = torch.logspace(math.log10(8), math.log10(100), 200)
+    boxes = torch.stack([torch.zeros_like(sides), torch.zeros_like(sides), sides, sides], 1)
+
+    def histogram(canonical_scale: float) -> list[int]:
+        _, map_levels = _setup_scales(features, [(128, 128)], canonical_scale, 4)
+        return torch.bincount(map_levels([boxes]), minlength=4).tolist()
+
+    assert all(count >= 20 for count in histogram(pool.canonical_scale))
+    assert histogram(224) == [200, 0, 0, 0]
+    # At 800 px the rule is torchvision's default.
+    assert engine.layout(tiny_spec()).canonical_box_size == 224
+
+
 def test_registry_and_options() -> None:
     engine = build_engine("torchvision")
     assert isinstance(engine, TorchvisionEngine) and engine.name == "torchvision"
