@@ -185,7 +185,10 @@ class Detectron2Engine(Engine):
             cfg.SOLVER.CHECKPOINT_PERIOD = 0
         else:
             cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"
-            cfg.SOLVER.STEPS = tuple(int(s * total) for s in schedule.steps)
+            # A short run rounds several drops onto one iteration (or onto 0 or the end):
+            # detectron2's multi-step scheduler needs distinct milestones inside the run.
+            drops = {int(s * total) for s in schedule.steps}
+            cfg.SOLVER.STEPS = tuple(sorted(i for i in drops if 0 < i < total))
             cfg.SOLVER.CHECKPOINT_PERIOD = min(cfg.SOLVER.CHECKPOINT_PERIOD, max(total // 4, 1))
         cfg.TEST.EVAL_PERIOD = schedule.eval_period
         cfg.TEST.LAMR.ENABLED = data.metric == "LAMR"

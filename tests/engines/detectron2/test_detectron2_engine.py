@@ -236,6 +236,25 @@ def test_lamr_metric(engine, synthetic, trained) -> None:
     assert "AP" in metrics
 
 
+@pytest.mark.parametrize("iters", [2, 3, 5, 24])
+def test_a_short_full_schedule_builds_its_lr_scheduler(engine, synthetic, tmp_path, iters) -> None:
+    """At 2 iterations both LR drops (16/24, 22/24) rounded onto iteration 1, and fvcore refused
+    the schedule ("Total num_updates must be greater than length of param schedule")."""
+    from spnas.engines.detectron2.trainer import SPNASTrainer
+
+    full = Schedule.full(iters=iters, ims_per_batch=4, min_size=128, max_size=128, device="cpu")
+    cfg = engine.build_cfg(spec(), full, DataSpec.from_dir(synthetic), tmp_path)
+    assert list(cfg.SOLVER.STEPS) == sorted(set(cfg.SOLVER.STEPS))
+    assert all(0 < step < iters for step in cfg.SOLVER.STEPS)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=full.base_lr)
+    scheduler = SPNASTrainer.build_lr_scheduler(cfg, optimizer)
+    for _ in range(iters):  # the whole run, one LR per iteration
+        optimizer.step()
+        scheduler.step()
+    if iters == 24:
+        assert cfg.SOLVER.STEPS == (16, 22)
+
+
 def test_bad_dataset_names_file_and_record(engine, synthetic, tmp_path) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
