@@ -8,12 +8,16 @@ Every data set ends up as COCO-format json plus an image root, which both engine
 - :func:`voc_to_coco`, :func:`bdd_to_coco` and :func:`ecp_to_coco` convert Pascal VOC,
   BDD100K and EuroCity Persons into the same layout (``train.json``, ``val.json``,
   ``images/``), which :class:`spnas.data.coco.DatasetSplits` reads.
+- :func:`validate_dataset` checks every record and image once; :func:`dataset_fingerprint`
+  and :func:`check_fingerprint` tell later, without opening an image, that the annotation
+  files are still those validated.
 
 Importing this package is cheap: it does not import torch or detectron2.
 """
 
 from __future__ import annotations
 
+from spnas.data._fingerprint import check_fingerprint, dataset_fingerprint
 from spnas.data._validate import validate_dataset
 from spnas.data.bdd import BDD_CLASSES, BDD_IMAGE_SIZE, bdd_to_coco
 from spnas.data.ecp import ECP_CLASSES, ECP_IGNORE_REGIONS, ECP_TIMES, ecp_to_coco
@@ -41,6 +45,8 @@ __all__ = [
     "SyntheticDataset",
     "SyntheticProfile",
     "bdd_to_coco",
+    "check_fingerprint",
+    "dataset_fingerprint",
     "ecp_to_coco",
     "get_profile",
     "make_synthetic_dataset",
