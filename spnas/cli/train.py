@@ -50,12 +50,14 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from spnas.data.coco import DatasetSplits
-    from spnas.device import resolve_device
+    from spnas.device import check_one_gpu_each, resolve_device
     from spnas.engines.detectron2 import check_model_weights, get_spnas_cfg
     from spnas.engines.detectron2.train_net import train_net
     from spnas.engines.distributed import launch
     from spnas.exceptions import ConfigError
 
+    where = f"--device {args.device!r} with --num-gpus {args.num_gpus}"
+    check_one_gpu_each(args.device, args.num_gpus, where)
     cfg = get_spnas_cfg(args.config)
     if args.opts:
         cfg.merge_from_list(args.opts)

@@ -43,7 +43,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.multiprocessing.spawn import ProcessException
 
-from spnas.device import resolve_device
+from spnas.device import check_one_gpu_each, resolve_device
 from spnas.exceptions import ConfigError, SpnasError
 
 if TYPE_CHECKING:
@@ -403,13 +403,12 @@ def data_parallel(train_eval: Callable[..., TrialResult]) -> Callable[..., Trial
     ) -> TrialResult:
         if schedule.gpus_per_trial == 1 or dist.is_initialized():
             return train_eval(engine, spec, init_weights, schedule, data, reporter, out_dir)
+        check_one_gpu_each(
+            schedule.device,
+            schedule.gpus_per_trial,
+            f"schedule device {schedule.device!r} with gpus_per_trial={schedule.gpus_per_trial}",
+        )
         device = resolve_device(schedule.device)
-        if device.index is not None:
-            raise ConfigError(
-                f"schedule device {schedule.device!r} with gpus_per_trial="
-                f"{schedule.gpus_per_trial}: expected 'cuda', 'auto' or 'cpu' (each process "
-                "takes its own GPU; choose the GPUs with CUDA_VISIBLE_DEVICES)"
-            )
 
         def forward(message: tuple[Any, ...]) -> None:
             if reporter is not None:
