@@ -167,3 +167,33 @@ def test_one_gpu_each_accepts_devices_without_an_index() -> None:
     schedule = Schedule(device="cuda:0", ims_per_batch=2, gpus_per_trial=2, iters=1)
     with pytest.raises(ConfigError, match="schedule device 'cuda:0' with gpus_per_trial=2"):
         data_parallel(lambda *a: None)(None, None, None, schedule, None)
+
+
+def test_data_parallel_batch_norm_is_synchronised_on_gpus() -> None:
+    from spnas.engines.distributed import synced_norm
+
+    assert synced_norm("BN", torch.device("cuda")) == "SyncBN"
+    # torch's SyncBatchNorm does not run on the CPU; other norms have no batch statistics.
+    assert synced_norm("BN", torch.device("cpu")) == "BN"
+    for norm in ("GN", "FrozenBN", "SyncBN"):
+        assert synced_norm(norm, torch.device("cuda")) == norm
+
+
+def test_a_gpu_trial_sends_its_ranks_a_sync_bn_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    from spnas.engines import ModelSpec
+    from spnas.engines import distributed as distributed_module
+    from spnas.modeling import SerialNet
+
+    launched: list[tuple] = []
+    # This machine has no GPU: the device resolves as on one, the launch is recorded.
+    monkeypatch.setattr(distributed_module, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(distributed_module, "launch", lambda *a, **kw: launched.append(kw["args"]))
+    spec = ModelSpec("BB(11,d1,d1,d1)", num_classes=2, base_width=8, norm="BN")
+    schedule = Schedule(device="cuda", ims_per_batch=2, gpus_per_trial=2, iters=1)
+    distributed_module.data_parallel(lambda *a: None)(None, spec, None, schedule, None)
+    ((_, sent, *_),) = launched
+    assert sent.norm == "SyncBN"
+    # What a SyncBN rank saves loads into the BN network that evaluates and exports it.
+    synced = SerialNet("BB(11,d1,d1,d1)", base_width=8, norm="SyncBN")
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
+    SerialNet("BB(11,d1,d1,d1)", base_width=8, norm="BN").load_state_dict(synced.state_dict())
