@@ -11,7 +11,8 @@ Public API:
   :func:`paired_interval`, :func:`t_quantile` — the paired 95 % interval its verdict rests on;
 - :func:`retrain` — a network retrained from scratch at equal training (verification);
 - :class:`Objective`, :func:`create_search_study`, :func:`load_search_study`,
-  :func:`run_worker`, :func:`prepare_data` — what ``spnas search`` and ``spnas worker`` run;
+  :func:`check_worker_inputs`, :func:`run_worker`, :func:`prepare_data` — what ``spnas search``
+  and ``spnas worker`` run (the data set is validated once, at creation: ``DATA_ATTR``);
 - :func:`collect_garbage` — what ``spnas gc`` runs (leftovers of killed workers).
 
 The names load on first use: a process that only decides (the sampler, ``get_decision``, a

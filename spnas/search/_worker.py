@@ -170,11 +170,14 @@ def create_search_study(config: SearchConfig, storage_url: str | None = None) ->
     The configuration is stored in the study's user attribute ``spnas:config``, so workers
     need only the study name and the storage URL; its storage URL is stored without the
     password (the attribute is shown by ``optuna studies`` and the dashboard). The inputs are
-    checked first (:func:`check_inputs`).
+    checked first (:func:`check_inputs`), and the data set's fingerprint is stored in
+    ``spnas:data`` for the workers (:func:`check_worker_inputs`).
 
     Raises:
         ConfigError: when a study of that name exists with another configuration.
-        DataError, WeightsError, StorageError: see :func:`check_inputs`.
+        DataError: when it exists with another data set (an annotation file changed), or
+            see :func:`check_inputs`.
+        WeightsError, StorageError: see :func:`check_inputs`.
     """
     # Defaults (workdir, storage, artifacts) and relative paths, for configs built in Python
     # (SearchConfig.from_dict); from_yaml already resolved them, and resolving is idempotent.
