@@ -28,6 +28,29 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return resolved
 
 
+def check_one_gpu_each(device: str | torch.device | None, processes: int, where: str) -> None:
+    """Refuse a device with an index (``cuda:1``) for more than one process: each process of a
+    data-parallel run takes its own GPU (its local rank), and one named GPU would either be
+    ignored or hold every process. ``where`` names the settings in the message (e.g.
+    ``"--device 'cuda:1' with --num-gpus 8"``). Unknown names are left to
+    :func:`resolve_device`.
+
+    Raises:
+        ConfigError: naming ``where`` and what is expected instead.
+    """
+    if processes <= 1 or device is None or device == "auto":
+        return
+    try:
+        index = torch.device(device).index
+    except (RuntimeError, TypeError):
+        return
+    if index is not None:
+        raise ConfigError(
+            f"{where}: expected 'cuda', 'auto' or 'cpu' (each of the {processes} processes "
+            "takes its own GPU; choose the GPUs with CUDA_VISIBLE_DEVICES)"
+        )
+
+
 def resolve_amp(amp: bool, device: str | torch.device) -> bool:
     """Whether to train in mixed precision: ``amp`` on CUDA; on another device a one-line
     warning and ``False`` (a study written for GPUs still runs, in float32, on a CPU)."""

@@ -5,7 +5,8 @@
 - ``config.yaml`` — a detectron2 config of the detector (``MODEL.SPNAS`` keys, the study's full
   schedule, ``SPNAS.DATA_DIR`` pointing at the study's data, ``MODEL.WEIGHTS`` below); only the
   keys that differ from detectron2's defaults, so that it loads under the detectron2 0.6
-  sources and upstream detectron2 alike;
+  sources and upstream detectron2 alike; no ``MODEL.DEVICE``: where it runs is the user's
+  choice (``spnas infer --device``);
 - ``model_final.pth`` — the trained detector's state dict, as its engine trained it;
 - ``model_torchvision.pth`` — the detector as torchvision's ``FasterRCNN`` (layout + weights
   in one file; converted from detectron2 when the study trained with it);
@@ -16,6 +17,7 @@
 Stock detectron2 loads the config after ``import spnas`` (which registers the backbone)::
 
     cfg = get_cfg(); cfg.set_new_allowed(True); cfg.merge_from_file("export/config.yaml")
+    cfg.MODEL.DEVICE = "cpu"                    # the config names none: detectron2's "cuda"
     predictor = DefaultPredictor(cfg)
 
 torchvision users load the detector with :func:`load_torchvision_detector`::

@@ -81,7 +81,10 @@ def test_exported_config_loads_under_another_detectron2(
     cfg = get_spnas_cfg(str(path))  # was: KeyError: Non-existent config key
     assert cfg.MODEL.SPNAS.ARCH == "BB(11,d1,d1,d1)" and cfg.MODEL.SPNAS.BASE_WIDTH == 8
     assert str(tmp_path / "model_final.pth") == cfg.MODEL.WEIGHTS
-    assert cfg.INPUT.MIN_SIZE_TEST == 32 and cfg.MODEL.DEVICE == "cpu"
+    assert cfg.INPUT.MIN_SIZE_TEST == 32
+    # The training device (cpu here) is not baked in: the predictor's device is the user's.
+    assert "DEVICE" not in path.read_text()
+    assert cfg.MODEL.DEVICE == loaded_under().MODEL.DEVICE
     # Stock detectron2 loads it as the module docstring of spnas.export says.
     stock = loaded_under()
     stock.set_new_allowed(True)

@@ -1,9 +1,13 @@
 """The cluster recipes (``recipes/``) are valid, and their worker command lines run.
 
 - ``recipes/slurm/spnas.sbatch``: bash syntax; one task per GPU; no storage URL on a command
-  line; the script itself runs here (with an ``srun`` that runs its command once) against a
-  finished study, the URL from ``SPNAS_STORAGE`` or from ``SPNAS_STORAGE_FILE``, and refuses
-  to run without ``SPNAS_STUDY`` and one of those.
+  line; its connection budget matches ``spnas.storage``'s pools and fits PostgreSQL's default
+  ``max_connections``; the script itself runs here (with an ``srun`` that records its options
+  and runs its command once) against a finished study: by default through the storage proxy it
+  starts on its own node (and stops), ``srun`` given ``--cpus-per-task``; directly with
+  ``SPNAS_PROXY=0``, the URL from ``SPNAS_STORAGE`` or from ``SPNAS_STORAGE_FILE``, refused
+  when the tasks' connections would not fit; and it refuses to run without ``SPNAS_STUDY``
+  and one of those.
 - ``recipes/kubernetes/*.yaml``: the kinds and fields of the Job, Deployments and Services
   (selectors match labels, the workers' storage URL names the proxy's Service and port); the
   proxy's and the workers' container commands, with Kubernetes' ``$(VAR)`` expansion, run here:
@@ -78,12 +82,18 @@ def finished_study(url: str, name: str = "recipe") -> None:
 
 @pytest.fixture
 def bin_dir(tmp_path: Path) -> Path:
-    """A directory with ``spnas`` (this tree's CLI) and ``srun`` (runs its command once)."""
+    """A directory with ``spnas`` (this tree's CLI) and ``srun`` (runs its command once, after
+    appending its options and the storage it passes on to ``$SRUN_LOG``)."""
     path = tmp_path / "bin"
     path.mkdir()
     (path / "spnas").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m spnas "$@"\n')
     # srun's options come first (--name=value or a flag); the command follows.
-    (path / "srun").write_text('#!/bin/bash\nwhile [[ $1 == -* ]]; do shift; done\nexec "$@"\n')
+    (path / "srun").write_text(
+        "#!/bin/bash\n"
+        'options=(); while [[ $1 == -* ]]; do options+=("$1"); shift; done\n'
+        'echo "${options[*]} storage=${SPNAS_STORAGE:-}" >> "${SRUN_LOG:-/dev/null}"\n'
+        'exec "$@"\n'
+    )
     for tool in path.iterdir():
         tool.chmod(0o755)
     return path
@@ -112,12 +122,54 @@ def test_sbatch_is_valid_bash_with_one_worker_per_gpu() -> None:
     assert "--workers 0" in text  # the creation step
 
 
-def test_sbatch_runs_its_worker_on_a_finished_study(tmp_path: Path, bin_dir: Path) -> None:
+#: PostgreSQL's default max_connections, and those it reserves for superusers.
+PG_MAX_CONNECTIONS = 100
+PG_RESERVED = 3
+
+
+def _budget() -> dict[str, int]:
+    text = SBATCH.read_text()
+    return {
+        key: int(re.search(rf"^{key}=(\d+)$", text, re.M).group(1))  # type: ignore[union-attr]
+        for key in ("connections_per_worker", "connections_for_jobs")
+    }
+
+
+def test_sbatch_connection_budget_fits_postgresql_defaults() -> None:
+    from spnas.storage import MAX_OVERFLOW, POOL_SIZE
+    from spnas.storage_proxy import DEFAULT_THREADS
+
+    budget = _budget()
+    # A worker opens two pools (its command's look at the study, its worker loop's).
+    assert budget["connections_per_worker"] == 2 * (POOL_SIZE + MAX_OVERFLOW)
+    # Headroom for the creation step, `spnas status`, the dashboard: 10 % of the server.
+    headroom = PG_MAX_CONNECTIONS - PG_RESERVED - budget["connections_for_jobs"]
+    assert headroom >= PG_MAX_CONNECTIONS // 10
+    # The default job goes through the proxy: its threads are what the database sees.
+    lines = SBATCH.read_text().splitlines()
+    (proxy,) = [line for line in lines if line.lstrip().startswith("spnas storage-proxy")]
+    assert "--threads" not in proxy  # the default, DEFAULT_THREADS
+    assert budget["connections_for_jobs"] >= DEFAULT_THREADS
+
+
+def test_sbatch_runs_its_worker_through_its_proxy(tmp_path: Path, bin_dir: Path) -> None:
+    pytest.importorskip("grpc", reason="the storage proxy needs grpcio")
     url = f"sqlite:///{tmp_path / 'study.db'}"
     finished_study(url)
+    port = str(_free_port())
+    log = tmp_path / "srun.log"
+    env = _env(
+        bin_dir,
+        SPNAS_STUDY="recipe",
+        SPNAS_STORAGE=url,
+        SLURM_CPUS_PER_TASK="3",
+        SPNAS_PROXY_HOST="127.0.0.1",
+        SPNAS_PROXY_PORT=port,
+        SRUN_LOG=str(log),
+    )
     result = subprocess.run(
         ["bash", str(SBATCH)],
-        env=_env(bin_dir, SPNAS_STUDY="recipe", SPNAS_STORAGE=url, SLURM_CPUS_PER_TASK="1"),
+        env=env,
         capture_output=True,
         text=True,
         timeout=WORKER_TIMEOUT_S,
@@ -125,6 +177,12 @@ def test_sbatch_runs_its_worker_on_a_finished_study(tmp_path: Path, bin_dir: Pat
     )
     assert result.returncode == 0, result.stderr
     assert "study 'recipe' is done" in result.stderr
+    (srun,) = log.read_text().splitlines()
+    assert "--cpus-per-task=3" in srun.split()
+    assert srun.endswith(f"storage=grpc://127.0.0.1:{port}"), srun
+    # The proxy stopped with the job: its port is free again.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", int(port)))
 
 
 def test_sbatch_runs_with_the_storage_in_a_file(tmp_path: Path, bin_dir: Path) -> None:
@@ -133,7 +191,15 @@ def test_sbatch_runs_with_the_storage_in_a_file(tmp_path: Path, bin_dir: Path) -
     secret = tmp_path / "storage"
     secret.write_text(url + "\n")
     secret.chmod(0o600)
-    env = _env(bin_dir, SPNAS_STUDY="recipe", SPNAS_STORAGE_FILE=str(secret))
+    log = tmp_path / "srun.log"
+    env = _env(
+        bin_dir,
+        SPNAS_STUDY="recipe",
+        SPNAS_STORAGE_FILE=str(secret),
+        SPNAS_PROXY="0",
+        SLURM_NTASKS="13",
+        SRUN_LOG=str(log),
+    )
     env.pop("SPNAS_STORAGE", None)
     result = subprocess.run(
         ["bash", str(SBATCH)],
@@ -145,9 +211,27 @@ def test_sbatch_runs_with_the_storage_in_a_file(tmp_path: Path, bin_dir: Path) -
     )
     assert result.returncode == 0, result.stderr
     assert "study 'recipe' is done" in result.stderr
+    assert log.read_text().split() == ["--kill-on-bad-exit=0", "--cpus-per-task=1", "storage="]
     no_storage = {k: v for k, v in env.items() if k != "SPNAS_STORAGE_FILE"}
     refused = subprocess.run(["bash", str(SBATCH)], env=no_storage, capture_output=True, text=True)
     assert refused.returncode != 0 and "SPNAS_STORAGE_FILE" in refused.stderr
+
+
+def test_sbatch_refuses_more_direct_workers_than_connections(bin_dir: Path) -> None:
+    budget = _budget()
+    workers = budget["connections_for_jobs"] // budget["connections_per_worker"] + 1
+    env = _env(
+        bin_dir,
+        SPNAS_STUDY="recipe",
+        SPNAS_STORAGE="postgresql+psycopg2://spnas:secret@db/spnas",
+        SPNAS_PROXY="0",
+        SLURM_NTASKS=str(workers),
+    )
+    result = subprocess.run(["bash", str(SBATCH)], env=env, capture_output=True, text=True)
+    assert result.returncode == 1
+    needed = workers * budget["connections_per_worker"]
+    assert f"{workers} workers on the database hold up to {needed} connections" in result.stderr
+    assert "SPNAS_PROXY=1" in result.stderr and "secret" not in result.stderr
 
 
 def test_sbatch_refuses_to_run_without_the_study_and_storage(bin_dir: Path) -> None:

@@ -161,13 +161,14 @@ def run_worker_command(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop_before_joining)
     try:
         from spnas.report import DashboardFigures
-        from spnas.search import SearchState, check_inputs, join_search_study, run_worker
+        from spnas.search import SearchState, check_worker_inputs, join_search_study, run_worker
 
         url = storage_url(args)
         study, config = join_search_study(args.study, url)
         if not SearchState.from_trials(study.get_trials(deepcopy=False), config).done:
-            # A worker on another node reads the data, weights and store from its own mounts.
-            check_inputs(config)
+            # A worker on another node reads the data, weights and store from its own mounts
+            # (the data set checked against the fingerprint stored at creation).
+            check_worker_inputs(study, config)
         _set_threads(args.threads)
         state = run_worker(
             args.study,

@@ -49,13 +49,17 @@ def run(args: argparse.Namespace) -> int:
     import contextlib
     import sys
 
+    import torch
+
     from spnas.data.coco import DatasetSplits
-    from spnas.device import resolve_device
+    from spnas.device import check_one_gpu_each, resolve_device
     from spnas.engines.detectron2 import check_model_weights, get_spnas_cfg
     from spnas.engines.detectron2.train_net import train_net
-    from spnas.engines.distributed import launch
+    from spnas.engines.distributed import launch, synced_norm
     from spnas.exceptions import ConfigError
 
+    where = f"--device {args.device!r} with --num-gpus {args.num_gpus}"
+    check_one_gpu_each(args.device, args.num_gpus, where)
     cfg = get_spnas_cfg(args.config)
     if args.opts:
         cfg.merge_from_list(args.opts)
@@ -65,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.config}: SPNAS.DATA_DIR is empty; pass --data DIR")
     cfg.SPNAS.DATA_DIR = str(DatasetSplits.from_dir(data_dir).root)
     cfg.MODEL.DEVICE = str(resolve_device(args.device))
+    if args.num_gpus * args.num_machines > 1:  # batch statistics of the whole batch
+        cfg.MODEL.SPNAS.NORM = synced_norm(cfg.MODEL.SPNAS.NORM, torch.device(cfg.MODEL.DEVICE))
     if args.iters:
         cfg.SOLVER.MAX_ITER = args.iters
         cfg.SOLVER.STEPS = tuple(s for s in cfg.SOLVER.STEPS if s < args.iters)

@@ -17,12 +17,15 @@ its results (``--json``). When any process fails, torch's launcher terminates th
 with a ``DistributedSampler``). The batch follows detectron2's ``REFERENCE_WORLD_SIZE: 0``
 rule: ``ims_per_batch`` is the *total* batch over all processes (each takes
 ``ims_per_batch / gpus_per_trial`` images) and ``base_lr`` is used as given, so a trial's
-result does not depend on how many devices ran it.
+result does not depend on how many devices ran it. For the same reason batch norm is
+synchronised on GPUs (:func:`synced_norm`): a ``BN`` network trains with ``SyncBN``,
+whose statistics are those of the whole batch, not of each process's share.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import functools
 import logging
@@ -43,7 +46,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.multiprocessing.spawn import ProcessException
 
-from spnas.device import resolve_device
+from spnas.device import check_one_gpu_each, resolve_device
 from spnas.exceptions import ConfigError, SpnasError
 
 if TYPE_CHECKING:
@@ -382,6 +385,16 @@ class _PostingReporter:
         post(("evaluation", iteration, dict(metrics)))
 
 
+def synced_norm(norm: str, device: torch.device) -> str:
+    """The norm a data-parallel run on ``device`` trains with: ``BN`` becomes ``SyncBN`` on
+    GPUs (detectron2's way; the same parameters and buffers, so the weights load into the
+    ``BN`` network for evaluation and export). Other norms, and the CPU, where torch's
+    ``SyncBatchNorm`` does not run (Gloo), keep theirs: a CPU run's batch-norm statistics are
+    then each process's share's.
+    """
+    return "SyncBN" if norm == "BN" and device.type == "cuda" else norm
+
+
 def data_parallel(train_eval: Callable[..., TrialResult]) -> Callable[..., TrialResult]:
     """Decorate an engine's ``train_eval``: run it in ``schedule.gpus_per_trial`` processes.
 
@@ -403,13 +416,13 @@ def data_parallel(train_eval: Callable[..., TrialResult]) -> Callable[..., Trial
     ) -> TrialResult:
         if schedule.gpus_per_trial == 1 or dist.is_initialized():
             return train_eval(engine, spec, init_weights, schedule, data, reporter, out_dir)
+        check_one_gpu_each(
+            schedule.device,
+            schedule.gpus_per_trial,
+            f"schedule device {schedule.device!r} with gpus_per_trial={schedule.gpus_per_trial}",
+        )
         device = resolve_device(schedule.device)
-        if device.index is not None:
-            raise ConfigError(
-                f"schedule device {schedule.device!r} with gpus_per_trial="
-                f"{schedule.gpus_per_trial}: expected 'cuda', 'auto' or 'cpu' (each process "
-                "takes its own GPU; choose the GPUs with CUDA_VISIBLE_DEVICES)"
-            )
+        spec = dataclasses.replace(spec, norm=synced_norm(spec.norm, device))
 
         def forward(message: tuple[Any, ...]) -> None:
             if reporter is not None:

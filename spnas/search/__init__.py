@@ -11,8 +11,9 @@ Public API:
   :func:`paired_interval`, :func:`t_quantile` — the paired 95 % interval its verdict rests on;
 - :func:`retrain` — a network retrained from scratch at equal training (verification);
 - :class:`Objective`, :func:`check_settings`, :func:`create_search_study`,
-  :func:`load_search_study`, :func:`join_search_study`, :func:`run_worker`,
-  :func:`prepare_data` — what ``spnas search`` and ``spnas worker`` run;
+  :func:`load_search_study`, :func:`join_search_study`, :func:`check_worker_inputs`,
+  :func:`run_worker`, :func:`prepare_data` — what ``spnas search`` and ``spnas worker`` run
+  (the data set is validated once, at creation: ``DATA_ATTR``);
 - :func:`launch_workers`, :class:`Launched`, :func:`worker_gpus` — local worker processes with
   stop signals forwarded to them (``spnas search``, ``spnas verify``);
   :func:`stop_before_joining`, :func:`stopped_by`, :data:`STOPPED_EXIT` — a worker process's
@@ -33,6 +34,7 @@ _API = {
     "BARRIER_KINDS": "_state",
     "Best": "_state",
     "CONFIG_ATTR": "_config",
+    "DATA_ATTR": "_config",
     "Decision": "_state",
     "KINDS": "_state",
     "Launched": "_launch",
@@ -53,6 +55,7 @@ _API = {
     "build_search_engine": "_objective",
     "check_settings": "_checks",
     "check_inputs": "_worker",
+    "check_worker_inputs": "_worker",
     "collect_garbage": "_gc",
     "create_search_study": "_worker",
     "enable_verification": "_worker",

@@ -48,6 +48,9 @@ from spnas.engines import METRIC_DIRECTIONS, ModelSpec, Schedule, engine_names
 from spnas.exceptions import ArchError, ConfigError
 
 CONFIG_ATTR = "spnas:config"
+#: The study's data set as validated when it was created: the fingerprint of its annotation
+#: files and its class count (:func:`spnas.search.check_inputs`), which workers check.
+DATA_ATTR = "spnas:data"
 #: ``search.comparison``: how candidates are judged (docs/design.md, "Equal training").
 COMPARISONS: tuple[str, ...] = ("equal_training", "greedy")
 #: ``search.acceptance``: when a candidate replaces the round's best (docs/design.md §4.1).

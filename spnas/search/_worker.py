@@ -14,7 +14,7 @@ import optuna
 import sqlalchemy.exc
 
 from spnas.exceptions import ConfigError
-from spnas.search._config import CONFIG_ATTR, SearchConfig
+from spnas.search._config import CONFIG_ATTR, DATA_ATTR, SearchConfig
 from spnas.search._disk import is_disk_full, local_dirs, wait_for_space
 from spnas.search._liveness import Pulse, needs_beats
 from spnas.search._objective import (
@@ -77,10 +77,24 @@ def prepare_data(config: SearchConfig) -> None:
     )
 
 
-def check_inputs(config: SearchConfig, storage_url: str | None = None) -> None:
+def check_inputs(
+    config: SearchConfig,
+    storage_url: str | None = None,
+    *,
+    data: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Check what a search reads before any trial runs, so that bad input fails at once with
     its name instead of failing every trial of the seed barrier. Nothing is written before the
     last check (the artifact store's probe), so refused input leaves nothing on disk.
+
+    The data set is validated record by record and image by image, unless ``data`` is what
+    an earlier validation returned (the study's ``spnas:data`` attribute): then only its
+    annotation files are compared with that fingerprint
+    (:func:`~spnas.data.check_fingerprint`), and no image is opened.
+
+    Returns:
+        The data set's fingerprint and class count (``{"files": …, "classes": …}``), to pass
+        as ``data`` next time.
 
     Raises:
         StorageError: the storage URL (``storage_url``, else ``study.storage``) is of no form
@@ -93,24 +107,62 @@ def check_inputs(config: SearchConfig, storage_url: str | None = None) -> None:
         DataError: the data set directory, or its ``train.json`` / ``val.json``, is missing,
             a record is malformed (a non-finite, degenerate or outside box…), the two files'
             categories differ, or an image is missing or does not decode (the message names
-            the file and the record).
+            the file and the record); with ``data``: an annotation file changed since.
         WeightsError: ``model.pretrained`` is missing, truncated, not a state dict, or does
             not fit the seed network (the message names the file and the key).
     """
+    from spnas.data._fingerprint import check_fingerprint, dataset_fingerprint
     from spnas.data._validate import check_annotations, check_images
     from spnas.data.coco import DatasetSplits
     from spnas.search._checks import check_cost, check_lamr_category, check_settings
 
     check_settings(config, storage_url)
-    train, val = check_annotations(DatasetSplits.from_dir(config.data.dir))
-    check_lamr_category(config, train.category_ids)
-    check_cost(config, len(train.categories))
-    for dataset in (train, val):
-        check_images(dataset, config.engine.show_progress)
+    splits = DatasetSplits.from_dir(config.data.dir)
+    if data is not None:
+        # Validated with the same configuration when the study was created (lamr_category
+        # included); the device, and so the cost, is this machine's.
+        check_fingerprint(splits, data["files"])
+        check_cost(config, data["classes"])
+    else:
+        # Before reading the files: one changed while being validated is then refused later.
+        files = dataset_fingerprint(splits)
+        train, val = check_annotations(splits)
+        check_lamr_category(config, train.category_ids)
+        check_cost(config, len(train.categories))
+        for dataset in (train, val):
+            check_images(dataset, config.engine.show_progress)
+        data = {"files": files, "classes": len(train.categories)}
     if config.model.pretrained:
         load_pretrained_seed(config)
     if config.study.artifacts:
         check_artifact_store(config.study.artifacts)
+    return dict(data)
+
+
+def check_worker_inputs(study: optuna.Study, config: SearchConfig) -> None:
+    """What a worker checks before it joins ``study``: :func:`check_inputs` against the data
+    set fingerprint stored when the study was created, so that no worker opens the images
+    again. A study created before fingerprints were stored is validated here, once, and
+    given one.
+
+    Raises:
+        DataError: an annotation file changed since the study was created (naming it, its
+            size or SHA-256 and the one expected); see :func:`check_inputs` for the rest.
+    """
+    from spnas.exceptions import DataError
+
+    stored = study.user_attrs.get(DATA_ATTR)
+    try:
+        data = check_inputs(config, data=stored)
+    except DataError as exc:
+        if stored is None:
+            raise
+        raise DataError(
+            f"study {study.study_name!r}: {exc}; restore the data set the study was created "
+            "with, or create a new study for this one"
+        ) from None
+    if stored is None:
+        study.set_user_attr(DATA_ATTR, data)
 
 
 def create_search_study(config: SearchConfig, storage_url: str | None = None) -> optuna.Study:
@@ -119,18 +171,21 @@ def create_search_study(config: SearchConfig, storage_url: str | None = None) ->
     The configuration is stored in the study's user attribute ``spnas:config``, so workers
     need only the study name and the storage URL; its storage URL is stored without the
     password (the attribute is shown by ``optuna studies`` and the dashboard). The inputs are
-    checked first (:func:`check_inputs`).
+    checked first (:func:`check_inputs`), and the data set's fingerprint is stored in
+    ``spnas:data`` for the workers (:func:`check_worker_inputs`).
 
     Raises:
         ConfigError: when a study of that name exists with another configuration.
-        DataError, WeightsError, StorageError: see :func:`check_inputs`.
+        DataError: when it exists with another data set (an annotation file changed), or
+            see :func:`check_inputs`.
+        WeightsError, StorageError: see :func:`check_inputs`.
     """
     # Defaults (workdir, storage, artifacts) and relative paths, for configs built in Python
     # (SearchConfig.from_dict); from_yaml already resolved them, and resolving is idempotent.
     config = config.resolved(Path.cwd())
     url = storage_url or config.study.storage
     assert url is not None
-    check_inputs(config, url)
+    data = check_inputs(config, url)
     study = optuna.create_study(
         study_name=config.study.name,
         storage=make_storage(url),
@@ -156,7 +211,30 @@ def create_search_study(config: SearchConfig, storage_url: str | None = None) ->
         )
     else:
         _logger.info("resuming study %r in %s", config.study.name, redact(url))
+    _store_data(study, config, data)
     return study
+
+
+def _store_data(study: optuna.Study, config: SearchConfig, data: dict[str, Any]) -> None:
+    """Store the fingerprint of the data set just validated (:func:`check_inputs`), for the
+    workers; a resumed study's data set must be the one it was created with (a new
+    modification time of the same content is stored, so that workers need not hash it)."""
+    from spnas.data._fingerprint import check_fingerprint
+    from spnas.data.coco import DatasetSplits
+    from spnas.exceptions import DataError
+
+    stored = study.user_attrs.get(DATA_ATTR)
+    if stored == data:
+        return
+    if stored is not None:
+        try:
+            check_fingerprint(DatasetSplits.from_dir(config.data.dir), stored["files"])
+        except DataError as exc:
+            raise DataError(
+                f"study {config.study.name!r} exists with another data set: {exc}; resume it "
+                "with that data set or choose a new study.name"
+            ) from None
+    study.set_user_attr(DATA_ATTR, data)
 
 
 def _storable(values: dict[str, Any]) -> dict[str, Any]:

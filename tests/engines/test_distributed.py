@@ -140,3 +140,60 @@ def test_workers_get_their_own_gpus_round_robin() -> None:
     assert [worker_gpus(["0"], i, 1) for i in range(2)] == [["0"], ["0"]]
     with pytest.raises(ConfigError, match="gpus_per_trial=2: only 1 GPU"):
         worker_gpus(["0"], 0, 2)
+
+
+def test_spnas_train_refuses_one_named_gpu_for_several_processes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from spnas.cli import main
+
+    config = tmp_path / "config.yaml"  # never read: the flags are refused first
+    code = main(["train", str(config), "--device", "cuda:1", "--num-gpus", "8"])
+    error = capsys.readouterr().err
+    assert code == 2, error
+    assert "--device 'cuda:1' with --num-gpus 8" in error
+    assert "each of the 8 processes takes its own GPU" in error and "CUDA_VISIBLE_DEVICES" in error
+    assert "Traceback" not in error
+
+
+def test_one_gpu_each_accepts_devices_without_an_index() -> None:
+    from spnas.device import check_one_gpu_each
+    from spnas.engines.distributed import data_parallel
+
+    for device in ("cuda", "cpu", "auto", None):
+        check_one_gpu_each(device, 8, "test")
+    check_one_gpu_each("cuda:1", 1, "one process may name its GPU")
+    # A trial's schedule gets the same check, before CUDA is looked for (none here).
+    schedule = Schedule(device="cuda:0", ims_per_batch=2, gpus_per_trial=2, iters=1)
+    with pytest.raises(ConfigError, match="schedule device 'cuda:0' with gpus_per_trial=2"):
+        data_parallel(lambda *a: None)(None, None, None, schedule, None)
+
+
+def test_data_parallel_batch_norm_is_synchronised_on_gpus() -> None:
+    from spnas.engines.distributed import synced_norm
+
+    assert synced_norm("BN", torch.device("cuda")) == "SyncBN"
+    # torch's SyncBatchNorm does not run on the CPU; other norms have no batch statistics.
+    assert synced_norm("BN", torch.device("cpu")) == "BN"
+    for norm in ("GN", "FrozenBN", "SyncBN"):
+        assert synced_norm(norm, torch.device("cuda")) == norm
+
+
+def test_a_gpu_trial_sends_its_ranks_a_sync_bn_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    from spnas.engines import ModelSpec
+    from spnas.engines import distributed as distributed_module
+    from spnas.modeling import SerialNet
+
+    launched: list[tuple] = []
+    # This machine has no GPU: the device resolves as on one, the launch is recorded.
+    monkeypatch.setattr(distributed_module, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(distributed_module, "launch", lambda *a, **kw: launched.append(kw["args"]))
+    spec = ModelSpec("BB(11,d1,d1,d1)", num_classes=2, base_width=8, norm="BN")
+    schedule = Schedule(device="cuda", ims_per_batch=2, gpus_per_trial=2, iters=1)
+    distributed_module.data_parallel(lambda *a: None)(None, spec, None, schedule, None)
+    ((_, sent, *_),) = launched
+    assert sent.norm == "SyncBN"
+    # What a SyncBN rank saves loads into the BN network that evaluates and exports it.
+    synced = SerialNet("BB(11,d1,d1,d1)", base_width=8, norm="SyncBN")
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
+    SerialNet("BB(11,d1,d1,d1)", base_width=8, norm="BN").load_state_dict(synced.state_dict())

@@ -230,23 +230,3 @@ def test_relative_paths_are_relative_to_the_yaml(
     config = SearchConfig.from_yaml(folder / "study.yaml")
     assert config.engine.config == str(folder / "d2.yaml")
     assert config.data.dir == str(tmp_path / "data")
-
-
-def test_a_worker_refuses_data_that_went_bad(
-    tmp_path: Path, search_assets: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from search_doubles import make_config
-
-    from spnas.search import create_search_study
-
-    data = _bad_data(tmp_path, search_assets, "none")
-    config = make_config(tmp_path / "run", "went-bad", search_assets, data={"dir": str(data)})
-    create_search_study(config)
-    image = next((data / "images").rglob("*.png"))
-    image.write_bytes(b"truncated")
-    argv = ["worker", "--study", "went-bad", "--storage", config.study.storage]
-    code = main(argv)
-    output = capsys.readouterr().err
-    assert_refused(code, output, image.name, "does not decode")
-    trials = optuna.load_study(study_name="went-bad", storage=config.study.storage).trials
-    assert trials == []

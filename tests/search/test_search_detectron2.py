@@ -191,6 +191,7 @@ def test_search_runs_every_phase_with_the_real_engine(tmp_path, capsys) -> None:
         "from detectron2.engine import DefaultPredictor\n"
         "cfg = get_cfg(); cfg.set_new_allowed(True)\n"
         f"cfg.merge_from_file({str(out / 'config.yaml')!r})\n"
+        "cfg.MODEL.DEVICE = 'cpu'  # the exported config names no device\n"
         "cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0\n"
         f"image = np.asarray(Image.open({str(image)!r}).convert('RGB'))[:, :, ::-1]\n"
         "print(len(DefaultPredictor(cfg)(image)['instances']))\n"

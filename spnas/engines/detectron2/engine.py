@@ -328,6 +328,8 @@ class Detectron2Engine(Engine):
         """Write ``config.yaml`` (a detectron2 config whose ``MODEL.WEIGHTS`` is ``weights``
         and ``SPNAS.DATA_DIR`` the data set) and ``model_torchvision.pth`` (the detector
         converted, where torchvision can express its heads)."""
+        from detectron2.config import get_cfg
+
         from spnas.engines.detectron2.to_torchvision import convert_state_dict, torchvision_layout
         from spnas.engines.torchvision import save_detector
 
@@ -337,10 +339,14 @@ class Detectron2Engine(Engine):
         cfg.DATASETS.TEST = ()
         cfg.SPNAS.DATA_DIR = str(Path(data.splits.root).resolve())
         cfg.MODEL.WEIGHTS = str(Path(weights).resolve())
-        cfg.MODEL.DEVICE = "cpu"
         # Only the keys that differ from detectron2's defaults: loadable by other versions.
-        text = changed_keys(cfg).dump()
+        # The device is the user's (`spnas infer --device`, or cfg.MODEL.DEVICE): the
+        # training device is not written, so a predictor gets detectron2's default.
+        written = cfg.clone()
+        written.MODEL.DEVICE = get_cfg().MODEL.DEVICE
+        text = changed_keys(written).dump()
         config = atomic_write(out_dir / "config.yaml", lambda tmp: tmp.write_text(text))
+        cfg.MODEL.DEVICE = "cpu"  # the model converted below
         model = SPNASTrainer.build_model(cfg)
         state = read_weights(weights)
         model.load_state_dict(state)

@@ -14,8 +14,9 @@
 - data-parallel training on the CPU too (``DistributedDataParallel`` over Gloo, without the
   device ids detectron2 0.6 always passes), distributed evaluation, and writers and the
   progress bar in the main process only;
-- ``SOLVER.AMP.ENABLED`` on the CPU logs a warning and trains in float32 (detectron2's
-  ``AMPTrainer`` needs CUDA).
+- ``SOLVER.AMP.ENABLED`` trains through ``torch.amp``
+  (:class:`~spnas.engines.detectron2.amp.TorchAMPTrainer`; detectron2's ``AMPTrainer`` uses the
+  deprecated ``torch.cuda.amp``); on the CPU it logs a warning and trains in float32.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
+from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import DatasetEvaluators
 from detectron2.modeling import build_model
@@ -40,6 +41,7 @@ from fvcore.common.param_scheduler import CosineParamScheduler
 
 from spnas.device import resolve_amp
 from spnas.engines._types import NullReporter, Reporter
+from spnas.engines.detectron2.amp import TorchAMPTrainer
 from spnas.engines.detectron2.checkpoint import AtomicCheckpointer
 from spnas.engines.detectron2.compat import has_compiled_ops
 from spnas.engines.detectron2.evaluation import LAMREvaluator, SearchCOCOEvaluator
@@ -87,7 +89,11 @@ class SPNASTrainer(DefaultTrainer):
         # A CPU module takes no device ids; detectron2 0.6 passes the local rank.
         ddp_options = {"device_ids": None} if on_cpu else {}
         model = create_ddp_model(model, broadcast_buffers=False, **ddp_options)
-        self._trainer = (AMPTrainer if amp else SimpleTrainer)(model, data_loader, optimizer)
+        self._trainer = (
+            TorchAMPTrainer(model, data_loader, optimizer, torch.device(cfg.MODEL.DEVICE).type)
+            if amp
+            else SimpleTrainer(model, data_loader, optimizer)
+        )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
