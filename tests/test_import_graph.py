@@ -23,10 +23,7 @@ SAME_NODE = {"storage_proxy": "storage"}
 
 #: Private cross-package imports not fixed yet, each with why: (importing file, module).
 #: One that is gone fails the test, so the list only shrinks.
-KNOWN_PRIVATE = {
-    # spnas.data is changed on another branch; it is to export these two checks.
-    ("search/_worker.py", "spnas.data._validate"),
-}
+KNOWN_PRIVATE: set[tuple[str, str]] = set()
 
 
 @dataclasses.dataclass(frozen=True)

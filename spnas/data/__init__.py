@@ -10,7 +10,8 @@ Every data set ends up as COCO-format json plus an image root, which both engine
   ``images/``), which :class:`spnas.data.coco.DatasetSplits` reads.
 - :func:`link_coco` makes COCO as it ships (``train2017/``, ``val2017/``,
   ``annotations/instances_*.json``) such a directory, linking the image folders.
-- :func:`validate_dataset` checks every record and image once; :func:`dataset_fingerprint`
+- :func:`validate_dataset` checks every record and image once (:func:`check_annotations`
+  the records, :func:`check_images` the image files); :func:`dataset_fingerprint`
   and :func:`check_fingerprint` tell later, without opening an image, that the annotation
   files are still those validated.
 
@@ -20,7 +21,7 @@ Importing this package is cheap: it does not import torch or detectron2.
 from __future__ import annotations
 
 from spnas.data._fingerprint import check_fingerprint, dataset_fingerprint
-from spnas.data._validate import validate_dataset
+from spnas.data._validate import check_annotations, check_images, validate_dataset
 from spnas.data.bdd import BDD_CLASSES, BDD_IMAGE_SIZE, bdd_to_coco
 from spnas.data.coco_layout import link_coco
 from spnas.data.ecp import ECP_CLASSES, ECP_IGNORE_REGIONS, ECP_TIMES, ecp_to_coco
@@ -48,7 +49,9 @@ __all__ = [
     "SyntheticDataset",
     "SyntheticProfile",
     "bdd_to_coco",
+    "check_annotations",
     "check_fingerprint",
+    "check_images",
     "dataset_fingerprint",
     "ecp_to_coco",
     "get_profile",

@@ -111,8 +111,7 @@ def check_inputs(
         WeightsError: ``model.pretrained`` is missing, truncated, not a state dict, or does
             not fit the seed network (the message names the file and the key).
     """
-    from spnas.data._fingerprint import check_fingerprint, dataset_fingerprint
-    from spnas.data._validate import check_annotations, check_images
+    from spnas.data import check_annotations, check_fingerprint, check_images, dataset_fingerprint
     from spnas.data.coco import DatasetSplits
     from spnas.search._checks import check_cost, check_lamr_category, check_settings
 
@@ -219,7 +218,7 @@ def _store_data(study: optuna.Study, config: SearchConfig, data: dict[str, Any])
     """Store the fingerprint of the data set just validated (:func:`check_inputs`), for the
     workers; a resumed study's data set must be the one it was created with (a new
     modification time of the same content is stored, so that workers need not hash it)."""
-    from spnas.data._fingerprint import check_fingerprint
+    from spnas.data import check_fingerprint
     from spnas.data.coco import DatasetSplits
     from spnas.exceptions import DataError
 
