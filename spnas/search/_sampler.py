@@ -23,20 +23,12 @@ from spnas.arch import ParallelCode
 from spnas.exceptions import ConfigError
 from spnas.search._config import CONFIG_ATTR, SearchConfig
 from spnas.search._liveness import BeatWatch, needs_beats, next_beat, record_beat
-from spnas.search._optuna import (
-    heartbeat_interval,
-    in_optimize_loop,
-    is_heartbeat_enabled,
-    silent_trials,
-    storage_of,
-    study_id,
-    trial_id,
-    whole_study,
-)
+from spnas.search._optuna import in_optimize_loop, storage_of, study_id, trial_id, whole_study
 from spnas.search._params import architecture_distributions, record_architecture
 from spnas.search._proposals import SearchExhausted, propose_parallel, propose_serial
 from spnas.search._signals import requeue_interrupted
 from spnas.search._state import DECISION_ATTR, KIND_ATTR, Decision, SearchState, TrialKind
+from spnas.storage import heartbeat_interval, is_heartbeat_enabled, silent_trials
 
 _logger = logging.getLogger(__name__)
 

@@ -263,8 +263,7 @@ def test_a_trial_killed_before_its_first_heartbeat_is_failed_by_the_line(
     waiting in line fails such trials once they are older than the grace period."""
     import time
 
-    from spnas.search._optuna import silent_trials
-    from spnas.storage import make_storage
+    from spnas.storage import make_storage, silent_trials
 
     storage = make_storage(
         f"sqlite:///{tmp_path / 'silent.db'}", heartbeat_interval=1, grace_period=1
