@@ -136,8 +136,7 @@ def _budget() -> dict[str, int]:
 
 
 def test_sbatch_connection_budget_fits_postgresql_defaults() -> None:
-    from spnas.storage import MAX_OVERFLOW, POOL_SIZE
-    from spnas.storage_proxy import DEFAULT_THREADS
+    from spnas.storage import DEFAULT_PROXY_THREADS, MAX_OVERFLOW, POOL_SIZE
 
     budget = _budget()
     # A worker opens two pools (its command's look at the study, its worker loop's).
@@ -148,8 +147,8 @@ def test_sbatch_connection_budget_fits_postgresql_defaults() -> None:
     # The default job goes through the proxy: its threads are what the database sees.
     lines = SBATCH.read_text().splitlines()
     (proxy,) = [line for line in lines if line.lstrip().startswith("spnas storage-proxy")]
-    assert "--threads" not in proxy  # the default, DEFAULT_THREADS
-    assert budget["connections_for_jobs"] >= DEFAULT_THREADS
+    assert "--threads" not in proxy  # the default, DEFAULT_PROXY_THREADS
+    assert budget["connections_for_jobs"] >= DEFAULT_PROXY_THREADS
 
 
 def test_sbatch_runs_its_worker_through_its_proxy(tmp_path: Path, bin_dir: Path) -> None:

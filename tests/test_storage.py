@@ -11,7 +11,6 @@ it; no piece of three characters or more of the password may appear.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import logging
 import multiprocessing
@@ -25,17 +24,16 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-import spnas.storage
 from spnas.storage import (
     STORAGE_ENV,
     StorageError,
-    _retry_connections,
     hide_password,
     make_storage,
     redact,
     storage_url_from,
     strip_password,
 )
+from spnas.storage._rdb import _retry_connections
 
 N_PROCESSES = 4
 N_TRIALS = 40
@@ -259,11 +257,11 @@ def test_the_reconnect_warning_shows_no_piece_of_the_password(
 @password_cases
 def test_the_storage_proxy_shows_no_piece_of_the_password(password: str) -> None:
     pytest.importorskip("grpc", reason="the storage proxy needs grpcio")
-    from spnas.storage_proxy import parse_grpc_url, serve
+    from spnas.storage import parse_grpc_url, serve_proxy
 
     for url in (_url(password, _closed_port()), _url(password, 13000, "grpc")):
         with pytest.raises(StorageError) as info:
-            serve(url, port=_closed_port(), threads=1)
+            serve_proxy(url, port=_closed_port(), threads=1)
         assert not _leaks(str(info.value), password), str(info.value)
     with pytest.raises(StorageError) as info:
         parse_grpc_url(_url(password, 13000, "grpc"))
@@ -337,16 +335,3 @@ def test_a_url_from_a_file_or_the_environment_shows_no_piece_of_the_password(
     assert code == 2 and "user:***@127.0.0.1" in output, output
     assert not _leaks(output, password), output
     assert not [r for r in _misreadings(url, password) if r in output], output
-
-
-def test_the_storage_layer_does_not_import_the_search_package():
-    """spnas.storage sits below spnas.search (which builds on it): no import, even a lazy one,
-    goes upward."""
-    tree = ast.parse(Path(spnas.storage.__file__).read_text(encoding="utf-8"))
-    imported = {
-        node.module if isinstance(node, ast.ImportFrom) else alias.name
-        for node in ast.walk(tree)
-        if isinstance(node, (ast.Import, ast.ImportFrom))
-        for alias in node.names
-    }
-    assert not {name for name in imported if name and name.startswith("spnas.search")}

@@ -12,15 +12,24 @@ from pathlib import Path
 
 import pytest
 
-from spnas.storage import MAX_OVERFLOW, POOL_SIZE, STORAGE_ENV, StorageError, make_storage
-from spnas.storage_proxy import DEFAULT_PORT, connect_proxy, parse_grpc_url, serve
+from spnas.storage import (
+    DEFAULT_PROXY_PORT,
+    MAX_OVERFLOW,
+    POOL_SIZE,
+    STORAGE_ENV,
+    StorageError,
+    connect_proxy,
+    make_storage,
+    parse_grpc_url,
+    serve_proxy,
+)
 
 
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
         ("grpc://proxy:13001", ("proxy", 13001)),
-        ("grpc://10.0.0.5", ("10.0.0.5", DEFAULT_PORT)),
+        ("grpc://10.0.0.5", ("10.0.0.5", DEFAULT_PROXY_PORT)),
         ("grpc://spnas-storage-proxy:13000/", ("spnas-storage-proxy", 13000)),
     ],
 )
@@ -49,7 +58,7 @@ def test_no_proxy_at_the_url_fails_after_the_timeout_naming_the_command() -> Non
 
 def test_the_proxy_refuses_to_serve_a_proxy() -> None:
     with pytest.raises(StorageError, match="is a proxy"):
-        serve("grpc://127.0.0.1:13000")
+        serve_proxy("grpc://127.0.0.1:13000")
 
 
 @pytest.mark.postgres
@@ -68,13 +77,13 @@ def test_the_proxy_takes_the_database_url_like_every_command(
     source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``--storage-file`` and ``SPNAS_STORAGE`` keep the password off the command line."""
-    import spnas.storage_proxy
+    import spnas.storage
     from spnas.cli import main
 
     url = "postgresql+psycopg2://spnas:secret@db:5432/spnas"
     served: list[tuple[str, dict]] = []
     monkeypatch.setattr(
-        spnas.storage_proxy, "serve", lambda storage, **kw: served.append((storage, kw))
+        spnas.storage, "serve_proxy", lambda storage, **kw: served.append((storage, kw))
     )
     monkeypatch.delenv(STORAGE_ENV, raising=False)
     argv = ["storage-proxy", "--port", "13001", "--threads", "4"]

@@ -29,7 +29,8 @@ import optuna
 from optuna.storages import BaseStorage, InMemoryStorage
 from optuna.trial import FrozenTrial
 
-from spnas.search._optuna import is_heartbeat_enabled, trial_id
+from spnas.search._optuna import trial_id
+from spnas.storage import is_heartbeat_enabled
 
 _logger = logging.getLogger(__name__)
 

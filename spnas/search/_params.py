@@ -29,9 +29,10 @@ from optuna.distributions import BaseDistribution, FloatDistribution, IntDistrib
 from optuna.trial import FrozenTrial
 
 from spnas.arch import SerialCode
-from spnas.search._optuna import set_trial_params, trial_id
+from spnas.search._optuna import trial_id
 from spnas.search._proposals import config_cost
 from spnas.search._state import Decision
+from spnas.storage import set_trial_params
 
 
 def architecture_distributions(config: Any) -> dict[str, BaseDistribution]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import copy
+import dataclasses
 import datetime
 import logging
 import math
@@ -22,44 +22,34 @@ from optuna.trial import FrozenTrial, TrialState
 from spnas.arch import ParallelCode
 from spnas.exceptions import ConfigError
 from spnas.search._config import CONFIG_ATTR, SearchConfig
-from spnas.search._liveness import BeatWatch, needs_beats, next_beat, record_beat
-from spnas.search._optuna import (
-    heartbeat_interval,
-    in_optimize_loop,
-    is_heartbeat_enabled,
-    silent_trials,
-    storage_of,
-    study_id,
-    trial_id,
-    whole_study,
-)
+from spnas.search._optuna import in_optimize_loop, storage_of, study_id, trial_id, whole_study
 from spnas.search._params import architecture_distributions, record_architecture
 from spnas.search._proposals import SearchExhausted, propose_parallel, propose_serial
-from spnas.search._signals import requeue_interrupted
 from spnas.search._state import DECISION_ATTR, KIND_ATTR, Decision, SearchState, TrialKind
+from spnas.search._waiting import LOG_EVERY_S, WaitingLine, is_running_decided
 
 _logger = logging.getLogger(__name__)
 
 #: Longest pause between two looks at the study while a decision waits.
 MAX_WAIT_STEP_S = 10.0
-#: How often a waiting worker says what it waits for.
-LOG_EVERY_S = 30.0
-#: With heartbeats, Optuna fails a dead worker's trial and queues its retry in two steps;
-#: a failure is acted on (counted, or its barrier decided again) only this long after it was
-#: first seen, so that the retry, not a second attempt, trains the decision.
-RETRY_SETTLE_S = 5.0
-#: The shortest pause between two looks of a trial in line (:meth:`SPNASSampler._wait_in_line`);
-#: later pauses are a tenth of the time waited so far, because every look is a storage call
-#: (measured at 256 workers, looks at a fixed rate were most of the storage proxy's work).
-DECISION_S = 0.2
 #: A trial that waits on at most this many running trials (a barrier, the end of a round)
 #: reads only them, at least every MAX_WATCH_STEP_S, instead of the whole history.
 MAX_WATCHED = 4
-#: The most trials one decision decides ahead for (those in line behind it).
-MAX_DECIDED_AHEAD = 256
-#: Threads that write the decisions made ahead (one storage round trip per attribute).
-WRITE_THREADS = 8
 MAX_WATCH_STEP_S = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Look:
+    """What one look at the study found (:meth:`SPNASSampler._look`): ``trial``'s decision
+    (``written`` when a trial below wrote it ahead), or why it waits and what it reads
+    meanwhile: the undecided trials ahead of it in line, or the few running ones it waits for.
+    """
+
+    decision: Decision | None = None
+    written: bool = False
+    reason: str = ""
+    blocking: list[FrozenTrial] = dataclasses.field(default_factory=list)
+    watched: list[FrozenTrial] = dataclasses.field(default_factory=list)
 
 
 class SPNASSampler(BaseSampler):
@@ -144,11 +134,8 @@ class SPNASSampler(BaseSampler):
         self._fallback = fallback_sampler or TPESampler(seed=seed)
         self._max_wait = max_wait_seconds
         self._ask_wait = ask_wait_seconds
-        self._failures_seen: dict[int, float] = {}
-        # The beats of running trials seen by this worker (storages without heartbeats).
-        self._watch: BeatWatch | None = None
-        # Trials that _abandon could not fail (the storage was down): see take_unabandoned.
-        self._unabandoned: list[int] = []
+        # The waiting protocol: looks, beats, decisions ahead, fault bookkeeping.
+        self._line = WaitingLine(self.config_for)
         # Per study (see _study_key): its one direction, and whether check_study passed
         # (warned about a direction other than the config's, named the objective). A study's
         # directions never change: one storage read per study, not one per trial or suggest.
@@ -247,14 +234,14 @@ class SPNASSampler(BaseSampler):
             if not written:
                 # Two writes, each its own transaction, in to_attrs' order: ``spnas:kind``
                 # goes last, so other workers see no decision (and wait) until the whole
-                # decision is there (see _write_decisions).
+                # decision is there (see spnas.search._waiting.write_decisions).
                 for key, value in decision.to_attrs().items():
                     storage_of(study).set_trial_system_attr(trial_id(trial), key, value)
             record_architecture(storage_of(study), trial, self.config_for(study), decision)
         except BaseException:
             # Trials decide in number order: an undecided trial left RUNNING (a storage
             # error, Ctrl-C while waiting) would hold every later decision until it went stale.
-            self._abandon(study, trial)
+            self._line.abandon(study, trial)
             raise
         _logger.info(
             "trial %d: %s%s%s%s",
@@ -341,37 +328,9 @@ class SPNASSampler(BaseSampler):
 
     def take_unabandoned(self) -> list[int]:
         """Storage ids of the trials that an error left RUNNING before their objective ran,
-        because failing them failed too (the storage was down); the list is emptied.
-
-        Such a trial never beats its heart, so no worker would fail it as stale, and a trial
-        behind it may already have decided for it: the caller fails it and queues its retry
-        once the storage answers (:func:`~spnas.search._signals.requeue_interrupted`).
-        """
-        taken, self._unabandoned = self._unabandoned, []
-        return taken
-
-    def _abandon(self, study: Study, trial: FrozenTrial) -> None:
-        """Fail ``trial``, so that later trials need not wait for it, and queue its retry if
-        it has a decision after all.
-
-        An error here may come after the decision was written (a storage error in a later
-        write, Ctrl-C) or while a worker deciding ahead wrote it: failed and not retried, such
-        a trial would count as a failed attempt of its barrier, and the barrier would be
-        decided, and trained, a second time.
-        """
-        try:
-            retried = requeue_interrupted(study, trial_id(trial))
-        except Exception as exc:  # the storage may be what failed: see take_unabandoned
-            self._unabandoned.append(trial_id(trial))
-            _logger.warning(
-                "trial %d: could not mark it failed (%s: %s)", trial.number, type(exc).__name__, exc
-            )
-        else:
-            _logger.warning(
-                "trial %d: failed before its objective ran%s",
-                trial.number,
-                "" if retried is None else "; queued for a retry with its decision",
-            )
+        because failing them failed too (the storage was down); the list is emptied
+        (:meth:`~spnas.search._waiting.WaitingLine.take_unabandoned`)."""
+        return self._line.take_unabandoned()
 
     def decide(self, study: Study, trial: FrozenTrial) -> Decision:
         """Wait until ``trial`` may decide, then decide (see the class docstring).
@@ -382,73 +341,28 @@ class SPNASSampler(BaseSampler):
         return self._decide(study, trial)[0]
 
     def _decide(self, study: Study, trial: FrozenTrial) -> tuple[Decision, bool]:
-        """:meth:`decide`, and whether the decision is already written on ``trial``."""
+        """:meth:`decide`, and whether the decision is already written on ``trial``: look at
+        the study (:meth:`_look`) until ``trial`` may decide, waiting in between as the look
+        says (in line, on a few running trials, or a growing step), or give up ``idle``."""
         config = self.config_for(study)
         direction = self.study_direction(study)
         started = time.monotonic()
         last_log: float | None = None
         max_step = MAX_WAIT_STEP_S
-        interval = self._beat_interval(study)
-        heartbeat = interval is not None
+        interval = self._line.beat_interval(study)
         if interval is not None:
-            # A waiting trial beats its own heart (_keep_alive): it must look at least once
+            # A waiting trial beats its own heart (keep_alive): it must look at least once
             # per heartbeat interval, or other workers fail it as stale.
             max_step = min(max_step, interval)
         step = min(config.search.wait_seconds, max_step)
         max_wait = self._max_wait if self._max_wait is not None else math.inf
         if not in_optimize_loop(study):
             max_wait = min(max_wait, self._ask_wait)
-        reason: str | None = None
+        deadline = started + max_wait
         while True:
-            trials = study.get_trials(deepcopy=False)
-            mine = Decision.of(next(t for t in trials if t.number == trial.number))
-            if mine is not None:  # a lower-numbered trial decided ahead for this one
-                return mine, True
-            blocking = [
-                t
-                for t in trials
-                if t.number < trial.number
-                and t.state == TrialState.RUNNING
-                and Decision.of(t) is None
-            ]
-            # What this wait is for, when a few trials say it: they alone are read until one
-            # of them changes, instead of the whole history at every look.
-            watched: list[FrozenTrial] = []
-            if blocking:
-                reason = f"waiting for trial(s) {[t.number for t in blocking[:5]]} to decide first"
-            else:
-                state = SearchState.from_trials(trials, config, direction)
-                fresh = self._fresh_failures(state) if heartbeat else []
-                if fresh:
-                    reason = f"waiting for the retry of failed trial(s) {fresh[:5]}, if any"
-                elif state.done:
-                    if in_optimize_loop(study):
-                        study.stop()
-                    idle = Decision(TrialKind.IDLE, round=state.round)
-                    self._decide_ahead(study, trials, trial, idle)
-                    return idle, False
-                elif state.next_kind is not None:
-                    decision = self._decision(state, trial.number)
-                    self._decide_ahead(study, trials, trial, decision)
-                    return decision, False
-                else:
-                    reason = state.waiting_for
-                    running = [t for t in trials if _is_running_decided(t)]
-                    if len(running) <= MAX_WATCHED:
-                        watched = running
-                queued = [
-                    t.number
-                    for t in trials
-                    if t.state == TrialState.WAITING and Decision.of(t) is not None
-                ]
-                if queued and not fresh:
-                    # A retry of a dead worker's trial waits in the queue, and what we wait for
-                    # may be that very retry: step aside, so that this worker's next trial
-                    # takes it from the queue, instead of every worker waiting for it forever.
-                    _logger.info(
-                        "trial %d: stepping aside for queued trial(s) %s", trial.number, queued
-                    )
-                    return Decision(TrialKind.IDLE, round=state.round), False
+            look = self._look(study, trial, config, direction, heartbeat=interval is not None)
+            if look.decision is not None:
+                return look.decision, look.written
             now = time.monotonic()
             if now - started >= max_wait:
                 # Expected in ask-and-tell (ask again later); worth a warning in a worker.
@@ -457,215 +371,92 @@ class SPNASSampler(BaseSampler):
                     "trial %d: idle after %.1f s %s",
                     trial.number,
                     now - started,
-                    reason,
+                    look.reason,
                 )
                 return Decision(TrialKind.IDLE), False
             if last_log is None or now - last_log >= LOG_EVERY_S:
-                _logger.info("trial %d: %s", trial.number, reason)
+                _logger.info("trial %d: %s", trial.number, look.reason)
                 last_log = now
-            self._keep_alive(study, trial)
-            deadline = started + max_wait
-            if blocking:
-                mine = self._wait_in_line(study, trial, blocking, deadline, max_step)
+            self._line.keep_alive(study, trial)
+            if look.blocking:
+                mine = self._line.wait_in_line(study, trial, look.blocking, deadline, max_step)
                 if mine is not None:
                     return mine, True
-                continue
-            if watched:
-                step = self._sleep_until_changed(
-                    study, trial, watched, step, min(max_step, MAX_WATCH_STEP_S), deadline
+            elif look.watched:
+                watch_step = min(max_step, MAX_WATCH_STEP_S)
+                step = self._line.sleep_until_changed(
+                    study, trial, look.watched, step, watch_step, deadline
                 )
-                continue
-            time.sleep(max(0.0, min(step, deadline - now)))
-            step = min(step * 1.5, max_step)
-
-    def _wait_in_line(
-        self,
-        study: Study,
-        trial: FrozenTrial,
-        blocking: list[FrozenTrial],
-        deadline: float,
-        max_step: float,
-    ) -> Decision | None:
-        """Wait until the lower-numbered trials ``blocking`` have decided (or stopped running),
-        reading one trial per look; returns ``trial``'s own decision when one of them decided
-        ahead for it (:meth:`_decide_ahead`), else ``None``.
-
-        Decisions come in trial-number order, so the lowest of them decides first: it alone
-        is read. It decides for the whole line at once and writes its own mark last
-        (:func:`_write_decisions`), so ``trial`` itself is read only once that mark is there:
-        by then a decision ahead for ``trial`` is written too. Reading ``trial`` at every
-        look as well doubled the polls that dominated the storage proxy's CPU after a
-        barrier. The lowest one decides for the whole line, so the pause between looks does
-        not grow with the length of the line: it is a tenth of the time waited so far (the
-        latency stays a tenth of the wait), between :data:`DECISION_S` and ``max_step``.
-        Returns early at ``deadline`` (:meth:`decide` then gives up); the heart beats twice
-        per heartbeat interval.
-        """
-        storage = storage_of(study)
-        ahead = [trial_id(t) for t in blocking]
-        beat = self._beat_period(study)
-        began = last_log = time.monotonic()
-        last_beat = -math.inf  # the first look beats: a trial that never beat is never stale
-        while True:
-            if not _undecided(storage.get_trial(ahead[0])):
-                mine = Decision.of(storage.get_trial(trial_id(trial)))
-                if mine is not None:
-                    return mine
-                # The line stopped short of ``trial``, or its head died undecided: drop the
-                # trials ahead that decided or stopped since the last look.
-                ahead.pop(0)
-                while ahead and not _undecided(storage.get_trial(ahead[0])):
-                    ahead.pop(0)
-                if not ahead:
-                    return None
-            now = time.monotonic()
-            if now >= deadline:
-                return None
-            if now - last_beat >= beat:
-                self._keep_alive(study, trial)
-                last_beat = now
-            if now - last_log >= LOG_EVERY_S:
-                _logger.info("trial %d: %d trial(s) ahead decide first", trial.number, len(ahead))
-                last_log = now
-            pause = min(max((now - began) / 10.0, DECISION_S), max_step)
-            time.sleep(max(0.0, min(pause, deadline - now)))
-
-    def _decide_ahead(
-        self, study: Study, trials: list[FrozenTrial], trial: FrozenTrial, decision: Decision
-    ) -> None:
-        """Decide and write, for the undecided trials above ``trial`` (waiting in line for
-        it), what each would decide itself right after ``trial`` took ``decision``.
-
-        After a barrier, hundreds of trials wait in line; deciding them one by one, each with
-        its own read of the whole history, made the last one wait hundreds of decisions
-        (measured: 506 s at 256 workers). Each decision ahead replays the history with the
-        decisions before it, as its own trial would; it stops at what the line must wait for
-        (a barrier, the end of a round); once the search is done, the whole line is ``idle``.
-        Queued retries and fresh failures need no check here: ``trial`` has just decided on
-        the same history, and decisions ahead add no failure. The decisions are written whole,
-        then marked (``spnas:kind``), and ``trial``'s own mark is written last (by :meth:`before_trial`): a trial that sees
-        every trial below it decided finds its own decision there, and never decides it a
-        second time (:func:`_write_decisions`).
-        """
-        line = [t for t in trials if t.number > trial.number and _undecided(t)]
-        if not line:
-            return
-        config = self.config_for(study)
-        direction = self.study_direction(study)
-        history = {t.number: t for t in trials}
-        history[trial.number] = _with_decision(trial, decision)
-        ahead: list[tuple[FrozenTrial, Decision]] = []
-        for waiting in line[:MAX_DECIDED_AHEAD]:
-            state = SearchState.from_trials(list(history.values()), config, direction)
-            if state.done:  # final: everyone in line is idle
-                ahead.append((waiting, Decision(TrialKind.IDLE, round=state.round)))
-            elif state.next_kind is None:
-                break
             else:
-                ahead.append((waiting, self._decision(state, waiting.number)))
-            history[waiting.number] = _with_decision(waiting, ahead[-1][1])
-        if ahead:
-            _write_decisions(storage_of(study), ahead)
-            _logger.info(
-                "trial %d: decided ahead for trial(s) %d-%d",
-                trial.number,
-                ahead[0][0].number,
-                ahead[-1][0].number,
-            )
+                time.sleep(max(0.0, min(step, deadline - now)))
+                step = min(step * 1.5, max_step)
 
-    def _sleep_until_changed(
+    def _look(
         self,
         study: Study,
         trial: FrozenTrial,
-        watched: list[FrozenTrial],
-        step: float,
-        max_step: float,
-        deadline: float = math.inf,
-    ) -> float:
-        """Sleep, reading only the ``watched`` trials, until one of them changed its state or
-        decided; returns the next step.
+        config: SearchConfig,
+        direction: str,
+        *,
+        heartbeat: bool,
+    ) -> _Look:
+        """One read of the whole history: ``trial``'s decision if a trial below wrote it
+        ahead, or if ``trial`` may decide now (then the line behind it is decided too); else
+        why it waits, and the few trials to read meanwhile."""
+        trials = study.get_trials(deepcopy=False)
+        mine = Decision.of(next(t for t in trials if t.number == trial.number))
+        if mine is not None:  # a lower-numbered trial decided ahead for this one
+            return _Look(mine, written=True)
+        blocking = [
+            t
+            for t in trials
+            if t.number < trial.number and t.state == TrialState.RUNNING and Decision.of(t) is None
+        ]
+        if blocking:
+            numbers = [t.number for t in blocking[:5]]
+            return _Look(
+                reason=f"waiting for trial(s) {numbers} to decide first", blocking=blocking
+            )
+        state = SearchState.from_trials(trials, config, direction)
+        fresh = self._line.fresh_failures(state) if heartbeat else []
+        if fresh:
+            return _Look(reason=f"waiting for the retry of failed trial(s) {fresh[:5]}, if any")
+        if state.done or state.next_kind is not None:
+            return _Look(self._decide_now(study, trials, trial, state, direction))
+        queued = [
+            t.number for t in trials if t.state == TrialState.WAITING and Decision.of(t) is not None
+        ]
+        if queued:
+            # A retry of a dead worker's trial waits in the queue, and what we wait for may be
+            # that very retry: step aside, so that this worker's next trial takes it from the
+            # queue, instead of every worker waiting for it forever.
+            _logger.info("trial %d: stepping aside for queued trial(s) %s", trial.number, queued)
+            return _Look(Decision(TrialKind.IDLE, round=state.round))
+        # What this wait is for, when a few trials say it: they alone are read until one of
+        # them changes, instead of the whole history at every look.
+        running = [t for t in trials if is_running_decided(t)]
+        return _Look(
+            reason=state.waiting_for, watched=running if len(running) <= MAX_WATCHED else []
+        )
 
-        Returns early (for the full look in :meth:`decide`) after :data:`LOG_EVERY_S`, and
-        at ``deadline``. Dead workers' trials still go stale: the heart beats
-        (:meth:`_keep_alive`) twice per heartbeat interval.
-        """
-        storage = storage_of(study)
-        seen = [_fingerprint(t) for t in watched]
-        beat = self._beat_period(study)
-        started = last_beat = time.monotonic()
-        while True:
-            time.sleep(max(0.0, min(step, deadline - time.monotonic())))
-            step = min(step * 1.5, max_step)
-            if [_fingerprint(storage.get_trial(trial_id(t))) for t in watched] != seen:
-                return step
-            now = time.monotonic()
-            if now - started >= LOG_EVERY_S or now >= deadline:
-                return step
-            if now - last_beat >= beat:
-                self._keep_alive(study, trial)
-                last_beat = now
-
-    def _fresh_failures(self, state: SearchState) -> list[int]:
-        """Failed trials first seen less than :data:`RETRY_SETTLE_S` ago (not yet retried)."""
-        now = time.monotonic()
-        fresh = []
-        for record in state.records:
-            if record.state == TrialState.FAIL:
-                seen = self._failures_seen.setdefault(record.number, now)
-                if now - seen < RETRY_SETTLE_S:
-                    fresh.append(record.number)
-        return fresh
-
-    def _beat_interval(self, study: Study) -> float | None:
-        """Seconds between two beats of a running trial: Optuna's heartbeat interval, or
-        ``search.beat_seconds`` on a storage without heartbeats (:mod:`spnas.search._liveness`);
-        ``None`` on an in-memory storage, which no other process shares."""
-        storage = storage_of(study)
-        if is_heartbeat_enabled(storage):
-            return heartbeat_interval(storage)
-        if needs_beats(storage):
-            return self.config_for(study).search.beat_seconds
-        return None
-
-    def _beat_period(self, study: Study) -> float:
-        """How often a waiting trial beats (:meth:`_keep_alive`): twice per interval."""
-        interval = self._beat_interval(study)
-        return math.inf if interval is None else interval / 2.0
-
-    def _keep_alive(self, study: Study, trial: FrozenTrial) -> None:
-        # Optuna beats a trial's heart only while its objective runs; a trial waiting here
-        # beats its own, and fails the stale trials of dead workers so that their barriers
-        # are retried instead of blocking everyone.
-        storage = storage_of(study)
-        if is_heartbeat_enabled(storage):
-            storage.record_heartbeat(trial_id(trial))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
-            # Killed before their first heartbeat: failed (and retried, if decided) likewise.
-            for silent in silent_trials(storage, study_id(study)):
-                # Every waiting worker finds it: only the one that fails it queues the retry.
-                retried = requeue_interrupted(study, silent, claim=True)
-                _logger.warning(
-                    "trial id %d: running past the grace period without a heartbeat (its "
-                    "process died): failed%s",
-                    silent,
-                    "" if retried is None else f"; trial {retried} queued for a retry",
-                )
-        elif needs_beats(storage):
-            # No heartbeats (the gRPC proxy): beats in system attributes, watched here.
-            record_beat(storage, trial_id(trial), next_beat())
-            if self._watch is None:
-                self._watch = BeatWatch(self.config_for(study).search.beat_grace_seconds)
-            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            for dead in self._watch.dead(running, exclude=trial_id(trial)):
-                retried = requeue_interrupted(study, dead, claim=True)
-                _logger.warning(
-                    "trial id %d: its beat stood still for %.0f s (its process died): failed%s",
-                    dead,
-                    self.config_for(study).search.beat_grace_seconds,
-                    "" if retried is None else f"; trial {retried} queued for a retry",
-                )
+    def _decide_now(
+        self,
+        study: Study,
+        trials: list[FrozenTrial],
+        trial: FrozenTrial,
+        state: SearchState,
+        direction: str,
+    ) -> Decision:
+        """Decide ``trial`` on ``state`` (``idle`` once the search is done, which stops the
+        optimize loop), and decide ahead for the line behind it."""
+        if state.done:
+            if in_optimize_loop(study):
+                study.stop()
+            decision = Decision(TrialKind.IDLE, round=state.round)
+        else:
+            decision = self._decision(state, trial.number)
+        self._line.decide_ahead(study, trials, trial, decision, direction, self._decision)
+        return decision
 
     def _decision(self, state: SearchState, number: int) -> Decision:
         config = state.config
@@ -735,61 +526,6 @@ def _earlier_retry(study: Study, trial: FrozenTrial) -> int | None:
         if (other.system_attrs.get("retry_history") or [])[-1:] == history[-1:]:
             return other.number
     return None
-
-
-def _with_decision(trial: FrozenTrial, decision: Decision) -> FrozenTrial:
-    """A copy of the running ``trial`` as the history will hold it once ``decision`` is written."""
-    decided = copy.copy(trial)
-    decided.system_attrs = {**trial.system_attrs, **decision.to_attrs()}
-    return decided
-
-
-def _write_decisions(storage: Any, decisions: Sequence[tuple[FrozenTrial, Decision]]) -> None:
-    """Write the decisions of the trials in line behind a decider, marks (``spnas:kind``) last.
-
-    Other workers see a trial as decided once its mark is there. Every decision is written
-    whole before any mark (a half-written one, a mark without the round, once let a second
-    worker decide the same barrier), and the decider's own mark comes after all of them
-    (:meth:`SPNASSampler.before_trial`): a trial that sees every lower trial decided already
-    holds its own decision. Writes go through :data:`WRITE_THREADS` threads: one attribute is
-    one round trip, and a line of 255 decisions written one after another took seconds
-    through the storage proxy. A trial that finished meanwhile (its worker died or gave up)
-    is left as it is.
-    """
-
-    def write(item: tuple[FrozenTrial, dict[str, Any]]) -> bool:
-        trial, attrs = item
-        try:
-            for key, value in attrs.items():
-                storage.set_trial_system_attr(trial_id(trial), key, value)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            return False
-        return True
-
-    bodies = [(t, {DECISION_ATTR: d.to_attrs()[DECISION_ATTR]}) for t, d in decisions]
-    marks = [(t, {KIND_ATTR: d.kind.value}) for t, d in decisions]
-    with concurrent.futures.ThreadPoolExecutor(WRITE_THREADS) as pool:
-        whole = list(pool.map(write, bodies))
-        list(pool.map(write, [mark for mark, ok in zip(marks, whole, strict=True) if ok]))
-
-
-def _undecided(trial: FrozenTrial) -> bool:
-    return trial.state == TrialState.RUNNING and Decision.of(trial) is None
-
-
-def _is_running_decided(trial: FrozenTrial) -> bool:
-    """Running (or queued) with a decision that counts: an ``idle`` trial changes nothing."""
-    decision = Decision.of(trial)
-    return (
-        trial.state in (TrialState.RUNNING, TrialState.WAITING)
-        and decision is not None
-        and decision.kind != TrialKind.IDLE
-    )
-
-
-def _fingerprint(trial: FrozenTrial) -> tuple[TrialState, bool]:
-    """What of ``trial`` a waiting decision depends on: its state, and whether it decided."""
-    return trial.state, Decision.of(trial) is not None
 
 
 def get_decision(trial: optuna.Trial | FrozenTrial) -> Decision:

@@ -1,6 +1,6 @@
-"""Every use of Optuna's private API — the adapter spnas/search/_optuna.py, and the SQLite
-claims' conditional update in spnas/storage.py — pinned to the Optuna version of
-requirements.txt: when Optuna moves these internals, this fails first and names what moved."""
+"""Every use of Optuna's private API — the adapters spnas/search/_optuna.py (study and trial)
+and spnas/storage/_optuna.py (storage) — pinned to the Optuna version of requirements.txt:
+when Optuna moves these internals, this fails first and names what moved."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
 
+from spnas import storage as storage_adapter
 from spnas.search import _optuna as adapter
-from spnas.storage import change_trial_state_if
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,8 +23,9 @@ def test_pinned_to_the_required_optuna() -> None:
     pin = re.search(r"^optuna==(\S+)$", (ROOT / "requirements.txt").read_text(), re.M)
     assert pin is not None, "requirements.txt must pin optuna"
     assert optuna.__version__ == pin[1], (
-        f"optuna {optuna.__version__} is installed, spnas/search/_optuna.py was written against "
-        f"{pin[1]}: check every private name it uses, then update the pin"
+        f"optuna {optuna.__version__} is installed, spnas/search/_optuna.py and "
+        f"spnas/storage/_optuna.py were written against {pin[1]}: check every private name "
+        "they use, then update the pin"
     )
 
 
@@ -48,7 +49,7 @@ def test_ids_and_storage_reach_the_trial(study: optuna.Study) -> None:
 def test_params_in_one_call(study: optuna.Study) -> None:
     trial = study.ask()
     distributions = {"blocks": IntDistribution(1, 60), "stages": IntDistribution(1, 8)}
-    adapter.set_trial_params(
+    storage_adapter.set_trial_params(
         adapter.storage_of(study),
         adapter.trial_id(trial),
         {"blocks": 9, "stages": 4},
@@ -63,9 +64,9 @@ def test_heartbeats(tmp_path: Path) -> None:
         f"sqlite:///{tmp_path / 'h.db'}", heartbeat_interval=2, grace_period=4
     )
     study = optuna.create_study(storage=storage)
-    assert adapter.is_heartbeat_enabled(adapter.storage_of(study))
-    assert adapter.heartbeat_interval(adapter.storage_of(study)) == 2.0
-    assert not adapter.is_heartbeat_enabled(adapter.storage_of(optuna.create_study()))
+    assert storage_adapter.is_heartbeat_enabled(adapter.storage_of(study))
+    assert storage_adapter.heartbeat_interval(adapter.storage_of(study)) == 2.0
+    assert not storage_adapter.is_heartbeat_enabled(adapter.storage_of(optuna.create_study()))
 
 
 def test_the_optimize_loop_is_told_apart(study: optuna.Study) -> None:
@@ -102,11 +103,11 @@ def test_a_state_changes_only_from_the_state_named(tmp_path: Path) -> None:
     study.enqueue_trial({})
     waiting = adapter.trial_id(study.get_trials()[0])
     claim = (TrialState.WAITING, TrialState.RUNNING, "datetime_start")
-    assert change_trial_state_if(storage, waiting, *claim)
-    assert not change_trial_state_if(storage, waiting, *claim)  # RUNNING now
+    assert storage_adapter.change_trial_state_if(storage, waiting, *claim)
+    assert not storage_adapter.change_trial_state_if(storage, waiting, *claim)  # RUNNING now
     trial = storage.get_trial(waiting)
     assert trial.state == TrialState.RUNNING and trial.datetime_start is not None
     fail = (TrialState.RUNNING, TrialState.FAIL, "datetime_complete")
-    assert change_trial_state_if(storage, waiting, *fail)
+    assert storage_adapter.change_trial_state_if(storage, waiting, *fail)
     assert storage.get_trial(waiting).state == TrialState.FAIL
     assert storage.get_trial(waiting).datetime_complete is not None

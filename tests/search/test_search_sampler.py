@@ -344,6 +344,7 @@ def test_waiting_trial_looks_once_per_heartbeat_interval(
     """A waiting trial beats its own heart; with a 1 s heartbeat it must not sleep longer, or
     other workers fail it as stale (grace 3 s) while it waits for a long barrier."""
     import spnas.search._sampler as sampler_module
+    import spnas.search._waiting as waiting_module
 
     config = make_config(tmp_path, search={"wait_seconds": 0.5})
     url = f"sqlite:///{tmp_path / 'beat.db'}"
@@ -356,6 +357,7 @@ def test_waiting_trial_looks_once_per_heartbeat_interval(
     study._storage.create_new_trial(study._study_id, template_trial=_seed_trial())
     clock = _FakeClock()
     monkeypatch.setattr(sampler_module, "time", clock)
+    monkeypatch.setattr(waiting_module, "time", clock)
     waiter = study._storage.get_trial(study._storage.create_new_trial(study._study_id))
     assert study.sampler.decide(study, waiter).kind == "idle"  # gave up after 120 fake s
     if heartbeat:
@@ -371,6 +373,7 @@ def test_a_fresh_failure_waits_for_its_retry(
     """Optuna fails a stale trial, then queues its retry: two steps. A worker deciding in
     between must not start a second attempt of the barrier (seen: the seed trained twice)."""
     import spnas.search._sampler as sampler_module
+    import spnas.search._waiting as waiting_module
 
     # No back-off between barrier attempts: the wait measured here is the retry's settling.
     config = make_config(tmp_path, search={"barrier_backoff_seconds": 0})
@@ -393,13 +396,14 @@ def test_a_fresh_failure_waits_for_its_retry(
 
         clock.sleep = sleep_then_retry  # type: ignore[method-assign]
     monkeypatch.setattr(sampler_module, "time", clock)
+    monkeypatch.setattr(waiting_module, "time", clock)
     decision = study.sampler.decide(study, waiter)
     if retried:
         assert decision.kind == "idle"  # steps aside: its worker's next trial is the retry
-        assert clock.now < sampler_module.RETRY_SETTLE_S
+        assert clock.now < waiting_module.RETRY_SETTLE_S
     else:
         assert decision.kind == "seed"  # no retry came: the state machine's own retry
-        assert clock.now >= sampler_module.RETRY_SETTLE_S
+        assert clock.now >= waiting_module.RETRY_SETTLE_S
 
 
 def test_the_decision_is_published_kind_last(tmp_path: Path) -> None:

@@ -62,6 +62,7 @@ def test_a_trial_in_line_reads_only_the_trial_ahead(
     waiter then decides the round's control. Its looks in between read one trial each: the
     head of the line (the waiter itself only once the head has decided)."""
     import spnas.search._sampler as sampler_module
+    import spnas.search._waiting as waiting_module
 
     study = _study(tmp_path, "line.db", wait=600)
     storage = study._storage
@@ -85,6 +86,7 @@ def test_a_trial_in_line_reads_only_the_trial_ahead(
 
     clock = _Clock(on_sleep)
     monkeypatch.setattr(sampler_module, "time", clock)
+    monkeypatch.setattr(waiting_module, "time", clock)
     full_reads = looks = watches = 0
     get_all_trials, get_trial = storage.get_all_trials, storage.get_trial
 
@@ -140,7 +142,7 @@ def test_the_first_in_line_decides_for_the_whole_line(
     """After a barrier the lowest trial in line decides for every trial behind it, each as
     it would have decided itself one by one (measured before: at 256 workers the last of
     the line waited 506 s for the decisions ahead of it, one full history read each)."""
-    import spnas.search._sampler as sampler_module
+    import spnas.search._waiting as waiting_module
 
     study, line = _line_after_the_seed(tmp_path, "ahead.db", 6)
     first = study.sampler.decide(study, line[0])
@@ -160,7 +162,7 @@ def test_the_first_in_line_decides_for_the_whole_line(
     assert full_reads == 1
 
     # The same line decided one by one: the same decisions.
-    monkeypatch.setattr(sampler_module, "MAX_DECIDED_AHEAD", 0)
+    monkeypatch.setattr(waiting_module, "MAX_DECIDED_AHEAD", 0)
     reference_study, reference_line = _line_after_the_seed(tmp_path, "one-by-one.db", 6)
     one_by_one = []
     for trial in reference_line:
@@ -263,8 +265,7 @@ def test_a_trial_killed_before_its_first_heartbeat_is_failed_by_the_line(
     waiting in line fails such trials once they are older than the grace period."""
     import time
 
-    from spnas.search._optuna import silent_trials
-    from spnas.storage import make_storage
+    from spnas.storage import make_storage, silent_trials
 
     storage = make_storage(
         f"sqlite:///{tmp_path / 'silent.db'}", heartbeat_interval=1, grace_period=1
@@ -279,6 +280,6 @@ def test_a_trial_killed_before_its_first_heartbeat_is_failed_by_the_line(
     assert silent_trials(study._storage, sid) == []  # younger than the grace period
     time.sleep(1.2)
     assert silent_trials(study._storage, sid) == [dead]
-    study.sampler._keep_alive(study, beating)
+    study.sampler._line.keep_alive(study, beating)
     assert study._storage.get_trial(dead).state == TrialState.FAIL
     assert study._storage.get_trial(beating._trial_id).state == TrialState.RUNNING

@@ -1,0 +1,121 @@
+"""Every use of Optuna's private API by the storage layer, in one place.
+
+The storage layer needs a few things Optuna exposes only privately: the trials table, to change
+a trial's state only from the state expected in one conditional ``UPDATE`` (what makes claiming
+a trial atomic on SQLite) and to find the trials of processes killed before their first
+heartbeat in the heartbeats table; whether a storage records heartbeats and how often; and one
+transaction for several params on an RDB storage. The study- and trial-level uses are the
+search's (:mod:`spnas.search._optuna`). ``tests/search/test_search_optuna_adapter.py`` is
+pinned to the Optuna version of ``requirements.txt`` and fails loudly when any of these moves.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import sqlalchemy
+from optuna.distributions import BaseDistribution
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages._heartbeat import is_heartbeat_enabled as _is_heartbeat_enabled
+from optuna.storages._rdb.models import TrialModel
+from optuna.trial import TrialState
+
+__all__ = [
+    "change_trial_state_if",
+    "heartbeat_interval",
+    "is_heartbeat_enabled",
+    "set_trial_params",
+    "silent_trials",
+]
+
+
+def change_trial_state_if(
+    storage: RDBStorage, trial: int, old: TrialState, new: TrialState, stamp: str
+) -> bool:
+    """Set the state of the trial with storage id ``trial`` to ``new`` only if it is ``old``,
+    and its column ``stamp`` (``datetime_start`` or ``datetime_complete``) to now, in one
+    conditional ``UPDATE``: atomic even on SQLite, which has no row locks. Whether it changed.
+
+    It writes Optuna's private trials table (``optuna.storages._rdb.models.TrialModel``).
+    """
+    table = TrialModel.__table__
+    statement = (
+        sqlalchemy.update(table)
+        .where(table.c.trial_id == trial, table.c.state == old)
+        .values({"state": new, stamp: datetime.datetime.now()})
+    )
+    with storage.engine.begin() as connection:
+        return connection.execute(statement).rowcount == 1
+
+
+def is_heartbeat_enabled(storage: BaseStorage) -> bool:
+    """Whether ``storage`` records heartbeats (and fails stale trials)."""
+    return _is_heartbeat_enabled(storage)
+
+
+def heartbeat_interval(storage: BaseStorage) -> float:
+    """Seconds between two heartbeats of a running trial (heartbeat storages only)."""
+    return float(storage.get_heartbeat_interval())  # type: ignore[attr-defined]
+
+
+def set_trial_params(
+    storage: Any,
+    trial: int,
+    values: dict[str, Any],
+    distributions: dict[str, BaseDistribution],
+) -> None:
+    """Write params of the trial with storage id ``trial``, in one transaction on an RDB
+    storage (Optuna's public API commits once per param: 10 times slower on SQLite, where
+    every commit waits for the disk). The distributions must be fixed ones, so Optuna's
+    compatibility check (a query per param) has nothing to find."""
+    backend = getattr(storage, "_backend", storage)
+    if isinstance(backend, RDBStorage):
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(backend.scoped_session, True) as session:
+            for name, value in values.items():
+                distribution = distributions[name]
+                backend._set_trial_param_without_commit(
+                    session,
+                    trial,
+                    name,
+                    distribution.to_internal_repr(value),
+                    distribution,
+                    distribution,
+                )
+        return
+    for name, value in values.items():
+        distribution = distributions[name]
+        storage.set_trial_param(trial, name, distribution.to_internal_repr(value), distribution)
+
+
+def silent_trials(storage: BaseStorage, study: int) -> list[int]:
+    """Storage ids of the RUNNING trials of the study with storage id ``study`` that never
+    recorded a heartbeat and started longer ago than the storage's grace period (RDB storages
+    with heartbeats; else none).
+
+    Optuna's :func:`~optuna.storages.fail_stale_trials` only fails trials whose last heartbeat
+    is old: a trial whose process was killed before its first heartbeat (between creating it
+    and deciding) would stay RUNNING for good, and every trial behind it in line would wait.
+    """
+    from optuna.storages._rdb.models import TrialHeartbeatModel
+
+    backend = getattr(storage, "_backend", storage)
+    if not isinstance(backend, RDBStorage) or not is_heartbeat_enabled(backend):
+        return []
+    grace = backend.grace_period or 2 * heartbeat_interval(backend)
+    started_before = datetime.datetime.now() - datetime.timedelta(seconds=grace)
+    trials, beats = TrialModel.__table__, TrialHeartbeatModel.__table__
+    statement = (
+        sqlalchemy.select(trials.c.trial_id)
+        .select_from(trials.outerjoin(beats, beats.c.trial_id == trials.c.trial_id))
+        .where(
+            trials.c.study_id == study,
+            trials.c.state == TrialState.RUNNING,
+            trials.c.datetime_start < started_before,
+            beats.c.trial_heartbeat_id.is_(None),
+        )
+    )
+    with backend.engine.connect() as connection:
+        return [row[0] for row in connection.execute(statement)]
