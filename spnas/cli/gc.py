@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     store = make_artifact_store(config.study.artifacts)
     garbage = collect_garbage(study, config, store, **options)
     print(
-        f"deleted {len(garbage.artifacts)} artifact(s) from {config.study.artifacts} and the "
-        f"scratch files of {len(garbage.trial_dirs)} finished trial folder(s)"
+        f"deleted {len(garbage.artifacts)} artifact(s) from {config.study.artifacts}, the "
+        f"scratch files of {len(garbage.trial_dirs)} finished trial folder(s) and "
+        f"{len(garbage.checkpoints)} checkpoint folder(s) no retry resumes from"
     )
     return 0

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import logging
 import math
 import os
+import shutil
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -215,15 +218,11 @@ class Objective:
         prunable = decision.kind not in UNPRUNABLE_KINDS and not decision.repeat
         reporter = OptunaReporter(trial, self.config.data.metric, prunable=prunable)
         self._pretrain_iters = 0
-        if decision.kind == TrialKind.VERIFY:
-            seed = self.config.search.seed + (decision.repeat or 0)
-        elif decision.kind == TrialKind.FINAL:
-            seed = self.config.final_schedule.seed
-        else:
-            # A control's noise repeat or a candidate's re-evaluation (``repeat`` k): the same
-            # network and weights, another training seed.
-            seed = self.config.schedule.seed + (decision.repeat or 0)
+        seed = trial_seed(self.config, decision)
         trial.set_user_attr(SEED_ATTR, seed)
+        # Kept across retries of the decision (preemption, a dead worker, a storage error),
+        # deleted once it is done: complete, pruned or diverged.
+        checkpoints = checkpoint_dir(self.workdir, decision, seed)
         try:
             if decision.kind == TrialKind.VERIFY:
                 retrained = retrain(
@@ -236,6 +235,7 @@ class Objective:
                     engine=self.engine,
                     data=data,
                     reporter=reporter,
+                    checkpoint_dir=checkpoints,
                 )
                 result = retrained.detection
                 self._pretrain_iters = retrained.pretrained.iterations
@@ -249,9 +249,19 @@ class Objective:
                 )
                 schedule = dataclasses.replace(schedule, seed=seed)
                 result = self.engine.train_eval(
-                    spec, init, schedule, data, reporter, out_dir=out_dir
+                    spec,
+                    init,
+                    schedule,
+                    data,
+                    reporter,
+                    out_dir=out_dir,
+                    checkpoint_dir=checkpoints,
                 )
+        except optuna.TrialPruned:
+            remove_checkpoints(checkpoints)
+            raise
         except TrialDiverged as exc:
+            remove_checkpoints(checkpoints)
             raise record_divergence(trial, decision, exc, seed) from exc
         if decision.kind != TrialKind.VERIFY:
             # Verification retrains from scratch: its weights are never a parent.
@@ -278,6 +288,7 @@ class Objective:
         # The store holds the weights now; the trial folder keeps logs and metrics only.
         for path in out_dir.glob("*.pth"):
             path.unlink()
+        remove_checkpoints(checkpoints)
         self.prune_weights(trial.study, keep={trial.number})
         return value
 
@@ -425,6 +436,37 @@ class Objective:
         remove_weights(study, stale, self.artifact_store)
 
 
+def trial_seed(config: SearchConfig, decision: Decision) -> int:
+    """The training seed of ``decision``: the same for every retry of it."""
+    if decision.kind == TrialKind.VERIFY:
+        return config.search.seed + (decision.repeat or 0)
+    if decision.kind == TrialKind.FINAL:
+        return config.final_schedule.seed
+    # A control's noise repeat or a candidate's re-evaluation (``repeat`` k): the same
+    # network and weights, another training seed.
+    return config.schedule.seed + (decision.repeat or 0)
+
+
+def checkpoint_dir(workdir: str | Path, decision: Decision, seed: int) -> Path:
+    """The folder of ``decision``'s resumable training checkpoints, trained with ``seed``:
+    ``workdir/checkpoints/<key>``, ``key`` a hash of both.
+
+    Keyed by what is trained, not by the trial number: a retry (a new trial with the same
+    decision) finds the checkpoints of the attempt it replaces.
+    """
+    text = json.dumps({**decision.to_attrs(), "seed": seed}, sort_keys=True)
+    key = hashlib.sha256(text.encode()).hexdigest()[:20]
+    return Path(workdir) / CHECKPOINTS / key
+
+
+def remove_checkpoints(folder: Path) -> bool:
+    """Delete a decision's checkpoint folder (its training is done); whether there was one."""
+    if not folder.is_dir():
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return True
+
+
 def record_divergence(
     trial: optuna.Trial, decision: Decision, exc: TrialDiverged, seed: int
 ) -> optuna.TrialPruned:
@@ -521,6 +563,9 @@ def check_still_running(trial: optuna.Trial) -> None:
             "worker was paused): its result is discarded, its retry trains it again"
         )
 
+
+#: The folder of ``study.workdir`` that holds the decisions' checkpoint folders.
+CHECKPOINTS = "checkpoints"
 
 #: Files of a trial's folder that only matter while it runs (weights, pretraining
 #: checkpoints, partial writes); logs and metrics stay.

@@ -112,6 +112,7 @@ def retrain(
     engine: Engine | None = None,
     data: DataSpec | None = None,
     reporter: Reporter | None = None,
+    checkpoint_dir: str | Path | None = None,
 ) -> Retrained:
     """Train the detector of ``arch`` (and ``parallel``) from scratch, as every other network.
 
@@ -129,6 +130,8 @@ def retrain(
         engine: the engine; by default the study's.
         data: the data set; by default the study's.
         reporter: receives the evaluations (e.g. an Optuna reporter).
+        checkpoint_dir: where the detection training keeps resumable checkpoints (see
+            :meth:`~spnas.engines.Engine.train_eval`); the pretraining starts again.
 
     Returns:
         The pretraining (weights, steps) and the detection trial's result (metrics, weights,
@@ -156,5 +159,6 @@ def retrain(
         data,
         reporter or NullReporter(),
         out_dir=out_dir,
+        checkpoint_dir=checkpoint_dir,
     )
     return Retrained(pretrained, detection)
