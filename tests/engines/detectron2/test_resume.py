@@ -47,16 +47,8 @@ def data(tmp_path_factory) -> DataSpec:
 def _train(data: DataSpec, out: Path, reporter: Recorder, checkpoint_dir: Path | None):
     engine = Detectron2Engine(config_path("faster_rcnn_spnet_fpn_cpu.yaml"), show_progress=False)
     spec = ModelSpec("BB(11,d1,d1,d1)", num_classes=2, base_width=8, fpn_channels=16, anchor_size=8)
-    schedule = Schedule.fast(
-        iters=ITERS,
-        ims_per_batch=2,
-        warmup_iters=2,
-        min_size=96,
-        max_size=96,
-        num_workers=0,
-        device="cpu",
-        seed=3,
-    )
+    tiny = {"iters": ITERS, "ims_per_batch": 2, "warmup_iters": 2, "min_size": 96, "max_size": 96}
+    schedule = Schedule.fast(**tiny, num_workers=0, device="cpu", seed=3)
     return engine.train_eval(
         spec, None, schedule, data, reporter, out_dir=out, checkpoint_dir=checkpoint_dir
     )
