@@ -28,7 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="age after which a stored file that no trial records is deleted (default: 3600)",
+        help=(
+            "age after which a stored file that no trial records, or a checkpoint folder of a "
+            "decision that no trial runs or waits to run, is deleted (default: 3600)"
+        ),
     )
     parser.set_defaults(func=run)
 

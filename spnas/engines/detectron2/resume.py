@@ -8,9 +8,11 @@ batches, with other flips and other sampled proposals, than an uninterrupted one
 (:func:`random_state`) and its sampler's seed in every checkpoint, and on resume starts the
 sampler where the interrupted run had come to (:class:`ResumableSampler`) and restores the
 random state (:class:`ResumedBatches`). With ``DATALOADER.NUM_WORKERS: 0`` and images of one
-aspect-ratio group, a resumed run on the CPU computes exactly what the uninterrupted one does;
-with loader worker processes (seeded anew by the loader) or several aspect-ratio groups (whose
-half-filled batches are not saved) it is the same training with other random draws.
+aspect-ratio group, a resumed run on the CPU in one process computes exactly what the
+uninterrupted one does; with loader worker processes (seeded anew by the loader), several
+aspect-ratio groups (whose half-filled batches are not saved) or several processes (the main
+process saves its random state, every process restores it) it is the same training with other
+random draws.
 
 Everything saved is tensors, numbers and tuples, read back by
 :func:`spnas._io.load_tensor_file` (no code runs).
