@@ -36,7 +36,7 @@ from spnas.search._artifacts import (
 from spnas.search._config import SearchConfig
 from spnas.search._notes import trial_note
 from spnas.search._optuna import storage_of, trial_id
-from spnas.search._retrain import pretrain_backbone, retrain
+from spnas.search._retrain import keep_sidecar, pretrain_backbone, retrain
 from spnas.search._sampler import get_decision
 from spnas.search._signals import raise_if_preempted
 from spnas.search._state import (
@@ -240,7 +240,7 @@ class Objective:
                 result = retrained.detection
                 self._pretrain_iters = retrained.pretrained.iterations
             else:
-                init = self.init_weights(trial, decision, out_dir)
+                init = self.init_weights(trial, decision, out_dir, checkpoints)
                 spec = self.config.model_spec(decision.arch, decision.parallel, self._num_classes)
                 schedule = (
                     self.config.final_schedule
@@ -316,9 +316,14 @@ class Objective:
         return fetch_weights(study, number, self.artifact_store, path)
 
     def init_weights(
-        self, trial: optuna.Trial, decision: Decision, out_dir: Path
+        self,
+        trial: optuna.Trial,
+        decision: Decision,
+        out_dir: Path,
+        checkpoints: Path | None = None,
     ) -> InitWeights | None:
-        """The weights the trial starts from (docs/design.md §4)."""
+        """The weights the trial starts from (docs/design.md §4); a reignition pretrains in
+        ``checkpoints`` (see :meth:`reignite`)."""
         study = trial.study
         if decision.kind == TrialKind.SEED:
             return InitWeights(self.seed_backbone())
@@ -326,7 +331,7 @@ class Objective:
         parent_path = self.fetch(study, decision.parent, out_dir / "parent.pth")
         parent = get_decision(study.get_trials(deepcopy=False)[decision.parent])
         if decision.kind == TrialKind.REIGNITE:
-            return InitWeights(self.reignite(decision, parent_path, out_dir))
+            return InitWeights(self.reignite(decision, parent_path, out_dir, checkpoints))
         return InitWeights(
             parent_path,
             parent_arch=parent.arch,
@@ -355,15 +360,28 @@ class Objective:
         self._pretrain_iters += pretrained.iterations
         return pretrained.weights
 
-    def reignite(self, decision: Decision, parent_path: Path, out_dir: Path) -> Path:
-        """Pretrain the round's best backbone, put it back into its detector's weights."""
+    def reignite(
+        self,
+        decision: Decision,
+        parent_path: Path,
+        out_dir: Path,
+        checkpoints: Path | None = None,
+    ) -> Path:
+        """Pretrain the round's best backbone, put it back into its detector's weights.
+
+        The pretraining writes its backbone and its epoch checkpoint (``<out>.ckpt``) in
+        ``checkpoints`` (the decision's checkpoint folder; ``out_dir`` when ``None``): a
+        retry of the decision resumes it at the last finished epoch.
+        """
         from spnas.modeling import split_backbone
 
         state = load_tensor_file(parent_path, "parent weights")
         prefix, backbone = split_backbone(state)
         init = out_dir / "parent_backbone.pth"
         atomic_write(init, functools.partial(torch.save, backbone))
-        pretrained = self._pretrain(decision.arch, out_dir / "reignited_backbone.pth", init)
+        out = (checkpoints or out_dir) / "reignited_backbone.pth"
+        pretrained = self._pretrain(decision.arch, out, init)
+        keep_sidecar(pretrained, out_dir)
         fresh = load_tensor_file(pretrained, "reignited backbone")
         state.update({prefix + k: v for k, v in fresh.items()})
         composed = out_dir / "reignited.pth"

@@ -6,6 +6,8 @@
   checkpointed iteration and ends with exactly the value of an uninterrupted run of the same
   seed; its checkpoint folder is deleted once it completed.
 - A pruned trial's checkpoints are deleted (pruning is final).
+- A reignition interrupted mid-pretraining resumes at its last finished epoch (its ``.ckpt``
+  lies in the decision's checkpoint folder, not in the trial's).
 - Garbage collection keeps the checkpoints of decisions that a trial runs or waits to run and
   deletes those of decisions done elsewhere, or abandoned for longer than ``min_age``.
 """
@@ -20,12 +22,13 @@ from typing import Any
 import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
-from search_doubles import FakeEngine, make_config
+from search_doubles import SEED_ARCH, FakeEngine, make_config, reignite_decision
 
 from spnas.engines.detectron2 import Detectron2Engine, config_path
 from spnas.search import Decision, Objective, create_search_study, run_worker
 from spnas.search._gc import collect_stale_checkpoints
 from spnas.search._objective import checkpoint_dir, trial_seed
+from spnas.search._signals import Preempted
 from spnas.search._state import TrialKind
 
 #: 8 iterations, a checkpoint every 2 (a quarter of the run); SIGTERM at iteration 5, after
@@ -192,3 +195,35 @@ def test_gc_keeps_the_checkpoints_of_decisions_that_run_or_wait(
     # A failed decision's checkpoints wait for a retry (a barrier's) up to min_age.
     assert gone == ({"done", "failed"} if age_s else {"done"})
     assert sorted(deleted) == sorted(folders[name].name for name in gone)
+
+
+def test_a_reignition_interrupted_mid_pretraining_resumes_at_its_last_epoch(
+    search_assets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import spnas.pretrain
+    from spnas.engines import save_state_dict
+
+    config = make_config(tmp_path, "reignite", search_assets, reignite={"epochs": 3})
+    decision = reignite_decision(SEED_ARCH, parent=0, round_=1)
+    parent = save_state_dict(
+        FakeEngine().build_model(config.model_spec(decision.arch, None, 2)),
+        tmp_path / "parent.pth",
+    )
+    folder = checkpoint_dir(config.study.workdir, decision, trial_seed(config, decision))
+    epochs: list[int] = []
+    one_epoch = spnas.pretrain.train_one_epoch
+
+    def interrupted_at_epoch_1(model, optimizer, loader, device, epoch, *args, **kwargs):
+        epochs.append(epoch)
+        if epoch == 1 and epochs.count(1) == 1:
+            raise Preempted(signal.SIGTERM)
+        return one_epoch(model, optimizer, loader, device, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(spnas.pretrain, "train_one_epoch", interrupted_at_epoch_1)
+    with pytest.raises(Preempted):
+        Objective(config, engine=FakeEngine()).reignite(
+            decision, parent, tmp_path / "trial-1", folder
+        )
+    assert (folder / "reignited_backbone.pth.ckpt").is_file(), "epoch 0's checkpoint is kept"
+    Objective(config, engine=FakeEngine()).reignite(decision, parent, tmp_path / "trial-2", folder)
+    assert epochs == [0, 1, 1, 2], "the retry resumes at epoch 1"
