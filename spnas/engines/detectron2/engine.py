@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import Mapping
@@ -80,10 +81,15 @@ def _last_loss(trainer: SPNASTrainer) -> float:
 def _resume(trainer: SPNASTrainer) -> None:
     """Resume ``trainer`` from the last checkpoint in its checkpointer's folder, if any.
 
-    A checkpoint that cannot be read safely (:class:`WeightsError`) is not a reason to fail
-    the trial: it trains from the beginning, and its next checkpoint replaces that one.
+    A checkpoint that cannot be read safely (:class:`WeightsError`), or that
+    ``last_checkpoint`` names but is gone, is not a reason to fail the trial: it trains from
+    the beginning, and its next checkpoint replaces that one.
     """
     if not trainer.checkpointer.has_checkpoint():
+        return
+    path = trainer.checkpointer.get_checkpoint_file()
+    if not os.path.isfile(path):
+        _logger.warning("checkpoint %s is gone; training from the beginning", path)
         return
     try:
         trainer.resume_or_load(resume=True)
@@ -93,7 +99,7 @@ def _resume(trainer: SPNASTrainer) -> None:
         return
     _logger.info(
         "resumed from %s at iteration %d of %d",
-        trainer.checkpointer.get_checkpoint_file(),
+        path,
         trainer.start_iter,
         trainer.max_iter,
     )

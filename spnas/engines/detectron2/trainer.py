@@ -215,8 +215,10 @@ class SPNASTrainer(DefaultTrainer):
         cfg = self.cfg
         ret: list[hooks.HookBase] = [hooks.IterationTimer(), hooks.LRScheduler()]
         if 0 < cfg.SOLVER.CHECKPOINT_PERIOD < cfg.SOLVER.MAX_ITER:
-            # A resumable checkpoint needs only the latest: the others are disk spent.
-            keep = 1 if self.checkpoint_dir else None
+            # A resumable checkpoint needs only the latest: the others are disk spent. Only
+            # the main process deletes (it writes them; another process could read
+            # ``last_checkpoint`` before it moved on, and delete the file it still names).
+            keep = 1 if self.checkpoint_dir and comm.is_main_process() else None
             ret.append(
                 hooks.PeriodicCheckpointer(
                     self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, max_to_keep=keep

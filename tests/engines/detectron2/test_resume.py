@@ -75,3 +75,19 @@ def test_a_resumed_training_ends_as_the_uninterrupted_one(data, tmp_path) -> Non
     assert resumed.losses == whole.losses[4:]
     assert result.metrics == pytest.approx(expected.metrics, nan_ok=True, abs=0)
     assert result.iterations == ITERS
+
+
+@pytest.mark.parametrize("damage", ["gone", "not a checkpoint"])
+def test_a_checkpoint_that_cannot_be_resumed_from_trains_from_the_beginning(
+    data, tmp_path, damage: str
+) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "last_checkpoint").write_text("model_0000003.pth")
+    if damage == "not a checkpoint":
+        (checkpoints / "model_0000003.pth").write_bytes(b"truncated by a dying node")
+    reporter = Recorder()
+    result = _train(data, tmp_path / "trial", reporter, checkpoints)
+    assert [i for i, _ in reporter.losses] == list(range(1, ITERS + 1))
+    assert result.iterations == ITERS
+    assert (checkpoints / "model_0000007.pth").is_file(), "its own checkpoints replace it"
