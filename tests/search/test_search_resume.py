@@ -5,7 +5,7 @@
   seed>``) is kept; the retry (a new trial number, the same decision) resumes at the
   checkpointed iteration and ends with exactly the value of an uninterrupted run of the same
   seed; its checkpoint folder is deleted once it completed.
-- A pruned trial's checkpoints are deleted (pruning is final).
+- A pruned or diverged trial's checkpoints are deleted (both are final).
 - A reignition interrupted mid-pretraining resumes at its last finished epoch (its ``.ckpt``
   lies in the decision's checkpoint folder, not in the trial's).
 - Garbage collection keeps the checkpoints of decisions that a trial runs or waits to run and
@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 from pathlib import Path
@@ -24,6 +25,7 @@ import pytest
 from optuna.trial import TrialState, create_trial
 from search_doubles import SEED_ARCH, FakeEngine, make_config, reignite_decision
 
+from spnas.engines import TrialDiverged
 from spnas.engines.detectron2 import Detectron2Engine, config_path
 from spnas.search import Decision, Objective, create_search_study, run_worker
 from spnas.search._gc import collect_stale_checkpoints
@@ -130,21 +132,37 @@ def test_a_preempted_detectron2_trial_resumes_and_ends_as_an_uninterrupted_one(
     assert not folder.exists(), "the decision completed: its checkpoints are deleted"
 
 
-class PruningEngine(FakeEngine):
-    """Writes a checkpoint where it is told to, then is pruned at its first evaluation."""
+class EndingEngine(FakeEngine):
+    """Writes a checkpoint where it is told to, then ends the trial with ``end``: pruned at
+    its first evaluation, or diverged."""
+
+    def __init__(self, end: BaseException) -> None:
+        super().__init__()
+        self.end = end
+        self.folders: list[Path] = []
 
     def train_eval(self, spec, init_weights, schedule, data, reporter=None, out_dir="output", **kw):
         folder = Path(kw["checkpoint_dir"])
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "last_checkpoint").write_text("model_0000000.pth")
-        self.folders = [*getattr(self, "folders", []), folder]
-        raise optuna.TrialPruned("AP 0.0 at iteration 1")
+        self.folders.append(folder)
+        raise self.end
 
 
-def test_a_pruned_trial_deletes_its_checkpoints(search_assets: Path, tmp_path: Path) -> None:
-    config = make_config(tmp_path, "pruned", search_assets)
+@pytest.mark.parametrize(
+    "end",
+    [
+        optuna.TrialPruned("AP 0.0 at iteration 1"),
+        TrialDiverged("loss nan at iteration 1", iteration=1, loss=math.nan, seed=0),
+    ],
+    ids=["pruned", "diverged"],
+)
+def test_a_trial_ended_for_good_deletes_its_checkpoints(
+    search_assets: Path, tmp_path: Path, end: BaseException
+) -> None:
+    config = make_config(tmp_path, "ended", search_assets)
     study = create_search_study(config)
-    engine = PruningEngine()
+    engine = EndingEngine(end)
     run_worker(
         config.study.name,
         config.study.storage,
