@@ -164,7 +164,9 @@ class Objective:
     ``train_s``, ``inherited_fraction``), and deletes weights that can no longer be parents
     (all but ``search.keep_top_k`` per phase and the current parents). A training that
     diverges ends the trial PRUNED with where it diverged (:func:`record_divergence`), so
-    that it is not retried.
+    that it is not retried. Training keeps resumable checkpoints in the decision's folder
+    (:func:`checkpoint_dir`): a retry of the decision resumes from them, and they are deleted
+    once the trial completed, was pruned or diverged.
 
     Args:
         config: the search configuration.
