@@ -28,7 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="age after which a stored file that no trial records is deleted (default: 3600)",
+        help=(
+            "age after which a stored file that no trial records, or a checkpoint folder of a "
+            "decision that no trial runs or waits to run, is deleted (default: 3600)"
+        ),
     )
     parser.set_defaults(func=run)
 
@@ -47,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     store = make_artifact_store(config.study.artifacts)
     garbage = collect_garbage(study, config, store, **options)
     print(
-        f"deleted {len(garbage.artifacts)} artifact(s) from {config.study.artifacts} and the "
-        f"scratch files of {len(garbage.trial_dirs)} finished trial folder(s)"
+        f"deleted {len(garbage.artifacts)} artifact(s) from {config.study.artifacts}, the "
+        f"scratch files of {len(garbage.trial_dirs)} finished trial folder(s) and "
+        f"{len(garbage.checkpoints)} checkpoint folder(s) no retry resumes from"
     )
     return 0

@@ -105,6 +105,8 @@ class Engine(abc.ABC):
         data: DataSpec,
         reporter: Reporter | None = None,
         out_dir: str | Path = "output",
+        *,
+        checkpoint_dir: str | Path | None = None,
     ) -> TrialResult:
         """Train ``spec`` from ``init_weights`` by ``schedule`` on ``data``; evaluate on val.
 
@@ -112,6 +114,14 @@ class Engine(abc.ABC):
         passing the metrics to ``reporter.evaluation`` (which may raise
         :class:`optuna.TrialPruned`; it propagates). Writes the trained detector's state dict
         to ``out_dir/model_final.pth``.
+
+        ``checkpoint_dir``: where training keeps resumable checkpoints (model, optimizer, LR
+        scheduler, iteration), read without running code. When it holds one already (a
+        preempted run of the same training), training resumes from it instead of starting
+        over; ``init_weights`` then only sets what the checkpoint does not hold. The caller
+        owns the folder (the search keys it by the trial's decision and deletes it when the
+        decision is done). ``None``: no resumable checkpoints. An engine that cannot resume
+        says so in its docstring and trains from the beginning.
 
         Raises:
             TrialDiverged: when the loss becomes non-finite.

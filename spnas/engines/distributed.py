@@ -413,9 +413,20 @@ def data_parallel(train_eval: Callable[..., TrialResult]) -> Callable[..., Trial
         data: DataSpec,
         reporter: Reporter | None = None,
         out_dir: str | Path = "output",
+        *,
+        checkpoint_dir: str | Path | None = None,
     ) -> TrialResult:
         if schedule.gpus_per_trial == 1 or dist.is_initialized():
-            return train_eval(engine, spec, init_weights, schedule, data, reporter, out_dir)
+            return train_eval(
+                engine,
+                spec,
+                init_weights,
+                schedule,
+                data,
+                reporter,
+                out_dir,
+                checkpoint_dir=checkpoint_dir,
+            )
         check_one_gpu_each(
             schedule.device,
             schedule.gpus_per_trial,
@@ -431,7 +442,15 @@ def data_parallel(train_eval: Callable[..., TrialResult]) -> Callable[..., Trial
         return launch(
             _train_eval_rank,
             schedule.gpus_per_trial,
-            args=(engine, spec, init_weights, schedule, data, str(out_dir)),
+            args=(
+                engine,
+                spec,
+                init_weights,
+                schedule,
+                data,
+                str(out_dir),
+                None if checkpoint_dir is None else str(checkpoint_dir),
+            ),
             backend="nccl" if device.type == "cuda" else "gloo",
             on_message=forward,
         )
@@ -446,9 +465,12 @@ def _train_eval_rank(
     schedule: Schedule,
     data: DataSpec,
     out_dir: str,
+    checkpoint_dir: str | None,
 ) -> TrialResult | None:
     reporter = _PostingReporter() if is_main_process() else None
     if not is_main_process():
         engine.show_progress = False
-    result = engine.train_eval(spec, init_weights, schedule, data, reporter, out_dir)
+    result = engine.train_eval(
+        spec, init_weights, schedule, data, reporter, out_dir, checkpoint_dir=checkpoint_dir
+    )
     return result if is_main_process() else None

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import logging
 import math
 import os
+import shutil
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,7 +36,7 @@ from spnas.search._artifacts import (
 from spnas.search._config import SearchConfig
 from spnas.search._notes import trial_note
 from spnas.search._optuna import storage_of, trial_id
-from spnas.search._retrain import pretrain_backbone, retrain
+from spnas.search._retrain import keep_sidecar, pretrain_backbone, retrain
 from spnas.search._sampler import get_decision
 from spnas.search._signals import raise_if_preempted
 from spnas.search._state import (
@@ -161,7 +164,9 @@ class Objective:
     ``train_s``, ``inherited_fraction``), and deletes weights that can no longer be parents
     (all but ``search.keep_top_k`` per phase and the current parents). A training that
     diverges ends the trial PRUNED with where it diverged (:func:`record_divergence`), so
-    that it is not retried.
+    that it is not retried. Training keeps resumable checkpoints in the decision's folder
+    (:func:`checkpoint_dir`): a retry of the decision resumes from them, and they are deleted
+    once the trial completed, was pruned or diverged.
 
     Args:
         config: the search configuration.
@@ -215,15 +220,11 @@ class Objective:
         prunable = decision.kind not in UNPRUNABLE_KINDS and not decision.repeat
         reporter = OptunaReporter(trial, self.config.data.metric, prunable=prunable)
         self._pretrain_iters = 0
-        if decision.kind == TrialKind.VERIFY:
-            seed = self.config.search.seed + (decision.repeat or 0)
-        elif decision.kind == TrialKind.FINAL:
-            seed = self.config.final_schedule.seed
-        else:
-            # A control's noise repeat or a candidate's re-evaluation (``repeat`` k): the same
-            # network and weights, another training seed.
-            seed = self.config.schedule.seed + (decision.repeat or 0)
+        seed = trial_seed(self.config, decision)
         trial.set_user_attr(SEED_ATTR, seed)
+        # Kept across retries of the decision (preemption, a dead worker, a storage error),
+        # deleted once it is done: complete, pruned or diverged.
+        checkpoints = checkpoint_dir(self.workdir, decision, seed)
         try:
             if decision.kind == TrialKind.VERIFY:
                 retrained = retrain(
@@ -236,11 +237,12 @@ class Objective:
                     engine=self.engine,
                     data=data,
                     reporter=reporter,
+                    checkpoint_dir=checkpoints,
                 )
                 result = retrained.detection
                 self._pretrain_iters = retrained.pretrained.iterations
             else:
-                init = self.init_weights(trial, decision, out_dir)
+                init = self.init_weights(trial, decision, out_dir, checkpoints)
                 spec = self.config.model_spec(decision.arch, decision.parallel, self._num_classes)
                 schedule = (
                     self.config.final_schedule
@@ -249,9 +251,19 @@ class Objective:
                 )
                 schedule = dataclasses.replace(schedule, seed=seed)
                 result = self.engine.train_eval(
-                    spec, init, schedule, data, reporter, out_dir=out_dir
+                    spec,
+                    init,
+                    schedule,
+                    data,
+                    reporter,
+                    out_dir=out_dir,
+                    checkpoint_dir=checkpoints,
                 )
+        except optuna.TrialPruned:
+            remove_checkpoints(checkpoints)
+            raise
         except TrialDiverged as exc:
+            remove_checkpoints(checkpoints)
             raise record_divergence(trial, decision, exc, seed) from exc
         if decision.kind != TrialKind.VERIFY:
             # Verification retrains from scratch: its weights are never a parent.
@@ -278,6 +290,7 @@ class Objective:
         # The store holds the weights now; the trial folder keeps logs and metrics only.
         for path in out_dir.glob("*.pth"):
             path.unlink()
+        remove_checkpoints(checkpoints)
         self.prune_weights(trial.study, keep={trial.number})
         return value
 
@@ -305,9 +318,14 @@ class Objective:
         return fetch_weights(study, number, self.artifact_store, path)
 
     def init_weights(
-        self, trial: optuna.Trial, decision: Decision, out_dir: Path
+        self,
+        trial: optuna.Trial,
+        decision: Decision,
+        out_dir: Path,
+        checkpoints: Path | None = None,
     ) -> InitWeights | None:
-        """The weights the trial starts from (docs/design.md §4)."""
+        """The weights the trial starts from (docs/design.md §4); a reignition pretrains in
+        ``checkpoints`` (see :meth:`reignite`)."""
         study = trial.study
         if decision.kind == TrialKind.SEED:
             return InitWeights(self.seed_backbone())
@@ -315,7 +333,7 @@ class Objective:
         parent_path = self.fetch(study, decision.parent, out_dir / "parent.pth")
         parent = get_decision(study.get_trials(deepcopy=False)[decision.parent])
         if decision.kind == TrialKind.REIGNITE:
-            return InitWeights(self.reignite(decision, parent_path, out_dir))
+            return InitWeights(self.reignite(decision, parent_path, out_dir, checkpoints))
         return InitWeights(
             parent_path,
             parent_arch=parent.arch,
@@ -344,15 +362,28 @@ class Objective:
         self._pretrain_iters += pretrained.iterations
         return pretrained.weights
 
-    def reignite(self, decision: Decision, parent_path: Path, out_dir: Path) -> Path:
-        """Pretrain the round's best backbone, put it back into its detector's weights."""
+    def reignite(
+        self,
+        decision: Decision,
+        parent_path: Path,
+        out_dir: Path,
+        checkpoints: Path | None = None,
+    ) -> Path:
+        """Pretrain the round's best backbone, put it back into its detector's weights.
+
+        The pretraining writes its backbone and its epoch checkpoint (``<out>.ckpt``) in
+        ``checkpoints`` (the decision's checkpoint folder; ``out_dir`` when ``None``): a
+        retry of the decision resumes it at the last finished epoch.
+        """
         from spnas.modeling import split_backbone
 
         state = load_tensor_file(parent_path, "parent weights")
         prefix, backbone = split_backbone(state)
         init = out_dir / "parent_backbone.pth"
         atomic_write(init, functools.partial(torch.save, backbone))
-        pretrained = self._pretrain(decision.arch, out_dir / "reignited_backbone.pth", init)
+        out = (checkpoints or out_dir) / "reignited_backbone.pth"
+        pretrained = self._pretrain(decision.arch, out, init)
+        keep_sidecar(pretrained, out_dir)
         fresh = load_tensor_file(pretrained, "reignited backbone")
         state.update({prefix + k: v for k, v in fresh.items()})
         composed = out_dir / "reignited.pth"
@@ -423,6 +454,37 @@ class Objective:
             )
         ]
         remove_weights(study, stale, self.artifact_store)
+
+
+def trial_seed(config: SearchConfig, decision: Decision) -> int:
+    """The training seed of ``decision``: the same for every retry of it."""
+    if decision.kind == TrialKind.VERIFY:
+        return config.search.seed + (decision.repeat or 0)
+    if decision.kind == TrialKind.FINAL:
+        return config.final_schedule.seed
+    # A control's noise repeat or a candidate's re-evaluation (``repeat`` k): the same
+    # network and weights, another training seed.
+    return config.schedule.seed + (decision.repeat or 0)
+
+
+def checkpoint_dir(workdir: str | Path, decision: Decision, seed: int) -> Path:
+    """The folder of ``decision``'s resumable training checkpoints, trained with ``seed``:
+    ``workdir/checkpoints/<key>``, ``key`` a hash of both.
+
+    Keyed by what is trained, not by the trial number: a retry (a new trial with the same
+    decision) finds the checkpoints of the attempt it replaces.
+    """
+    text = json.dumps({**decision.to_attrs(), "seed": seed}, sort_keys=True)
+    key = hashlib.sha256(text.encode()).hexdigest()[:20]
+    return Path(workdir) / CHECKPOINTS / key
+
+
+def remove_checkpoints(folder: Path) -> bool:
+    """Delete a decision's checkpoint folder (its training is done); whether there was one."""
+    if not folder.is_dir():
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return True
 
 
 def record_divergence(
@@ -521,6 +583,9 @@ def check_still_running(trial: optuna.Trial) -> None:
             "worker was paused): its result is discarded, its retry trains it again"
         )
 
+
+#: The folder of ``study.workdir`` that holds the decisions' checkpoint folders.
+CHECKPOINTS = "checkpoints"
 
 #: Files of a trial's folder that only matter while it runs (weights, pretraining
 #: checkpoints, partial writes); logs and metrics stay.

@@ -14,9 +14,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spnas._io import atomic_write
 from spnas.engines import DataSpec, InitWeights, NullReporter, Reporter, Schedule
 
 if TYPE_CHECKING:
@@ -101,6 +103,15 @@ def pretrain_backbone(
     return _pretrained(result, r.batch_size)
 
 
+def keep_sidecar(weights: Path, out_dir: Path) -> None:
+    """Copy the ``<weights>.json`` record of a pretraining into the trial folder ``out_dir``
+    (logs and metrics stay there) when it was written elsewhere (a checkpoint folder, deleted
+    once the trial is done)."""
+    sidecar = weights.with_name(weights.name + ".json")
+    if sidecar.parent.resolve() != Path(out_dir).resolve():
+        atomic_write(out_dir / sidecar.name, lambda tmp: shutil.copyfile(sidecar, tmp))
+
+
 def retrain(
     config: SearchConfig,
     arch: Any,
@@ -112,6 +123,7 @@ def retrain(
     engine: Engine | None = None,
     data: DataSpec | None = None,
     reporter: Reporter | None = None,
+    checkpoint_dir: str | Path | None = None,
 ) -> Retrained:
     """Train the detector of ``arch`` (and ``parallel``) from scratch, as every other network.
 
@@ -129,6 +141,10 @@ def retrain(
         engine: the engine; by default the study's.
         data: the data set; by default the study's.
         reporter: receives the evaluations (e.g. an Optuna reporter).
+        checkpoint_dir: where the pretraining (its backbone and epoch checkpoint) and the
+            detection training keep what a retry resumes from (see
+            :meth:`~spnas.engines.Engine.train_eval`); ``None``: ``out_dir``, and the
+            detection training starts from the beginning.
 
     Returns:
         The pretraining (weights, steps) and the detection trial's result (metrics, weights,
@@ -146,7 +162,9 @@ def retrain(
         )
     num_classes = len(data.splits.load("train", check_images=False).categories)
     schedule = dataclasses.replace(schedule or config.schedule, seed=seed)
-    pretrained = pretrain_backbone(config, arch, out_dir / "pretrained_backbone.pth", seed=seed)
+    backbone = Path(checkpoint_dir or out_dir) / "pretrained_backbone.pth"
+    pretrained = pretrain_backbone(config, arch, backbone, seed=seed)
+    keep_sidecar(pretrained.weights, out_dir)
     spec = config.model_spec(arch, parallel, num_classes)
     _logger.info("retraining %s%s with seed %d", arch, f" {parallel}" if parallel else "", seed)
     detection = engine.train_eval(
@@ -156,5 +174,6 @@ def retrain(
         data,
         reporter or NullReporter(),
         out_dir=out_dir,
+        checkpoint_dir=checkpoint_dir,
     )
     return Retrained(pretrained, detection)

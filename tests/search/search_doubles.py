@@ -204,6 +204,8 @@ class FakeEngine(Engine):
         data: DataSpec,
         reporter: Reporter | None = None,
         out_dir: str | Path = "output",
+        *,
+        checkpoint_dir: str | Path | None = None,
     ) -> TrialResult:
         started = time.perf_counter()
         out_dir = Path(out_dir)

@@ -27,11 +27,13 @@ class RankKillingEngine(TorchvisionEngine):
         super().__init__(**options)
         self.marker = marker
 
-    def train_eval(self, spec, init_weights, schedule, data, reporter=None, out_dir="output"):
+    def train_eval(
+        self, spec, init_weights, schedule, data, reporter=None, out_dir="output", **kwargs
+    ):
         if dist.is_initialized() and dist.get_rank() == 1 and not Path(self.marker).exists():
             Path(self.marker).touch()
             os._exit(3)
-        return super().train_eval(spec, init_weights, schedule, data, reporter, out_dir)
+        return super().train_eval(spec, init_weights, schedule, data, reporter, out_dir, **kwargs)
 
 
 def test_a_data_parallel_trial_whose_rank_dies_is_retried(

@@ -191,7 +191,9 @@ class DivergingEngine(FakeEngine):
         super().__init__(sleep=0.0)
         self.seeds = seeds
 
-    def train_eval(self, spec, init_weights, schedule, data, reporter=None, out_dir="output"):
+    def train_eval(
+        self, spec, init_weights, schedule, data, reporter=None, out_dir="output", **kwargs
+    ):
         retrain = init_weights is not None and init_weights.path.name == "pretrained_backbone.pth"
         if retrain and spec.parallel is not None and schedule.seed in self.seeds:
             self.calls.append(("verify", str(spec.arch), str(spec.parallel)))
@@ -201,7 +203,7 @@ class DivergingEngine(FakeEngine):
                 loss=math.nan,
                 seed=schedule.seed,
             )
-        return super().train_eval(spec, init_weights, schedule, data, reporter, out_dir)
+        return super().train_eval(spec, init_weights, schedule, data, reporter, out_dir, **kwargs)
 
 
 def test_a_search_whose_spnet_retrains_diverge_ends_done_with_a_verdict(

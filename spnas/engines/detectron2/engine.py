@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import Mapping
@@ -40,7 +41,7 @@ from spnas.engines.detectron2.data import register_coco_split
 from spnas.engines.detectron2.hooks import latest_loss
 from spnas.engines.detectron2.trainer import SPNASTrainer, flatten_metrics
 from spnas.engines.distributed import data_parallel, is_main_process, unwrap
-from spnas.exceptions import ConfigError
+from spnas.exceptions import ConfigError, WeightsError
 from spnas.modeling.flops import cost
 from spnas.modeling.torchvision_weights import read_weights
 
@@ -75,6 +76,33 @@ def _diverged_loss(message: str, last: float) -> float:
 def _last_loss(trainer: SPNASTrainer) -> float:
     """The last finite total loss; NaN when training stopped before its events storage."""
     return latest_loss(trainer) if hasattr(trainer, "storage") else math.nan
+
+
+def _resume(trainer: SPNASTrainer) -> None:
+    """Resume ``trainer`` from the last checkpoint in its checkpointer's folder, if any.
+
+    A checkpoint that cannot be read safely (:class:`WeightsError`), or that
+    ``last_checkpoint`` names but is gone, is not a reason to fail the trial: it trains from
+    the beginning, and its next checkpoint replaces that one.
+    """
+    if not trainer.checkpointer.has_checkpoint():
+        return
+    path = trainer.checkpointer.get_checkpoint_file()
+    if not os.path.isfile(path):
+        _logger.warning("checkpoint %s is gone; training from the beginning", path)
+        return
+    try:
+        trainer.resume_or_load(resume=True)
+    except WeightsError as exc:
+        _logger.warning("%s; training from the beginning", exc)
+        trainer.start_iter = 0
+        return
+    _logger.info(
+        "resumed from %s at iteration %d of %d",
+        path,
+        trainer.start_iter,
+        trainer.max_iter,
+    )
 
 
 def apply_spec(cfg: CfgNode, spec: ModelSpec) -> CfgNode:
@@ -150,8 +178,11 @@ class Detectron2Engine(Engine):
         schedule: Schedule,
         data: DataSpec,
         out_dir: str | Path = "output",
+        *,
+        resumable: bool = False,
     ) -> CfgNode:
-        """The detectron2 config of a trial."""
+        """The detectron2 config of a trial; ``resumable``: with periodic checkpoints in the
+        fast scheme too (a search trial that may be preempted, see :meth:`train_eval`)."""
         base = self.config_file or config_path(_BASE_CONFIGS[schedule.name])
         cfg = get_spnas_cfg(str(base))
         splits = data.splits
@@ -182,14 +213,22 @@ class Detectron2Engine(Engine):
         cfg.SOLVER.WARMUP_ITERS = min(schedule.warmup_iters, max(total // 5, 1))
         if schedule.name == "fast":
             cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupCosineLR"
-            cfg.SOLVER.CHECKPOINT_PERIOD = 0
         else:
             cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"
             # A short run rounds several drops onto one iteration (or onto 0 or the end):
             # detectron2's multi-step scheduler needs distinct milestones inside the run.
             drops = {int(s * total) for s in schedule.steps}
             cfg.SOLVER.STEPS = tuple(sorted(i for i in drops if 0 < i < total))
-            cfg.SOLVER.CHECKPOINT_PERIOD = min(cfg.SOLVER.CHECKPOINT_PERIOD, max(total // 4, 1))
+        # A checkpoint every quarter of the run at least; a resumable run checkpoints even
+        # when its config says 0 (the fast scheme's), a fast run that nothing resumes never
+        # (re-run whole when retried).
+        period, quarter = cfg.SOLVER.CHECKPOINT_PERIOD, max(total // 4, 1)
+        if resumable and period <= 0:
+            cfg.SOLVER.CHECKPOINT_PERIOD = quarter
+        elif schedule.name == "fast" and not resumable:
+            cfg.SOLVER.CHECKPOINT_PERIOD = 0
+        else:
+            cfg.SOLVER.CHECKPOINT_PERIOD = min(period, quarter)
         cfg.TEST.EVAL_PERIOD = schedule.eval_period
         cfg.TEST.LAMR.ENABLED = data.metric == "LAMR"
         cfg.TEST.LAMR.CATEGORY_ID = -1 if data.lamr_category is None else data.lamr_category
@@ -255,14 +294,30 @@ class Detectron2Engine(Engine):
         data: DataSpec,
         reporter: Reporter | None = None,
         out_dir: str | Path = "output",
+        *,
+        checkpoint_dir: str | Path | None = None,
     ) -> TrialResult:
+        """See :meth:`Engine.train_eval`. With ``checkpoint_dir``, a checkpoint is written
+        there every ``SOLVER.CHECKPOINT_PERIOD`` iterations (at most a quarter of the run, the
+        fast scheme included; only the latest kept), and training resumes from the one found
+        there as detectron2's ``resume_or_load(resume=True)`` does: weights, optimizer, LR
+        scheduler and iteration. The data loader and augmentations start their random streams
+        again at the resumed iteration, so a resumed run is close to, not bit-identical with,
+        an uninterrupted one."""
         out_dir = Path(out_dir)
-        cfg = self.build_cfg(spec, schedule, data, out_dir)
+        cfg = self.build_cfg(spec, schedule, data, out_dir, resumable=checkpoint_dir is not None)
         Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
         seed_all_rng(schedule.seed)
-        trainer = SPNASTrainer(cfg, reporter=reporter, show_progress=self.show_progress)
+        trainer = SPNASTrainer(
+            cfg,
+            reporter=reporter,
+            show_progress=self.show_progress,
+            checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir),
+        )
         # Every process loads the same weights into its replica.
         inherited = self.initialize(unwrap(trainer.model), init_weights)
+        if checkpoint_dir is not None:
+            _resume(trainer)
         started = time.perf_counter()
         try:
             trainer.train()
@@ -291,6 +346,7 @@ class Detectron2Engine(Engine):
             input_size=(schedule.min_size, schedule.min_size),
         )
         iterations = cfg.SOLVER.MAX_ITER
+        trained = iterations - trainer.start_iter
         return TrialResult(
             metrics=dict(trainer.last_metrics),
             weights=weights,
@@ -298,7 +354,7 @@ class Detectron2Engine(Engine):
             params_m=report.params_m,
             train_seconds=train_seconds,
             eval_seconds=trainer.eval_seconds,
-            images_per_second=iterations * schedule.ims_per_batch / train_seconds,
+            images_per_second=trained * schedule.ims_per_batch / train_seconds,
             iterations=iterations,
             inherited_fraction=inherited,
         )

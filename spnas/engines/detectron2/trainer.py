@@ -9,8 +9,12 @@
 - hooks for a progress bar and an spnas reporter, which also receives every evaluation (the
   search forwards it to Optuna for pruning);
 - console and JSON event writers only (no TensorBoard dependency);
-- periodic checkpoints only when ``SOLVER.CHECKPOINT_PERIOD`` is below ``SOLVER.MAX_ITER``
-  (fast search trials are short and are re-run whole when retried);
+- periodic checkpoints only when ``SOLVER.CHECKPOINT_PERIOD`` is below ``SOLVER.MAX_ITER``;
+  with ``checkpoint_dir`` they go there instead of ``OUTPUT_DIR``, only the latest kept (a
+  search trial's resumable checkpoint, see :meth:`Engine.train_eval`);
+- checkpoints that also hold the random state and the data stream's seed, so that a resumed
+  run goes on with the batches and draws of the interrupted one
+  (:mod:`spnas.engines.detectron2.resume`);
 - data-parallel training on the CPU too (``DistributedDataParallel`` over Gloo, without the
   device ids detectron2 0.6 always passes), distributed evaluation, and writers and the
   progress bar in the main process only;
@@ -29,6 +33,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import DatasetEvaluators
@@ -46,6 +51,11 @@ from spnas.engines.detectron2.checkpoint import AtomicCheckpointer
 from spnas.engines.detectron2.compat import has_compiled_ops
 from spnas.engines.detectron2.evaluation import LAMREvaluator, SearchCOCOEvaluator
 from spnas.engines.detectron2.hooks import ProgressBarHook, ReporterHook
+from spnas.engines.detectron2.resume import (
+    ResumableSampler,
+    ResumedBatches,
+    random_state,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -66,11 +76,24 @@ class SPNASTrainer(DefaultTrainer):
         cfg: a config with ``MODEL.SPNAS`` keys.
         reporter: receives progress and evaluations.
         show_progress: show a tqdm bar.
+        checkpoint_dir: where periodic checkpoints go (only the latest kept); ``None``:
+            ``cfg.OUTPUT_DIR``, all kept.
     """
 
-    def __init__(self, cfg, reporter: Reporter | None = None, show_progress: bool = True) -> None:
+    def __init__(
+        self,
+        cfg,
+        reporter: Reporter | None = None,
+        show_progress: bool = True,
+        checkpoint_dir: str | None = None,
+    ) -> None:
         self.reporter = reporter or NullReporter()
         self.show_progress = show_progress
+        self.checkpoint_dir = checkpoint_dir
+        # The training sampler's seed (saved with every checkpoint) and, after a resume, the
+        # random state its checkpoint held.
+        self.sampler_seed: int | None = None
+        self._resumed_random: dict[str, Any] | None = None
         self.last_metrics: dict[str, float] = {}
         self.eval_seconds = 0.0
         # DefaultTrainer.__init__, but for the DDP device ids and AMP on the CPU.
@@ -95,11 +118,63 @@ class SPNASTrainer(DefaultTrainer):
             else SimpleTrainer(model, data_loader, optimizer)
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = AtomicCheckpointer(
+            model, checkpoint_dir or cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def build_train_loader(self, cfg, skip: int = 0):
+        """detectron2's train loader; with its default sampler, one whose seed is kept in
+        :attr:`sampler_seed` and that leaves out its first ``skip`` indices (a resumed run).
+        Other samplers (``DATALOADER.SAMPLER_TRAIN``) start their stream again on resume."""
+        if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+            return super().build_train_loader(cfg)
+        dataset = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=(
+                cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0
+            ),
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+        )
+        sampler = ResumableSampler(len(dataset), seed=self.sampler_seed, skip=skip)
+        self.sampler_seed = sampler.seed
+        return build_detection_train_loader(cfg, dataset=dataset, sampler=sampler)
+
+    def state_dict(self) -> dict[str, Any]:
+        # detectron2 0.6 saves the iteration only: the optimizer (and AMP's grad scaler) and
+        # the LR scheduler too, as later detectron2 versions do.
+        state = super().state_dict()
+        state["_trainer"] = self._trainer.state_dict()
+        state["scheduler"] = self.scheduler.state_dict()
+        state["random"] = random_state()
+        if self.sampler_seed is not None:
+            state["sampler_seed"] = self.sampler_seed
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:  # not in checkpoints written before 2026-12
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        if "scheduler" in state_dict:
+            self.scheduler.load_state_dict(state_dict["scheduler"])
+        self._resumed_random = state_dict.get("random")
+        self.sampler_seed = state_dict.get("sampler_seed", self.sampler_seed)
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """detectron2's, and a resumed run's data stream goes on where the checkpoint's run
+        had come to, with its random state (see :mod:`spnas.engines.detectron2.resume`)."""
+        self._resumed_random = None
+        super().resume_or_load(resume=resume)
+        if not (resume and self.start_iter > 0):
+            return
+        per_process = self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+        loader = self.build_train_loader(self.cfg, skip=self.start_iter * per_process)
+        self._trainer.data_loader = loader
+        self._trainer._data_loader_iter = ResumedBatches(iter(loader), self._resumed_random)
 
     @classmethod
     def build_model(cls, cfg):
@@ -146,7 +221,15 @@ class SPNASTrainer(DefaultTrainer):
         cfg = self.cfg
         ret: list[hooks.HookBase] = [hooks.IterationTimer(), hooks.LRScheduler()]
         if 0 < cfg.SOLVER.CHECKPOINT_PERIOD < cfg.SOLVER.MAX_ITER:
-            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+            # A resumable checkpoint needs only the latest: the others are disk spent. Only
+            # the main process deletes (it writes them; another process could read
+            # ``last_checkpoint`` before it moved on, and delete the file it still names).
+            keep = 1 if self.checkpoint_dir and comm.is_main_process() else None
+            ret.append(
+                hooks.PeriodicCheckpointer(
+                    self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, max_to_keep=keep
+                )
+            )
         main = comm.is_main_process()
         description = f"train {cfg.MODEL.SPNAS.ARCH}"
         ret.append(ProgressBarHook(description, enabled=self.show_progress and main))

@@ -126,9 +126,14 @@ class TorchvisionEngine(Engine):
         data: DataSpec,
         reporter: Reporter | None = None,
         out_dir: str | Path = "output",
+        *,
+        checkpoint_dir: str | Path | None = None,
     ) -> TrialResult:
         """See :meth:`Engine.train_eval`. A diverged trial's message names the iteration and
         every loss component.
+
+        ``checkpoint_dir`` is accepted and not used: this engine writes no resumable
+        checkpoints, so a preempted trial trains again from the beginning.
 
         Data-parallel (``schedule.gpus_per_trial`` > 1): ``DistributedDataParallel`` with a
         ``DistributedSampler``; the main process evaluates (the others wait at their next
