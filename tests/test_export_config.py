@@ -90,8 +90,10 @@ def test_exported_config_loads_under_another_detectron2(
     stock.set_new_allowed(True)
     stock.merge_from_file(str(path))
     assert stock.MODEL.SPNAS.ARCH == "BB(11,d1,d1,d1)"
-    # … and builds it, with the pooler scaled to its 32 px images (InputScaledROIHeads).
+    # … and builds it, with the pooler scaled to its 32 px images (InputScaledROIHeads), on
+    # the device its user picks (detectron2's default is cuda).
     from detectron2.modeling import build_model
 
+    stock.MODEL.DEVICE = "cpu"
     pooler = build_model(stock).roi_heads.box_pooler
     assert pooler.canonical_box_size == pytest.approx(224 * 32 / 800)

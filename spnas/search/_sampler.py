@@ -25,6 +25,7 @@ from spnas.search._config import CONFIG_ATTR, SearchConfig
 from spnas.search._optuna import in_optimize_loop, storage_of, study_id, trial_id, whole_study
 from spnas.search._params import architecture_distributions, record_architecture
 from spnas.search._proposals import SearchExhausted, propose_parallel, propose_serial
+from spnas.search._signals import accept_stop_signals, defer_stop_signals
 from spnas.search._state import DECISION_ATTR, KIND_ATTR, Decision, SearchState, TrialKind
 from spnas.search._waiting import LOG_EVERY_S, WaitingLine, is_running_decided
 
@@ -229,6 +230,9 @@ class SPNASSampler(BaseSampler):
             record_architecture(storage_of(study), trial, self.config_for(study), decision)
             return
         try:
+            # A stop signal deferred since Optuna made the trial is raised here, where the
+            # trial is abandoned (spnas.search._signals.defer_stop_signals).
+            deferred = accept_stop_signals()
             self.check_study(study)
             decision, written = self._decide(study, trial)
             if not written:
@@ -238,6 +242,8 @@ class SPNASSampler(BaseSampler):
                 for key, value in decision.to_attrs().items():
                     storage_of(study).set_trial_system_attr(trial_id(trial), key, value)
             record_architecture(storage_of(study), trial, self.config_for(study), decision)
+            if deferred:  # decided: the objective takes over (it fails and retries the trial)
+                defer_stop_signals()
         except BaseException:
             # Trials decide in number order: an undecided trial left RUNNING (a storage
             # error, Ctrl-C while waiting) would hold every later decision until it went stale.

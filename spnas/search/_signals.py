@@ -13,7 +13,9 @@ down.
 An exception raised by a signal handler is lost when the signal arrives while Python runs a
 finalizer or a callback whose exceptions are only printed (a garbage-collected connection,
 say). The signal is therefore also remembered, and :func:`raise_if_preempted` raises it again
-at safe points: every training progress report and every turn of the worker loop.
+at safe points: every training progress report and every turn of the worker loop. While
+Optuna hands a new trial over (:func:`defer_stop_signals`), a signal is only remembered, and
+raised where the trial is known and can be failed (:func:`accept_stop_signals`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class Preempted(KeyboardInterrupt):
 
 #: The signal received while :func:`preemption_signals` is active (at most one).
 _received: list[int] = []
+#: Whether a stop signal is only remembered for now (:func:`defer_stop_signals`).
+_deferred: list[bool] = [False]
 #: The signal that stopped the last worker of this process (kept after it stopped).
 _stopped: list[int] = []
 
@@ -67,6 +71,26 @@ def raise_if_preempted() -> None:
     """Raise :class:`Preempted` when a stop signal was received (see the module docstring)."""
     if _received:
         raise Preempted(_received[0])
+
+
+def defer_stop_signals() -> None:
+    """From now until :func:`accept_stop_signals`, a stop signal is remembered, not raised.
+
+    Between Optuna's creating a trial (or taking a queued one) and the code that fails it when
+    interrupted — the sampler, for a trial that waits to decide; the worker's objective, for
+    a decided one — nothing knows the trial: a signal raised there left it RUNNING, and every
+    later trial waited in line behind it until the heartbeat grace period (seen in CI: an
+    undecided trial RUNNING after ``spnas search`` was stopped).
+    """
+    _deferred[0] = True
+
+
+def accept_stop_signals() -> bool:
+    """End :func:`defer_stop_signals`, raising :class:`Preempted` now for a signal received
+    meanwhile; whether signals were deferred."""
+    deferred, _deferred[0] = _deferred[0], False
+    raise_if_preempted()
+    return deferred
 
 
 def stop_before_joining(signum: int, frame: object) -> None:
@@ -97,10 +121,12 @@ def preemption_signals() -> Iterator[None]:
         if _received:
             return
         _remember(signum)
-        raise Preempted(signum)
+        if not _deferred[0]:
+            raise Preempted(signum)
 
     if not _received:  # no signal pending from the start-up: a fresh worker
         _stopped.clear()
+    _deferred[0] = False
 
     previous = {sig: signal.signal(sig, handler) for sig in PREEMPTION_SIGNALS}
     try:
@@ -109,6 +135,7 @@ def preemption_signals() -> Iterator[None]:
         for sig, old in previous.items():
             signal.signal(sig, old)
         _received.clear()
+        _deferred[0] = False
 
 
 def requeue_interrupted(

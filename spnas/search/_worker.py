@@ -27,8 +27,9 @@ from spnas.search._resume import resume_failed_search
 from spnas.search._sampler import SPNASSampler
 from spnas.search._signals import (
     Preempted,
+    accept_stop_signals,
+    defer_stop_signals,
     preemption_signals,
-    raise_if_preempted,
     requeue_interrupted,
 )
 from spnas.search._state import SearchState
@@ -359,7 +360,7 @@ def run_worker(
     with preemption_signals():
         while True:
             try:
-                raise_if_preempted()
+                accept_stop_signals()
                 loop.current.clear()
                 loop.retry_lost()
                 state = SearchState.from_trials(study.get_trials(deepcopy=False), config)
@@ -368,6 +369,8 @@ def run_worker(
                     return state
                 if max_trials is not None and ran >= max_trials:
                     return state
+                # Until the sampler or the objective has the trial (accept_stop_signals).
+                defer_stop_signals()
                 study.optimize(
                     loop.run,
                     n_trials=1,
@@ -411,6 +414,7 @@ class _TrialLoop:
         """The objective, noting the trial and why it failed (a storage error, a full disk)."""
         current = self.current
         current["id"], current["number"] = trial_id(trial), trial.number
+        accept_stop_signals()  # a signal since Optuna made the trial: it fails, and is retried
         pulse = (
             Pulse(storage_of(self.study), current["id"], self.config.search.beat_seconds)
             if self.beats

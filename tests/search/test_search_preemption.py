@@ -437,3 +437,47 @@ def test_a_signal_during_start_up_is_not_lost_in_a_finalizer(
         "startup", config.study.storage, objective=Objective(config, engine=engine), max_trials=1
     )
     assert [kind for kind, _, _ in engine.calls] == ["seed"]
+
+
+@pytest.mark.parametrize("moment", ["creating the trial", "after deciding"])
+def test_a_signal_while_optuna_hands_a_trial_over_fails_it(
+    tmp_path: Path, search_assets: Path, monkeypatch: pytest.MonkeyPatch, moment: str
+) -> None:
+    """SIGTERM between Optuna's making a trial and the sampler or objective having it (seen in
+    CI: an undecided trial left RUNNING after `spnas search` was stopped, holding every later
+    trial in line until the heartbeat grace period). The signal waits for the trial to be
+    known: an undecided trial is failed, a decided one failed and queued for a retry."""
+    from spnas.search import SPNASSampler
+    from spnas.storage._rdb import _SQLiteStorage
+
+    def signalling(method: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = method(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100):  # the handler runs between two bytecodes of this thread
+                time.sleep(0.001)
+            return result
+
+        return call
+
+    if moment == "creating the trial":  # (Optuna's cached storage calls the private one)
+        monkeypatch.setattr(
+            _SQLiteStorage, "_create_new_trial", signalling(_SQLiteStorage._create_new_trial)
+        )
+    else:
+        monkeypatch.setattr(SPNASSampler, "before_trial", signalling(SPNASSampler.before_trial))
+    config = make_config(tmp_path, "handover", search_assets)
+    create_search_study(config)
+    engine = FakeEngine(sleep=0.0)
+    state = run_worker("handover", config.study.storage, objective=Objective(config, engine=engine))
+    assert state.phase == "seed" and engine.calls == []
+    trials = optuna.load_study(study_name="handover", storage=config.study.storage).trials
+    text = describe(trials)
+    assert not [t for t in trials if t.state == TrialState.RUNNING], text
+    assert trials[0].state == TrialState.FAIL, text
+    if moment == "creating the trial":
+        assert len(trials) == 1 and Decision.of(trials[0]) is None, text
+    else:
+        retries = retries_of(trials, 0)
+        assert [t.state for t in retries] == [TrialState.WAITING], text
+        assert Decision.of(retries[0]) == Decision.of(trials[0]), text
