@@ -29,6 +29,7 @@ import shlex
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,18 @@ def _env(bin_dir: Path, **values: str) -> dict[str, str]:
     return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", **values}
 
 
+def _sbatch(env: Mapping[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the SLURM recipe as its batch step, with fake ``srun``/``spnas`` from ``env``."""
+    return subprocess.run(
+        ["bash", str(SBATCH)],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=WORKER_TIMEOUT_S,
+        cwd=cwd,
+    )
+
+
 # --------------------------------------------------------------------------- SLURM
 def test_sbatch_is_valid_bash_with_one_worker_per_gpu() -> None:
     subprocess.run(["bash", "-n", str(SBATCH)], check=True)
@@ -166,14 +179,7 @@ def test_sbatch_runs_its_worker_through_its_proxy(tmp_path: Path, bin_dir: Path)
         SPNAS_PROXY_PORT=port,
         SRUN_LOG=str(log),
     )
-    result = subprocess.run(
-        ["bash", str(SBATCH)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=WORKER_TIMEOUT_S,
-        cwd=tmp_path,
-    )
+    result = _sbatch(env, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "study 'recipe' is done" in result.stderr
     (srun,) = log.read_text().splitlines()
@@ -200,19 +206,12 @@ def test_sbatch_runs_with_the_storage_in_a_file(tmp_path: Path, bin_dir: Path) -
         SRUN_LOG=str(log),
     )
     env.pop("SPNAS_STORAGE", None)
-    result = subprocess.run(
-        ["bash", str(SBATCH)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=WORKER_TIMEOUT_S,
-        cwd=tmp_path,
-    )
+    result = _sbatch(env, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "study 'recipe' is done" in result.stderr
     assert log.read_text().split() == ["--kill-on-bad-exit=0", "--cpus-per-task=1", "storage="]
     no_storage = {k: v for k, v in env.items() if k != "SPNAS_STORAGE_FILE"}
-    refused = subprocess.run(["bash", str(SBATCH)], env=no_storage, capture_output=True, text=True)
+    refused = _sbatch(no_storage)
     assert refused.returncode != 0 and "SPNAS_STORAGE_FILE" in refused.stderr
 
 
@@ -226,7 +225,7 @@ def test_sbatch_refuses_more_direct_workers_than_connections(bin_dir: Path) -> N
         SPNAS_PROXY="0",
         SLURM_NTASKS=str(workers),
     )
-    result = subprocess.run(["bash", str(SBATCH)], env=env, capture_output=True, text=True)
+    result = _sbatch(env)
     assert result.returncode == 1
     needed = workers * budget["connections_per_worker"]
     assert f"{workers} workers on the database hold up to {needed} connections" in result.stderr
@@ -237,7 +236,7 @@ def test_sbatch_refuses_to_run_without_the_study_and_storage(bin_dir: Path) -> N
     env = _env(bin_dir)
     env.pop("SPNAS_STUDY", None)
     env.pop("SPNAS_STORAGE", None)
-    result = subprocess.run(["bash", str(SBATCH)], env=env, capture_output=True, text=True)
+    result = _sbatch(env)
     assert result.returncode != 0
     assert "SPNAS_STUDY" in result.stderr
 
