@@ -152,8 +152,8 @@ def test_sbatch_connection_budget_fits_postgresql_defaults() -> None:
     from spnas.storage import DEFAULT_PROXY_THREADS, MAX_OVERFLOW, POOL_SIZE
 
     budget = _budget()
-    # A worker opens two pools (its command's look at the study, its worker loop's).
-    assert budget["connections_per_worker"] == 2 * (POOL_SIZE + MAX_OVERFLOW)
+    # A worker opens one pool (test_a_worker_opens_the_storage_once).
+    assert budget["connections_per_worker"] == POOL_SIZE + MAX_OVERFLOW
     # Headroom for the creation step, `spnas status`, the dashboard: 10 % of the server.
     headroom = PG_MAX_CONNECTIONS - PG_RESERVED - budget["connections_for_jobs"]
     assert headroom >= PG_MAX_CONNECTIONS // 10

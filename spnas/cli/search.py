@@ -161,20 +161,18 @@ def run_worker_command(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop_before_joining)
     try:
         from spnas.report import DashboardFigures
-        from spnas.search import SearchState, check_worker_inputs, join_search_study, run_worker
+        from spnas.search import run_worker
 
-        url = storage_url(args)
-        study, config = join_search_study(args.study, url)
-        if not SearchState.from_trials(study.get_trials(deepcopy=False), config).done:
-            # A worker on another node reads the data, weights and store from its own mounts
-            # (the data set checked against the fingerprint stored at creation).
-            check_worker_inputs(study, config)
         _set_threads(args.threads)
+        # One storage for the whole worker (its connection pool is the worker's budget, see
+        # recipes/slurm/spnas.sbatch); a worker on another node reads the data, weights and
+        # store from its own mounts, checked against the fingerprint stored at creation.
         state = run_worker(
             args.study,
-            url,
+            storage_url(args),
             max_trials=args.max_trials,
             callbacks=[DashboardFigures()],
+            check_data=True,
         )
     except KeyboardInterrupt as exc:
         if type(exc) is not KeyboardInterrupt:  # Preempted escaping run_worker: unexpected

@@ -314,6 +314,7 @@ def run_worker(
     objective: Any | None = None,
     storage_options: Mapping[str, Any] | None = None,
     callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
+    check_data: bool = False,
 ) -> SearchState:
     """Run trials of a search until it is done (or ``max_trials`` were run here).
 
@@ -324,7 +325,9 @@ def run_worker(
     worker instead of ending it, up to ``MAX_STORAGE_OUTAGES`` in a row. ``storage_options``
     go to :func:`~spnas.storage.make_storage` (e.g. a shorter ``heartbeat_interval``);
     ``callbacks`` are Optuna callbacks called after every trial (``spnas worker`` passes
-    :class:`spnas.report.DashboardFigures`).
+    :class:`spnas.report.DashboardFigures`). With ``check_data`` the worker checks its data
+    set, weights and artifact store against the study (:func:`check_worker_inputs`) before it
+    runs a trial of a search that is not done, as ``spnas worker`` does on every node.
 
     Fault tolerance:
 
@@ -353,6 +356,8 @@ def run_worker(
         The search state when the worker stopped.
     """
     study, config = join_search_study(study_name, storage_url, storage_options=storage_options)
+    if check_data and not SearchState.from_trials(study.get_trials(deepcopy=False), config).done:
+        check_worker_inputs(study, config)
     objective = objective or Objective(config)
     _collect_garbage(study, config, objective)
     loop = _TrialLoop(study, config, objective, storage_url)

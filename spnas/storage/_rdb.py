@@ -46,9 +46,8 @@ GRACE_PERIOD_S = 600
 MAX_RETRY = 2
 RECONNECT_TIMEOUT_S = 120.0
 #: Database connections one storage keeps (a worker's main and heartbeat threads), and how
-#: many more it may open at once. ``spnas worker`` opens two storages (its command's look at
-#: the study, its worker loop's): N workers hold at most 6·N connections (4·N measured while
-#: training; the budget in ``recipes/slurm/spnas.sbatch``).
+#: many more it may open at once. ``spnas worker`` opens one storage: N workers hold at most
+#: 3·N connections (2·N measured while training; the budget in ``recipes/slurm/spnas.sbatch``).
 POOL_SIZE = 2
 MAX_OVERFLOW = 1
 

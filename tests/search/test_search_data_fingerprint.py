@@ -9,6 +9,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from search_doubles import make_config
 
 from spnas.cli import main
@@ -97,3 +98,27 @@ def test_a_study_without_a_fingerprint_is_validated_once(
     code, output = _worker(config, capsys)
     assert code == 0, output
     assert len(opened) == 16  # the second worker only checks the fingerprint
+
+
+def test_a_worker_opens_the_storage_once(
+    tmp_path: Path,
+    search_assets: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One connection pool a worker: on PostgreSQL its connections are the budget that the
+    SLURM recipe counts (2 held while it trains, measured; two storages held 4)."""
+    config = _config(tmp_path, search_assets, "pools")
+    create_search_study(config)
+    engines: set[sqlalchemy.engine.Engine] = set()
+
+    def used(connection: sqlalchemy.engine.Connection) -> None:
+        engines.add(connection.engine)
+
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "engine_connect", used)
+    try:
+        code, output = _worker(config, capsys)
+    finally:
+        sqlalchemy.event.remove(sqlalchemy.engine.Engine, "engine_connect", used)
+    assert code == 0, output
+    assert len(engines) == 1
