@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import faulthandler
 import logging
 import os
 import signal
@@ -159,6 +160,8 @@ def run_worker_command(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop_before_joining)
     signal.signal(signal.SIGINT, stop_before_joining)
+    # A worker that seems stuck: `kill -USR1 PID` writes every thread's stack to its log.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         from spnas.report import DashboardFigures
         from spnas.search import run_worker

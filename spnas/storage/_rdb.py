@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -123,14 +123,16 @@ def make_storage(
             # Heartbeats and retries are experimental in Optuna; we rely on them on purpose.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             rdb = _SQLiteStorage if url.startswith("sqlite:") else optuna.storages.RDBStorage
-            storage = rdb(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=max_retry
-                ),
+            storage = _open_beside_others(
+                lambda: rdb(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                        max_retry=max_retry
+                    ),
+                )
             )
     except Exception as exc:  # sqlalchemy raises many types; all mean "cannot use this URL"
         error = (
@@ -145,6 +147,38 @@ def make_storage(
     if not url.startswith("sqlite:"):
         _retry_connections(storage.engine, url, reconnect_timeout)
     return storage
+
+
+#: Attempts at opening a database whose tables another process is creating at that moment.
+SCHEMA_ATTEMPTS = 5
+
+
+def _open_beside_others(open_storage: Callable[[], optuna.storages.RDBStorage]) -> Any:
+    """``open_storage()``, tried again while another process creates the same new database.
+
+    Optuna creates the tables and the schema version row of a new database when it opens it,
+    checking first that they are missing: two processes opening it at the same moment (a
+    search being created and ``spnas status`` or a poller beside it, workers started on an
+    empty file) both find them missing, and the slower fails with "table … already exists"
+    or a duplicate version row. Opened again, it finds them there.
+    """
+    attempt = 1
+    while True:
+        try:
+            return open_storage()
+        except sqlalchemy.exc.DBAPIError as exc:
+            if attempt == SCHEMA_ATTEMPTS or not _created_beside(exc):
+                raise
+            _logger.debug("storage created by another process meanwhile: %s", exc.orig)
+        time.sleep(0.1 * attempt)
+        attempt += 1
+
+
+def _created_beside(exc: sqlalchemy.exc.DBAPIError) -> bool:
+    """Whether ``exc`` says that the tables or the version row being created exist already."""
+    if isinstance(exc, sqlalchemy.exc.IntegrityError):  # the version row, or PostgreSQL's types
+        return True
+    return "already exists" in str(exc.orig)
 
 
 class _SQLiteStorage(optuna.storages.RDBStorage):

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import datetime
 import errno
+import faulthandler
 import hashlib
 import logging
 import os
 import re
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -422,6 +424,10 @@ def frozen(
 
 
 # --------------------------------------------------------------------------- worker processes
+#: The worker's log, open for faulthandler's stack dumps for as long as the process lives.
+_STACK_DUMPS: list[Any] = []
+
+
 def worker_main(
     name: str,
     url: str,
@@ -442,6 +448,9 @@ def worker_main(
         force=True,
     )
     logging.getLogger("optuna").setLevel(logging.INFO)
+    # A test that times out sends SIGUSR1 (Workers.log_tails): every thread's stack to the log.
+    _STACK_DUMPS.append(open(log_file, "a"))  # noqa: SIM115 - open as long as the process
+    faulthandler.register(signal.SIGUSR1, file=_STACK_DUMPS[-1], all_threads=True)
     from spnas.search import Objective, join_search_study, run_worker
 
     kwargs: dict[str, Any] = {}

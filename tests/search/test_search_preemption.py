@@ -14,12 +14,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -121,6 +123,29 @@ def start_search(
     return proc, log
 
 
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL ``spnas search`` and its workers (its process group: ``start_search``)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+@pytest.fixture
+def searches() -> Iterator[Callable[..., tuple[subprocess.Popen, Path]]]:
+    """:func:`start_search`; what a test leaves running is killed at teardown, workers
+    included: a failed test once left its search training beside the tests after it."""
+    started: list[subprocess.Popen] = []
+
+    def start(*args: Any, **kwargs: Any) -> tuple[subprocess.Popen, Path]:
+        proc, log = start_search(*args, **kwargs)
+        started.append(proc)
+        return proc, log
+
+    yield start
+    for proc in started:
+        kill_group(proc)
+
+
 def wait_until(predicate: Any, what: str, proc: subprocess.Popen, log: Path, timeout: float) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -128,7 +153,7 @@ def wait_until(predicate: Any, what: str, proc: subprocess.Popen, log: Path, tim
         if result:
             return result
         if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
+            kill_group(proc)
             pytest.fail(f"{what} did not happen:\n{log.read_text()[-4000:]}")
         time.sleep(0.3)
 
@@ -186,6 +211,12 @@ def test_sigterm_to_a_worker_before_the_search_is_done_exits_143(
         seed = wait_until(
             lambda: running_decided("pod", url, "seed"), "a running seed trial", proc, log, 180
         )
+        # SIGUSR1: every thread's stack to the log (a worker that seems stuck); it goes on.
+        proc.send_signal(signal.SIGUSR1)
+        wait_until(
+            lambda: "(most recent call first)" in log.read_text(), "a stack dump", proc, log, 30
+        )
+        assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=STOP_TIMEOUT_S) == 128 + signal.SIGTERM, log.read_text()[-3000:]
     finally:
@@ -197,13 +228,13 @@ def test_sigterm_to_a_worker_before_the_search_is_done_exits_143(
 
 
 def test_sigterm_to_search_requeues_the_trial_and_leaves_no_process(
-    tmp_path: Path, search_assets: Path
+    tmp_path: Path, search_assets: Path, searches: Callable[..., tuple[subprocess.Popen, Path]]
 ) -> None:
     # Trials long enough (60 iterations: ~30 s on a loaded 2-core machine) to be interrupted.
     values = config_dict(tmp_path, "preempted", search_assets, schedule={"iters": 60})
     url = values["study"]["storage"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc, log = start_search(tmp_path, values, env)
+    proc, log = searches(tmp_path, values, env)
     seed = wait_until(
         lambda: running_decided("preempted", url, "seed"), "a running seed trial", proc, log, 180
     )
@@ -237,7 +268,10 @@ def test_sigterm_to_search_requeues_the_trial_and_leaves_no_process(
 
 @pytest.mark.postgres
 def test_no_password_in_ps_or_logs_during_a_postgres_search(
-    tmp_path: Path, search_assets: Path, postgresql_server: Any
+    tmp_path: Path,
+    search_assets: Path,
+    postgresql_server: Any,
+    searches: Callable[..., tuple[subprocess.Popen, Path]],
 ) -> None:
     plain = postgresql_server.new_database("spnas_ps")
     head, rest = plain.split("://", 1)
@@ -246,7 +280,7 @@ def test_no_password_in_ps_or_logs_during_a_postgres_search(
     values = config_dict(tmp_path, "hidden", search_assets)
     values["study"].pop("storage")
     env = dict(os.environ, OMP_NUM_THREADS="1", **{STORAGE_ENV: url})
-    proc, log = start_search(tmp_path, values, env)
+    proc, log = searches(tmp_path, values, env)
     secrets = (PASSWORD, quote(PASSWORD, safe=""), quote(PASSWORD))
     seen = 0
 

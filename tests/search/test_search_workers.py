@@ -10,8 +10,11 @@ reignition (classification pretraining on the crops of a 12-image synthetic set)
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
 import re
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -95,6 +98,14 @@ class Workers:
             proc.join(timeout=10)
 
     def log_tails(self, lines: int = 25) -> str:
+        """The last ``lines`` of each worker's log, after the live workers wrote their threads'
+        stacks to their logs (kept whole in the test's directory: why a worker hangs)."""
+        live = self.alive()
+        for proc in live:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGUSR1)
+        if live:
+            time.sleep(1.0)
         out = []
         for log in self.logs:
             text = log.read_text(errors="replace").splitlines() if log.exists() else []
