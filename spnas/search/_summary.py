@@ -77,7 +77,8 @@ def verification_summary(state: SearchState) -> dict[str, Any] | None:
     retrained value minus the seed's, paired by repeat (same seed), signed so that a positive
     gain is better whatever the metric's direction, with ``ci95``, its paired 95 % *t* interval
     (:func:`~spnas.search.paired_interval`); ``beats_seed`` says whether that interval lies
-    above zero.
+    above zero. A search that kept the seed (no candidate was accepted) has a gain of exactly
+    0 with ``same_network`` true: its pick is the seed's retrained network itself.
     """
     records = [r for r in state.records if r.decision.kind == TrialKind.VERIFY]
     if not records:
@@ -132,11 +133,20 @@ def verification_summary(state: SearchState) -> dict[str, Any] | None:
             "n": len(paired),
             "ci95": paired_interval(paired),
             "seed_std": seed_std,
+            "same_network": False,
         }
         if gain is not None:
             ci95 = summary["gain_over_seed"]["ci95"]
             summary["beats_seed"] = None if ci95 is None else ci95[0] > 0
             summary["verdict"] = _verdict(summary["gain_over_seed"], config.data.metric)
+    elif not searched and seed and summary["complete"]:
+        summary["gain_over_seed"] = _kept_seed(networks[0], seed)
+        summary["beats_seed"] = False
+        summary["verdict"] = (
+            f"the search kept the seed {_code(networks[0]['arch'], networks[0]['parallel'])}: "
+            f"its pick is the seed itself, so it gains nothing (+0.00 {config.data.metric} "
+            f"over {len(seed)} seeds, by construction)"
+        )
     gain = summary["gain_over_seed"]
     if summary["complete"] and (gain is None or gain["mean"] is None):
         summary["verdict"] = _no_verdict(networks, config.data.metric)
@@ -146,6 +156,23 @@ def verification_summary(state: SearchState) -> dict[str, Any] | None:
     if not summary["complete"]:
         summary["verdict"] = "verification is running: " + summary["verdict"]
     return summary
+
+
+def _kept_seed(row: dict[str, Any], seed: dict[int, float]) -> dict[str, Any]:
+    """``gain_over_seed`` of a search whose pick is the seed: the same retrained network on
+    both sides, so every paired difference is 0 (not "unknown": the search added nothing)."""
+    _, seed_std = _mean_std(list(seed.values()))
+    return {
+        "network": "seed",
+        "arch": row["arch"],
+        "parallel": row["parallel"],
+        "mean": 0.0,
+        "std": 0.0,
+        "n": len(seed),
+        "ci95": [0.0, 0.0],
+        "seed_std": seed_std,
+        "same_network": True,
+    }
 
 
 def _diverged_repeats(records: Sequence[Record], values: dict[int, float]) -> list[dict[str, Any]]:
@@ -194,7 +221,7 @@ def _no_verdict(networks: Sequence[dict[str, Any]], metric: str) -> str:
     """Why a finished verification cannot compare the searched network with the seed."""
     searched = [n for n in networks if n["role"] != "seed"]
     if not searched:
-        return "no verdict: the search found no network other than the seed to verify"
+        return f"no verdict: the search kept the seed, and none of its retrains has a {metric}"
     target = searched[-1]
     seed = next((n for n in networks if n["role"] == "seed"), None)
     missing = [n for n in (seed, target) if n is not None and n["mean"] is None]

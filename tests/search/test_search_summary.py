@@ -208,3 +208,35 @@ def test_running_verification_says_so(config: SearchConfig) -> None:
 def test_kendall_tau_b(xs: list[float], ys: list[float], tau: float | None) -> None:
     result = kendall_tau(xs, ys)
     assert result == (None if tau is None else pytest.approx(tau))
+
+
+def test_a_search_that_kept_the_seed_gains_nothing_by_construction(
+    config: SearchConfig,
+) -> None:
+    """No candidate beat its round's control: the search's pick is the seed, verified once
+    (a network met twice is retrained once), and its gain is 0, not unknown."""
+    trials = [
+        frozen(0, _decision("seed", SEED_ARCH, None, round=0), C, 10.0),
+        frozen(1, _decision("control", SEED_ARCH, 0, round=1), C, 20.0),
+        frozen(2, _decision("serial", SPNET[0], 0, round=1), C, 15.0),
+        frozen(3, _decision("serial", "BB(11,d11,d1,d1)", 0, round=1), C, 14.0),
+        frozen(4, _decision("serial", "BB(11,d1,d11,d1)", 0, round=1), C, 13.0),
+        frozen(5, _decision("parallel_seed", SEED_ARCH, 1, "(0,0,0,0)"), C, 30.0),
+        frozen(6, _decision("control", SEED_ARCH, 5, "(0,0,0,0)", round=1), C, 31.0),
+        frozen(7, _decision("parallel", SEED_ARCH, 5, "(1,0,0,0)", round=1), C, 25.0),
+        frozen(8, _decision("parallel", SEED_ARCH, 5, "(0,1,0,0)", round=1), C, 24.0),
+        frozen(9, _decision("parallel", SEED_ARCH, 5, "(0,0,1,0)", round=1), C, 23.0),
+    ]
+    for repeat, value in enumerate([11.0, 12.0, 13.0]):
+        d = _decision("verify", SEED_ARCH, 0, round=1, role="seed", repeat=repeat)
+        trials.append(frozen(len(trials), d, C, value))
+    summary = summarize(trials, config, "s")
+    verify = summary["verify"]
+    assert summary["phase"] == "done" and verify["complete"]
+    assert [n["role"] for n in verify["networks"]] == ["seed"]
+    gain = verify["gain_over_seed"]
+    assert gain["same_network"] is True and gain["network"] == "seed"
+    assert (gain["mean"], gain["ci95"], gain["n"]) == (0.0, [0.0, 0.0], 3)
+    assert gain["seed_std"] == pytest.approx(1.0)
+    assert verify["beats_seed"] is False
+    assert verify["verdict"].startswith("the search kept the seed BB(11,d1,d1,d1)")
