@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import faulthandler
+import io
 import logging
 import os
 import signal
@@ -153,6 +154,16 @@ def run_search(args: argparse.Namespace) -> int:
     return launched.exit_code()
 
 
+def _dump_stacks_on_sigusr1() -> None:
+    """A worker that seems stuck: ``kill -USR1 PID`` writes every thread's stack to its log."""
+    if not hasattr(signal, "SIGUSR1"):  # Windows
+        return
+    try:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    except io.UnsupportedOperation:  # stderr is no file (captured, embedded): nowhere to write
+        _logger.debug("stack dumps on SIGUSR1 unavailable: stderr has no file descriptor")
+
+
 def run_worker_command(args: argparse.Namespace) -> int:
     # Until run_worker takes SIGTERM over (after torch and the study are loaded), it stops the
     # worker like Ctrl-C: no trial is running yet, so there is nothing to re-queue.
@@ -160,8 +171,7 @@ def run_worker_command(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop_before_joining)
     signal.signal(signal.SIGINT, stop_before_joining)
-    # A worker that seems stuck: `kill -USR1 PID` writes every thread's stack to its log.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    _dump_stacks_on_sigusr1()
     try:
         from spnas.report import DashboardFigures
         from spnas.search import run_worker
