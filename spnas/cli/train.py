@@ -14,8 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train a detectron2 config (e.g. from `spnas export`) and evaluate it",
         description="Train with SPNASTrainer on the config's schedule, starting from "
         "MODEL.WEIGHTS, on SPNAS.DATA_DIR (or --data), and evaluate on its validation split. "
-        "Started by torchrun (RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE set, and "
-        "MASTER_ADDR, MASTER_PORT), each process is one rank of torchrun's group: --num-gpus, "
+        "Started by torchrun (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and "
+        "MASTER_PORT set), each process is one rank of torchrun's group: --num-gpus, "
         "--num-machines, --machine-rank and --dist-url come from torchrun's environment "
         "(given as well, they must agree); global rank 0 prints the result and writes the "
         "weights.",
@@ -34,7 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--num-machines", type=int, help="default 1; under torchrun: --nnodes")
     parser.add_argument(
-        "--machine-rank", type=int, help="this machine's rank (default 0; under torchrun: its)"
+        "--machine-rank",
+        type=int,
+        help="this machine's rank (default 0; under torchrun: RANK // LOCAL_WORLD_SIZE)",
     )
     parser.add_argument(
         "--dist-url",

@@ -404,15 +404,9 @@ def _launch_here(
             f"{env.machine_rank} (RANK={env.rank})"
         )
     _check_gpus(backend, num_processes)
+    # torchrun_env checked that RANK is machine_rank * num_processes + LOCAL_RANK.
     with _process_group(
-        env.rank,
-        env.local_rank,
-        env.world_size,
-        num_processes,
-        machine_rank,
-        "env://",
-        backend,
-        timeout,
+        env.local_rank, num_processes, num_machines, machine_rank, "env://", backend, timeout
     ):
         _logger.info(
             "joined torchrun's %s process group of %d as rank %d (local rank %d of %d, "
@@ -504,8 +498,9 @@ def _worker(
     )
     threading.Thread(target=_exit_with, args=(launcher_pid,), daemon=True).start()
     torch.set_num_threads(threads)
+    num_machines = world_size // num_processes
     with _process_group(
-        rank, local_rank, world_size, num_processes, machine_rank, dist_url, backend, timeout
+        local_rank, num_processes, num_machines, machine_rank, dist_url, backend, timeout
     ):
         _queue = messages if rank == 0 else None
         try:
@@ -520,24 +515,27 @@ def _worker(
 
 @contextlib.contextmanager
 def _process_group(
-    rank: int,
     local_rank: int,
-    world_size: int,
     num_processes: int,
+    num_machines: int,
     machine_rank: int,
     dist_url: str,
     backend: str,
     timeout: datetime.timedelta,
 ) -> Iterator[None]:
-    """Join the process group as ``rank`` (on NCCL, on GPU ``local_rank``), with its
-    machine's local group, for the block; destroy it after."""
+    """Join the process group as process ``local_rank`` of machine ``machine_rank`` (on NCCL,
+    on GPU ``local_rank``), with its machine's local group, for the block; destroy it after."""
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
     dist.init_process_group(
-        backend, init_method=dist_url, world_size=world_size, rank=rank, timeout=timeout
+        backend,
+        init_method=dist_url,
+        world_size=num_processes * num_machines,
+        rank=machine_rank * num_processes + local_rank,
+        timeout=timeout,
     )
     try:
-        _create_local_group(world_size // num_processes, num_processes, machine_rank)
+        _create_local_group(num_machines, num_processes, machine_rank)
         yield
     finally:
         dist.destroy_process_group()
