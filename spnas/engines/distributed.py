@@ -11,6 +11,10 @@ its Optuna trial is); their standard output goes to standard error, leaving the 
 its results (``--json``). When any process fails, torch's launcher terminates the others and
 :func:`launch` raises: a trial is never half-trained.
 
+Under ``torchrun`` (``dist_url="env://"``), :func:`launch` starts nothing: torchrun started one
+process per GPU and set :data:`TORCHRUN_VARIABLES` (read by :func:`torchrun_env`); this process
+joins their group as one rank, with the same local group, and runs ``main_func`` itself.
+
 :func:`data_parallel` wraps an engine's ``train_eval`` so that a schedule with
 ``gpus_per_trial`` > 1 runs it in that many processes; the engines then train with
 ``DistributedDataParallel`` (detectron2's ``DefaultTrainer`` does; the torchvision engine
@@ -36,7 +40,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,13 +66,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "TORCHRUN_VARIABLES",
     "DistributedError",
+    "TorchrunEnv",
     "data_parallel",
     "get_rank",
     "get_world_size",
     "is_main_process",
     "launch",
     "post",
+    "torchrun_env",
     "unwrap",
 ]
 
@@ -89,6 +96,95 @@ _handler: Callable[[Any], None] | None = None
 
 class DistributedError(SpnasError, RuntimeError):
     """A process of a data-parallel run failed (crashed, was killed, or raised)."""
+
+
+#: The variables torchrun sets in each process it starts that :func:`torchrun_env` requires:
+#: the rank layout, and where rank 0 listens (what ``init_method="env://"`` reads).
+TORCHRUN_VARIABLES = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
+
+# Any one of these marks torchrun's (or an equivalent launcher's) environment.
+_RANK_VARIABLES = TORCHRUN_VARIABLES[:4]
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchrunEnv:
+    """This process's place in a run ``torchrun`` started: ``local_world_size`` processes on
+    each of ``world_size / local_world_size`` machines, global ranks numbered machine by
+    machine (torchrun's order with the same ``--nproc-per-node`` on every node)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+
+    @property
+    def num_processes(self) -> int:
+        """Processes on this machine (``--num-gpus``)."""
+        return self.local_world_size
+
+    @property
+    def num_machines(self) -> int:
+        return self.world_size // self.local_world_size
+
+    @property
+    def machine_rank(self) -> int:
+        return self.rank // self.local_world_size
+
+
+def torchrun_env(environ: Mapping[str, str] | None = None) -> TorchrunEnv | None:
+    """The layout torchrun gave this process, or ``None`` outside torchrun.
+
+    A process is under torchrun when any of ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and
+    ``LOCAL_WORLD_SIZE`` is set in ``environ`` (default: :data:`os.environ`); then all of
+    :data:`TORCHRUN_VARIABLES` must be (``MASTER_ADDR`` and ``MASTER_PORT`` for ``env://``).
+
+    Raises:
+        ConfigError: naming a variable that is missing, not an integer, or out of range, or
+            a layout :func:`launch` cannot form (different process counts per machine, or
+            ranks not numbered machine by machine).
+    """
+    environ = os.environ if environ is None else environ
+    if not any(name in environ for name in _RANK_VARIABLES):
+        return None
+    missing = [name for name in TORCHRUN_VARIABLES if not environ.get(name)]
+    if missing:
+        raise ConfigError(
+            f"torchrun environment: {', '.join(missing)} not set (a process under torchrun "
+            f"has all of {', '.join(TORCHRUN_VARIABLES)}; found "
+            f"{', '.join(n for n in _RANK_VARIABLES if n in environ)})"
+        )
+    values: dict[str, int] = {}
+    for name in _RANK_VARIABLES:
+        try:
+            values[name] = int(environ[name])
+        except ValueError:
+            raise ConfigError(
+                f"torchrun environment: {name}={environ[name]!r}: expected an integer"
+            ) from None
+    env = TorchrunEnv(
+        values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"], values["LOCAL_WORLD_SIZE"]
+    )
+    layout = f"RANK={env.rank}, WORLD_SIZE={env.world_size}, LOCAL_RANK={env.local_rank}, "
+    layout += f"LOCAL_WORLD_SIZE={env.local_world_size}"
+    if not (0 <= env.rank < env.world_size and 0 <= env.local_rank < env.local_world_size):
+        raise ConfigError(
+            f"torchrun environment: {layout}: expected 0 <= RANK < WORLD_SIZE and "
+            "0 <= LOCAL_RANK < LOCAL_WORLD_SIZE"
+        )
+    if env.world_size % env.local_world_size or env.rank % env.local_world_size != env.local_rank:
+        raise ConfigError(
+            f"torchrun environment: {layout}: expected the same --nproc-per-node on every node "
+            "(WORLD_SIZE a multiple of LOCAL_WORLD_SIZE, RANK = node rank x LOCAL_WORLD_SIZE "
+            "+ LOCAL_RANK)"
+        )
+    return env
 
 
 def get_world_size() -> int:
@@ -173,29 +269,58 @@ def launch(
     Call it on every machine, with its ``machine_rank``, as detectron2's ``launch``. With one
     process in all, ``main_func`` runs here, in this process.
 
+    With ``dist_url="env://"`` it starts nothing: call it in every process ``torchrun``
+    started (``torchrun --nproc-per-node N --nnodes M ...``). This process joins their group
+    as the rank :func:`torchrun_env` reads, ``torch.cuda.set_device(LOCAL_RANK)`` first on
+    NCCL, creates the same local group as launched processes do, runs ``main_func`` here and
+    destroys the group at the end. ``num_processes``, ``num_machines`` and ``machine_rank``
+    must then be torchrun's (:attr:`TorchrunEnv.num_processes` and the others).
+
     Args:
         main_func: a picklable (module-level) function; it runs with the process group
             initialised.
         num_processes: processes on this machine (one per GPU).
+        num_machines: machines taking part, each starting ``num_processes`` processes.
+        machine_rank: this machine's rank, 0 to ``num_machines - 1``.
         dist_url: where the processes meet, e.g. ``tcp://10.0.0.1:29500``; ``"auto"``: a
-            free port on this machine (one machine only).
+            free port on this machine (one machine only); ``"env://"``: torchrun's
+            ``MASTER_ADDR`` and ``MASTER_PORT``, this process being one rank.
+        args: positional arguments of ``main_func`` (picklable, except under ``env://``).
         backend: ``"nccl"`` or ``"gloo"``; by default NCCL when CUDA is available, else Gloo.
         on_message: called here with every message global rank 0 :func:`post`\\ s; what it
             raises (e.g. :class:`optuna.TrialPruned`) stops the processes and propagates.
+            Under ``env://`` it is called in global rank 0's process only.
         timeout: of the process group's collectives.
 
     Returns:
-        ``main_func``'s return value in global rank 0 (``None`` on other machines).
+        ``main_func``'s return value in global rank 0 (``None`` on other machines, and in
+        the other ranks under ``env://``).
 
     Raises:
-        ConfigError: for a process count or machine rank out of range, or ``dist_url="auto"``
-            with several machines.
+        ConfigError: for a process count or machine rank out of range, ``dist_url="auto"``
+            with several machines, NCCL with fewer GPUs than processes, or, under
+            ``env://``, a torchrun environment that is missing, invalid, or at odds with
+            ``num_processes``, ``num_machines`` or ``machine_rank``.
         DistributedError: when a process fails; the message names its rank and error. An
             :class:`~spnas.exceptions.SpnasError` a process raised (a diverged trial, bad
-            input) is raised as itself.
+            input) is raised as itself. (Under ``env://``, ``main_func``'s exception
+            propagates in its own process; torchrun stops the others.)
     """
     global _handler
     _check_layout(num_processes, num_machines, machine_rank)
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if dist_url == "env://":
+        return _launch_here(
+            main_func,
+            num_processes,
+            num_machines,
+            machine_rank,
+            args,
+            backend,
+            on_message,
+            timeout,
+        )
     world_size = num_processes * num_machines
     if world_size == 1:
         _handler = on_message
@@ -207,13 +332,7 @@ def launch(
         if num_machines > 1:
             raise ConfigError("dist_url 'auto' works on one machine; pass tcp://HOST:PORT")
         dist_url = f"tcp://127.0.0.1:{_free_port()}"
-    if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl" and torch.cuda.device_count() < num_processes:
-        raise ConfigError(
-            f"{num_processes} processes on NCCL need as many GPUs; "
-            f"{torch.cuda.device_count()} visible"
-        )
+    _check_gpus(backend, num_processes)
     messages = mp.get_context("spawn").SimpleQueue()
     # Each process takes its share of this one's CPU threads (data-parallel on the CPU).
     threads = max(1, torch.get_num_threads() // num_processes)
@@ -247,6 +366,65 @@ def launch(
         dist_url,
     )
     return _wait(context, messages, on_message, world_size)
+
+
+def _check_gpus(backend: str, num_processes: int) -> None:
+    if backend == "nccl" and torch.cuda.device_count() < num_processes:
+        raise ConfigError(
+            f"{num_processes} processes on NCCL need as many GPUs; "
+            f"{torch.cuda.device_count()} visible"
+        )
+
+
+def _launch_here(
+    main_func: Callable[..., Any],
+    num_processes: int,
+    num_machines: int,
+    machine_rank: int,
+    args: Sequence[Any],
+    backend: str,
+    on_message: Callable[[Any], None] | None,
+    timeout: datetime.timedelta,
+) -> Any:
+    """:func:`launch` under torchrun: this process is one rank of the group torchrun started."""
+    global _handler
+    env = torchrun_env()
+    if env is None:
+        raise ConfigError(
+            "dist_url 'env://': not under torchrun (none of "
+            f"{', '.join(_RANK_VARIABLES)} is set); start with torchrun or pass another dist_url"
+        )
+    asked = (num_processes, num_machines, machine_rank)
+    if asked != (env.num_processes, env.num_machines, env.machine_rank):
+        raise ConfigError(
+            f"num_processes={num_processes}, num_machines={num_machines}, "
+            f"machine_rank={machine_rank} contradict torchrun's environment: "
+            f"{env.num_processes} process(es) per machine (LOCAL_WORLD_SIZE), "
+            f"{env.num_machines} machine(s) (WORLD_SIZE={env.world_size}), this one of rank "
+            f"{env.machine_rank} (RANK={env.rank})"
+        )
+    _check_gpus(backend, num_processes)
+    # torchrun_env checked that RANK is machine_rank * num_processes + LOCAL_RANK.
+    with _process_group(
+        env.local_rank, num_processes, num_machines, machine_rank, "env://", backend, timeout
+    ):
+        _logger.info(
+            "joined torchrun's %s process group of %d as rank %d (local rank %d of %d, "
+            "machine %d of %d)",
+            backend,
+            env.world_size,
+            env.rank,
+            env.local_rank,
+            num_processes,
+            machine_rank,
+            num_machines,
+        )
+        _handler = on_message if env.rank == 0 else None
+        try:
+            result = main_func(*args)
+        finally:
+            _handler = None
+    return result if env.rank == 0 else None
 
 
 def _free_port() -> int:
@@ -320,13 +498,10 @@ def _worker(
     )
     threading.Thread(target=_exit_with, args=(launcher_pid,), daemon=True).start()
     torch.set_num_threads(threads)
-    if backend == "nccl":
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group(
-        backend, init_method=dist_url, world_size=world_size, rank=rank, timeout=timeout
-    )
-    try:
-        _create_local_group(world_size // num_processes, num_processes, machine_rank)
+    num_machines = world_size // num_processes
+    with _process_group(
+        local_rank, num_processes, num_machines, machine_rank, dist_url, backend, timeout
+    ):
         _queue = messages if rank == 0 else None
         try:
             with contextlib.redirect_stdout(sys.stderr):
@@ -336,6 +511,32 @@ def _worker(
             raise
         if rank == 0:
             messages.put(("result", result))
+
+
+@contextlib.contextmanager
+def _process_group(
+    local_rank: int,
+    num_processes: int,
+    num_machines: int,
+    machine_rank: int,
+    dist_url: str,
+    backend: str,
+    timeout: datetime.timedelta,
+) -> Iterator[None]:
+    """Join the process group as process ``local_rank`` of machine ``machine_rank`` (on NCCL,
+    on GPU ``local_rank``), with its machine's local group, for the block; destroy it after."""
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(
+        backend,
+        init_method=dist_url,
+        world_size=num_processes * num_machines,
+        rank=machine_rank * num_processes + local_rank,
+        timeout=timeout,
+    )
+    try:
+        _create_local_group(num_machines, num_processes, machine_rank)
+        yield
     finally:
         dist.destroy_process_group()
 

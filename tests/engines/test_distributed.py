@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -197,3 +198,86 @@ def test_a_gpu_trial_sends_its_ranks_a_sync_bn_network(monkeypatch: pytest.Monke
     synced = SerialNet("BB(11,d1,d1,d1)", base_width=8, norm="SyncBN")
     assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
     SerialNet("BB(11,d1,d1,d1)", base_width=8, norm="BN").load_state_dict(synced.state_dict())
+
+
+# ------------------------------------------------------------------ torchrun (env://)
+TORCHRUN = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}  # fmt: skip
+
+
+def test_torchrun_env_reads_the_layout_and_refuses_a_broken_one() -> None:
+    from spnas.engines.distributed import torchrun_env
+
+    assert torchrun_env({"PATH": "/bin"}) is None
+    env = torchrun_env(TORCHRUN)
+    assert env is not None
+    assert (env.num_processes, env.num_machines, env.machine_rank) == (2, 2, 1)
+    broken = [
+        ({"LOCAL_RANK": "0"}, "RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT"),
+        ({**TORCHRUN, "MASTER_PORT": ""}, "MASTER_PORT not set"),
+        ({**TORCHRUN, "WORLD_SIZE": "four"}, "WORLD_SIZE='four': expected an integer"),
+        ({**TORCHRUN, "RANK": "4"}, "RANK=4, WORLD_SIZE=4.*0 <= RANK < WORLD_SIZE"),
+        ({**TORCHRUN, "LOCAL_RANK": "-1"}, "LOCAL_RANK=-1.*0 <= LOCAL_RANK"),
+        ({**TORCHRUN, "WORLD_SIZE": "5"}, "WORLD_SIZE=5.*same --nproc-per-node"),
+        ({**TORCHRUN, "LOCAL_RANK": "0"}, "RANK=3.*LOCAL_RANK=0.*same --nproc-per-node"),
+    ]
+    for environ, message in broken:
+        with pytest.raises(ConfigError, match=message):
+            torchrun_env(environ)
+
+
+def test_launch_env_joins_torchrun_s_group_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    from spnas.engines.distributed import _free_port
+
+    port = str(_free_port())
+    layout = {**TORCHRUN, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
+              "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}  # fmt: skip
+    for name, value in layout.items():
+        monkeypatch.setenv(name, value)
+    messages: list[object] = []
+    result = launch(_sum_of_ranks, 1, dist_url="env://", args=(5,), on_message=messages.append)
+    # Run here, in this process, inside the group (world size 1), which is gone after.
+    assert result == (5, 1)
+    assert messages == [("rank", 0)]
+    assert not dist.is_initialized()
+
+
+def test_launch_env_refuses_what_contradicts_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match="dist_url 'env://': not under torchrun"):
+        launch(_sum_of_ranks, 2, dist_url="env://")
+    for name, value in TORCHRUN.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=r"num_processes=4.*contradict.*2 process\(es\)"):
+        launch(_sum_of_ranks, 4, num_machines=2, machine_rank=1, dist_url="env://")
+    with pytest.raises(ConfigError, match=r"machine_rank=0 contradict.*rank 1 \(RANK=3\)"):
+        launch(_sum_of_ranks, 2, num_machines=2, machine_rank=0, dist_url="env://")
+    assert not dist.is_initialized()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--num-gpus", "4"], "--num-gpus 4 contradicts torchrun's environment "
+         r"\(LOCAL_WORLD_SIZE=2: 2\)"),
+        (["--machine-rank", "0"], r"--machine-rank 0 contradicts.*RANK=3 // LOCAL_WORLD_SIZE"),
+        (["--dist-url", "tcp://h:1"], "--dist-url tcp://h:1 contradicts"),
+    ],
+)  # fmt: skip
+def test_spnas_train_under_torchrun_refuses_contradicting_flags(
+    flags: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from spnas.cli import main
+
+    for name, value in TORCHRUN.items():
+        monkeypatch.setenv(name, value)
+    config = tmp_path / "config.yaml"  # never read: the flags are refused first
+    assert main(["train", str(config), *flags]) == 2
+    error = capsys.readouterr().err
+    assert re.search(message, error), error
+    assert "Traceback" not in error
