@@ -119,9 +119,15 @@ from _paired import VERIFY_SEED_BASE, check_disjoint, paired, pooled, verificati
 from profiles import NETS, PROFILES
 
 from spnas.arch import SearchSpace, SerialCode
-from spnas.search import SearchConfig, SearchState, load_search_study, retrain
+from spnas.search import (
+    SearchConfig,
+    SearchState,
+    load_search_study,
+    retrain,
+    sample_parallel_code,
+)
 from spnas.search._config import apply_override
-from spnas.search._proposals import flops_budget, sample_parallel_code, stage_costs
+from spnas.search._proposals import flops_budget, stage_costs
 
 NAME = "search_vs_random"
 SEED_ARCH = NETS["seed"]

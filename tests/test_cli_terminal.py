@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from spnas.cli import EXIT_BROKEN_PIPE
-from spnas.cli._warnings import KNOWN_WARNINGS, silence_known_warnings
+from spnas.cli import EXIT_BROKEN_PIPE, silence_known_warnings
+from spnas.cli._warnings import KNOWN_WARNINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": "PASSIVE"}
@@ -63,7 +63,7 @@ SNIPPET = """
 import sys
 import spnas  # prepares a detectron2 installed without its compiled ops
 if sys.argv[1] == "silenced":
-    from spnas.cli._warnings import silence_known_warnings
+    from spnas.cli import silence_known_warnings
     silence_known_warnings()
 import detectron2.layers  # imports fvcore.nn, which scripts its losses with torch.jit
 import torch

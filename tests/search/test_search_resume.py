@@ -27,11 +27,10 @@ from search_doubles import SEED_ARCH, FakeEngine, make_config, reignite_decision
 
 from spnas.engines import TrialDiverged
 from spnas.engines.detectron2 import Detectron2Engine, config_path
-from spnas.search import Decision, Objective, create_search_study, run_worker
+from spnas.search import Decision, Objective, TrialKind, create_search_study, run_worker
 from spnas.search._gc import collect_stale_checkpoints
 from spnas.search._objective import checkpoint_dir, trial_seed
 from spnas.search._signals import Preempted
-from spnas.search._state import TrialKind
 
 #: 8 iterations, a checkpoint every 2 (a quarter of the run); SIGTERM at iteration 5, after
 #: the checkpoint of iteration 4.
