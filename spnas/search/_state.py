@@ -67,7 +67,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import math
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -198,7 +200,9 @@ class Decision:
         """The decision written on ``trial`` (``None`` when it has not decided yet)."""
         return cls.from_attrs(trial.system_attrs)
 
-    @property
+    # Cached: the decisions of finished trials are kept between replays
+    # (spnas.search._records), and every proposal lists the candidates of all of them.
+    @functools.cached_property
     def candidate(self) -> tuple[str, str | None]:
         """Identity of the network trained: serial code and parallel code."""
         return (str(self.arch), None if self.parallel is None else str(self.parallel))
@@ -258,11 +262,13 @@ class Record:
     #: Set when its training diverged: a result, never retried.
     diverged: Divergence | None = None
 
-    @property
+    # Cached: a replay asks every record several times, and the records of finished trials
+    # are kept between replays (spnas.search._records).
+    @functools.cached_property
     def running(self) -> bool:
         return self.state in (TrialState.RUNNING, TrialState.WAITING)
 
-    @property
+    @functools.cached_property
     def finished(self) -> bool:
         return not self.running
 
@@ -452,7 +458,7 @@ def trial_records(
     # A failed trial that Optuna retried is superseded by its retry (which copies the decision).
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
     records = []
-    for trial in sorted(trials, key=_number):
+    for trial in sorted(trials, key=_NUMBER):
         if trial.state == TrialState.FAIL and trial.number in retried:
             continue
         found = record(trial)
@@ -461,8 +467,7 @@ def trial_records(
     return tuple(records)
 
 
-def _number(trial: FrozenTrial) -> int:
-    return trial.number
+_NUMBER = operator.attrgetter("number")
 
 
 def verification_plan(state: SearchState) -> list[tuple[str, Best]]:
@@ -543,10 +548,13 @@ class _Replay:
             ranked_by=self.direction,
         )
 
-    def best_of(self, record: Record) -> Best:
+    def best_of(self, record: Record, value: float | None = None) -> Best:
+        """``record``'s network as a best, with ``value`` instead of its own if given."""
         assert record.value is not None and record.decision.arch is not None
         d = record.decision
-        return Best(record.number, d.arch, d.parallel, record.value, d.ops)
+        return Best(
+            record.number, d.arch, d.parallel, record.value if value is None else value, d.ops
+        )
 
     def attempts_state(self, attempts: list[Record]) -> tuple[Record | None, str]:
         """The completed trial among ``attempts``, else the diverged one (``diverged``: never
@@ -670,7 +678,7 @@ class _Replay:
                     self.stuck += 1  # failed, diverged, or not better on average: rejected
                     continue
                 value = mean
-            judged.best = dataclasses.replace(self.best_of(record), value=value)
+            judged.best = self.best_of(record, value)
             self.stuck = 0
         judged.running = [r for r in records if r.running]
         spent = max_trials is not None and len(records) >= max_trials

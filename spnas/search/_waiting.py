@@ -192,7 +192,7 @@ class WaitingLine:
         sampler's :class:`~spnas.search._records.RecordReader` of this look, which parses each
         trial once however many replays read it).
         """
-        line = [t for t in trials if t.number > trial.number and _undecided(t)]
+        line = [t for t in trials if _undecided(t) and t.number > trial.number]
         if not line:
             return
         config = self._config_for(study)
