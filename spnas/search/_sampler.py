@@ -25,8 +25,17 @@ from spnas.search._config import CONFIG_ATTR, SearchConfig
 from spnas.search._optuna import in_optimize_loop, storage_of, study_id, trial_id, whole_study
 from spnas.search._params import architecture_distributions, record_architecture
 from spnas.search._proposals import SearchExhausted, propose_parallel, propose_serial
+from spnas.search._records import RecordCache, RecordReader
 from spnas.search._signals import accept_stop_signals, defer_stop_signals
-from spnas.search._state import DECISION_ATTR, KIND_ATTR, Decision, SearchState, TrialKind
+from spnas.search._state import (
+    DECISION_ATTR,
+    KIND_ATTR,
+    Decision,
+    SearchState,
+    TrialKind,
+    trial_record,
+    trial_records,
+)
 from spnas.search._waiting import LOG_EVERY_S, WaitingLine, is_running_decided
 
 _logger = logging.getLogger(__name__)
@@ -57,7 +66,9 @@ class SPNASSampler(BaseSampler):
     """Decides what every trial trains: SP-NAS's serial and parallel search.
 
     The sampler is stateless across processes. In :meth:`before_trial` it derives the search
-    state from the study's trials (:meth:`SearchState.from_trials`) and writes the trial's
+    state from the study's trials (:meth:`SearchState.from_trials`; the records of finished
+    trials, which cannot change, are parsed once per sampler: :mod:`spnas.search._records`,
+    so a decision parses only what is new or still running) and writes the trial's
     decision into its system attributes (``spnas:decision``, then ``spnas:kind``; see
     :class:`~spnas.search.Decision`), where :class:`~spnas.search.Objective`
     (or your own objective, via :func:`~spnas.search.get_decision`) reads it. A trial that
@@ -142,9 +153,13 @@ class SPNASSampler(BaseSampler):
         # directions never change: one storage read per study, not one per trial or suggest.
         self._directions: dict[tuple[int, int, str], str] = {}
         self._checked: set[tuple[int, int, str]] = set()
+        # Per study: the records of its finished trials, parsed once (their decisions are
+        # replayed at every decision).
+        self._records = RecordCache()
 
     def __getstate__(self) -> dict[str, Any]:
-        # The per-study caches are keyed by the storage object's id: meaningless elsewhere.
+        # The per-study caches are keyed by the storage object's id: meaningless elsewhere
+        # (the RecordCache pickles itself empty).
         state = self.__dict__.copy()
         state["_directions"], state["_checked"] = {}, set()
         return state
@@ -193,8 +208,13 @@ class SPNASSampler(BaseSampler):
         trials = [
             finished if t.number == trial.number else t for t in study.get_trials(deepcopy=False)
         ]
-        search = SearchState.from_trials(
-            trials, self.config_for(study), self.study_direction(study)
+        reader = self._records.reader(study)
+        # The copy is parsed apart, never kept: the storage stores its own finish time.
+        records = trial_records(
+            trials, lambda t: trial_record(t) if t is finished else reader.record(t)
+        )
+        search = SearchState.from_records(
+            records, self.config_for(study), self.study_direction(study)
         )
         if search.done:
             _logger.info("the search is %s: stopping study %r", search.phase, study.study_name)
@@ -410,25 +430,27 @@ class SPNASSampler(BaseSampler):
         ahead, or if ``trial`` may decide now (then the line behind it is decided too); else
         why it waits, and the few trials to read meanwhile."""
         trials = study.get_trials(deepcopy=False)
-        mine = Decision.of(next(t for t in trials if t.number == trial.number))
+        mine = Decision.of(_numbered(trials, trial.number))
         if mine is not None:  # a lower-numbered trial decided ahead for this one
             return _Look(mine, written=True)
+        # The state first: most trials finished, and it rules them out at once.
         blocking = [
             t
             for t in trials
-            if t.number < trial.number and t.state == TrialState.RUNNING and Decision.of(t) is None
+            if t.state == TrialState.RUNNING and t.number < trial.number and Decision.of(t) is None
         ]
         if blocking:
             numbers = [t.number for t in blocking[:5]]
             return _Look(
                 reason=f"waiting for trial(s) {numbers} to decide first", blocking=blocking
             )
-        state = SearchState.from_trials(trials, config, direction)
+        reader = self._records.reader(study)
+        state = SearchState.from_records(reader.records(trials), config, direction)
         fresh = self._line.fresh_failures(state) if heartbeat else []
         if fresh:
             return _Look(reason=f"waiting for the retry of failed trial(s) {fresh[:5]}, if any")
         if state.done or state.next_kind is not None:
-            return _Look(self._decide_now(study, trials, trial, state, direction))
+            return _Look(self._decide_now(study, trials, trial, state, direction, reader))
         queued = [
             t.number for t in trials if t.state == TrialState.WAITING and Decision.of(t) is not None
         ]
@@ -452,16 +474,20 @@ class SPNASSampler(BaseSampler):
         trial: FrozenTrial,
         state: SearchState,
         direction: str,
+        reader: RecordReader,
     ) -> Decision:
         """Decide ``trial`` on ``state`` (``idle`` once the search is done, which stops the
-        optimize loop), and decide ahead for the line behind it."""
+        optimize loop), and decide ahead for the line behind it (replaying ``trials`` through
+        this look's ``reader``)."""
         if state.done:
             if in_optimize_loop(study):
                 study.stop()
             decision = Decision(TrialKind.IDLE, round=state.round)
         else:
             decision = self._decision(state, trial.number)
-        self._line.decide_ahead(study, trials, trial, decision, direction, self._decision)
+        self._line.decide_ahead(
+            study, trials, trial, decision, direction, self._decision, reader.records
+        )
         return decision
 
     def _decision(self, state: SearchState, number: int) -> Decision:
@@ -512,6 +538,14 @@ class SPNASSampler(BaseSampler):
 def _study_key(study: Study) -> tuple[int, int, str]:
     """Tells studies apart within one process: the storage object, the study's id and name."""
     return id(storage_of(study)), study_id(study), study.study_name
+
+
+def _numbered(trials: Sequence[FrozenTrial], number: int) -> FrozenTrial:
+    """The trial ``number`` of a study's ``trials`` (in number order): Optuna numbers a
+    study's trials 0, 1, 2 …, so it is found at its index, without reading them all."""
+    if number < len(trials) and trials[number].number == number:
+        return trials[number]
+    return next(t for t in trials if t.number == number)
 
 
 def _earlier_retry(study: Study, trial: FrozenTrial) -> int | None:

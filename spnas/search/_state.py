@@ -1,8 +1,9 @@
 """The SP-NAS search state, derived from a study's trials (paper Algorithm 1, docs/design.md §4).
 
-Nothing is kept between decisions: :meth:`SearchState.from_trials` replays the history in
-storage, so any worker on any node reaches the same state, and a restarted search goes on
-where it was.
+The state is kept nowhere: :meth:`SearchState.from_trials` replays the history in storage,
+so any worker on any node reaches the same state, and a restarted search goes on where it was.
+Only the parsing of finished trials is kept between decisions
+(:class:`~spnas.search._records.RecordCache`): a finished trial never changes.
 
 Every decided trial carries its decision in two system attributes: ``spnas:decision`` (``arch``,
 ``parallel``, ``parent``, ``ops``, ``round``; ``role`` and ``repeat`` for verification) and
@@ -66,8 +67,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import math
-from collections.abc import Iterable, Sequence
+import operator
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -197,7 +200,9 @@ class Decision:
         """The decision written on ``trial`` (``None`` when it has not decided yet)."""
         return cls.from_attrs(trial.system_attrs)
 
-    @property
+    # Cached: the decisions of finished trials are kept between replays
+    # (spnas.search._records), and every proposal lists the candidates of all of them.
+    @functools.cached_property
     def candidate(self) -> tuple[str, str | None]:
         """Identity of the network trained: serial code and parallel code."""
         return (str(self.arch), None if self.parallel is None else str(self.parallel))
@@ -257,11 +262,13 @@ class Record:
     #: Set when its training diverged: a result, never retried.
     diverged: Divergence | None = None
 
-    @property
+    # Cached: a replay asks every record several times, and the records of finished trials
+    # are kept between replays (spnas.search._records).
+    @functools.cached_property
     def running(self) -> bool:
         return self.state in (TrialState.RUNNING, TrialState.WAITING)
 
-    @property
+    @functools.cached_property
     def finished(self) -> bool:
         return not self.running
 
@@ -358,7 +365,19 @@ class SearchState:
         config metric's direction (``config.direction``, the default) only sets up the studies
         spnas creates, so it is the study's direction too unless the study was made otherwise.
         """
-        return _Replay(trials, config, direction).run()
+        return cls.from_records(trial_records(trials), config, direction)
+
+    @classmethod
+    def from_records(
+        cls,
+        records: Sequence[Record],
+        config: Any,
+        direction: str | StudyDirection | None = None,
+    ) -> SearchState:
+        """Replay the history ``records`` (:func:`trial_records` of the trials) under
+        ``config``, as :meth:`from_trials` does: the same state, without parsing the trials
+        again (:class:`~spnas.search._records.RecordCache` keeps their records)."""
+        return _Replay(records, config, direction).run()
 
 
 def barrier_backoff(attempts: Sequence[Record], base_seconds: float) -> float:
@@ -407,31 +426,48 @@ class _Judged:
     waiting: Record | None = None
 
 
-def _records(trials: Iterable[FrozenTrial]) -> tuple[Record, ...]:
+def trial_record(trial: FrozenTrial) -> Record | None:
+    """``trial`` as the state machine sees it; ``None`` when it has not decided, or is
+    ``idle`` (which changes nothing). A function of the trial alone: once the trial finished,
+    Optuna lets nothing of it change, so a caller may keep the record
+    (:class:`~spnas.search._records.RecordCache`)."""
+    decision = Decision.of(trial)
+    if decision is None or decision.kind == TrialKind.IDLE:
+        return None
+    value = trial.value if trial.state == TrialState.COMPLETE else None
+    if value is not None and not math.isfinite(value):
+        value = None
+    return Record(
+        trial.number,
+        decision,
+        trial.state,
+        value,
+        trial.datetime_complete,
+        Divergence.of(trial),
+    )
+
+
+def trial_records(
+    trials: Iterable[FrozenTrial],
+    record: Callable[[FrozenTrial], Record | None] = trial_record,
+) -> tuple[Record, ...]:
+    """The records of ``trials`` that count, in trial-number order: decided, not ``idle``, and
+    not superseded. ``record`` turns one trial into its record (:func:`trial_record`, or a
+    cache of it)."""
     trials = list(trials)
     # A failed trial that Optuna retried is superseded by its retry (which copies the decision).
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
     records = []
-    for trial in sorted(trials, key=lambda t: t.number):
-        decision = Decision.of(trial)
-        if decision is None or decision.kind == TrialKind.IDLE:
-            continue
+    for trial in sorted(trials, key=_NUMBER):
         if trial.state == TrialState.FAIL and trial.number in retried:
             continue
-        value = trial.value if trial.state == TrialState.COMPLETE else None
-        if value is not None and not math.isfinite(value):
-            value = None
-        records.append(
-            Record(
-                trial.number,
-                decision,
-                trial.state,
-                value,
-                trial.datetime_complete,
-                Divergence.of(trial),
-            )
-        )
+        found = record(trial)
+        if found is not None:
+            records.append(found)
     return tuple(records)
+
+
+_NUMBER = operator.attrgetter("number")
 
 
 def verification_plan(state: SearchState) -> list[tuple[str, Best]]:
@@ -466,14 +502,14 @@ class _Replay:
 
     def __init__(
         self,
-        trials: Sequence[FrozenTrial],
+        records: Sequence[Record],
         config: Any,
         direction: str | StudyDirection | None = None,
     ) -> None:
         self.config = config
         self.direction = direction_name(direction) if direction is not None else config.direction
         self.equal_training = config.search.comparison == "equal_training"
-        self.records = _records(trials)
+        self.records = tuple(records)
         self.round = 0
         self.stuck = 0
         self.best_serial: Best | None = None
@@ -512,10 +548,13 @@ class _Replay:
             ranked_by=self.direction,
         )
 
-    def best_of(self, record: Record) -> Best:
+    def best_of(self, record: Record, value: float | None = None) -> Best:
+        """``record``'s network as a best, with ``value`` instead of its own if given."""
         assert record.value is not None and record.decision.arch is not None
         d = record.decision
-        return Best(record.number, d.arch, d.parallel, record.value, d.ops)
+        return Best(
+            record.number, d.arch, d.parallel, record.value if value is None else value, d.ops
+        )
 
     def attempts_state(self, attempts: list[Record]) -> tuple[Record | None, str]:
         """The completed trial among ``attempts``, else the diverged one (``diverged``: never
@@ -639,7 +678,7 @@ class _Replay:
                     self.stuck += 1  # failed, diverged, or not better on average: rejected
                     continue
                 value = mean
-            judged.best = dataclasses.replace(self.best_of(record), value=value)
+            judged.best = self.best_of(record, value)
             self.stuck = 0
         judged.running = [r for r in records if r.running]
         spent = max_trials is not None and len(records) >= max_trials

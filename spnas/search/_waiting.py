@@ -19,7 +19,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import optuna
@@ -30,7 +30,14 @@ from spnas.search._config import SearchConfig
 from spnas.search._liveness import BeatWatch, needs_beats, next_beat, record_beat
 from spnas.search._optuna import storage_of, study_id, trial_id
 from spnas.search._signals import requeue_interrupted
-from spnas.search._state import DECISION_ATTR, KIND_ATTR, Decision, SearchState, TrialKind
+from spnas.search._state import (
+    DECISION_ATTR,
+    KIND_ATTR,
+    Decision,
+    Record,
+    SearchState,
+    TrialKind,
+)
 from spnas.storage import heartbeat_interval, is_heartbeat_enabled, silent_trials
 
 _logger = logging.getLogger(__name__)
@@ -164,6 +171,7 @@ class WaitingLine:
         decision: Decision,
         direction: str,
         propose: Callable[[SearchState, int], Decision],
+        records: Callable[[Iterable[FrozenTrial]], tuple[Record, ...]],
     ) -> None:
         """Decide and write, for the undecided trials above ``trial`` (waiting in line for
         it), what each would decide itself right after ``trial`` took ``decision``.
@@ -179,9 +187,12 @@ class WaitingLine:
         :meth:`SPNASSampler.before_trial <spnas.search.SPNASSampler.before_trial>`): a trial
         that sees every trial below it decided finds its own decision there, and never decides
         it a second time (:func:`write_decisions`). ``propose`` decides a trial from the
-        search state (the sampler's own step), ``direction`` is the study's.
+        search state (the sampler's own step), ``direction`` is the study's; ``records``
+        reads the history's records (:func:`~spnas.search._state.trial_records`, or the
+        sampler's :class:`~spnas.search._records.RecordReader` of this look, which parses each
+        trial once however many replays read it).
         """
-        line = [t for t in trials if t.number > trial.number and _undecided(t)]
+        line = [t for t in trials if _undecided(t) and t.number > trial.number]
         if not line:
             return
         config = self._config_for(study)
@@ -189,7 +200,7 @@ class WaitingLine:
         history[trial.number] = _with_decision(trial, decision)
         ahead: list[tuple[FrozenTrial, Decision]] = []
         for waiting in line[:MAX_DECIDED_AHEAD]:
-            state = SearchState.from_trials(list(history.values()), config, direction)
+            state = SearchState.from_records(records(history.values()), config, direction)
             if state.done:  # final: everyone in line is idle
                 ahead.append((waiting, Decision(TrialKind.IDLE, round=state.round)))
             elif state.next_kind is None:
@@ -343,12 +354,10 @@ def _undecided(trial: FrozenTrial) -> bool:
 
 def is_running_decided(trial: FrozenTrial) -> bool:
     """Running (or queued) with a decision that counts: an ``idle`` trial changes nothing."""
+    if trial.state not in (TrialState.RUNNING, TrialState.WAITING):
+        return False  # read first: the decisions of the finished trials are not parsed
     decision = Decision.of(trial)
-    return (
-        trial.state in (TrialState.RUNNING, TrialState.WAITING)
-        and decision is not None
-        and decision.kind != TrialKind.IDLE
-    )
+    return decision is not None and decision.kind != TrialKind.IDLE
 
 
 def _fingerprint(trial: FrozenTrial) -> tuple[TrialState, bool]:
