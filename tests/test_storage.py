@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 from spnas.storage import (
     STORAGE_ENV,
     StorageError,
+    _rdb,
     hide_password,
     make_storage,
     redact,
@@ -163,6 +164,19 @@ def _closed_port(password: str = "") -> int:
             return port
 
 
+class _SleepClock:
+    """A stand-in for the ``time`` module whose clock advances only when it sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def _url(password: str, port: int = 1, scheme: str = "postgresql+psycopg2") -> str:
     return f"{scheme}://user:{password}@127.0.0.1:{port}/db"
 
@@ -282,6 +296,9 @@ def test_the_reconnect_warning_shows_no_piece_of_the_password(
         raise psycopg2.OperationalError(_driver_error(url))
 
     monkeypatch.setattr(psycopg2, "connect", connect)
+    # The retry loop's clock moves only by its own sleeps: a slow first attempt on a loaded
+    # machine once left no time for the retry, and so no warning to check.
+    monkeypatch.setattr(_rdb, "time", _SleepClock())
     _retry_connections(engine, url, timeout=0.6)  # one retry after 0.5 s, then the error
     with (
         caplog.at_level(logging.WARNING, logger="spnas.storage"),
