@@ -9,13 +9,20 @@ changes (:func:`~spnas.storage.change_trial_state_if`) start from WAITING or RUN
 its record is kept, keyed by its storage id and its state; a running or waiting trial, whose
 decision may be written at any moment, is parsed again at every look. The state itself is still
 derived from the trials alone: a restarted worker, its cache empty, decides the same.
+
+The history's head — its first trials, up to the lowest one not finished — is kept whole, as
+the tuple of its records: a look walks only the trials after it (the few running, the new),
+not the thousands before. A trial of the head that a later trial retries (Optuna's
+``retry_history``) leaves the records (:func:`~spnas.search._state.trial_records`); the head
+is then read again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
@@ -31,6 +38,24 @@ MAX_RECORDS = 100_000
 _Finished = dict[tuple[int, TrialState], Record | None]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Head:
+    """The first ``count`` trials of a study's history, every one finished (so fixed): their
+    records, and the trial numbers their retries name (``retry_history``)."""
+
+    count: int = 0
+    records: tuple[Record, ...] = ()
+    retried: frozenset[int] = frozenset()
+
+
+@dataclasses.dataclass
+class _StudyRecords:
+    """What is kept of one study: the records of its finished trials, and its head."""
+
+    finished: _Finished = dataclasses.field(default_factory=dict)
+    head: _Head = _Head()
+
+
 class RecordCache:
     """The records of the finished trials of the studies one sampler decides for.
 
@@ -44,7 +69,7 @@ class RecordCache:
 
     def __init__(self, max_records: int = MAX_RECORDS) -> None:
         self._max = max_records
-        self._studies: weakref.WeakKeyDictionary[object, dict[tuple[int, str], _Finished]] = (
+        self._studies: weakref.WeakKeyDictionary[object, dict[tuple[int, str], _StudyRecords]] = (
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()  # one sampler may serve threads (optimize's n_jobs)
@@ -58,8 +83,8 @@ class RecordCache:
         """A reader for one look at ``study``'s trials (see :class:`RecordReader`)."""
         with self._lock:
             of_storage = self._studies.setdefault(storage_of(study), {})
-            finished = of_storage.setdefault((study_id(study), study.study_name), {})
-        return RecordReader(finished, self._max)
+            kept = of_storage.setdefault((study_id(study), study.study_name), _StudyRecords())
+        return RecordReader(kept, self._max)
 
 
 class RecordReader:
@@ -72,14 +97,67 @@ class RecordReader:
     reader, so a trial that decided or finished since is read as it is now.
     """
 
-    def __init__(self, finished: _Finished, max_records: int) -> None:
-        self._finished = finished
+    def __init__(self, kept: _StudyRecords, max_records: int) -> None:
+        self._kept = kept
+        self._finished = kept.finished
         self._max = max_records
         self._unfinished: dict[int, tuple[FrozenTrial, Record | None]] = {}
 
-    def records(self, trials: Iterable[FrozenTrial]) -> tuple[Record, ...]:
-        """:func:`~spnas.search._state.trial_records` of ``trials``, parsing what it must."""
-        return trial_records(trials, self.record)
+    def records(
+        self, trials: Iterable[FrozenTrial], *, apart: FrozenTrial | None = None
+    ) -> tuple[Record, ...]:
+        """:func:`~spnas.search._state.trial_records` of ``trials``, parsing what it must.
+
+        ``trials`` read as a whole history in number order (as :meth:`optuna.Study.get_trials`
+        returns it) start from the study's kept head; any other collection is read whole.
+        ``apart`` (one of ``trials``) is parsed and never kept, nor anything after it: a
+        trial as it will be stored (:meth:`SPNASSampler.after_trial
+        <spnas.search.SPNASSampler.after_trial>`), whose finish time the storage sets anew.
+        """
+        trials = trials if isinstance(trials, Sequence) else list(trials)
+        head = self._kept.head
+        if not _continues(trials, head.count):
+            return trial_records(trials, self._parse_apart(apart))
+        rest = trials[head.count :]
+        retried = {n for t in rest for n in t.system_attrs.get("retry_history", ())}
+        if any(n < head.count and n not in head.retried for n in retried):
+            # A trial of the head was retried since it was kept: read the history again.
+            head, rest = _Head(), trials
+            retried = {n for t in rest for n in t.system_attrs.get("retry_history", ())}
+        record = self._parse_apart(apart)
+        found = [
+            record(t) for t in rest if not (t.state == TrialState.FAIL and t.number in retried)
+        ]
+        end = len(rest) if apart is None else max(0, apart.number - head.count)
+        self._extend_head(head, rest[:end], found, retried)
+        return head.records + tuple(r for r in found if r is not None)
+
+    def _extend_head(
+        self,
+        head: _Head,
+        rest: Sequence[FrozenTrial],
+        found: list[Record | None],
+        retried: set[int],
+    ) -> None:
+        """Keep ``head`` grown by the finished trials at the start of ``rest`` (``found``:
+        the records of ``rest`` that count, ``None`` where a trial has none; ``retried``: the
+        trial numbers that the retries in ``rest`` name, whose failures ``found`` left out)."""
+        grown = 0
+        limit = self._max - head.count
+        while grown < len(rest) and grown < limit and rest[grown].state.is_finished():
+            grown += 1
+        if not grown and self._kept.head is head:
+            return
+        # The records of the trials kept: ``found`` skipped the retried failures of ``rest``.
+        count = head.count + grown
+        records = head.records + tuple(r for r in found if r is not None and r.number < count)
+        accounted = head.retried | {n for n in retried if n < count}
+        self._kept.head = _Head(count, records, accounted)
+
+    def _parse_apart(self, apart: FrozenTrial | None) -> Callable[[FrozenTrial], Record | None]:
+        if apart is None:
+            return self.record
+        return lambda t: trial_record(t) if t is apart else self.record(t)
 
     def record(self, trial: FrozenTrial) -> Record | None:
         """:func:`~spnas.search._state.trial_record` of ``trial``."""
@@ -96,3 +174,15 @@ class RecordReader:
             if len(self._finished) < self._max:
                 self._finished[key] = found
             return found
+
+
+def _continues(trials: Sequence[FrozenTrial], count: int) -> bool:
+    """Whether ``trials`` read as a study's whole history, numbered 0, 1, 2 … in order, past
+    its first ``count`` trials (Optuna numbers a study's trials so; a whole history read from
+    the study is in number order)."""
+    if not trials:
+        return count == 0
+    if len(trials) < count or (count and trials[count - 1].number != count - 1):
+        return False
+    numbers = [t.number for t in trials[count:]]
+    return numbers == list(range(count, count + len(numbers)))

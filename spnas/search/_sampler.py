@@ -33,8 +33,6 @@ from spnas.search._state import (
     Decision,
     SearchState,
     TrialKind,
-    trial_record,
-    trial_records,
 )
 from spnas.search._waiting import LOG_EVERY_S, WaitingLine, is_running_decided
 
@@ -208,11 +206,8 @@ class SPNASSampler(BaseSampler):
         trials = [
             finished if t.number == trial.number else t for t in study.get_trials(deepcopy=False)
         ]
-        reader = self._records.reader(study)
         # The copy is parsed apart, never kept: the storage stores its own finish time.
-        records = trial_records(
-            trials, lambda t: trial_record(t) if t is finished else reader.record(t)
-        )
+        records = self._records.reader(study).records(trials, apart=finished)
         search = SearchState.from_records(
             records, self.config_for(study), self.study_direction(study)
         )

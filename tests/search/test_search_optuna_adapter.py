@@ -59,6 +59,19 @@ def test_params_in_one_call(study: optuna.Study) -> None:
     assert study.trials[0].distributions == distributions
 
 
+def test_params_of_a_finished_trial_are_refused(study: optuna.Study) -> None:
+    trial = study.ask()
+    study.tell(trial, 1.0)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        storage_adapter.set_trial_params(
+            adapter.storage_of(study),
+            adapter.trial_id(trial),
+            {"blocks": 9},
+            {"blocks": IntDistribution(1, 60)},
+        )
+    assert study.trials[0].params == {}
+
+
 def test_heartbeats(tmp_path: Path) -> None:
     storage = optuna.storages.RDBStorage(
         f"sqlite:///{tmp_path / 'h.db'}", heartbeat_interval=2, grace_period=4

@@ -8,6 +8,8 @@ two looks is read as finished.
 
 from __future__ import annotations
 
+import copy as copy_module
+import datetime
 import random
 from pathlib import Path
 
@@ -191,3 +193,75 @@ def test_the_cache_is_bounded(tmp_path: Path, parsed: list[int]) -> None:
     parsed.clear()
     assert cache.reader(study).records(trials) == cold
     assert parsed == [2, 3, 4, 5]
+
+
+@pytest.fixture
+def looked_up(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The numbers of the trials whose records a reader looks up, kept or parsed."""
+    numbers: list[int] = []
+    record = records_module.RecordReader.record
+
+    def counting(self: records_module.RecordReader, trial: FrozenTrial) -> Record | None:
+        numbers.append(trial.number)
+        return record(self, trial)
+
+    monkeypatch.setattr(records_module.RecordReader, "record", counting)
+    return numbers
+
+
+def test_a_look_walks_only_the_trials_after_the_head(tmp_path: Path, looked_up: list[int]) -> None:
+    """The finished trials before the first running one are kept as one head: a later look
+    reads none of them, and reads the same records as a cold replay."""
+    config = _config(tmp_path)
+    study = _decided_study("head", config, finished=6)
+    trials = study.get_trials(deepcopy=False)
+    cache = RecordCache()
+    cache.reader(study).records(trials)
+    looked_up.clear()
+    assert cache.reader(study).records(trials) == SearchState.from_trials(trials, config).records
+    assert looked_up == [6]  # the running trial alone
+    # A trial finished out of order (after one still running) is not in the head.
+    study.tell(study.ask(), 20.0)
+    looked_up.clear()
+    trials = study.get_trials(deepcopy=False)
+    assert cache.reader(study).records(trials) == SearchState.from_trials(trials, config).records
+    assert looked_up == [6, 7]
+
+
+def test_a_failed_trial_of_the_head_retried_later_leaves_the_records(tmp_path: Path) -> None:
+    """A look can keep a failed trial in the head before its retry is queued (another worker
+    fails it, then queues the retry in a second write): once the retry exists, the failure is
+    superseded, as in a cold replay."""
+    config = _config(tmp_path)
+    study = _decided_study("retried-head", config, finished=3)
+    running = study.get_trials(deepcopy=False)[-1]
+    study.tell(running.number, state=TrialState.FAIL)
+    cache = RecordCache()
+    before = cache.reader(study).records(study.get_trials(deepcopy=False))
+    assert before[-1].number == running.number and before[-1].state == TrialState.FAIL
+    assert requeue_interrupted(study, running._trial_id) == running.number
+    trials = study.get_trials(deepcopy=False)
+    after = cache.reader(study).records(trials)
+    assert after == SearchState.from_trials(trials, config).records
+    assert running.number not in [r.number for r in after]
+    assert after[-1].state == TrialState.WAITING  # the retry, with the same decision
+    assert after[-1].decision == before[-1].decision
+
+
+def test_a_trial_read_apart_is_never_kept(tmp_path: Path) -> None:
+    """``apart``: the sampler's copy of a trial as it will be stored (its finish time set
+    by the sampler, not the storage) is read, but neither it nor the trials after it join
+    the head or the kept records."""
+    config = _config(tmp_path)
+    study = _decided_study("apart", config, finished=3)
+    trials = study.get_trials(deepcopy=False)
+    copy = copy_module.copy(trials[-1])  # as after_trial copies it
+    copy.state, copy.values = TrialState.COMPLETE, [30.0]
+    copy.datetime_complete = datetime.datetime(2000, 1, 1)
+    cache = RecordCache()
+    read = cache.reader(study).records([*trials[:-1], copy], apart=copy)
+    assert read[-1].value == 30.0 and read[-1].finished_at == datetime.datetime(2000, 1, 1)
+    study.tell(trials[-1].number, 30.0)
+    stored = study.get_trials(deepcopy=False)
+    (last,) = [r for r in cache.reader(study).records(stored) if r.number == copy.number]
+    assert last.finished_at == stored[-1].datetime_complete != datetime.datetime(2000, 1, 1)
