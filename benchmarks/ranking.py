@@ -33,7 +33,8 @@ search trials and 3 retrains of 900 iterations for each of 15–25 networks. Res
 ``benchmarks/results/ranking.json`` (or ``--out``), rewritten after every retrained network;
 ``--workdir DIR`` keeps the studies, data and weights, and ``--resume`` (with the same
 ``--workdir``) reuses the finished searches there and the retrains already in the result file
-(same profile, overrides and seeds): a retrain is deterministic for its seed on one machine.
+(same profile, ``--set`` overrides, seeds and verification schedule; ``--candidates`` may
+differ): a retrain is deterministic for its seed on one machine.
 """
 
 from __future__ import annotations
@@ -311,9 +312,12 @@ def main() -> None:
             "candidates_per_round": args.candidates,
             "bootstrap": args.bootstrap,
             # What a retrain depends on: a resumed run reuses retrains only when this matches.
+            # The search's own overrides (trials per round, no verification) are not in it: a
+            # search run again with more candidates reuses the retrains of the networks it
+            # finds again.
             "retrain": {
                 "profile": args.profile,
-                "overrides": overrides,
+                "overrides": args.overrides,
                 "seeds": seeds,
                 "verify_schedule": verify[args.trial_iters[0]],
             },

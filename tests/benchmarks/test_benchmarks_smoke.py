@@ -339,6 +339,8 @@ def test_ranking(tmp_path: Path) -> None:
     assert result["complete"] is True
     assert result["settings"]["retrain"]["seeds"] == [1000, 1001]
     assert result["settings"]["retrain"]["verify_schedule"]["iters"] == 2
+    # Keyed on the user's overrides alone: another --candidates reuses the retrains.
+    assert result["settings"]["retrain"]["overrides"] == toy
     assert set(result["trial_lengths"]) == {"2", "3"}
     codes = set()
     for entry in result["trial_lengths"].values():
