@@ -28,7 +28,7 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from spnas.search._optuna import storage_of, study_id, trial_id
-from spnas.search._state import Record, trial_record, trial_records
+from spnas.search._state import Record, retried_numbers, trial_record, trial_records
 
 #: The most finished trials whose records are kept per study (a record takes about 1 kB).
 #: Past it, the trials finished later are parsed at every look, as without a cache: keeping
@@ -119,11 +119,11 @@ class RecordReader:
         if not _continues(trials, head.count):
             return trial_records(trials, self._parse_apart(apart))
         rest = trials[head.count :]
-        retried = {n for t in rest for n in t.system_attrs.get("retry_history", ())}
+        retried = retried_numbers(rest)
         if any(n < head.count and n not in head.retried for n in retried):
             # A trial of the head was retried since it was kept: read the history again.
             head, rest = _Head(), trials
-            retried = {n for t in rest for n in t.system_attrs.get("retry_history", ())}
+            retried = retried_numbers(rest)
         record = self._parse_apart(apart)
         found = [
             record(t) for t in rest if not (t.state == TrialState.FAIL and t.number in retried)

@@ -31,7 +31,7 @@ import optuna
 from optuna.trial import TrialState
 
 from spnas.search._optuna import storage_of
-from spnas.search._state import Decision
+from spnas.search._state import Decision, retried_numbers
 
 _logger = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def requeue_interrupted(
     if trial.state != TrialState.FAIL or Decision.of(trial) is None:
         return None
     trials = study.get_trials(deepcopy=False)
-    if any(trial.number in t.system_attrs.get("retry_history", []) for t in trials):
+    if trial.number in retried_numbers(trials):
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

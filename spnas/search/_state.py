@@ -455,8 +455,7 @@ def trial_records(
     not superseded. ``record`` turns one trial into its record (:func:`trial_record`, or a
     cache of it)."""
     trials = list(trials)
-    # A failed trial that Optuna retried is superseded by its retry (which copies the decision).
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    retried = retried_numbers(trials)
     records = []
     for trial in sorted(trials, key=_NUMBER):
         if trial.state == TrialState.FAIL and trial.number in retried:
@@ -468,6 +467,13 @@ def trial_records(
 
 
 _NUMBER = operator.attrgetter("number")
+
+
+def retried_numbers(trials: Iterable[FrozenTrial]) -> set[int]:
+    """The numbers that the ``retry_history`` of ``trials`` names: failed trials that a retry
+    (Optuna's retry callbacks, ``spnas resume``) supersedes, its copy of their
+    decision counting instead."""
+    return {n for t in trials for n in t.system_attrs.get("retry_history", ())}
 
 
 def verification_plan(state: SearchState) -> list[tuple[str, Best]]:
