@@ -22,8 +22,11 @@ $(STAMP): requirements.txt requirements-build.txt requirements-detectron2.txt se
 setup: $(STAMP)
 
 # Tests start worker processes beside each other: OpenMP threads must not spin while waiting.
+# TEST_PROCESSES pytest processes (pytest-xdist) share the tests; tests/conftest.py groups them
+# (a module per process, the modules that time worker processes one at a time), heaviest first.
+TEST_PROCESSES ?= 2
 test: setup
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest $(PYTEST_ARGS)
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -n $(TEST_PROCESSES) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

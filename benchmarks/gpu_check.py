@@ -16,7 +16,7 @@ exits with code 2.
 Run: ``make gpu-check`` or ``.venv/bin/python benchmarks/gpu_check.py [--json]
 [--iters 20] [--warmup 5] [--size 800x1333] [--skip-search] [--out FILE]``.
 ``--device cpu`` runs the same code on the CPU, for a toy run of the throughput part where there
-is no GPU (``--device cpu --skip-search --size 64x64 --iters 1 --warmup 0``: seconds; AMP on
+is no GPU (``--device cpu --skip-search --size 32x32 --iters 1 --warmup 0``: seconds; AMP on
 the CPU is bfloat16 autocast, and there is no peak memory); its figures say nothing of a GPU.
 """
 

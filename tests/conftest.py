@@ -12,6 +12,10 @@ Modules ask for it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread
 ``postgresql_url`` (session): ``postgresql+psycopg2://postgres@127.0.0.1:PORT/spnas_test``.
 Use ``postgresql_server.new_database(name)`` for a database of a test's own.
 
+Under ``make test`` the suite runs in two pytest processes (pytest-xdist, ``--dist loadgroup``);
+see :func:`pytest_collection_modifyitems` for how tests are grouped, and each process runs
+torch (and the processes it starts) on one thread, so that two never share a core.
+
 ``mini_coco`` (session): a miniature COCO release, in COCO's own layout (``train2017/``,
 ``val2017/``, ``annotations/instances_{train,val}2017.json``, 12-digit JPEG names, image ids
 unique across the splits): 24 + 8 synthetic 96 px images of 2 shape classes.
@@ -28,6 +32,36 @@ import pytest
 import torch
 
 from spnas.testing import LocalPostgres, PostgresUnavailable
+
+#: Set in each process of a parallel run (pytest-xdist).
+_PARALLEL = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+if _PARALLEL:
+    # Two pytest processes on two cores: a second thread each would only oversubscribe them.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Groups and orders the tests of a parallel run (xdist reads the groups after this hook).
+
+    A module's tests stay in one process, so that its module fixtures (a trained detector, a
+    pretrained backbone) are built once. The modules marked ``processes`` start workers,
+    servers or proxies and time their heartbeats: they form one group, so that two of them
+    never run at once. Groups start heaviest first (``processes``, then by their count of
+    ``slow`` tests) so that no long one is left to run alone at the end.
+    """
+    if not _PARALLEL:
+        return
+    groups: dict[str, str] = {}
+    slow: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        group = "processes" if item.get_closest_marker("processes") else module
+        groups[item.nodeid] = group
+        slow[group] = slow.get(group, 0) + (item.get_closest_marker("slow") is not None)
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: (groups[item.nodeid] != "processes", -slow[groups[item.nodeid]]))
 
 
 @pytest.fixture(scope="session")

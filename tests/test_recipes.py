@@ -40,6 +40,8 @@ import yaml
 from spnas.arch import ParallelCode, SerialCode
 from spnas.search import CONFIG_ATTR, Decision, SearchConfig, SearchState
 
+pytestmark = pytest.mark.processes
+
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 SBATCH = RECIPES / "slurm" / "spnas.sbatch"
 KUBERNETES = RECIPES / "kubernetes"

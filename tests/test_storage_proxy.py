@@ -24,6 +24,8 @@ from spnas.storage import (
     serve_proxy,
 )
 
+pytestmark = pytest.mark.processes
+
 
 @pytest.mark.parametrize(
     ("url", "expected"),

@@ -22,6 +22,8 @@ from spnas.engines.distributed import DistributedError, get_world_size, launch, 
 from spnas.exceptions import ConfigError, DataError
 from spnas.search import worker_gpus
 
+pytestmark = pytest.mark.processes
+
 
 def _sum_of_ranks(offset: int) -> tuple[int, int]:
     """All-reduces the ranks; rank 0 posts a message. Returns (sum + offset, world size)."""

@@ -16,7 +16,7 @@ from search_doubles import make_config
 
 from spnas.engines.torchvision import TorchvisionEngine
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.processes]
 
 
 class RankKillingEngine(TorchvisionEngine):

@@ -38,6 +38,8 @@ from spnas.search._liveness import BEAT_ATTR, BeatWatch, needs_beats
 from spnas.search._signals import requeue_interrupted
 from spnas.storage import make_storage
 
+pytestmark = pytest.mark.processes
+
 #: The beats of the end-to-end search: a killed worker's trial is dead 4 s after its last beat.
 FAST_BEATS = {"beat_seconds": 0.5, "beat_grace_seconds": 4.0}
 

@@ -53,7 +53,7 @@ from spnas.search import (
 )
 from spnas.storage import STORAGE_ENV, make_storage
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.processes]
 
 PASSWORD = "p@ss:w/rd%?#"
 #: How long ``spnas search`` may take to stop after SIGTERM (workers re-queue and exit).

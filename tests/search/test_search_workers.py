@@ -38,7 +38,7 @@ from spnas.search import (
 )
 from spnas.storage import StorageUnreachableError, make_storage
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.processes]
 
 N_WORKERS = 4
 #: Seconds a search may go without any trial starting or ending before it counts as hung; a
