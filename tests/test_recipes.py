@@ -9,7 +9,8 @@
   when the tasks' connections would not fit; and it refuses to run without ``SPNAS_STUDY``
   and one of those.
 - ``recipes/kubernetes/*.yaml``: the kinds and fields of the Job, Deployments and Services
-  (selectors match labels, the workers' storage URL names the proxy's Service and port); the
+  (selectors match labels, the workers' storage URL names the proxy's Service and port), the
+  NetworkPolicies (the database admits the proxy alone, the proxy the pods that use it); the
   proxy's and the workers' container commands, with Kubernetes' ``$(VAR)`` expansion, run here:
   a ``spnas storage-proxy`` in front of the study's database (its URL from the environment, as
   the Secret gives it, and not in its command line) and a worker through it; the creation Job
@@ -313,6 +314,54 @@ def test_kubernetes_manifests_have_workers_database_and_proxy() -> None:
     assert {e["name"]: e.get("value") for e in creator["env"]}["SPNAS_STORAGE"] == storage
     for container in (proxy, worker, creator):
         assert not any("--storage" in part or "STORAGE)" in part for part in container["command"])
+
+
+def _pod_labels(objects: dict) -> dict[tuple[str, str], dict[str, str]]:
+    """The labels of the pods of every Job and Deployment, by (kind, name)."""
+    return {
+        key: obj["spec"]["template"].get("metadata", {}).get("labels", {})
+        for key, obj in objects.items()
+        if key[0] in ("Job", "Deployment")
+    }
+
+
+def test_kubernetes_network_policies_admit_only_the_storage_clients() -> None:
+    """The database admits the proxy alone, and the unauthenticated proxy admits exactly the
+    pods that use it (those whose SPNAS_STORAGE names it), each on its Service's port."""
+    objects = _manifests()
+    pods = _pod_labels(objects)
+    proxy_url = "grpc://spnas-storage-proxy:13000"
+    clients = {
+        key
+        for key in pods
+        if {e["name"]: e.get("value") for e in _container(objects[key]).get("env", [])}.get(
+            "SPNAS_STORAGE"
+        )
+        == proxy_url
+    }
+    assert clients == {("Job", "spnas-workers"), ("Job", "spnas-create-study")}
+    expected = {
+        "spnas-postgres": {("Deployment", "spnas-storage-proxy")},
+        "spnas-storage-proxy": clients,
+    }
+    for server, admitted in expected.items():
+        labels = pods[("Deployment", server)]
+        (policy,) = [
+            obj
+            for (kind, _), obj in objects.items()
+            if kind == "NetworkPolicy"
+            and obj["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+        ]
+        assert policy["apiVersion"] == "networking.k8s.io/v1"
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        (rule,) = policy["spec"]["ingress"]
+        port = _service_for(objects, server)["spec"]["ports"][0]["port"]
+        assert rule["ports"] == [{"protocol": "TCP", "port": port}]
+        # Pods of this namespace only (no namespaceSelector or ipBlock), chosen by label.
+        (source,) = rule["from"]
+        assert set(source) == {"podSelector"}
+        selector = source["podSelector"]["matchLabels"].items()
+        assert {key for key, pod in pods.items() if selector <= pod.items()} == admitted, server
 
 
 def _expand(command: list[str], env: dict[str, str]) -> list[str]:
