@@ -260,6 +260,16 @@ def _container(workload: dict[str, Any]) -> dict[str, Any]:
     return container
 
 
+def _container_env(container: dict[str, Any]) -> dict[str, str | None]:
+    """A container's environment variables with a literal value (``None``: from a Secret)."""
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def _grpc_url(service: dict[str, Any]) -> str:
+    """The storage URL that reaches ``service`` (the storage proxy's) inside the cluster."""
+    return f"grpc://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+
+
 def _service_for(objects: dict, deployment: str) -> dict[str, Any]:
     """The Service whose selector picks the pods of ``deployment``."""
     labels = objects[("Deployment", deployment)]["spec"]["template"]["metadata"]["labels"]
@@ -302,16 +312,15 @@ def test_kubernetes_manifests_have_workers_database_and_proxy() -> None:
     # command line holds a storage URL.
     (database_url,) = [e for e in proxy["env"] if e["name"] == "SPNAS_STORAGE"]
     assert "secretKeyRef" in database_url["valueFrom"]
-    storage = {e["name"]: e.get("value") for e in worker["env"]}["SPNAS_STORAGE"]
-    service = _service_for(objects, "spnas-storage-proxy")
-    assert storage == f"grpc://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    storage = _container_env(worker)["SPNAS_STORAGE"]
+    assert storage == _grpc_url(_service_for(objects, "spnas-storage-proxy"))
     create = objects[("Job", "spnas-create-study")]
     creator = _container(create)
     assert creator["command"][:2] == ["spnas", "search"] and creator["command"][-2:] == [
         "--workers",
         "0",
     ]
-    assert {e["name"]: e.get("value") for e in creator["env"]}["SPNAS_STORAGE"] == storage
+    assert _container_env(creator)["SPNAS_STORAGE"] == storage
     for container in (proxy, worker, creator):
         assert not any("--storage" in part or "STORAGE)" in part for part in container["command"])
 
@@ -330,14 +339,11 @@ def test_kubernetes_network_policies_admit_only_the_storage_clients() -> None:
     pods that use it (those whose SPNAS_STORAGE names it), each on its Service's port."""
     objects = _manifests()
     pods = _pod_labels(objects)
-    proxy_url = "grpc://spnas-storage-proxy:13000"
+    proxy_url = _grpc_url(_service_for(objects, "spnas-storage-proxy"))
     clients = {
         key
         for key in pods
-        if {e["name"]: e.get("value") for e in _container(objects[key]).get("env", [])}.get(
-            "SPNAS_STORAGE"
-        )
-        == proxy_url
+        if _container_env(_container(objects[key])).get("SPNAS_STORAGE") == proxy_url
     }
     assert clients == {("Job", "spnas-workers"), ("Job", "spnas-create-study")}
     expected = {
@@ -388,7 +394,7 @@ def test_kubernetes_worker_runs_through_the_storage_proxy(tmp_path: Path, bin_di
     service_port = str(service["spec"]["ports"][0]["port"])
     proxy_command = _expand(proxy["command"], {})
     proxy_command[proxy_command.index("--port") + 1] = port
-    worker_env = {e["name"]: e["value"] for e in worker["env"]}
+    worker_env = _container_env(worker)
     worker_env["SPNAS_STUDY"] = "recipe"
     worker_env["SPNAS_STORAGE"] = worker_env["SPNAS_STORAGE"].replace(
         f"{service['metadata']['name']}:{service_port}", f"127.0.0.1:{port}"
