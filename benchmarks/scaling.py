@@ -128,8 +128,12 @@ def _worker(name: str, url: str, seconds: float, log_dir: str, index: int) -> No
     config = SearchConfig.from_dict(study.user_attrs[CONFIG_ATTR])
     with open(f"{log_dir}/decisions-{index}.txt", "w") as log:
         objective = LightObjective(seconds, log)
-        while not SearchState.from_trials(study.get_trials(deepcopy=False), config).done:
+        state = SearchState.from_trials(study.get_trials(deepcopy=False), config)
+        while not state.done:
             study.optimize(objective, n_trials=1, catch=(Exception,))
+            # As run_worker: the sampler's replay of the history as the trial left it.
+            ended = study.sampler.take_state_after_trial(study)
+            state = ended or SearchState.from_trials(study.get_trials(deepcopy=False), config)
 
 
 def _free_port() -> int:

@@ -7,10 +7,10 @@ killed (SIGKILL, OOM, a lost node) would stay RUNNING, and every trial behind it
 
 On such a storage a running trial beats through the storage's ordinary API: its worker writes
 a counter into the trial's system attribute ``spnas:beat`` every ``search.beat_seconds``
-(:class:`Pulse` while the objective runs; a trial waiting to decide beats on each look). The
-waiting workers watch the beats of the running trials (:class:`BeatWatch`): a trial whose
-counter has not moved for ``search.beat_grace_seconds``, *as measured by the watcher's own
-monotonic clock*, is dead; the first watcher to fail it queues its retry with its decision
+(:class:`Pulse` while the objective runs; a trial waiting to decide beats twice a period).
+The waiting workers watch the beats of the trials they read anyway while they wait, i.e. of
+the trials they wait for (:class:`BeatWatch`): a trial whose counter has not moved for
+``search.beat_grace_seconds``, *as measured by the watcher's own monotonic clock*, is dead; the first watcher to fail it queues its retry with its decision
 (:func:`~spnas.search._signals.requeue_interrupted`). Only the counter's change is compared,
 never a timestamp written by another node, so clocks that disagree between nodes change
 nothing. A trial never seen beating is timed from the moment the watcher first saw it.
@@ -22,12 +22,12 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 
 import optuna
 from optuna.storages import BaseStorage, InMemoryStorage
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from spnas.search._optuna import trial_id
 from spnas.storage import is_heartbeat_enabled
@@ -103,6 +103,12 @@ class Pulse:
 class BeatWatch:
     """The beats of running trials as one watcher saw them, and which stopped.
 
+    A watcher reads only what it waits on (the head of its line, the few trials it watches,
+    the whole history at a full look), so each call may pass another subset of the study's
+    trials: a trial is timed across the calls that read it, and forgotten once read finished,
+    or once no call read it for a grace period (read again, it is timed afresh: the watcher
+    cannot say since when its beat has stood still, and waits a whole grace period again).
+
     Args:
         grace: seconds a trial's beat may stand still before the trial counts as dead.
         clock: the watcher's clock (monotonic seconds); a test passes its own.
@@ -111,23 +117,28 @@ class BeatWatch:
     def __init__(self, grace: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._grace = grace
         self._clock = clock
-        # trial id -> (last beat seen, when this watcher saw it change or first saw it)
-        self._seen: dict[int, tuple[object, float]] = {}
+        # trial id -> (last beat seen, when this watcher saw it change or first saw it,
+        # when this watcher last read it)
+        self._seen: dict[int, tuple[object, float, float]] = {}
 
-    def dead(self, running: list[FrozenTrial], *, exclude: int | None = None) -> list[int]:
-        """Storage ids of the trials of ``running`` (RUNNING trials, as just read) whose beat
-        has not changed for the grace period; ``exclude`` is the watcher's own trial."""
+    def dead(self, trials: Iterable[FrozenTrial], *, exclude: int | None = None) -> list[int]:
+        """Storage ids of the RUNNING trials of ``trials`` (as just read: any of the study's
+        trials) whose beat has not changed for the grace period; ``exclude`` is the
+        watcher's own trial."""
         now = self._clock()
-        seen: dict[int, tuple[object, float]] = {}
         stopped = []
-        for trial in running:
+        for trial in trials:
             tid = trial_id(trial)
+            if trial.state != TrialState.RUNNING:
+                self._seen.pop(tid, None)
+                continue
             if tid == exclude:
                 continue
             count = trial.system_attrs.get(BEAT_ATTR)
             last = self._seen.get(tid)
-            seen[tid] = last if last is not None and last[0] == count else (count, now)
-            if now - seen[tid][1] >= self._grace:
+            changed = last[1] if last is not None and last[0] == count else now
+            self._seen[tid] = (count, changed, now)
+            if now - changed >= self._grace:
                 stopped.append(tid)
-        self._seen = seen  # finished trials are forgotten
+        self._seen = {tid: seen for tid, seen in self._seen.items() if now - seen[2] < self._grace}
         return stopped

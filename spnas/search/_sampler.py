@@ -50,7 +50,9 @@ MAX_WATCH_STEP_S = 1.0
 class _Look:
     """What one look at the study found (:meth:`SPNASSampler._look`): ``trial``'s decision
     (``written`` when a trial below wrote it ahead), or why it waits and what it reads
-    meanwhile: the undecided trials ahead of it in line, or the few running ones it waits for.
+    meanwhile: the undecided trials ahead of it in line, or the few running ones it waits for;
+    ``read`` are the trials this look read, whose beats the waiting trial watches
+    (:meth:`~spnas.search._waiting.WaitingLine.keep_alive`).
     """
 
     decision: Decision | None = None
@@ -58,6 +60,7 @@ class _Look:
     reason: str = ""
     blocking: list[FrozenTrial] = dataclasses.field(default_factory=list)
     watched: list[FrozenTrial] = dataclasses.field(default_factory=list)
+    read: Sequence[FrozenTrial] = ()
 
 
 class SPNASSampler(BaseSampler):
@@ -154,12 +157,14 @@ class SPNASSampler(BaseSampler):
         # Per study: the records of its finished trials, parsed once (their decisions are
         # replayed at every decision).
         self._records = RecordCache()
+        # Per study: the search state as the last trial that ended here left it (after_trial).
+        self._ended: dict[tuple[int, int, str], SearchState] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # The per-study caches are keyed by the storage object's id: meaningless elsewhere
         # (the RecordCache pickles itself empty).
         state = self.__dict__.copy()
-        state["_directions"], state["_checked"] = {}, set()
+        state["_directions"], state["_checked"], state["_ended"] = {}, set(), {}
         return state
 
     # ------------------------------------------------------------ the user's parameters
@@ -196,6 +201,7 @@ class SPNASSampler(BaseSampler):
     ) -> None:
         self._fallback.after_trial(study, trial, state, values)
         study = whole_study(study)
+        self._ended.pop(_study_key(study), None)
         if not in_optimize_loop(study) or Decision.of(trial) is None:
             return
         # Called before Optuna stores the trial's result: replay the history as it will be.
@@ -211,9 +217,21 @@ class SPNASSampler(BaseSampler):
         search = SearchState.from_records(
             records, self.config_for(study), self.study_direction(study)
         )
+        self._ended[_study_key(study)] = search
         if search.done:
             _logger.info("the search is %s: stopping study %r", search.phase, study.study_name)
             study.stop()
+
+    def take_state_after_trial(self, study: Study) -> SearchState | None:
+        """The search state as the last trial of ``study`` that ended in this process left
+        it (replayed by :meth:`after_trial`, with the trial's result), or ``None`` when none
+        was replayed since the last call; the state is handed out once.
+
+        A worker asks it after each trial instead of reading and replaying the whole history
+        again: the replay was one of the per-trial reads of every trial, each a read of all
+        unfinished trials under the storage proxy's cache lock (:func:`~spnas.search.run_worker`).
+        """
+        return self._ended.pop(_study_key(whole_study(study)), None)
 
     def reseed_rng(self) -> None:
         self._fallback.reseed_rng()
@@ -398,7 +416,7 @@ class SPNASSampler(BaseSampler):
             if last_log is None or now - last_log >= LOG_EVERY_S:
                 _logger.info("trial %d: %s", trial.number, look.reason)
                 last_log = now
-            self._line.keep_alive(study, trial)
+            self._line.keep_alive(study, trial, look.read)
             if look.blocking:
                 mine = self._line.wait_in_line(study, trial, look.blocking, deadline, max_step)
                 if mine is not None:
@@ -437,13 +455,17 @@ class SPNASSampler(BaseSampler):
         if blocking:
             numbers = [t.number for t in blocking[:5]]
             return _Look(
-                reason=f"waiting for trial(s) {numbers} to decide first", blocking=blocking
+                reason=f"waiting for trial(s) {numbers} to decide first",
+                blocking=blocking,
+                read=trials,
             )
         reader = self._records.reader(study)
         state = SearchState.from_records(reader.records(trials), config, direction)
         fresh = self._line.fresh_failures(state) if heartbeat else []
         if fresh:
-            return _Look(reason=f"waiting for the retry of failed trial(s) {fresh[:5]}, if any")
+            return _Look(
+                reason=f"waiting for the retry of failed trial(s) {fresh[:5]}, if any", read=trials
+            )
         if state.done or state.next_kind is not None:
             return _Look(self._decide_now(study, trials, trial, state, direction, reader))
         queued = [
@@ -459,7 +481,9 @@ class SPNASSampler(BaseSampler):
         # them changes, instead of the whole history at every look.
         running = [t for t in trials if is_running_decided(t)]
         return _Look(
-            reason=state.waiting_for, watched=running if len(running) <= MAX_WATCHED else []
+            reason=state.waiting_for,
+            watched=running if len(running) <= MAX_WATCHED else [],
+            read=trials,
         )
 
     def _decide_now(

@@ -74,6 +74,8 @@ class WaitingLine:
         self._failures_seen: dict[int, float] = {}
         # The beats of running trials seen by this worker (storages without heartbeats).
         self._watch: BeatWatch | None = None
+        # Waiting trial id -> when it last beat (keep_alive beats once a beat period).
+        self._beaten: dict[int, float] = {}
         # Trials that abandon could not fail (the storage was down): see take_unabandoned.
         self._unabandoned: list[int] = []
 
@@ -132,31 +134,32 @@ class WaitingLine:
         not grow with the length of the line: it is a tenth of the time waited so far (the
         latency stays a tenth of the wait), between :data:`DECISION_S` and ``max_step``.
         Returns early at ``deadline`` (:meth:`SPNASSampler.decide <spnas.search.SPNASSampler.decide>` then gives up); the heart beats twice
-        per heartbeat interval.
+        per heartbeat interval, and the head's beat is watched (:meth:`keep_alive`): a dead
+        head is failed, and the line moves on.
         """
         storage = storage_of(study)
         ahead = [trial_id(t) for t in blocking]
-        beat = self.beat_period(study)
         began = last_log = time.monotonic()
-        last_beat = -math.inf  # the first look beats: a trial that never beat is never stale
         while True:
-            if not _undecided(storage.get_trial(ahead[0])):
+            read = [storage.get_trial(ahead[0])]
+            if not _undecided(read[0]):
                 mine = Decision.of(storage.get_trial(trial_id(trial)))
                 if mine is not None:
                     return mine
                 # The line stopped short of ``trial``, or its head died undecided: drop the
                 # trials ahead that decided or stopped since the last look.
                 ahead.pop(0)
-                while ahead and not _undecided(storage.get_trial(ahead[0])):
+                while ahead:
+                    read.append(storage.get_trial(ahead[0]))
+                    if _undecided(read[-1]):
+                        break
                     ahead.pop(0)
                 if not ahead:
                     return None
             now = time.monotonic()
             if now >= deadline:
                 return None
-            if now - last_beat >= beat:
-                self.keep_alive(study, trial)
-                last_beat = now
+            self.keep_alive(study, trial, read)
             if now - last_log >= LOG_EVERY_S:
                 _logger.info("trial %d: %d trial(s) ahead decide first", trial.number, len(ahead))
                 last_log = now
@@ -230,24 +233,22 @@ class WaitingLine:
         decided; returns the next step.
 
         Returns early (for the full look in :meth:`SPNASSampler.decide <spnas.search.SPNASSampler.decide>`) after :data:`LOG_EVERY_S`, and
-        at ``deadline``. Dead workers' trials still go stale: the heart beats
-        (:meth:`keep_alive`) twice per heartbeat interval.
+        at ``deadline``. The heart beats twice per heartbeat interval, and the watched
+        trials' beats are watched (:meth:`keep_alive`): a dead worker's trial is failed.
         """
         storage = storage_of(study)
         seen = [_fingerprint(t) for t in watched]
-        beat = self.beat_period(study)
-        started = last_beat = time.monotonic()
+        started = time.monotonic()
         while True:
             time.sleep(max(0.0, min(step, deadline - time.monotonic())))
             step = min(step * 1.5, max_step)
-            if [_fingerprint(storage.get_trial(trial_id(t))) for t in watched] != seen:
+            read = [storage.get_trial(trial_id(t)) for t in watched]
+            if [_fingerprint(t) for t in read] != seen:
                 return step
             now = time.monotonic()
             if now - started >= LOG_EVERY_S or now >= deadline:
                 return step
-            if now - last_beat >= beat:
-                self.keep_alive(study, trial)
-                last_beat = now
+            self.keep_alive(study, trial, read)
 
     def fresh_failures(self, state: SearchState) -> list[int]:
         """Failed trials first seen less than :data:`RETRY_SETTLE_S` ago (not yet retried)."""
@@ -276,13 +277,31 @@ class WaitingLine:
         interval = self.beat_interval(study)
         return math.inf if interval is None else interval / 2.0
 
-    def keep_alive(self, study: Study, trial: FrozenTrial) -> None:
-        # Optuna beats a trial's heart only while its objective runs; a trial waiting here
-        # beats its own, and fails the stale trials of dead workers so that their barriers
-        # are retried instead of blocking everyone.
+    def keep_alive(
+        self, study: Study, trial: FrozenTrial, seen: Iterable[FrozenTrial] = ()
+    ) -> None:
+        """Beat the waiting ``trial``'s heart, and fail the trials of dead workers, at most
+        once per :meth:`beat_period` (the first call beats: a trial that never beat is never
+        stale); ``seen`` are the trials the caller has just read.
+
+        Optuna beats a trial's heart only while its objective runs; a trial waiting to decide
+        beats its own, and fails the stale trials of dead workers so that their barriers are
+        retried instead of blocking everyone. Without Optuna's heartbeats (the gRPC proxy),
+        only the beats of ``seen`` are watched: a waiting trial reads what it waits for
+        anyway, and a dead worker's trial blocks only the trials that wait for it. Reading
+        every running trial here instead, every waiting worker at every beat, cost the
+        storage proxy a read of all unfinished trials under its cache's lock each time.
+        """
+        now = time.monotonic()
+        tid = trial_id(trial)
+        period = self.beat_period(study)
+        if now - self._beaten.get(tid, -math.inf) < period:
+            return
+        self._beaten = {t: at for t, at in self._beaten.items() if now - at < period}
+        self._beaten[tid] = now
         storage = storage_of(study)
         if is_heartbeat_enabled(storage):
-            storage.record_heartbeat(trial_id(trial))
+            storage.record_heartbeat(tid)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
@@ -298,18 +317,22 @@ class WaitingLine:
                 )
         elif needs_beats(storage):
             # No heartbeats (the gRPC proxy): beats in system attributes, watched here.
-            record_beat(storage, trial_id(trial), next_beat())
-            if self._watch is None:
-                self._watch = BeatWatch(self._config_for(study).search.beat_grace_seconds)
-            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            for dead in self._watch.dead(running, exclude=trial_id(trial)):
-                retried = requeue_interrupted(study, dead, claim=True)
-                _logger.warning(
-                    "trial id %d: its beat stood still for %.0f s (its process died): failed%s",
-                    dead,
-                    self._config_for(study).search.beat_grace_seconds,
-                    "" if retried is None else f"; trial {retried} queued for a retry",
-                )
+            record_beat(storage, tid, next_beat())
+            self._fail_stopped(study, seen, exclude=tid)
+
+    def _fail_stopped(self, study: Study, seen: Iterable[FrozenTrial], exclude: int) -> None:
+        """Fail, and retry, the trials of ``seen`` whose beat stood still for a grace period."""
+        grace = self._config_for(study).search.beat_grace_seconds
+        if self._watch is None:
+            self._watch = BeatWatch(grace, clock=time.monotonic)  # the line's clock
+        for dead in self._watch.dead(seen, exclude=exclude):
+            retried = requeue_interrupted(study, dead, claim=True)
+            _logger.warning(
+                "trial id %d: its beat stood still for %.0f s (its process died): failed%s",
+                dead,
+                grace,
+                "" if retried is None else f"; trial {retried} queued for a retry",
+            )
 
 
 def _with_decision(trial: FrozenTrial, decision: Decision) -> FrozenTrial:

@@ -362,13 +362,16 @@ def run_worker(
     _collect_garbage(study, config, objective)
     loop = _TrialLoop(study, config, objective, storage_url)
     ran = 0
+    ended: SearchState | None = None  # as the last trial left it, replayed by the sampler
     with preemption_signals():
         while True:
             try:
                 accept_stop_signals()
                 loop.current.clear()
                 loop.retry_lost()
-                state = SearchState.from_trials(study.get_trials(deepcopy=False), config)
+                if ended is None:
+                    ended = SearchState.from_trials(study.get_trials(deepcopy=False), config)
+                state, ended = ended, None
                 if state.done:
                     _logger.info("study %r is %s", study_name, state.phase)
                     return state
@@ -389,6 +392,7 @@ def run_worker(
                 if not loop.recover(exc):
                     raise
                 continue
+            ended = loop.state_after_trial()
             if loop.counts():
                 ran += 1
 
@@ -435,6 +439,17 @@ class _TrialLoop:
             elif not isinstance(exc, optuna.TrialPruned) and is_disk_full(exc, self.disk_dirs):
                 self.disk_full.add(current["id"])
             raise
+
+    def state_after_trial(self) -> SearchState | None:
+        """The search state as the trial that just ended left it, as the sampler replayed it
+        (:meth:`SPNASSampler.take_state_after_trial`), or ``None`` when the worker must read
+        the history: another sampler, or a trial that a storage error or a full disk ended
+        (its retry, queued next, changes the history)."""
+        sampler = self.study.sampler
+        if not isinstance(sampler, SPNASSampler):
+            return None
+        ended = sampler.take_state_after_trial(self.study)
+        return None if self.lost or self.disk_full else ended
 
     def clean(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         clean_trial_dir(self.config.study.workdir, trial.number)

@@ -9,12 +9,14 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,82 @@ def test_a_trial_is_dead_once_its_beat_stands_still_for_the_grace_period() -> No
     assert late._trial_id not in watch.dead(_running(study))
     clock.now += 0.1
     assert late._trial_id in watch.dead(_running(study))
+
+
+def test_a_watcher_reading_a_few_trials_keeps_timing_the_others() -> None:
+    """A waiting worker reads only what it waits on (the head of its line, a few watched
+    trials): a trial left out of some reads is timed across the reads that hold it."""
+    study = optuna.create_study()
+    storage = study._storage
+    beating, silent, rare = (study.ask() for _ in range(3))
+    clock = Clock()
+    watch = BeatWatch(grace=10.0, clock=clock)
+    assert watch.dead(_running(study)) == []
+    for step in range(1, 5):  # only `beating` is read for 8 s, and beats
+        clock.now += 2.0
+        storage.set_trial_system_attr(beating._trial_id, BEAT_ATTR, step)
+        assert watch.dead([storage.get_trial(beating._trial_id)]) == []
+    clock.now += 2.0  # `silent` was read 10 s ago and has not beaten since: dead
+    assert watch.dead([storage.get_trial(silent._trial_id)]) == [silent._trial_id]
+    # Not read for a grace period: timed afresh (this watcher cannot say since when).
+    clock.now += 20.0
+    assert watch.dead([storage.get_trial(rare._trial_id)]) == []
+    clock.now += 9.9
+    assert watch.dead([storage.get_trial(rare._trial_id)]) == []
+    clock.now += 0.1
+    assert watch.dead([storage.get_trial(rare._trial_id)]) == [rare._trial_id]
+    # A trial read finished is forgotten, and never reported.
+    study.tell(rare, 1.0)
+    assert watch.dead(study.get_trials(deepcopy=False)) == []
+
+
+def test_a_waiting_trial_beats_once_a_period_and_reads_nothing_to_watch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``keep_alive`` at every look (0.2 s apart) beats once per half ``beat_seconds``, reads
+    no trial of its own, and fails the dead trials among those the caller read, alone."""
+    import spnas.search._waiting as waiting_module
+
+    config = make_config(tmp_path, search=FAST_BEATS)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'beats.db'}")
+    storage = study._storage
+    mine, dead, unread = (study.ask() for _ in range(3))
+    for trial in (dead, unread):
+        for key, value in Decision("seed").to_attrs().items():
+            storage.set_trial_system_attr(trial._trial_id, key, value)
+    clock = Clock()
+    monkeypatch.setattr(waiting_module, "time", types.SimpleNamespace(monotonic=clock))
+    line = waiting_module.WaitingLine(lambda _study: config)
+    beats, reads = [], 0
+    set_attr, get_all_trials = storage.set_trial_system_attr, storage.get_all_trials
+
+    def count_beats(trial_id: int, key: str, value: object) -> None:
+        if key == BEAT_ATTR and trial_id == mine._trial_id:
+            beats.append(clock.now)
+        set_attr(trial_id, key, value)
+
+    def count_reads(*args: Any, **kwargs: Any) -> list[optuna.trial.FrozenTrial]:
+        nonlocal reads
+        reads += 1
+        return get_all_trials(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "set_trial_system_attr", count_beats)
+    monkeypatch.setattr(storage, "get_all_trials", count_reads)
+    frozen_mine = storage.get_trial(mine._trial_id)
+    for _ in range(30):  # 6 s of looks, each having read `dead`
+        line.keep_alive(study, frozen_mine, [storage.get_trial(dead._trial_id)])
+        clock.now += 0.2
+    # A beat at the first look after each half beat period (looks are 0.2 s apart).
+    period = FAST_BEATS["beat_seconds"] / 2
+    gaps = [b - a for a, b in itertools.pairwise(beats)]
+    assert beats[0] == 1000.0 and len(beats) >= 6.0 / (period + 0.2), beats
+    assert all(period - 1e-9 <= gap < period + 0.2 for gap in gaps), gaps
+    assert reads == 1, reads  # requeue_interrupted's, failing the dead trial: none to watch
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    # `dead` never beat for 4 s (the grace): failed; `unread` was never read: left alone.
+    assert states[dead.number] == TrialState.FAIL
+    assert states[unread.number] == TrialState.RUNNING
+    assert states[mine.number] == TrialState.RUNNING
 
 
 def test_a_dead_trial_found_by_two_watchers_is_retried_once(tmp_path: Path) -> None:
