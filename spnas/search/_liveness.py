@@ -10,7 +10,8 @@ a counter into the trial's system attribute ``spnas:beat`` every ``search.beat_s
 (:class:`Pulse` while the objective runs; a trial waiting to decide beats twice a period).
 The waiting workers watch the beats of the trials they read anyway while they wait, i.e. of
 the trials they wait for (:class:`BeatWatch`): a trial whose counter has not moved for
-``search.beat_grace_seconds``, *as measured by the watcher's own monotonic clock*, is dead; the first watcher to fail it queues its retry with its decision
+``search.beat_grace_seconds``, *as measured by the watcher's own monotonic clock*, is dead;
+the first watcher to fail it queues its retry with its decision
 (:func:`~spnas.search._signals.requeue_interrupted`). Only the counter's change is compared,
 never a timestamp written by another node, so clocks that disagree between nodes change
 nothing. A trial never seen beating is timed from the moment the watcher first saw it.

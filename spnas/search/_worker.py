@@ -369,9 +369,8 @@ def run_worker(
                 accept_stop_signals()
                 loop.current.clear()
                 loop.retry_lost()
-                if ended is None:
-                    ended = SearchState.from_trials(study.get_trials(deepcopy=False), config)
-                state, ended = ended, None
+                state = ended or SearchState.from_trials(study.get_trials(deepcopy=False), config)
+                ended = None  # one trial's replay: a trial that raises below leaves none
                 if state.done:
                     _logger.info("study %r is %s", study_name, state.phase)
                     return state

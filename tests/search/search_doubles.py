@@ -354,6 +354,13 @@ def write_seed_weights(path: str | Path, width: int = WIDTH, seed: int = 0) -> P
 ZEROS = "(0,0,0,0)"
 
 
+def write_decision(storage: Any, trial_id: int, decision: Decision) -> None:
+    """Write ``decision`` on the trial with storage id ``trial_id`` as the sampler does
+    (``spnas:kind`` last: the trial counts as decided once it is there)."""
+    for key, value in decision.to_attrs().items():
+        storage.set_trial_system_attr(trial_id, key, value)
+
+
 def seed_decision() -> Decision:
     """The seed trial's decision (``SEED_ARCH``)."""
     return Decision("seed", arch=SerialCode.parse(SEED_ARCH), round=0)

@@ -23,7 +23,7 @@ from typing import Any
 import optuna
 import pytest
 from optuna.trial import TrialState
-from search_doubles import make_config
+from search_doubles import make_config, write_decision
 from test_search_workers import (
     SEARCH_TIMEOUT_S,
     Workers,
@@ -121,8 +121,7 @@ def test_a_waiting_trial_beats_once_a_period_and_reads_nothing_to_watch(
     storage = study._storage
     mine, dead, unread = (study.ask() for _ in range(3))
     for trial in (dead, unread):
-        for key, value in Decision("seed").to_attrs().items():
-            storage.set_trial_system_attr(trial._trial_id, key, value)
+        write_decision(storage, trial._trial_id, Decision("seed"))
     clock = Clock()
     monkeypatch.setattr(waiting_module, "time", types.SimpleNamespace(monotonic=clock))
     line = waiting_module.WaitingLine(lambda _study: config)
@@ -162,8 +161,7 @@ def test_a_dead_trial_found_by_two_watchers_is_retried_once(tmp_path: Path) -> N
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'claim.db'}")
     assert needs_beats(study._storage)  # a plain RDB storage: no Optuna heartbeats
     trial = study.ask()
-    for key, value in Decision("seed").to_attrs().items():
-        study._storage.set_trial_system_attr(trial._trial_id, key, value)
+    write_decision(study._storage, trial._trial_id, Decision("seed"))
     assert requeue_interrupted(study, trial._trial_id, claim=True) == trial.number
     assert requeue_interrupted(study, trial._trial_id, claim=True) is None
     queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))

@@ -10,12 +10,13 @@ stands. These tests count the storage calls of one waiting trial with a fake clo
 from __future__ import annotations
 
 import dataclasses
+import types
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
-from search_doubles import SEED_ARCH, make_config
+from search_doubles import SEED_ARCH, FakeEngine, make_config, write_decision
 
 from spnas.arch import SerialCode
 from spnas.search import Decision, SPNASSampler
@@ -38,11 +39,6 @@ class _Clock:
         self.sleeps.append(seconds)
         self.now += seconds
         self.on_sleep(self.now)
-
-
-def _write(storage, trial_id: int, decision: Decision) -> None:
-    for key, value in decision.to_attrs().items():  # ``spnas:kind`` last
-        storage.set_trial_system_attr(trial_id, key, value)
 
 
 def _study(tmp_path: Path, name: str, wait: float = 60.0) -> optuna.Study:
@@ -70,10 +66,14 @@ def test_a_trial_in_line_reads_only_the_trial_ahead(
     ids = [storage.create_new_trial(study._study_id) for _ in range(ahead)]
     waiter = storage.get_trial(storage.create_new_trial(study._study_id))
     events = [
-        (20.0, lambda: _write(storage, ids[0], Decision("seed", SerialCode.parse(SEED_ARCH))))
+        (
+            20.0,
+            lambda: write_decision(storage, ids[0], Decision("seed", SerialCode.parse(SEED_ARCH))),
+        )
     ]
     events += [
-        (20.0 + i, lambda i=i: _write(storage, ids[i], Decision("idle"))) for i in range(1, ahead)
+        (20.0 + i, lambda i=i: write_decision(storage, ids[i], Decision("idle")))
+        for i in range(1, ahead)
     ]
     events += [(40.0, lambda: storage.set_trial_state_values(ids[0], TrialState.COMPLETE, [30.0]))]
 
@@ -131,7 +131,7 @@ def _line_after_the_seed(tmp_path: Path, name: str, length: int):
     study = _study(tmp_path, name)
     storage = study._storage
     seed = storage.create_new_trial(study._study_id)
-    _write(storage, seed, Decision("seed", SerialCode.parse(SEED_ARCH)))
+    write_decision(storage, seed, Decision("seed", SerialCode.parse(SEED_ARCH)))
     storage.set_trial_state_values(seed, TrialState.COMPLETE, [30.0])
     line = [storage.get_trial(storage.create_new_trial(study._study_id)) for _ in range(length)]
     return study, line
@@ -168,7 +168,7 @@ def test_the_first_in_line_decides_for_the_whole_line(
     one_by_one = []
     for trial in reference_line:
         one_by_one.append(reference_study.sampler.decide(reference_study, trial))
-        _write(reference_study._storage, trial._trial_id, one_by_one[-1])
+        write_decision(reference_study._storage, trial._trial_id, one_by_one[-1])
     assert [first, *ahead] == one_by_one
     # The control's two noise repeats (search.noise_repeats), then the candidates.
     assert [(d.kind, d.repeat) for d in one_by_one[:2]] == [("control", None), ("control", 1)]
@@ -293,10 +293,6 @@ def test_a_worker_reads_the_whole_history_once_not_after_every_trial(
     replayed anyway, instead of reading and replaying the whole history again: one read per
     trial of every trial, each a read of all unfinished trials under the storage proxy's
     cache lock (docs/benchmarks.md). It reads the history once, when it starts."""
-    import types
-
-    from search_doubles import FakeEngine
-
     import spnas.search._worker as worker_module
     from spnas.search import Objective, SearchState, create_search_study, run_worker
 
