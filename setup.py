@@ -31,7 +31,7 @@ EXTRAS_REQUIRE = {
     "dashboard": ["optuna-dashboard>=0.15,<1", "plotly>=5.14,<8"],  # notes and figures
     # spnas report (PNG via kaleido, which needs a Chromium), Study.trials_dataframe()
     "report": ["plotly>=5.14,<8", "kaleido>=0.2.1,<2", "pandas>=1.5,<4"],
-    "test": ["pytest>=8,<10", "pytest-timeout>=2.2,<3", "pytest-xdist>=3.8,<4", "ruff>=0.5,<1"],
+    "test": ["pytest>=8,<9.2", "pytest-timeout>=2.2,<3", "pytest-xdist>=3.8,<4", "ruff>=0.5,<1"],
 }
 EXTRAS_REQUIRE["all"] = sorted({r for reqs in EXTRAS_REQUIRE.values() for r in reqs})
 

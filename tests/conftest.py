@@ -64,6 +64,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: (groups[item.nodeid] != "processes", -slow[groups[item.nodeid]]))
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: object, ids: list[str]) -> None:
+    """Stops a parallel run whose groups pytest-xdist dropped (in the controlling process).
+
+    xdist's ``loadgroup`` names a test's group by renaming its node id (``…@group``); with a
+    pytest whose node ids it can no longer rename (9.2, pytest-xdist#1386) it drops the groups
+    without a word, and the suite then builds module fixtures in both processes and runs the
+    tests that time worker processes beside each other.
+    """
+    config = getattr(node, "config", None)
+    if config is None or config.getvalue("dist") != "loadgroup":
+        return
+    lost = [nodeid for nodeid in ids if "@" not in nodeid]
+    if lost:
+        pytest.exit(
+            f"pytest-xdist did not group {len(lost)} of {len(ids)} tests (first: {lost[0]}) "
+            f"under pytest {pytest.__version__} with --dist loadgroup (pytest-xdist#1386): "
+            "install the pytest that requirements.txt pins",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
+
+
 @pytest.fixture(scope="session")
 def postgresql_server() -> Iterator[LocalPostgres]:
     server = LocalPostgres()
