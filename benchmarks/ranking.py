@@ -33,8 +33,10 @@ search trials and 3 retrains of 900 iterations for each of 15–25 networks. Res
 ``benchmarks/results/ranking.json`` (or ``--out``), rewritten after every retrained network;
 ``--workdir DIR`` keeps the studies, data and weights, and ``--resume`` (with the same
 ``--workdir``) reuses the finished searches there and the retrains already in the result file
-(same profile, ``--set`` overrides, seeds and verification schedule; ``--candidates`` may
-differ): a retrain is deterministic for its seed on one machine.
+and in ``--retrains-from FILE…`` (e.g. a run of another trial length in another process), when
+they had the same profile, ``--set`` overrides, seeds, verification schedule and torch thread
+count (``--candidates`` may differ): a retrain is deterministic for its seed and thread count
+on one machine.
 """
 
 from __future__ import annotations
@@ -254,15 +256,21 @@ def with_retrains(network: dict[str, Any], done: dict[str, Any], seeds: list[int
     network["retrain_seconds"] = statistics.fmean(r["seconds"] for r in runs) if runs else None
 
 
-def load_retrains(path: Path, settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The retrains of an earlier run (``--resume``) when it had the same settings."""
-    if not path.is_file():
-        return {}
-    previous = json.loads(path.read_text())
-    if previous.get("settings", {}).get("retrain") != settings["retrain"]:
-        print(f"{path}: other profile, overrides or verification schedule; not resumed")
-        return {}
-    return previous.get("retrains", {})
+def load_retrains(paths: list[Path], settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The retrains of earlier runs (``--resume``) that had the same retrain settings, merged
+    (network by network, seed by seed; the first file's run wins on a repeat)."""
+    retrains: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        if not path.is_file():
+            continue
+        previous = json.loads(path.read_text())
+        if previous.get("settings", {}).get("retrain") != settings["retrain"]:
+            print(f"{path}: other profile, overrides, seeds, schedule or threads; not reused")
+            continue
+        for code, runs in previous.get("retrains", {}).items():
+            for seed, run in runs.items():
+                retrains.setdefault(code, {}).setdefault(seed, run)
+    return retrains
 
 
 def main() -> None:
@@ -287,10 +295,19 @@ def main() -> None:
     parser.add_argument(
         "--resume", action="store_true", help="reuse the result file's retrains (and --workdir)"
     )
+    parser.add_argument(
+        "--retrains-from",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="with --resume: reuse these result files' retrains too (e.g. another trial length's)",
+    )
     add_set_argument(parser, "verify.schedule.iters=300")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import optuna
+    import torch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = args.out or RESULTS / f"{NAME}.json"
@@ -320,10 +337,13 @@ def main() -> None:
                 "overrides": args.overrides,
                 "seeds": seeds,
                 "verify_schedule": verify[args.trial_iters[0]],
+                # Reductions split across threads differently: the seed network's retrain
+                # (seed 1000) is 25.88 AP on one thread and 23.55 on two.
+                "torch_threads": torch.get_num_threads(),
             },
             "data": prepare_data(args.profile, root, overrides),
         }
-        retrains = load_retrains(out, settings) if args.resume else {}
+        retrains = load_retrains([out, *args.retrains_from], settings) if args.resume else {}
         result: dict[str, Any] = {"complete": False, "settings": settings, "trial_lengths": {}}
         for iters, config in configs.items():
             state = run_search(config)

@@ -395,6 +395,36 @@ def test_ranking_tau_and_bootstrap_interval() -> None:
     assert ranking.ranked([{"search_value": 1.0, "in_round": True}], 10, 0)["tau"] is None
 
 
+def test_ranking_merges_the_retrains_of_runs_with_the_same_retrain_settings(
+    tmp_path: Path,
+) -> None:
+    """``--resume --retrains-from``: retrains of files with equal retrain settings (the 150- and
+    450-iteration runs of one profile) are merged seed by seed; a file whose retrains ran on
+    another thread count (other APs for the same seed) is not reused."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import ranking
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    settings = {"retrain": {"profile": "small-objects", "seeds": [1000, 1001], "torch_threads": 1}}
+    run = {"ap": 25.88, "seconds": 135.0}
+    files = {
+        "a.json": (settings, {"BB(11,d1,d1,d1)": {"1000": run}}),
+        "b.json": (settings, {"BB(11,d1,d1,d1)": {"1001": run}, "BB(11d,1d,1d,1)": {"1000": run}}),
+        "two-threads.json": (
+            {"retrain": {**settings["retrain"], "torch_threads": 2}},
+            {"BB(1,1,1,1)": {"1000": run}},
+        ),
+    }
+    for name, (their_settings, retrains) in files.items():
+        (tmp_path / name).write_text(json.dumps({"settings": their_settings, "retrains": retrains}))
+    merged = ranking.load_retrains([tmp_path / name for name in (*files, "missing.json")], settings)
+    assert merged == {
+        "BB(11,d1,d1,d1)": {"1000": run, "1001": run},
+        "BB(11d,1d,1d,1)": {"1000": run},
+    }
+
+
 def _processes_mentioning(marker: str) -> list[str]:
     """Processes whose command line or environment holds ``marker`` (this one excluded)."""
     found = []
