@@ -16,6 +16,15 @@ say). The signal is therefore also remembered, and :func:`raise_if_preempted` ra
 at safe points: every training progress report and every turn of the worker loop. While
 Optuna hands a new trial over (:func:`defer_stop_signals`), a signal is only remembered, and
 raised where the trial is known and can be failed (:func:`accept_stop_signals`).
+
+Nor is it raised inside the storage's code (SQLAlchemy, the database drivers, Optuna's
+storages, gRPC): there it ends a statement half-way, and SQLAlchemy invalidates a connection
+whose cursor the exception's traceback keeps alive. On SQLite that connection keeps the
+database's lock, and the writes that follow at once (failing and re-queueing the trial) wait
+behind it for the whole busy timeout (120 s): two workers stopped inside a poll and a commit
+hung ``spnas search`` past its stop timeout (seen in a test loop). Such a signal is remembered
+and raised at the next safe point: the waits' pauses between polls, the progress reports, the
+worker loop.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import signal
 import threading
 import warnings
 from collections.abc import Iterator
+from types import FrameType
 
 import optuna
 from optuna.trial import TrialState
@@ -65,6 +75,19 @@ def stopped_by() -> int | None:
 def _remember(signum: int) -> None:
     _received.append(signum)
     _stopped[:] = [signum]
+
+
+#: Modules whose code a stop signal must not interrupt (see the module docstring).
+_STORAGE_MODULES = ("sqlalchemy.", "sqlite3", "psycopg2", "optuna.storages", "grpc")
+
+
+def in_storage_code(frame: FrameType | None) -> bool:
+    """Whether ``frame`` (where a signal arrived) or one of its callers runs storage code."""
+    while frame is not None:
+        if str(frame.f_globals.get("__name__", "")).startswith(_STORAGE_MODULES):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def raise_if_preempted() -> None:
@@ -117,11 +140,11 @@ def preemption_signals() -> Iterator[None]:
         yield
         return
 
-    def handler(signum: int, frame: object) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
         if _received:
             return
         _remember(signum)
-        if not _deferred[0]:
+        if not _deferred[0] and not in_storage_code(frame):
             raise Preempted(signum)
 
     if not _received:  # no signal pending from the start-up: a fresh worker

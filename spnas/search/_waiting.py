@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 from spnas.search._config import SearchConfig
 from spnas.search._liveness import BeatWatch, needs_beats, next_beat, record_beat
 from spnas.search._optuna import storage_of, study_id, trial_id
-from spnas.search._signals import requeue_interrupted
+from spnas.search._signals import raise_if_preempted, requeue_interrupted
 from spnas.search._state import (
     DECISION_ATTR,
     KIND_ATTR,
@@ -164,6 +164,7 @@ class WaitingLine:
                 _logger.info("trial %d: %d trial(s) ahead decide first", trial.number, len(ahead))
                 last_log = now
             pause = min(max((now - began) / 10.0, DECISION_S), max_step)
+            raise_if_preempted()  # a stop signal that arrived inside a read
             time.sleep(max(0.0, min(pause, deadline - now)))
 
     def decide_ahead(
@@ -240,6 +241,7 @@ class WaitingLine:
         seen = [_fingerprint(t) for t in watched]
         started = time.monotonic()
         while True:
+            raise_if_preempted()  # a stop signal that arrived inside a read
             time.sleep(max(0.0, min(step, deadline - time.monotonic())))
             step = min(step * 1.5, max_step)
             read = [storage.get_trial(trial_id(t)) for t in watched]

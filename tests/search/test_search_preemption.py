@@ -174,9 +174,15 @@ def stop(proc: subprocess.Popen, log: Path) -> list[int]:
     try:
         proc.wait(timeout=STOP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        # Why it hangs: every live worker writes its threads' stacks to its log (SIGUSR1,
+        # spnas worker's faulthandler), kept in the test's directory.
+        for pid in [pid for pid in pids if alive(pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGUSR1)
+        time.sleep(2.0)
+        kill_group(proc)
         tails = "\n".join(
-            f"--- {path.name}\n{path.read_text()[-2500:]}"
+            f"--- {path.name}\n{path.read_text()[-6000:]}"
             for path in sorted(log.parent.glob("work/logs/*.log"))
         )
         pytest.fail(f"spnas search still running {STOP_TIMEOUT_S} s after SIGTERM\n{tails}")
