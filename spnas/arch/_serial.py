@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Iterator
+from typing import Any
 
 from spnas.arch._scanner import Scanner
 from spnas.exceptions import ArchError
@@ -151,6 +152,19 @@ class SerialCode:
 
     def __str__(self) -> str:
         return f"{self.block}({','.join(self.stages)})"
+
+    def __hash__(self) -> int:
+        # Computed once: a proposal puts every network of the history in a set, at every
+        # decision (spnas.search._proposals).
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash((self.block, self.stages))
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Without the hash: a str's hash differs from one process to another.
+        return {"block": self.block, "stages": self.stages}
 
     def __repr__(self) -> str:
         return f"SerialCode({str(self)!r})"

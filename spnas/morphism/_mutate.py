@@ -193,4 +193,6 @@ def _as_codes(avoid: Collection[SerialCode | str]) -> frozenset[SerialCode]:
     # A lone code is a collection too (a str of characters); take it as one code.
     if isinstance(avoid, str | SerialCode):
         avoid = (avoid,)
+    if isinstance(avoid, frozenset) and all(type(c) is SerialCode for c in avoid):
+        return avoid  # the search's own (SearchState.taken_serial): thousands, parsed already
     return frozenset(SerialCode.parse(c) for c in avoid)

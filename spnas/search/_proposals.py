@@ -30,7 +30,7 @@ def propose_serial(state: SearchState, rng: random.Random) -> Decision:
     parent = state.parent
     if parent is None or state.next_kind != TrialKind.SERIAL:
         raise ArchError(f"no serial proposal in phase {state.phase!r} (next: {state.next_kind})")
-    avoid = {arch for arch, parallel in state.taken() if parallel is None}
+    avoid = state.taken_serial()
     try:
         child, ops = mutate(
             parent.arch,

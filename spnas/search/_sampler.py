@@ -26,7 +26,7 @@ from spnas.search._optuna import in_optimize_loop, storage_of, study_id, trial_i
 from spnas.search._params import architecture_distributions, record_architecture
 from spnas.search._proposals import SearchExhausted, propose_parallel, propose_serial
 from spnas.search._records import RecordCache, RecordReader
-from spnas.search._signals import accept_stop_signals, defer_stop_signals, raise_if_preempted
+from spnas.search._signals import accept_stop_signals, defer_stop_signals
 from spnas.search._state import (
     DECISION_ATTR,
     KIND_ATTR,
@@ -34,7 +34,7 @@ from spnas.search._state import (
     SearchState,
     TrialKind,
 )
-from spnas.search._waiting import LOG_EVERY_S, WaitingLine, is_running_decided
+from spnas.search._waiting import LOG_EVERY_S, WaitingLine, is_running_decided, pause_polling
 
 _logger = logging.getLogger(__name__)
 
@@ -427,8 +427,7 @@ class SPNASSampler(BaseSampler):
                     study, trial, look.watched, step, watch_step, deadline
                 )
             else:
-                raise_if_preempted()  # a stop signal that arrived inside a read
-                time.sleep(max(0.0, min(step, deadline - now)))
+                pause_polling(step, deadline)
                 step = min(step * 1.5, max_step)
 
     def _look(

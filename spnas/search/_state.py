@@ -272,6 +272,12 @@ class Record:
     def finished(self) -> bool:
         return not self.running
 
+    @functools.cached_property
+    def finish_order(self) -> tuple[datetime, int]:
+        """Its place in the order the trials finished (unfinished ones last), the order a
+        round judges its candidates in."""
+        return self.finished_at or datetime.max, self.number
+
 
 @dataclasses.dataclass(frozen=True)
 class Best:
@@ -347,6 +353,14 @@ class SearchState:
     def taken(self) -> set[tuple[str, str | None]]:
         """Candidates already decided (to avoid proposing them again)."""
         return {r.decision.candidate for r in self.records if r.decision.arch is not None}
+
+    def taken_serial(self) -> frozenset[SerialCode]:
+        """Serial networks already decided (without subnets), to avoid proposing them again."""
+        return frozenset(
+            r.decision.arch
+            for r in self.records
+            if r.decision.arch is not None and r.decision.parallel is None
+        )
 
     def of_kind(self, *kinds: TrialKind) -> list[Record]:
         return [r for r in self.records if r.decision.kind in kinds]
@@ -516,6 +530,11 @@ class _Replay:
         self.direction = direction_name(direction) if direction is not None else config.direction
         self.equal_training = config.search.comparison == "equal_training"
         self.records = tuple(records)
+        # One pass over the history: each step of the replay reads the records of one kind
+        # (a barrier, a round, the controls) instead of scanning them all again.
+        self.by_kind: dict[TrialKind, list[Record]] = {}
+        for record in self.records:
+            self.by_kind.setdefault(record.decision.kind, []).append(record)
         self.round = 0
         self.stuck = 0
         self.best_serial: Best | None = None
@@ -553,6 +572,13 @@ class _Replay:
             pending=pending,
             ranked_by=self.direction,
         )
+
+    def of_kind(self, *kinds: TrialKind) -> list[Record]:
+        """The records of ``kinds``, in trial-number order."""
+        if len(kinds) == 1:
+            return self.by_kind.get(kinds[0], [])
+        found = [r for kind in kinds for r in self.by_kind.get(kind, ())]
+        return sorted(found, key=lambda r: r.number)
 
     def best_of(self, record: Record, value: float | None = None) -> Best:
         """``record``'s network as a best, with ``value`` instead of its own if given."""
@@ -602,9 +628,7 @@ class _Replay:
         self, kind: TrialKind, round_: int, phase: str, parent: Best | None
     ) -> tuple[Record | None, SearchState | None]:
         """The completed barrier trial, or the state to return while it is not complete."""
-        attempts = [
-            r for r in self.records if r.decision.kind == kind and r.decision.round == round_
-        ]
+        attempts = [r for r in self.of_kind(kind) if r.decision.round == round_]
         record, status = self.attempts_state(attempts)
         if status == "complete":
             return record, None
@@ -657,7 +681,7 @@ class _Replay:
                 reevaluations.setdefault(record.decision.candidate, []).append(record)
         finished = sorted(
             (r for r in records if r.finished and not r.decision.repeat),
-            key=lambda r: (r.finished_at or datetime.max, r.number),
+            key=operator.attrgetter("finish_order"),
         )
         self.stuck = 0
         exhausted = False
@@ -712,9 +736,8 @@ class _Replay:
             parallel_phase = phase == "parallel"
             controls = [
                 r
-                for r in self.records
-                if r.decision.kind == TrialKind.CONTROL
-                and r.decision.parent == baseline.number
+                for r in self.of_kind(TrialKind.CONTROL)
+                if r.decision.parent == baseline.number
                 and (r.decision.parallel is not None) == parallel_phase
             ]
             done: list[Record] = []
@@ -826,10 +849,8 @@ class _Replay:
             self.baselines[round_] = baseline.number
             records = [
                 r
-                for r in self.records
-                if r.decision.kind in (TrialKind.SERIAL, TrialKind.EXHAUSTED)
-                and r.decision.round == round_
-                and r.decision.parallel is None
+                for r in self.of_kind(TrialKind.SERIAL, TrialKind.EXHAUSTED)
+                if r.decision.round == round_ and r.decision.parallel is None
             ]
             result = self.round_result(
                 "serial", baseline, records, config.serial.n_stuck, config.serial.max_trials
@@ -860,9 +881,8 @@ class _Replay:
         # Parallel-phase records carry a parallel code (an "exhausted" one carries the zeros).
         records = [
             r
-            for r in self.records
-            if r.decision.kind in (TrialKind.PARALLEL, TrialKind.EXHAUSTED)
-            and r.decision.parallel is not None
+            for r in self.of_kind(TrialKind.PARALLEL, TrialKind.EXHAUSTED)
+            if r.decision.parallel is not None
         ]
         return self.round_result(
             "parallel", pseed, records, config.parallel.n_stuck, config.parallel.max_trials
@@ -875,7 +895,7 @@ class _Replay:
         it as a failed repeat) or failed ``search.max_barrier_attempts`` times (left out).
         """
         plan = verification_plan(self.state("verify", None))
-        records = [r for r in self.records if r.decision.kind == TrialKind.VERIFY]
+        records = self.of_kind(TrialKind.VERIFY)
         running = 0
         for role, best in plan:
             for repeat in range(self.config.verify.repeats):

@@ -164,8 +164,7 @@ class WaitingLine:
                 _logger.info("trial %d: %d trial(s) ahead decide first", trial.number, len(ahead))
                 last_log = now
             pause = min(max((now - began) / 10.0, DECISION_S), max_step)
-            raise_if_preempted()  # a stop signal that arrived inside a read
-            time.sleep(max(0.0, min(pause, deadline - now)))
+            pause_polling(pause, deadline)
 
     def decide_ahead(
         self,
@@ -196,7 +195,11 @@ class WaitingLine:
         sampler's :class:`~spnas.search._records.RecordReader` of this look, which parses each
         trial once however many replays read it).
         """
-        line = [t for t in trials if _undecided(t) and t.number > trial.number]
+        # Optuna numbers a study's trials 0, 1, 2 … and ``trials`` is its history in number
+        # order: the line starts after ``trial``'s index, not after a walk through them all.
+        at = trial.number
+        after = at + 1 if len(trials) > at and trials[at].number == at else 0
+        line = [t for t in trials[after:] if _undecided(t) and t.number > trial.number]
         if not line:
             return
         config = self._config_for(study)
@@ -241,8 +244,7 @@ class WaitingLine:
         seen = [_fingerprint(t) for t in watched]
         started = time.monotonic()
         while True:
-            raise_if_preempted()  # a stop signal that arrived inside a read
-            time.sleep(max(0.0, min(step, deadline - time.monotonic())))
+            pause_polling(step, deadline)
             step = min(step * 1.5, max_step)
             read = [storage.get_trial(trial_id(t)) for t in watched]
             if [_fingerprint(t) for t in read] != seen:
@@ -371,6 +373,14 @@ def write_decisions(storage: Any, decisions: Sequence[tuple[FrozenTrial, Decisio
     with concurrent.futures.ThreadPoolExecutor(WRITE_THREADS) as pool:
         whole = list(pool.map(write, bodies))
         list(pool.map(write, [mark for mark, ok in zip(marks, whole, strict=True) if ok]))
+
+
+def pause_polling(seconds: float, deadline: float = math.inf) -> None:
+    """The pause between two looks at the study: ``seconds``, not past ``deadline`` (a
+    :func:`time.monotonic` time). A stop signal that arrived inside a storage read is raised
+    first (:func:`~spnas.search._signals.raise_if_preempted`): the pause is a safe point."""
+    raise_if_preempted()
+    time.sleep(max(0.0, min(seconds, deadline - time.monotonic())))
 
 
 def _undecided(trial: FrozenTrial) -> bool:

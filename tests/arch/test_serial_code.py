@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -476,3 +477,26 @@ def test_package_does_not_import_torch() -> None:
 def test_public_names() -> None:
     for name in spnas.arch.__all__:
         assert hasattr(spnas.arch, name)
+
+
+def test_a_code_sent_to_another_process_is_found_in_its_sets() -> None:
+    """The hash is kept on the code (proposals hash thousands at every decision), but never
+    pickled with it: a str's hash differs between processes (PYTHONHASHSEED)."""
+    code = SerialCode.parse("BB(11,d1,d11,d1)")
+    assert hash(code) == hash(SerialCode.parse("BB(11,d1,d11,d1)"))
+    assert dataclasses.replace(code, block="XB") != code
+    script = (
+        "import pickle, sys\n"
+        "from spnas.arch import SerialCode\n"
+        "code = pickle.loads(sys.stdin.buffer.read())\n"
+        "print(code in {SerialCode('BB', ('11', 'd1', 'd11', 'd1'))})\n"
+    )
+    for seed in ("1", "2"):
+        run = subprocess.run(
+            [sys.executable, "-c", script],
+            input=pickle.dumps(code),
+            capture_output=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            check=True,
+        )
+        assert run.stdout.split() == [b"True"], run.stderr.decode()
