@@ -34,7 +34,13 @@ from spnas.search._state import (
     SearchState,
     TrialKind,
 )
-from spnas.search._waiting import LOG_EVERY_S, WaitingLine, is_running_decided, pause_polling
+from spnas.search._waiting import (
+    LOG_EVERY_S,
+    WaitingLine,
+    history_index,
+    is_running_decided,
+    pause_polling,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -443,7 +449,7 @@ class SPNASSampler(BaseSampler):
         ahead, or if ``trial`` may decide now (then the line behind it is decided too); else
         why it waits, and the few trials to read meanwhile."""
         trials = study.get_trials(deepcopy=False)
-        mine = Decision.of(_numbered(trials, trial.number))
+        mine = Decision.of(trials[history_index(trials, trial.number)])
         if mine is not None:  # a lower-numbered trial decided ahead for this one
             return _Look(mine, written=True)
         # The state first: most trials finished, and it rules them out at once.
@@ -557,14 +563,6 @@ class SPNASSampler(BaseSampler):
 def _study_key(study: Study) -> tuple[int, int, str]:
     """Tells studies apart within one process: the storage object, the study's id and name."""
     return id(storage_of(study)), study_id(study), study.study_name
-
-
-def _numbered(trials: Sequence[FrozenTrial], number: int) -> FrozenTrial:
-    """The trial ``number`` of a study's ``trials`` (in number order): Optuna numbers a
-    study's trials 0, 1, 2 …, so it is found at its index, without reading them all."""
-    if number < len(trials) and trials[number].number == number:
-        return trials[number]
-    return next(t for t in trials if t.number == number)
 
 
 def _earlier_retry(study: Study, trial: FrozenTrial) -> int | None:

@@ -195,10 +195,7 @@ class WaitingLine:
         sampler's :class:`~spnas.search._records.RecordReader` of this look, which parses each
         trial once however many replays read it).
         """
-        # Optuna numbers a study's trials 0, 1, 2 … and ``trials`` is its history in number
-        # order: the line starts after ``trial``'s index, not after a walk through them all.
-        at = trial.number
-        after = at + 1 if len(trials) > at and trials[at].number == at else 0
+        after = history_index(trials, trial.number) + 1
         line = [t for t in trials[after:] if _undecided(t) and t.number > trial.number]
         if not line:
             return
@@ -373,6 +370,15 @@ def write_decisions(storage: Any, decisions: Sequence[tuple[FrozenTrial, Decisio
     with concurrent.futures.ThreadPoolExecutor(WRITE_THREADS) as pool:
         whole = list(pool.map(write, bodies))
         list(pool.map(write, [mark for mark, ok in zip(marks, whole, strict=True) if ok]))
+
+
+def history_index(trials: Sequence[FrozenTrial], number: int) -> int:
+    """Where trial ``number`` stands in a study's ``trials`` (its history, in number order):
+    Optuna numbers a study's trials 0, 1, 2 …, so at its own index, found without reading the
+    others (a walk only when the history has gaps)."""
+    if number < len(trials) and trials[number].number == number:
+        return number
+    return next(i for i, t in enumerate(trials) if t.number == number)
 
 
 def pause_polling(seconds: float, deadline: float = math.inf) -> None:
