@@ -23,12 +23,20 @@ import dataclasses
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
+from spnas.search._memo import ReplayMemo
 from spnas.search._optuna import storage_of, study_id, trial_id
-from spnas.search._state import Record, retried_numbers, trial_record, trial_records
+from spnas.search._state import (
+    Record,
+    SearchState,
+    retried_numbers,
+    trial_record,
+    trial_records,
+)
 
 #: The most finished trials whose records are kept per study (a record takes about 1 kB).
 #: Past it, the trials finished later are parsed at every look, as without a cache: keeping
@@ -50,10 +58,13 @@ class _Head:
 
 @dataclasses.dataclass
 class _StudyRecords:
-    """What is kept of one study: the records of its finished trials, and its head."""
+    """What is kept of one study: the records of its finished trials, its head, and what
+    replays derived from the head (:mod:`spnas.search._memo`; a head read anew gets a new
+    memo)."""
 
     finished: _Finished = dataclasses.field(default_factory=dict)
     head: _Head = _Head()
+    memo: ReplayMemo = dataclasses.field(default_factory=ReplayMemo)
 
 
 class RecordCache:
@@ -152,7 +163,30 @@ class RecordReader:
         count = head.count + grown
         records = head.records + tuple(r for r in found if r is not None and r.number < count)
         accounted = head.retried | {n for n in retried if n < count}
+        if head is not self._kept.head:  # read anew: what was derived from the old one goes
+            self._kept.memo = ReplayMemo()
         self._kept.head = _Head(count, records, accounted)
+        self._kept.memo.fix(records)
+
+    def state(
+        self,
+        trials: Iterable[FrozenTrial],
+        config: Any,
+        direction: str,
+        *,
+        apart: FrozenTrial | None = None,
+    ) -> SearchState:
+        """The search state of the history ``trials``: :meth:`records` replayed
+        (:meth:`SearchState.from_records <spnas.search.SearchState.from_records>`) with the
+        study's memo, which keeps what replays derive from the history's head."""
+        records = self.records(trials, apart=apart)
+        return SearchState.from_records(records, config, direction, self._kept.memo)
+
+    def unsettled(self, trials: Sequence[FrozenTrial]) -> Sequence[FrozenTrial]:
+        """The trials of the history ``trials`` that may not be finished: those after the kept
+        head (all of ``trials`` when they are not the history the head was kept of)."""
+        count = self._kept.head.count
+        return trials[count:] if _continues(trials, count) else trials
 
     def _parse_apart(self, apart: FrozenTrial | None) -> Callable[[FrozenTrial], Record | None]:
         if apart is None:

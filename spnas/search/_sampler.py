@@ -219,9 +219,8 @@ class SPNASSampler(BaseSampler):
             finished if t.number == trial.number else t for t in study.get_trials(deepcopy=False)
         ]
         # The copy is parsed apart, never kept: the storage stores its own finish time.
-        records = self._records.reader(study).records(trials, apart=finished)
-        search = SearchState.from_records(
-            records, self.config_for(study), self.study_direction(study)
+        search = self._records.reader(study).state(
+            trials, self.config_for(study), self.study_direction(study), apart=finished
         )
         self._ended[_study_key(study)] = search
         if search.done:
@@ -452,10 +451,13 @@ class SPNASSampler(BaseSampler):
         mine = Decision.of(trials[history_index(trials, trial.number)])
         if mine is not None:  # a lower-numbered trial decided ahead for this one
             return _Look(mine, written=True)
+        reader = self._records.reader(study)
+        # Only the trials after the history's kept head may still run or wait.
+        unsettled = reader.unsettled(trials)
         # The state first: most trials finished, and it rules them out at once.
         blocking = [
             t
-            for t in trials
+            for t in unsettled
             if t.state == TrialState.RUNNING and t.number < trial.number and Decision.of(t) is None
         ]
         if blocking:
@@ -465,8 +467,7 @@ class SPNASSampler(BaseSampler):
                 blocking=blocking,
                 read=trials,
             )
-        reader = self._records.reader(study)
-        state = SearchState.from_records(reader.records(trials), config, direction)
+        state = reader.state(trials, config, direction)
         fresh = self._line.fresh_failures(state) if heartbeat else []
         if fresh:
             return _Look(
@@ -475,7 +476,9 @@ class SPNASSampler(BaseSampler):
         if state.done or state.next_kind is not None:
             return _Look(self._decide_now(study, trials, trial, state, direction, reader))
         queued = [
-            t.number for t in trials if t.state == TrialState.WAITING and Decision.of(t) is not None
+            t.number
+            for t in reader.unsettled(trials)
+            if t.state == TrialState.WAITING and Decision.of(t) is not None
         ]
         if queued:
             # A retry of a dead worker's trial waits in the queue, and what we wait for may be
@@ -485,7 +488,7 @@ class SPNASSampler(BaseSampler):
             return _Look(Decision(TrialKind.IDLE, round=state.round))
         # What this wait is for, when a few trials say it: they alone are read until one of
         # them changes, instead of the whole history at every look.
-        running = [t for t in trials if is_running_decided(t)]
+        running = [t for t in reader.unsettled(trials) if is_running_decided(t)]
         return _Look(
             reason=state.waiting_for,
             watched=running if len(running) <= MAX_WATCHED else [],
@@ -510,8 +513,14 @@ class SPNASSampler(BaseSampler):
             decision = Decision(TrialKind.IDLE, round=state.round)
         else:
             decision = self._decision(state, trial.number)
+        config = state.config
         self._line.decide_ahead(
-            study, trials, trial, decision, direction, self._decision, reader.records
+            study,
+            trials,
+            trial,
+            decision,
+            self._decision,
+            lambda history: reader.state(history, config, direction),
         )
         return decision
 

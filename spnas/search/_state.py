@@ -3,7 +3,8 @@
 The state is kept nowhere: :meth:`SearchState.from_trials` replays the history in storage,
 so any worker on any node reaches the same state, and a restarted search goes on where it was.
 Only the parsing of finished trials is kept between decisions
-(:class:`~spnas.search._records.RecordCache`): a finished trial never changes.
+(:class:`~spnas.search._records.RecordCache`): a finished trial never changes; and what a replay
+derives from the history's head of finished trials alone (:mod:`spnas.search._memo`).
 
 Every decided trial carries its decision in two system attributes: ``spnas:decision`` (``arch``,
 ``parallel``, ``parent``, ``ops``, ``round``; ``role`` and ``repeat`` for verification) and
@@ -70,7 +71,7 @@ import enum
 import functools
 import math
 import operator
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -79,6 +80,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from spnas.arch import ParallelCode, SerialCode
 from spnas.exceptions import ConfigError
+from spnas.search._memo import FixedHead, Judgement, ReplayMemo, merge_finished
 from spnas.search._stats import noise_sigma
 
 ATTR_PREFIX = "spnas:"
@@ -339,6 +341,9 @@ class SearchState:
     round_bests: dict[int, Best] = dataclasses.field(default_factory=dict)
     pending: Decision | None = None
     ranked_by: str | None = None
+    #: The replay's view of the memo it was derived with (spnas.search._memo): what it kept of
+    #: the history's head serves taken() and taken_serial() too.
+    _fixed: FixedHead | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def direction(self) -> str:
@@ -352,15 +357,19 @@ class SearchState:
 
     def taken(self) -> set[tuple[str, str | None]]:
         """Candidates already decided (to avoid proposing them again)."""
-        return {r.decision.candidate for r in self.records if r.decision.arch is not None}
+        return self._collect("taken", _candidate)
 
     def taken_serial(self) -> frozenset[SerialCode]:
         """Serial networks already decided (without subnets), to avoid proposing them again."""
-        return frozenset(
-            r.decision.arch
-            for r in self.records
-            if r.decision.arch is not None and r.decision.parallel is None
-        )
+        return frozenset(self._collect("taken_serial", _serial_arch))
+
+    def failures(self) -> set[int]:
+        """The numbers of the failed trials that count (no retry supersedes them)."""
+        return self._collect("failures", _failure)
+
+    def _collect(self, key: str, values: Callable[[Record], Any | None]) -> set[Any]:
+        fixed = self._fixed if self._fixed is not None else FixedHead(None, 0)
+        return fixed.collect(self.records, key, values)
 
     def of_kind(self, *kinds: TrialKind) -> list[Record]:
         return [r for r in self.records if r.decision.kind in kinds]
@@ -387,11 +396,19 @@ class SearchState:
         records: Sequence[Record],
         config: Any,
         direction: str | StudyDirection | None = None,
+        memo: ReplayMemo | None = None,
     ) -> SearchState:
         """Replay the history ``records`` (:func:`trial_records` of the trials) under
         ``config``, as :meth:`from_trials` does: the same state, without parsing the trials
-        again (:class:`~spnas.search._records.RecordCache` keeps their records)."""
-        return _Replay(records, config, direction).run()
+        again (:class:`~spnas.search._records.RecordCache` keeps their records). ``memo``
+        keeps what the replay derives from the history's fixed head for the next replay
+        (:mod:`spnas.search._memo`; the same state, walking only the records after the head).
+        """
+        if memo is None:
+            return _Replay(records, config, direction).run()
+        name = direction_name(direction) if direction is not None else config.direction
+        with memo.use(records, config, name) as fixed:
+            return _Replay(records, config, name, fixed).run()
 
 
 def barrier_backoff(attempts: Sequence[Record], base_seconds: float) -> float:
@@ -433,6 +450,7 @@ class _Judged:
 
     best: Best
     ended: bool = False
+    exhausted: bool = False
     running: list[Record] = dataclasses.field(default_factory=list)
     #: A would-be winner's re-evaluation, to decide now.
     pending: Decision | None = None
@@ -481,6 +499,23 @@ def trial_records(
 
 
 _NUMBER = operator.attrgetter("number")
+_FINISH = operator.attrgetter("finish_order")
+
+
+def _candidate(record: Record) -> tuple[str, str | None] | None:
+    return record.decision.candidate if record.decision.arch is not None else None
+
+
+def _serial_arch(record: Record) -> SerialCode | None:
+    return record.decision.arch if record.decision.parallel is None else None
+
+
+def _failure(record: Record) -> int | None:
+    return record.number if record.state == TrialState.FAIL else None
+
+
+def _is_repeat(record: Record) -> bool:
+    return bool(record.decision.repeat)
 
 
 def retried_numbers(trials: Iterable[FrozenTrial]) -> set[int]:
@@ -497,10 +532,13 @@ def verification_plan(state: SearchState) -> list[tuple[str, Best]]:
     once, under its first role."""
     plan: list[tuple[str, Best]] = []
     seen: set[tuple[str, str | None]] = set()
-    seeds = [r for r in state.records if r.decision.kind == TrialKind.SEED and r.value is not None]
+    # The first completed seed: at the history's start, so found without walking it all.
+    record = next(
+        (r for r in state.records if r.decision.kind == TrialKind.SEED and r.value is not None),
+        None,
+    )
     candidates: list[tuple[str, Best | None]] = []
-    if seeds:
-        record = seeds[0]
+    if record is not None:
         assert record.decision.arch is not None and record.value is not None
         candidates.append(("seed", Best(record.number, record.decision.arch, None, record.value)))
     candidates += [(f"round {r}", best) for r, best in sorted(state.round_bests.items())]
@@ -525,16 +563,21 @@ class _Replay:
         records: Sequence[Record],
         config: Any,
         direction: str | StudyDirection | None = None,
+        fixed: FixedHead | None = None,
     ) -> None:
         self.config = config
         self.direction = direction_name(direction) if direction is not None else config.direction
         self.equal_training = config.search.comparison == "equal_training"
         self.records = tuple(records)
-        # One pass over the history: each step of the replay reads the records of one kind
-        # (a barrier, a round, the controls) instead of scanning them all again.
+        # What the memo kept of the history's head (spnas.search._memo), if any: each step
+        # reads the records after it only.
+        self.fixed = fixed if fixed is not None else FixedHead(None, 0)
+        # Without it, one pass over the history: each step of the replay reads the records of
+        # one kind (a barrier, a round, the controls) instead of scanning them all again.
         self.by_kind: dict[TrialKind, list[Record]] = {}
-        for record in self.records:
-            self.by_kind.setdefault(record.decision.kind, []).append(record)
+        if not self.fixed.count:
+            for record in self.records:
+                self.by_kind.setdefault(record.decision.kind, []).append(record)
         self.round = 0
         self.stuck = 0
         self.best_serial: Best | None = None
@@ -571,14 +614,28 @@ class _Replay:
             round_bests=dict(self.round_bests),
             pending=pending,
             ranked_by=self.direction,
+            _fixed=self.fixed if self.fixed.count else None,
         )
 
-    def of_kind(self, *kinds: TrialKind) -> list[Record]:
-        """The records of ``kinds``, in trial-number order."""
+    def of_kind(
+        self,
+        *kinds: TrialKind,
+        key: Hashable = None,
+        test: Callable[[Record], bool] | None = None,
+    ) -> list[Record]:
+        """The records of ``kinds`` (that pass ``test``, which ``key`` names for the memo: one
+        key, one test), in trial-number order."""
+        if self.fixed.count:
+            return self.fixed.select(
+                self.records,
+                (kinds, key),
+                lambda r: r.decision.kind in kinds and (test is None or test(r)),
+            )
         if len(kinds) == 1:
-            return self.by_kind.get(kinds[0], [])
-        found = [r for kind in kinds for r in self.by_kind.get(kind, ())]
-        return sorted(found, key=lambda r: r.number)
+            found = self.by_kind.get(kinds[0], [])
+        else:
+            found = sorted((r for k in kinds for r in self.by_kind.get(k, ())), key=_NUMBER)
+        return found if test is None else [r for r in found if test(r)]
 
     def best_of(self, record: Record, value: float | None = None) -> Best:
         """``record``'s network as a best, with ``value`` instead of its own if given."""
@@ -661,6 +718,7 @@ class _Replay:
         stuck_limit: int,
         max_trials: int | None,
         sigma: float | None,
+        key: Hashable = None,
     ) -> _Judged:
         """Judge the finished candidates in the order they finished (docs/design.md §4.1).
 
@@ -671,49 +729,97 @@ class _Replay:
         would-be winner is re-evaluated (the same decision, ``repeat`` 1: another training
         seed) and replaces the best only if the mean of its two values beats it by as much.
         Candidates that finished after it are judged once its re-evaluation finished.
+
+        With the memo (``key`` names the round in it), the head's candidates are kept in
+        finish order, and so is the judgement of the longest prefix whose verdicts are fixed:
+        only the candidates after it are judged again.
         """
         search = self.config.search
         noise_aware = search.acceptance == "noise_aware"
         margin = search.accept_z * sigma if noise_aware and sigma else 0.0
-        reevaluations: dict[tuple[str, str | None], list[Record]] = {}
-        for record in records:
-            if record.decision.repeat:
-                reevaluations.setdefault(record.decision.candidate, []).append(record)
-        finished = sorted(
-            (r for r in records if r.finished and not r.decision.repeat),
-            key=operator.attrgetter("finish_order"),
+        memo = self.fixed.round(key) if key is not None else None
+        fixed = self.fixed.fixed_in(records, self.records) if memo is not None else 0
+        rest = records[fixed:]
+        rest_finished = sorted(
+            (r for r in rest if r.finished and not r.decision.repeat), key=_FINISH
         )
-        self.stuck = 0
-        exhausted = False
+        if memo is None:
+            repeats = [r for r in records if r.decision.repeat]
+            finished = rest_finished
+        else:
+            memo.update(records[:fixed], _is_repeat)
+            repeats = memo.repeats + [r for r in rest if r.decision.repeat]
+            finished = merge_finished(memo.finished, rest_finished)
+        reevaluations: dict[tuple[str, str | None], list[Record]] = {}
+        for record in repeats:
+            reevaluations.setdefault(record.decision.candidate, []).append(record)
+        last_fixed = records[fixed - 1].number if fixed else -1
+        start = (best, margin)
         judged = _Judged(best)
-        for record in finished:
-            if record.decision.kind == TrialKind.EXHAUSTED:
-                exhausted = True
-                continue
-            value = record.value
-            if value is None or not _beats(value, judged.best.value, margin, self.direction):
-                self.stuck += 1
-                continue
-            if noise_aware:
-                attempts = reevaluations.get(record.decision.candidate, [])
-                again, status = self.attempts_state(attempts)
-                if status == "decide":
-                    judged.pending = dataclasses.replace(record.decision, repeat=1)
-                    break
-                if status == "running":
-                    judged.waiting = next(r for r in attempts if r.running)
-                    break
-                mean = None if status != "complete" or again is None else (value + again.value) / 2
-                if mean is None or not _beats(mean, judged.best.value, margin, self.direction):
-                    self.stuck += 1  # failed, diverged, or not better on average: rejected
-                    continue
-                value = mean
-            judged.best = self.best_of(record, value)
-            self.stuck = 0
-        judged.running = [r for r in records if r.running]
+        self.stuck = 0
+        begin = 0
+        kept = memo.judgement if memo is not None else None
+        if kept is not None and kept.start == start and finished[: len(kept.prefix)] == kept.prefix:
+            judged.best, self.stuck, judged.exhausted = kept.outcome
+            begin = len(kept.prefix)
+        settled = memo is not None
+        for index in range(begin, len(finished)):
+            record = finished[index]
+            verdict = self.judge(record, judged, margin, noise_aware, reevaluations, last_fixed)
+            if verdict is None:
+                break
+            if settled and verdict and record.number <= last_fixed:
+                outcome = (judged.best, self.stuck, judged.exhausted)
+                kept = Judgement(start, finished[: index + 1], outcome)
+            else:
+                settled = False
+        if memo is not None:
+            memo.judgement = kept
+        judged.running = [r for r in rest if r.running]
         spent = max_trials is not None and len(records) >= max_trials
-        judged.ended = exhausted or spent or self.stuck >= stuck_limit
+        judged.ended = judged.exhausted or spent or self.stuck >= stuck_limit
         return judged
+
+    def judge(
+        self,
+        record: Record,
+        judged: _Judged,
+        margin: float,
+        noise_aware: bool,
+        reevaluations: dict[tuple[str, str | None], list[Record]],
+        last_fixed: int,
+    ) -> bool | None:
+        """Judge one finished candidate into ``judged``: ``None`` when judging must stop
+        here (its re-evaluation is to decide or running), else whether the verdict is fixed:
+        it read no re-evaluation after the head's last trial, ``last_fixed``."""
+        if record.decision.kind == TrialKind.EXHAUSTED:
+            judged.exhausted = True
+            return True
+        value = record.value
+        if value is None or not _beats(value, judged.best.value, margin, self.direction):
+            self.stuck += 1
+            return True
+        fixed = True
+        if noise_aware:
+            attempts = reevaluations.get(record.decision.candidate, [])
+            again, status = self.attempts_state(attempts)
+            if status == "decide":
+                judged.pending = dataclasses.replace(record.decision, repeat=1)
+                return None
+            if status == "running":
+                judged.waiting = next(r for r in attempts if r.running)
+                return None
+            # Complete, diverged or out of attempts: final if every attempt is in the head
+            # (one after it may still be retried, and leave the records).
+            fixed = all(r.number <= last_fixed for r in attempts)
+            mean = None if status != "complete" or again is None else (value + again.value) / 2
+            if mean is None or not _beats(mean, judged.best.value, margin, self.direction):
+                self.stuck += 1  # failed, diverged, or not better on average: rejected
+                return fixed
+            value = mean
+        judged.best = self.best_of(record, value)
+        self.stuck = 0
+        return fixed
 
     def round_result(
         self,
@@ -722,10 +828,12 @@ class _Replay:
         records: list[Record],
         stuck_limit: int,
         max_trials: int | None,
+        key: Hashable = None,
     ) -> Best | SearchState:
         """The best network of a finished round (or the parallel phase), else the state.
 
-        ``phase`` is ``serial`` or ``parallel``; ``records`` are the round's candidates.
+        ``phase`` is ``serial`` or ``parallel``; ``records`` are the round's candidates
+        (``key`` names them in the memo).
         """
         # The baseline's own morphisms led to it from its parent; the round starts from it.
         start = dataclasses.replace(self.best_of(baseline), ops=())
@@ -775,7 +883,7 @@ class _Replay:
             values = [r.value for r in done if r.value is not None]
             sigma = noise_sigma(values)
             reference = dataclasses.replace(self.best_of(done[0]), value=sum(values) / len(values))
-        judged = self.rounds_loop(records, reference, stuck_limit, max_trials, sigma)
+        judged = self.rounds_loop(records, reference, stuck_limit, max_trials, sigma, key)
         best, running = judged.best, judged.running
         self.set_best(phase, best)
         init_from = start if self.equal_training else best
@@ -847,13 +955,15 @@ class _Replay:
         for round_ in range(1, last_round + 1):
             self.round = round_
             self.baselines[round_] = baseline.number
-            records = [
-                r
-                for r in self.of_kind(TrialKind.SERIAL, TrialKind.EXHAUSTED)
-                if r.decision.round == round_ and r.decision.parallel is None
-            ]
+            key = ("serial", round_)
+            records = self.of_kind(
+                TrialKind.SERIAL,
+                TrialKind.EXHAUSTED,
+                key=key,
+                test=lambda r, n=round_: r.decision.round == n and r.decision.parallel is None,
+            )
             result = self.round_result(
-                "serial", baseline, records, config.serial.n_stuck, config.serial.max_trials
+                "serial", baseline, records, config.serial.n_stuck, config.serial.max_trials, key
             )
             assert self.round_best is not None
             if _better(self.round_best.value, self.best_serial.value, self.direction):
@@ -879,13 +989,15 @@ class _Replay:
             assert waiting is not None
             return waiting
         # Parallel-phase records carry a parallel code (an "exhausted" one carries the zeros).
-        records = [
-            r
-            for r in self.of_kind(TrialKind.PARALLEL, TrialKind.EXHAUSTED)
-            if r.decision.parallel is not None
-        ]
+        key = ("parallel",)
+        records = self.of_kind(
+            TrialKind.PARALLEL,
+            TrialKind.EXHAUSTED,
+            key=key,
+            test=lambda r: r.decision.parallel is not None,
+        )
         return self.round_result(
-            "parallel", pseed, records, config.parallel.n_stuck, config.parallel.max_trials
+            "parallel", pseed, records, config.parallel.n_stuck, config.parallel.max_trials, key
         )
 
     def verification(self) -> SearchState | None:

@@ -34,7 +34,6 @@ from spnas.search._state import (
     DECISION_ATTR,
     KIND_ATTR,
     Decision,
-    Record,
     SearchState,
     TrialKind,
 )
@@ -172,9 +171,8 @@ class WaitingLine:
         trials: list[FrozenTrial],
         trial: FrozenTrial,
         decision: Decision,
-        direction: str,
         propose: Callable[[SearchState, int], Decision],
-        records: Callable[[Iterable[FrozenTrial]], tuple[Record, ...]],
+        replay: Callable[[Iterable[FrozenTrial]], SearchState],
     ) -> None:
         """Decide and write, for the undecided trials above ``trial`` (waiting in line for
         it), what each would decide itself right after ``trial`` took ``decision``.
@@ -190,21 +188,20 @@ class WaitingLine:
         :meth:`SPNASSampler.before_trial <spnas.search.SPNASSampler.before_trial>`): a trial
         that sees every trial below it decided finds its own decision there, and never decides
         it a second time (:func:`write_decisions`). ``propose`` decides a trial from the
-        search state (the sampler's own step), ``direction`` is the study's; ``records``
-        reads the history's records (:func:`~spnas.search._state.trial_records`, or the
-        sampler's :class:`~spnas.search._records.RecordReader` of this look, which parses each
-        trial once however many replays read it).
+        search state (the sampler's own step); ``replay`` derives the search state of a
+        history (the sampler's :meth:`RecordReader.state
+        <spnas.search._records.RecordReader.state>` of this look, which parses each trial once
+        however many replays read it, and keeps what they derive from the history's head).
         """
         after = history_index(trials, trial.number) + 1
         line = [t for t in trials[after:] if _undecided(t) and t.number > trial.number]
         if not line:
             return
-        config = self._config_for(study)
         history = {t.number: t for t in trials}
         history[trial.number] = _with_decision(trial, decision)
         ahead: list[tuple[FrozenTrial, Decision]] = []
         for waiting in line[:MAX_DECIDED_AHEAD]:
-            state = SearchState.from_records(records(history.values()), config, direction)
+            state = replay(history.values())
             if state.done:  # final: everyone in line is idle
                 ahead.append((waiting, Decision(TrialKind.IDLE, round=state.round)))
             elif state.next_kind is None:
@@ -255,11 +252,10 @@ class WaitingLine:
         """Failed trials first seen less than :data:`RETRY_SETTLE_S` ago (not yet retried)."""
         now = time.monotonic()
         fresh = []
-        for record in state.records:
-            if record.state == TrialState.FAIL:
-                seen = self._failures_seen.setdefault(record.number, now)
-                if now - seen < RETRY_SETTLE_S:
-                    fresh.append(record.number)
+        for number in sorted(state.failures()):
+            seen = self._failures_seen.setdefault(number, now)
+            if now - seen < RETRY_SETTLE_S:
+                fresh.append(number)
         return fresh
 
     def beat_interval(self, study: Study) -> float | None:

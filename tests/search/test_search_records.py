@@ -79,38 +79,80 @@ def _finish(study: optuna.Study, trial: optuna.Trial, rng: random.Random) -> str
     return "retried"
 
 
-def test_warm_cache_decides_as_a_cold_one(tmp_path: Path) -> None:
+def _retry_late(study: optuna.Study, rng: random.Random) -> bool:
+    """Queue a retry of a failure that nothing retried yet, long after it failed (as
+    ``spnas resume`` or a user's retry callback may): its record leaves the history."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    failed = [t for t in trials if t.state == TrialState.FAIL and t.number not in retried]
+    failed = [t for t in failed if Decision.of(t) is not None]
+    if not failed:
+        return False
+    last = rng.choice(failed)
+    system_attrs = {**last.system_attrs, "retry_history": [last.number]}
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=last.params,
+            distributions=last.distributions,
+            system_attrs=system_attrs,
+        )
+    )
+    return True
+
+
+@pytest.mark.parametrize("n_stuck", [3, 12])
+def test_warm_cache_decides_as_a_cold_one(tmp_path: Path, n_stuck: int) -> None:
     """Over random histories (trials asked, left running, finished in any order, failed,
-    retried; serial and parallel phases), every decision of one long-lived sampler equals
-    that of a new sampler on the same history, and every state replayed from kept records
-    equals a cold replay."""
-    config = _config(tmp_path)
+    retried, re-evaluated; serial and parallel phases; short rounds and long ones), every
+    decision of one long-lived sampler equals that of a new sampler on the same history, and
+    every state replayed from kept records, and with what replays kept of the history's head
+    (spnas.search._memo), equals a cold replay, the networks it avoids included."""
+    config = make_config(
+        tmp_path,
+        serial={"n_mutations": 2, "n_stuck": n_stuck, "n_rounds": 1},
+        parallel={"n_stuck": n_stuck, "budget_ratio": 2.5},
+        search={"seed": 0, "wait_seconds": 0.01, "barrier_backoff_seconds": 0.0},
+    )
     phases: set[str] = set()
     ends: set[str] = set()
+    repeats = served = 0
     for seed in range(4):
         rng = random.Random(seed)
         study = _study(f"warm-{seed}", SPNASSampler(config, ask_wait_seconds=0.0))
         cache = RecordCache()
         running: list[optuna.Trial] = []
-        for _ in range(120):
+        for _ in range(40 * n_stuck):
             trials = study.get_trials(deepcopy=False)
             cold_state = SearchState.from_trials(trials, config, "maximize")
-            warm_records = cache.reader(study).records(trials)
+            reader = cache.reader(study)
+            warm_records = reader.records(trials)
             assert SearchState.from_records(warm_records, config, "maximize") == cold_state
+            memo_state = reader.state(trials, config, "maximize")
+            assert memo_state == cold_state
+            assert memo_state.taken() == cold_state.taken()
+            assert memo_state.taken_serial() == cold_state.taken_serial()
+            assert memo_state.failures() == cold_state.failures()
+            served += memo_state._fixed is not None
             phases.add(cold_state.phase)
             if cold_state.done:
                 break
             if running and (len(running) >= 3 or rng.random() < 0.5):
                 ends.add(_finish(study, running.pop(rng.randrange(len(running))), rng))
                 continue
+            if rng.random() < 0.03 and _retry_late(study, rng):
+                ends.add("retried late")
+                continue
             number, cold = _cold_decision(study, config)
             trial = study.ask()
             assert trial.number == number
             assert Decision.of(study._storage.get_trial(trial._trial_id)) == cold
+            repeats += bool(cold and cold.repeat and cold.kind != TrialKind.CONTROL)
             running.append(trial)
-    # The histories went through what the cache must get right.
+    # The histories went through what the cache and the memo must get right.
     assert {"seed", "serial", "parallel"} <= phases
-    assert {"complete", "pruned", "failed", "retried"} <= ends
+    assert {"complete", "pruned", "failed", "retried", "retried late"} <= ends
+    assert repeats >= 2 and served >= 50, (repeats, served)
 
 
 def test_a_trial_that_finished_since_the_last_look_is_read_again(tmp_path: Path) -> None:
