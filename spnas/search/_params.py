@@ -23,6 +23,7 @@ trial.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
@@ -32,7 +33,7 @@ from spnas.arch import SerialCode
 from spnas.search._optuna import trial_id
 from spnas.search._proposals import config_cost
 from spnas.search._state import Decision
-from spnas.storage import set_trial_params
+from spnas.storage import update_trial
 
 
 def architecture_distributions(config: Any) -> dict[str, BaseDistribution]:
@@ -105,8 +106,17 @@ def architecture_values(config: Any, decision: Decision) -> dict[str, int | floa
     return values
 
 
-def record_architecture(storage: Any, trial: FrozenTrial, config: Any, decision: Decision) -> None:
-    """Write ``decision``'s architecture as params of ``trial`` (see the module docstring).
+def record_architecture(
+    storage: Any,
+    trial: FrozenTrial,
+    config: Any,
+    decision: Decision,
+    system_attrs: Mapping[str, Any] | None = None,
+) -> None:
+    """Write ``decision``'s architecture as params of ``trial`` (see the module docstring),
+    with ``system_attrs`` (the decision itself, when it is still to write): on an RDB storage
+    in one transaction, so other workers see the decision and its params at once
+    (:func:`~spnas.storage.update_trial`).
 
     Also updates ``trial`` itself (the object an objective's ``optuna.Trial`` reads
     ``params`` from). Params the trial already has (a retry copies its original's) are kept.
@@ -117,7 +127,13 @@ def record_architecture(storage: Any, trial: FrozenTrial, config: Any, decision:
         for name, value in architecture_values(config, decision).items()
         if name not in trial.params
     }
-    set_trial_params(storage, trial_id(trial), values, distributions)
+    update_trial(
+        storage,
+        trial_id(trial),
+        system_attrs=system_attrs,
+        params=values,
+        distributions=distributions,
+    )
     for name, value in values.items():
         trial.params[name] = value
         trial.distributions[name] = distributions[name]

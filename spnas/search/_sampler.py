@@ -273,13 +273,12 @@ class SPNASSampler(BaseSampler):
             deferred = accept_stop_signals()
             self.check_study(study)
             decision, written = self._decide(study, trial)
-            if not written:
-                # Two writes, each its own transaction, in to_attrs' order: ``spnas:kind``
-                # goes last, so other workers see no decision (and wait) until the whole
-                # decision is there (see spnas.search._waiting.write_decisions).
-                for key, value in decision.to_attrs().items():
-                    storage_of(study).set_trial_system_attr(trial_id(trial), key, value)
-            record_architecture(storage_of(study), trial, self.config_for(study), decision)
+            # The decision and its params: one transaction on an RDB storage; elsewhere one
+            # write each, in to_attrs' order: ``spnas:kind`` last, so other workers see no
+            # decision (and wait) until the whole decision is there (see
+            # spnas.search._waiting.write_decisions).
+            attrs = {} if written else decision.to_attrs()
+            record_architecture(storage_of(study), trial, self.config_for(study), decision, attrs)
             if deferred:  # decided: the objective takes over (it fails and retries the trial)
                 defer_stop_signals()
         except BaseException:

@@ -24,8 +24,8 @@ from spnas.storage._optuna import (
     change_trial_state_if,
     heartbeat_interval,
     is_heartbeat_enabled,
-    set_trial_params,
     silent_trials,
+    update_trial,
 )
 from spnas.storage._proxy import DEFAULT_PROXY_THREADS, serve_proxy
 from spnas.storage._rdb import (
@@ -71,8 +71,8 @@ __all__ = [
     "parse_grpc_url",
     "redact",
     "serve_proxy",
-    "set_trial_params",
     "silent_trials",
     "storage_url_from",
     "strip_password",
+    "update_trial",
 ]

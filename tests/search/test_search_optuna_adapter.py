@@ -55,27 +55,58 @@ def test_ids_and_storage_reach_the_trial(study: optuna.Study) -> None:
 def test_params_in_one_call(study: optuna.Study) -> None:
     trial = study.ask()
     distributions = {"blocks": IntDistribution(1, 60), "stages": IntDistribution(1, 8)}
-    storage_adapter.set_trial_params(
+    storage_adapter.update_trial(
         adapter.storage_of(study),
         adapter.trial_id(trial),
-        {"blocks": 9, "stages": 4},
-        distributions,
+        params={"blocks": 9, "stages": 4},
+        distributions=distributions,
     )
     assert study.trials[0].params == {"blocks": 9, "stages": 4}
     assert study.trials[0].distributions == distributions
+
+
+def test_attributes_and_params_in_one_transaction(study: optuna.Study) -> None:
+    """A decision and its params: all or nothing, in one commit on an RDB storage; an
+    attribute written again is replaced."""
+    import sqlalchemy
+
+    trial = study.ask()
+    storage = adapter.storage_of(study)
+    backend = getattr(storage, "_backend", storage)
+    commits: list[int] = []
+    if isinstance(backend, optuna.storages.RDBStorage):
+        sqlalchemy.event.listen(backend.engine, "commit", lambda conn: commits.append(1))
+    distributions = {"blocks": IntDistribution(1, 60)}
+    storage_adapter.update_trial(
+        storage,
+        adapter.trial_id(trial),
+        system_attrs={"spnas:decision": {"round": 1}, "spnas:kind": "serial"},
+        params={"blocks": 9},
+        distributions=distributions,
+    )
+    if isinstance(backend, optuna.storages.RDBStorage):
+        assert len(commits) == 1
+    storage_adapter.update_trial(
+        storage, adapter.trial_id(trial), system_attrs={"spnas:kind": "idle"}
+    )
+    (frozen,) = study.get_trials()
+    assert frozen.system_attrs == {"spnas:decision": {"round": 1}, "spnas:kind": "idle"}
+    assert frozen.params == {"blocks": 9} and frozen.distributions == distributions
 
 
 def test_params_of_a_finished_trial_are_refused(study: optuna.Study) -> None:
     trial = study.ask()
     study.tell(trial, 1.0)
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
-        storage_adapter.set_trial_params(
+        storage_adapter.update_trial(
             adapter.storage_of(study),
             adapter.trial_id(trial),
-            {"blocks": 9},
-            {"blocks": IntDistribution(1, 60)},
+            params={"blocks": 9},
+            distributions={"blocks": IntDistribution(1, 60)},
+            system_attrs={"spnas:kind": "seed"},
         )
     assert study.trials[0].params == {}
+    assert "spnas:kind" not in study.trials[0].system_attrs
 
 
 def test_heartbeats(tmp_path: Path) -> None:

@@ -230,13 +230,13 @@ def test_a_trial_the_storage_could_not_fail_is_handed_to_the_worker(
 def test_a_decided_trial_an_error_abandons_is_retried_with_its_decision(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A storage error after the decision was written (recording its architecture, here) fails
+    """A storage error after the decision was written (its commit's answer lost, here) fails
     the trial; failed and not retried it would count as a failed attempt of its barrier, which
     would then be decided and trained a second time (CI: two seed/reignite attempts after a
     PostgreSQL restart). The sampler queues its retry with the decision at once."""
     import sqlalchemy.exc
 
-    from spnas.search import _sampler
+    from spnas.search import _params, _sampler
 
     study = _study(tmp_path, "abandoned.db")
     storage = study._storage
@@ -244,6 +244,7 @@ def test_a_decided_trial_an_error_abandons_is_retried_with_its_decision(
     down = sqlalchemy.exc.OperationalError("INSERT", {}, Exception("server closed"))
 
     def record_fails(*args, **kwargs):
+        _params.record_architecture(*args, **kwargs)  # written, but the answer is lost
         raise down
 
     monkeypatch.setattr(_sampler, "record_architecture", record_fails)
