@@ -124,9 +124,10 @@ class ReplayMemo:
                 self._rounds.clear()
                 self._under = under
             count = len(self._head)
-            if len(records) < count or tuple(records[:count]) != self._head:
-                count = 0
-            yield FixedHead(self, count)
+            if not count or len(records) < count or tuple(records[:count]) != self._head:
+                yield FixedHead(self, 0)
+            else:
+                yield FixedHead(self, count, self._head[-1].number)
         finally:
             self._lock.release()
 
@@ -134,10 +135,12 @@ class ReplayMemo:
 @dataclasses.dataclass(frozen=True)
 class FixedHead:
     """One replay's view of a :class:`ReplayMemo`: its first ``count`` records are the memo's
-    head, so fixed."""
+    head, so fixed; ``last`` is the number of the head's last trial (-1: no head), so a record
+    numbered up to it is fixed."""
 
     memo: ReplayMemo | None
     count: int
+    last: int = -1
 
     def select(
         self, records: Sequence[Any], key: Hashable, test: Callable[[Any], bool]
@@ -155,12 +158,10 @@ class FixedHead:
         selection.scanned = self.count
         return selection.items + [r for r in records[self.count :] if test(r)]
 
-    def fixed_in(self, records: Sequence[Any], head: Sequence[Any]) -> int:
-        """How many leading ``records`` (a selection of ``head``'s replay, in number order)
-        are the head's."""
-        if not self.count:
-            return 0
-        return bisect.bisect_right(records, head[self.count - 1].number, key=_NUMBER)
+    def fixed_in(self, records: Sequence[Any]) -> int:
+        """How many leading ``records`` (a selection of this replay's, in number order) are
+        the head's."""
+        return bisect.bisect_right(records, self.last, key=_NUMBER) if self.count else 0
 
     def round(self, key: Hashable) -> RoundMemo | None:
         """The memo of the round ``key`` names (``None``: no memo)."""
@@ -175,18 +176,21 @@ class FixedHead:
         is kept, so only new records are read. A new set: the caller may change it."""
         memo = self.memo
         if memo is None or not self.count or not memo._lock.acquire(blocking=False):
-            return {v for r in records if (v := values(r)) is not None}
+            return _values_of(records, values)
         try:
             scanned, kept = memo._taken.get(key, (0, set()))
             if scanned > self.count:  # kept from a later head than this replay's
-                return {v for r in records if (v := values(r)) is not None}
-            kept.update(v for r in records[scanned : self.count] if (v := values(r)) is not None)
+                return _values_of(records, values)
+            kept |= _values_of(records[scanned : self.count], values)
             memo._taken[key] = (self.count, kept)
             found = set(kept)
         finally:
             memo._lock.release()
-        found.update(v for r in records[self.count :] if (v := values(r)) is not None)
-        return found
+        return found | _values_of(records[self.count :], values)
+
+
+def _values_of(records: Sequence[Any], values: Callable[[Any], Any | None]) -> set[Any]:
+    return {v for r in records if (v := values(r)) is not None}
 
 
 def merge_finished(first: list[Any], then: list[Any]) -> list[Any]:

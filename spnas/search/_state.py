@@ -738,7 +738,7 @@ class _Replay:
         noise_aware = search.acceptance == "noise_aware"
         margin = search.accept_z * sigma if noise_aware and sigma else 0.0
         memo = self.fixed.round(key) if key is not None else None
-        fixed = self.fixed.fixed_in(records, self.records) if memo is not None else 0
+        fixed = self.fixed.fixed_in(records) if memo is not None else 0
         rest = records[fixed:]
         rest_finished = sorted(
             (r for r in rest if r.finished and not r.decision.repeat), key=_FINISH
@@ -753,7 +753,7 @@ class _Replay:
         reevaluations: dict[tuple[str, str | None], list[Record]] = {}
         for record in repeats:
             reevaluations.setdefault(record.decision.candidate, []).append(record)
-        last_fixed = records[fixed - 1].number if fixed else -1
+        last_fixed = self.fixed.last
         start = (best, margin)
         judged = _Judged(best)
         self.stuck = 0

@@ -23,7 +23,7 @@ import spnas.search._records as records_module
 from spnas.search import Decision, SearchConfig, SearchState, SPNASSampler, TrialKind
 from spnas.search._records import RecordCache
 from spnas.search._signals import requeue_interrupted
-from spnas.search._state import Record
+from spnas.search._state import Record, retried_numbers
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -83,22 +83,15 @@ def _retry_late(study: optuna.Study, rng: random.Random) -> bool:
     """Queue a retry of a failure that nothing retried yet, long after it failed (as
     ``spnas resume`` or a user's retry callback may): its record leaves the history."""
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
-    failed = [t for t in trials if t.state == TrialState.FAIL and t.number not in retried]
-    failed = [t for t in failed if Decision.of(t) is not None]
+    retried = retried_numbers(trials)
+    failed = [
+        t
+        for t in trials
+        if t.state == TrialState.FAIL and t.number not in retried and Decision.of(t) is not None
+    ]
     if not failed:
         return False
-    last = rng.choice(failed)
-    system_attrs = {**last.system_attrs, "retry_history": [last.number]}
-    study.add_trial(
-        optuna.trial.create_trial(
-            state=TrialState.WAITING,
-            params=last.params,
-            distributions=last.distributions,
-            system_attrs=system_attrs,
-        )
-    )
-    return True
+    return requeue_interrupted(study, rng.choice(failed)._trial_id) is not None
 
 
 @pytest.mark.parametrize("n_stuck", [3, 12])
