@@ -36,7 +36,10 @@ search trials and 3 retrains of 900 iterations for each of 15–25 networks. Res
 and in ``--retrains-from FILE…`` (e.g. a run of another trial length in another process), when
 they had the same profile, ``--set`` overrides, seeds, verification schedule and torch thread
 count (``--candidates`` may differ): a retrain is deterministic for its seed and thread count
-on one machine.
+on one machine. Trial lengths run apart (one process or machine each, ``--out`` a file each)
+join with ``--combine FILE…``: it checks that the files retrained alike on the same data,
+measured different trial lengths, and agree on every retrain they share, then writes their
+trial lengths and retrains into one result file (nothing is trained or recomputed).
 """
 
 from __future__ import annotations
@@ -273,6 +276,53 @@ def load_retrains(paths: list[Path], settings: dict[str, Any]) -> dict[str, dict
     return retrains
 
 
+def combined(paths: list[Path]) -> dict[str, Any]:
+    """One result of the runs in ``paths`` (each a trial length or more, run apart): their
+    trial lengths side by side and their retrains merged. Refused (``SystemExit`` naming the
+    file) when a run retrained otherwise or on other data, when two runs measured the same
+    trial length, or when they disagree on a retrain both made (it is deterministic)."""
+    runs = [(path, json.loads(path.read_text())) for path in paths]
+    first_path, first = runs[0]
+    result: dict[str, Any] = {
+        "complete": all(run.get("complete", False) for _, run in runs),
+        "settings": {
+            **first["settings"],
+            "trial_iters": [],
+            "candidates_per_round": {},
+            "combined_from": [path.name for path in paths],
+        },
+        "trial_lengths": {},
+        "retrains": {},
+        "wall_s": sum(run.get("wall_s", 0.0) for _, run in runs),
+    }
+    for path, run in runs:
+        for key in ("retrain", "data", "bootstrap"):
+            if run["settings"][key] != first["settings"][key]:
+                raise SystemExit(
+                    f"{path}: settings.{key} differs from {first_path}'s: only runs that "
+                    "retrained alike on the same data combine"
+                )
+        for iters, entry in run["trial_lengths"].items():
+            if iters in result["trial_lengths"]:
+                raise SystemExit(f"{path}: trial length {iters} is in an earlier file too")
+            # The combined file is written now: each length keeps when it was measured.
+            result["trial_lengths"][iters] = {**entry, "measured_at": run.get("measured_at")}
+            result["settings"]["trial_iters"].append(int(iters))
+            result["settings"]["candidates_per_round"][iters] = run["settings"][
+                "candidates_per_round"
+            ]
+        for code, seeds in run["retrains"].items():
+            merged = result["retrains"].setdefault(code, {})
+            for seed, retrain in seeds.items():
+                if seed in merged and merged[seed]["ap"] != retrain["ap"]:
+                    raise SystemExit(
+                        f"{path}: {code} seed {seed} retrained to {retrain['ap']}, "
+                        f"{merged[seed]['ap']} in an earlier file: not the same retrain"
+                    )
+                merged.setdefault(seed, retrain)
+    return result
+
+
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--profile", default="small-objects", choices=list(PROFILES))
@@ -303,14 +353,26 @@ def main() -> None:
         metavar="FILE",
         help="with --resume: reuse these result files' retrains too (e.g. another trial length's)",
     )
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="write these result files (trial lengths run apart) as one, without training",
+    )
     add_set_argument(parser, "verify.schedule.iters=300")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    out = args.out or RESULTS / f"{NAME}.json"
+    if args.combine:
+        write_result(NAME, combined(args.combine), out)
+        report(out, args.json)
+        return
     import optuna
     import torch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    out = args.out or RESULTS / f"{NAME}.json"
     overrides = search_overrides(args.candidates, args.overrides)
     seeds = [args.seed_base + k for k in range(args.repeats)]
     started = time.monotonic()
@@ -365,8 +427,14 @@ def main() -> None:
                 )
     result.update(complete=True, wall_s=time.monotonic() - started)
     write_result(NAME, result, out)
-    if args.json:
-        print(json.dumps(json.loads(out.read_text()), indent=2))
+    report(out, args.json)
+
+
+def report(out: Path, as_json: bool) -> None:
+    """Print the result file ``out``: as JSON, or τ per trial length."""
+    result = json.loads(out.read_text())
+    if as_json:
+        print(json.dumps(result, indent=2))
         return
     for iters, entry in result["trial_lengths"].items():
         print(

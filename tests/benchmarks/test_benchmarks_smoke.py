@@ -435,6 +435,59 @@ def test_ranking_merges_the_retrains_of_runs_with_the_same_retrain_settings(
     }
 
 
+def test_ranking_combines_trial_lengths_run_apart(tmp_path: Path) -> None:
+    """``--combine``: runs of one trial length each, retrained alike, become one result with
+    both lengths and their retrains merged; runs that retrained otherwise, measured the same
+    length or disagree on a shared retrain are refused, naming the file."""
+    ranking = benchmark_module("ranking")
+    retrain = {"profile": "small-objects", "seeds": [1000], "torch_threads": 1}
+    run = {"ap": 25.88, "seconds": 135.0}
+
+    def write(name: str, iters: str, retrains: dict[str, Any], **settings: Any) -> Path:
+        path = tmp_path / name
+        entry = {"kendall_tau": 0.5, "networks": []}
+        path.write_text(
+            json.dumps(
+                {
+                    "measured_at": f"when {name}",
+                    "complete": True,
+                    "settings": {
+                        "retrain": retrain,
+                        "data": {"val_images": 400},
+                        "bootstrap": 2000,
+                        "candidates_per_round": 13,
+                        **settings,
+                    },
+                    "trial_lengths": {iters: entry},
+                    "retrains": retrains,
+                    "wall_s": 10.0,
+                }
+            )
+        )
+        return path
+
+    short = write("150.json", "150", {"BB(11,d1,d1,d1)": {"1000": run}})
+    long = write(
+        "450.json", "450", {"BB(11,d1,d1,d1)": {"1000": run}, "BB(1,1,1,1)": {"1000": run}}
+    )
+    both = ranking.combined([short, long])
+    assert set(both["trial_lengths"]) == {"150", "450"}
+    assert both["trial_lengths"]["450"]["measured_at"] == "when 450.json"
+    assert both["settings"]["trial_iters"] == [150, 450]
+    assert both["settings"]["combined_from"] == ["150.json", "450.json"]
+    assert both["retrains"] == {"BB(11,d1,d1,d1)": {"1000": run}, "BB(1,1,1,1)": {"1000": run}}
+    assert both["complete"] is True and both["wall_s"] == 20.0
+
+    threads = write("threads.json", "450", {}, retrain={**retrain, "torch_threads": 2})
+    with pytest.raises(SystemExit, match=r"threads\.json: settings\.retrain differs"):
+        ranking.combined([short, threads])
+    with pytest.raises(SystemExit, match="trial length 150 is in an earlier file"):
+        ranking.combined([short, write("again.json", "150", {})])
+    other = write("other.json", "450", {"BB(11,d1,d1,d1)": {"1000": {**run, "ap": 23.55}}})
+    with pytest.raises(SystemExit, match=r"other\.json: BB\(11,d1,d1,d1\) seed 1000"):
+        ranking.combined([short, other])
+
+
 def _processes_mentioning(marker: str) -> list[str]:
     """Processes whose command line or environment holds ``marker`` (this one excluded)."""
     found = []
