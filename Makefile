@@ -6,6 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.spnas-installed
 PYTEST_ARGS ?=
+RESUME ?=
 
 .PHONY: setup test demo lint bench bench-search gpu-check clean
 
@@ -54,9 +55,10 @@ bench: setup
 # The search's claims (docs/benchmarks.md): Table 9 (SP-NAS against random search, the seed and
 # unselected random networks, paired 95 % intervals over disjoint verification seeds) and
 # Fig. 4a (rank correlation of search values with retrained AP). Hours each on a 2-core CPU
-# (search_vs_random about 6-8 h, not yet measured); run them on a quiet machine.
+# (search_vs_random about 6-8 h). Table 9's budgets are CPU seconds, which other load barely
+# changes (it slows the run); interrupted, it goes on with `make bench-search RESUME=--resume`.
 bench-search: setup
-	OMP_WAIT_POLICY=PASSIVE $(PY) benchmarks/search_vs_random.py --profiles small-objects large-objects --seeds 3 --verify-seeds 5 --unselected 5 --out benchmarks/results/search_vs_random-disjoint.json
+	OMP_WAIT_POLICY=PASSIVE $(PY) benchmarks/search_vs_random.py --profiles small-objects large-objects --seeds 3 --verify-seeds 5 --unselected 5 --out benchmarks/results/search_vs_random-disjoint.json --workdir runs/search-vs-random $(RESUME)
 	OMP_WAIT_POLICY=PASSIVE $(PY) benchmarks/ranking.py --workdir runs/ranking
 
 # On a machine with a GPU (under 8 minutes): the smoke search on CUDA with 2 workers sharing it,

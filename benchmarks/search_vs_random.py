@@ -23,21 +23,28 @@ then ``--seeds`` searches (search ``k`` = 0, 1, …):
 - **Verification**: both picks are retrained from scratch with the verification schedule,
   with the same ``--verify-seeds`` seeds as the baselines.
 
-**Budget: seconds of every trial, measured.** SP-NAS is charged the wall time of every trial
-that trained (from Optuna's start and completion time of the trial): the seed, controls and
-their noise repeats, candidates, re-evaluations, reignitions and the parallel phase,
-including the crop pretraining done inside the seed and reignition trials, weight transfers
-and the evaluation. Random search is charged the wall time of each candidate (crop
-pretraining, detection training, evaluation). Seconds, not optimizer steps nor FLOPs ×
+**Budget: CPU seconds of every trial, measured.** SP-NAS is charged the CPU seconds (``cpu_s``,
+:mod:`spnas.search._cost`) of every trial that trained: the seed, controls and their noise
+repeats, candidates, re-evaluations, reignitions and the parallel phase, including the crop
+pretraining done inside the seed and reignition trials, weight transfers and the evaluation;
+a pruned or diverged trial too. Random search is charged the CPU seconds of each candidate
+(crop pretraining, detection training, evaluation). Measured, not optimizer steps nor FLOPs ×
 iterations: a crop-pretraining step at 32 px costs a fraction of a detection step (random
 search was charged 438 steps a candidate for about 1.1× a search trial's time), and the
 backbone's FLOPs (what :mod:`spnas.modeling.flops` counts) leave out the detector's FPN, RPN
-and box head, which dominate a detection step at these widths; the measured time counts all
-of it. Both methods run alone, one trial at a time with every core (the SP-NAS search with
-one worker): a trial's span is then its own work. With several workers it would not be: a
-trial waits for a running barrier (the seed, a round's control) inside the sampler, after
-Optuna has started it, so its span would hold the wait too. Run it on a quiet machine:
-other load inflates both sides, but not necessarily alike.
+and box head, which dominate a detection step at these widths. CPU seconds rather than wall
+seconds: other load on the machine (or a run stopped and resumed) stretches a trial's wall
+time, not its work, and the two methods do not run at the same time, so wall seconds would
+charge them whatever else ran then. Both run one trial at a time (the SP-NAS search with one
+worker) with the same torch thread count; both sides' wall seconds are in the results too. A
+trial whose worker was killed (an interrupted run) records no CPU seconds and is not charged;
+its retry is, and such trials are listed (``uncharged_trials``).
+
+**Resuming.** The result file is written after every retrain, random candidate and search.
+``--resume`` (with the first run's ``--workdir``, which holds the data the studies were
+created with, and the same settings) goes on with it: the retrains measured are not repeated
+(a retrain is deterministic for its seed and thread count), random search continues after
+its last candidate, and an unfinished SP-NAS study is resumed by ``spnas search``.
 
 **Seeds.** Every seed used during either search is below ``VERIFY_SEED_BASE`` (1000); the
 verification seeds are ``1000 + j`` (``_paired.verification_seeds``). The seeds a search
@@ -51,17 +58,20 @@ and the same pooled over the searches (``_paired.pooled``).
 
 Results (``benchmarks/results/search_vs_random.json``, or ``--out``; rewritten after every
 search, so a partial run keeps what it measured): ``settings`` (``searches``,
-``verify_seeds``, ``unselected``, ``budget`` = ``"trial_seconds"``,
-``overrides``, ``run_dir``); ``profiles.<profile>``:
+``verify_seeds``, ``unselected``, ``budget`` = ``"trial_cpu_seconds"``,
+``overrides``, ``torch_threads``, ``run_dir``, ``workdir``); ``retrains`` (per profile and
+network, the AP per verification seed: what ``--resume`` reuses); ``profiles.<profile>``:
 
 - ``verify_seeds``; ``seed``, ``high_res``: a network (``arch``, ``parallel``, ``gmacs``,
   ``retrained``: the AP per verification seed); ``unselected``: ``networks`` (networks as
   above), ``mean_per_seed``, ``mean``;
 - ``per_search``: one row per search: ``search`` (``k``), ``spnas`` (a network plus
-  ``search_ap``, ``trials``, ``budget_seconds``, ``seeds_used``, ``study``: the path of its
-  SQLite file), ``random`` (a network plus ``search_ap``, ``trained``, ``budget_seconds``,
+  ``search_ap``, ``trials``, ``budget_cpu_seconds``, ``wall_seconds``, ``uncharged_trials``,
+  ``seeds_used``, ``study``: the path of its SQLite file), ``random`` (a network plus
+  ``search_ap``, ``trained``, ``budget_cpu_seconds``, ``wall_seconds``,
   ``seeds_used``, ``candidates``: each with ``arch``, ``parallel``, ``search_ap``,
-  ``seconds``), ``budget_ratio`` (random's budget / SP-NAS's), ``gmacs_over_high_res`` (``spnas``,
+  ``cpu_seconds``, ``seconds``), ``budget_ratio`` (random's budget / SP-NAS's),
+  ``gmacs_over_high_res`` (``spnas``,
   ``random``: each pick's GMACs over the high-resolution network's) and ``paired``;
 - ``paired.<comparison>`` for the comparisons ``spnas_minus_random``, ``spnas_minus_seed``,
   ``spnas_minus_unselected``, ``spnas_minus_high_res``, ``random_minus_unselected``,
@@ -93,7 +103,8 @@ SP-NAS − random comparison carries that bias.
 
 Run (hours; on a quiet machine): ``.venv/bin/python benchmarks/search_vs_random.py
 [--profiles A B] [--seeds 3] [--verify-seeds 5] [--unselected 5]
-[--run-name NAME] [--set KEY=VALUE…] [--cross-from FILE…] [--picks-from FILE…] [--json]``.
+[--run-name NAME] [--workdir DIR [--resume]] [--set KEY=VALUE…] [--cross-from FILE…]
+[--picks-from FILE…] [--json]``.
 """
 
 from __future__ import annotations
@@ -114,7 +125,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, add_set_argument, base_parser, report
+from _common import RESULTS, add_set_argument, base_parser, report, write_result
 from _paired import VERIFY_SEED_BASE, check_disjoint, paired, pooled, verification_seeds
 from profiles import NETS, PROFILES
 
@@ -127,6 +138,7 @@ from spnas.search import (
     sample_parallel_code,
 )
 from spnas.search._config import apply_override
+from spnas.search._cost import CPU_SECONDS_ATTR, cpu_seconds
 from spnas.search._proposals import flops_budget, stage_costs
 
 NAME = "search_vs_random"
@@ -240,7 +252,7 @@ def run_spnas(run_dir: Path, values: dict[str, Any]) -> tuple[SearchConfig, optu
     path = run_dir / f"{values['study']['name']}.yaml"
     path.write_text(yaml.safe_dump(values))
     log = run_dir / f"{values['study']['name']}.log"
-    with open(log, "w") as out:
+    with open(log, "a") as out:  # a resumed search's log follows the first attempt's
         subprocess.run(
             [sys.executable, "-m", "spnas", "search", str(path), "--workers", "1"],
             stdout=out,
@@ -261,11 +273,20 @@ def trained_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     ]
 
 
-def search_seconds(study: optuna.Study) -> float:
-    """SP-NAS's budget: the wall seconds of every trial that trained."""
-    return sum(
-        (t.datetime_complete - t.datetime_start).total_seconds() for t in trained_trials(study)
-    )
+def search_budget(study: optuna.Study) -> dict[str, Any]:
+    """SP-NAS's budget: the CPU seconds of every trial that trained (``cpu_s``, recorded by
+    the objective whatever the outcome), their wall seconds, and the trials that recorded none
+    (a worker killed mid-trial, e.g. by an interrupted run, whose retry is charged instead)."""
+    trials = trained_trials(study)
+    return {
+        "budget_cpu_seconds": sum(t.user_attrs.get(CPU_SECONDS_ATTR, 0.0) for t in trials),
+        "wall_seconds": sum(
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            for t in trials
+            if CPU_SECONDS_ATTR in t.user_attrs
+        ),
+        "uncharged_trials": [t.number for t in trials if CPU_SECONDS_ATTR not in t.user_attrs],
+    }
 
 
 def search_seeds(study: optuna.Study, config: SearchConfig) -> list[int]:
@@ -275,12 +296,39 @@ def search_seeds(study: optuna.Study, config: SearchConfig) -> list[int]:
     return sorted(seeds)
 
 
+class Progress:
+    """The run's result, written to its file after every retrain, random candidate and search,
+    so that ``--resume`` repeats at most the piece of work an interruption stopped."""
+
+    def __init__(self, result: dict[str, Any], out: Path) -> None:
+        self.result, self.out = result, out
+
+    def retrains(self, profile: str, arch: Any, parallel: Any) -> dict[str, float]:
+        """The APs of one network retrained on ``profile`` so far, per seed (a JSON key)."""
+        code = str(arch) + ("" if parallel is None else f" {parallel}")
+        runs = self.result.setdefault("retrains", {}).setdefault(profile, {})
+        return runs.setdefault(code, {})
+
+    def save(self) -> None:
+        write_result(NAME, self.result, self.out)
+
+
 def retrained(
-    config: SearchConfig, arch: Any, parallel: Any, seeds: list[int], out: Path
+    config: SearchConfig,
+    profile: str,
+    arch: Any,
+    parallel: Any,
+    seeds: list[int],
+    out: Path,
+    progress: Progress,
 ) -> dict[str, Any]:
-    """The network retrained from scratch with the verification schedule, one AP per seed."""
-    values: list[float] = []
+    """The network retrained from scratch on ``profile`` (``config``'s data) with the
+    verification schedule, one AP per seed; a seed retrained before (``progress``) is not
+    retrained again: a retrain is deterministic for its seed and thread count."""
+    done = progress.retrains(profile, arch, parallel)
     for seed in seeds:
+        if str(seed) in done:
+            continue
         try:
             result = retrain(
                 config,
@@ -290,30 +338,38 @@ def retrained(
                 out_dir=out / f"s{seed}",
                 schedule=config.verify_schedule,
             )
-            values.append(result.detection.metric(config.data.metric))
+            done[str(seed)] = result.detection.metric(config.data.metric)
         except FloatingPointError:  # a diverged training found nothing
-            values.append(0.0)
+            done[str(seed)] = 0.0
+        progress.save()
     return {
         "arch": str(arch),
         "parallel": None if parallel is None else str(parallel),
         "gmacs": gmacs(config, arch, parallel),
-        "retrained": values,
+        "retrained": [done[str(seed)] for seed in seeds],
     }
 
 
 def baselines(
-    config: SearchConfig, profile: str, seeds: list[int], unselected: int, out: Path
+    config: SearchConfig,
+    profile: str,
+    seeds: list[int],
+    unselected: int,
+    out: Path,
+    progress: Progress,
 ) -> dict[str, Any]:
     """The seed, the high-resolution network and the unselected-random mean, retrained."""
     rng = random.Random(f"unselected:{profile}")
     networks = [
-        retrained(config, *random_network(config, rng), seeds, out / f"u{i}")
+        retrained(config, profile, *random_network(config, rng), seeds, out / f"u{i}", progress)
         for i in range(unselected)
     ]
     per_seed = [statistics.fmean(n["retrained"][j] for n in networks) for j in range(len(seeds))]
     return {
-        "seed": retrained(config, SEED_ARCH, None, seeds, out / "seed"),
-        "high_res": retrained(config, HIGH_RES_ARCH, None, seeds, out / "high-res"),
+        "seed": retrained(config, profile, SEED_ARCH, None, seeds, out / "seed", progress),
+        "high_res": retrained(
+            config, profile, HIGH_RES_ARCH, None, seeds, out / "high-res", progress
+        ),
         "unselected": {
             "networks": networks,
             "mean_per_seed": per_seed,
@@ -324,37 +380,59 @@ def baselines(
 
 def train_candidate(
     config: SearchConfig, arch: str, parallel: str | None, seed: int, out: Path
-) -> tuple[float, float]:
-    """One random-search candidate trained as a search trial: its value and wall seconds."""
-    started = time.monotonic()
+) -> dict[str, Any]:
+    """One random-search candidate trained as a search trial (crop pretraining, detection,
+    evaluation): its value, CPU seconds (as a search trial's ``cpu_s``) and wall seconds."""
+    started, cpu_started = time.monotonic(), cpu_seconds()
     try:
         result = retrain(config, arch, parallel, seed=seed, out_dir=out)
         value = result.detection.metric(config.data.metric)
     except FloatingPointError:
         value = 0.0
-    return value, time.monotonic() - started
+    return {
+        "arch": arch,
+        "parallel": parallel,
+        "search_ap": value,
+        "cpu_seconds": cpu_seconds() - cpu_started,
+        "seconds": time.monotonic() - started,
+    }
 
 
-def run_random(config: SearchConfig, budget: float, seed: int, out: Path) -> dict[str, Any]:
-    """Random search until ``budget`` seconds are spent: a candidate starts while the seconds
-    spent plus the mean candidate's stay within the budget (the first always starts)."""
+def run_random(
+    config: SearchConfig,
+    budget: float,
+    seed: int,
+    out: Path,
+    candidates: list[dict[str, Any]],
+    save: Any,
+) -> dict[str, Any]:
+    """Random search until ``budget`` CPU seconds are spent: a candidate starts while the
+    seconds spent plus the mean candidate's stay within the budget (the first always starts).
+    ``candidates`` holds those trained before (``--resume``; the draws repeat them, so they are
+    not trained again); each new one is appended and ``save`` called."""
     rng = random.Random(f"random:{seed}")
-    candidates: list[dict[str, Any]] = []
-    spent = 0.0
-    while not candidates or spent + spent / len(candidates) <= budget:
+    for index in range(len(candidates)):
+        drawn = random_network(config, rng)
+        if drawn != (candidates[index]["arch"], candidates[index]["parallel"]):
+            raise SystemExit(f"random search {seed}: candidate {index} is not the one drawn")
+
+    def spent() -> float:
+        return sum(c["cpu_seconds"] for c in candidates)
+
+    while not candidates or spent() + spent() / len(candidates) <= budget:
         arch, parallel = random_network(config, rng)
-        value, seconds = train_candidate(config, arch, parallel, seed, out / f"c{len(candidates)}")
         candidates.append(
-            {"arch": arch, "parallel": parallel, "search_ap": value, "seconds": seconds}
+            train_candidate(config, arch, parallel, seed, out / f"c{len(candidates)}")
         )
-        spent += seconds
+        save()
     best = max(candidates, key=lambda c: c["search_ap"])
     return {
         "arch": best["arch"],
         "parallel": best["parallel"],
         "search_ap": best["search_ap"],
         "trained": len(candidates),
-        "budget_seconds": spent,
+        "budget_cpu_seconds": spent(),
+        "wall_seconds": sum(c["seconds"] for c in candidates),
         "seeds_used": [seed],
         "candidates": candidates,
     }
@@ -369,7 +447,7 @@ def spnas_pick(config: SearchConfig, study: optuna.Study) -> dict[str, Any]:
         "parallel": None if best.parallel is None else str(best.parallel),
         "search_ap": best.value,
         "trials": len(trained_trials(study)),
-        "budget_seconds": search_seconds(study),
+        **search_budget(study),
         "seeds_used": search_seeds(study, config),
     }
 
@@ -394,6 +472,18 @@ def main() -> None:
         help="the studies go to <results>/<run-name>/ (default: the result file's name)",
     )
     add_set_argument(parser, "schedule.iters=100")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep the data, weights and work files here (default: a temporary directory)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with the run of the result file (same settings and --workdir): its "
+        "retrains, random candidates, searches and studies are reused",
+    )
     parser.add_argument(
         "--cross-from",
         nargs="+",
@@ -429,65 +519,120 @@ def main() -> None:
 
 
 def run_directory(args: Any) -> Path:
-    """``<results>/<run-name>/``, new: where the run's studies are kept."""
+    """``<results>/<run-name>/``: where the run's studies are kept; new, unless resumed."""
     out = args.out or RESULTS / f"{NAME}.json"
     run_dir = out.parent / (args.run_name or out.stem)
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and any(run_dir.iterdir()) and not args.resume:
         raise SystemExit(
             f"{run_dir} is not empty: the studies of an earlier run are kept there; pass "
-            f"another --run-name (or --out), or move it away"
+            f"--resume (with its --workdir) to go on with it, another --run-name (or --out), "
+            f"or move it away"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
 def _settings(args: Any, **extra: Any) -> dict[str, Any]:
+    import torch
+
     return {
         "verify_seeds": args.verify_seeds,
         "unselected": args.unselected,
         "overrides": args.overrides,
+        # A retrain is deterministic for its seed on one thread count (reductions split
+        # across threads differently): a resumed run reuses retrains only at the same count.
+        "torch_threads": torch.get_num_threads(),
         **extra,
     }
 
 
-def search(args: Any) -> None:
-    """Baselines, then per search: SP-NAS, random search at its seconds, both verified."""
-    started = time.monotonic()
-    run_dir = run_directory(args)
-    seeds = args.verify_seeds
-    result: dict[str, Any] = {
+def resumed(args: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """A new result, or with ``--resume`` the result file's, when it ran with ``settings``
+    (the number of searches may grow)."""
+    fresh: dict[str, Any] = {
         "complete": False,
-        "settings": _settings(
-            args, searches=args.seeds, budget="trial_seconds", run_dir=str(run_dir)
-        ),
+        "settings": settings,
         "profiles": {},
         "cross_profile": [],
+        "retrains": {},
+        "wall_s": 0.0,
     }
+    out = args.out or RESULTS / f"{NAME}.json"
+    if not args.resume or not out.is_file():
+        return fresh
+    earlier = json.loads(out.read_text())
+    same = {k: v for k, v in earlier.get("settings", {}).items() if k != "searches"}
+    if same != {k: v for k, v in settings.items() if k != "searches"}:
+        raise SystemExit(
+            f"{out}: ran with other settings ({earlier.get('settings')}, now {settings}): "
+            "resume it with its own, or start a new --run-name"
+        )
+    earlier.update(complete=False, settings=settings, cross_profile=[])
+    return earlier
+
+
+def search(args: Any) -> None:
+    """Baselines, then per search: SP-NAS, random search at its CPU seconds, both verified."""
+    started = time.monotonic()
+    if args.resume and args.workdir is None:
+        raise SystemExit("--resume needs the --workdir of the run it resumes (its studies' data)")
+    run_dir = run_directory(args)
+    seeds = args.verify_seeds
     with tempfile.TemporaryDirectory(prefix="spnas-svr-") as tmp:
-        root = Path(tmp)
+        root = (args.workdir or Path(tmp)).resolve()
+        settings = _settings(
+            args,
+            searches=args.seeds,
+            budget="trial_cpu_seconds",
+            run_dir=str(run_dir),
+            workdir=str(root) if args.workdir else None,
+        )
+        result = resumed(args, settings)
+        progress = Progress(result, args.out or RESULTS / f"{NAME}.json")
+        earlier_wall = result["wall_s"]
         for profile in args.profiles:
             config = profile_config(root, profile, args.overrides)
-            entry = _profile_entry(config, profile, args, root)
-            result["profiles"][profile] = entry
+            if profile not in result["profiles"]:
+                result["profiles"][profile] = _profile_entry(config, profile, args, root, progress)
+            entry = result["profiles"][profile]
             for k in range(args.seeds):
+                if any(row["search"] == k for row in entry["per_search"]):
+                    continue
                 storage = run_dir / f"spnas-{profile}-{k}.db"
                 values = study_values(root, profile, k, args.overrides, storage)
                 config, study = run_spnas(run_dir, values)
                 spnas = {**spnas_pick(config, study), "study": str(storage)}
                 check_disjoint(seeds, spnas["seeds_used"], f"{profile} search {k} (SP-NAS)")
-                pick = run_random(config, spnas["budget_seconds"], k, root / f"r-{profile}-{k}")
+                candidates = entry.setdefault("random_in_progress", {}).setdefault(str(k), [])
+                pick = run_random(
+                    config,
+                    spnas["budget_cpu_seconds"],
+                    k,
+                    root / f"r-{profile}-{k}",
+                    candidates,
+                    progress.save,
+                )
                 check_disjoint(seeds, pick["seeds_used"], f"{profile} search {k} (random)")
-                _add_search(result, profile, config, k, spnas, pick, root)
-                result["wall_s"] = time.monotonic() - started
+                _add_search(result, profile, config, k, spnas, pick, root, progress)
+                del entry["random_in_progress"][str(k)]
+                if not entry["random_in_progress"]:
+                    del entry["random_in_progress"]
+                result["wall_s"] = earlier_wall + time.monotonic() - started
                 report(NAME, result, args)
-        result["cross_profile"] = _cross_profile(result["profiles"], args.overrides, seeds, root)
-    result.update(complete=True, wall_s=time.monotonic() - started)
+        result["cross_profile"] = _cross_profile(
+            result["profiles"], args.overrides, seeds, root, progress
+        )
+    result.update(complete=True, wall_s=earlier_wall + time.monotonic() - started)
     report(NAME, result, args)
 
 
-def _profile_entry(config: SearchConfig, profile: str, args: Any, root: Path) -> dict[str, Any]:
+def _profile_entry(
+    config: SearchConfig, profile: str, args: Any, root: Path, progress: Progress
+) -> dict[str, Any]:
     """A profile's results before its first search: its baselines."""
-    base = baselines(config, profile, args.verify_seeds, args.unselected, root / f"b-{profile}")
+    base = baselines(
+        config, profile, args.verify_seeds, args.unselected, root / f"b-{profile}", progress
+    )
     print(
         f"{profile}: seed {statistics.fmean(base['seed']['retrained']):.2f}, high-res "
         f"{statistics.fmean(base['high_res']['retrained']):.2f}, unselected random "
@@ -505,15 +650,15 @@ def _add_search(
     spnas: dict[str, Any],
     pick: dict[str, Any],
     root: Path,
+    progress: Progress,
 ) -> None:
     """Verify both picks of search ``k``, add its row and the pooled summary, print it."""
     entry = result["profiles"][profile]
     seeds = entry["verify_seeds"]
     for method, tag in ((spnas, "s"), (pick, "p")):
+        out = root / f"{tag}-{profile}-{k}"
         method.update(
-            retrained(
-                config, method["arch"], method["parallel"], seeds, root / f"{tag}-{profile}-{k}"
-            )
+            retrained(config, profile, method["arch"], method["parallel"], seeds, out, progress)
         )
     networks = {
         "spnas": spnas["retrained"],
@@ -545,8 +690,9 @@ def _add_search(
 
 
 def _budget_ratio(spnas: dict[str, Any], pick: dict[str, Any]) -> float:
-    """Random search's budget over SP-NAS's: seconds, or optimizer steps in earlier files."""
-    key = "budget_seconds" if "budget_seconds" in spnas else "budget_steps"
+    """Random search's budget over SP-NAS's: CPU seconds, or in earlier files wall seconds
+    or optimizer steps."""
+    key = next(k for k in ("budget_cpu_seconds", "budget_seconds", "budget_steps") if k in spnas)
     return pick[key] / spnas[key]
 
 
@@ -594,6 +740,7 @@ def reverify(args: Any) -> None:
         "cross_profile": [],
     }
     args.out = args.out or RESULTS / f"{NAME}-reverified.json"
+    progress = Progress(result, args.out)
     with tempfile.TemporaryDirectory(prefix="spnas-svr-") as tmp:
         root = Path(tmp)
         for path in args.picks_from:
@@ -602,7 +749,7 @@ def reverify(args: Any) -> None:
             result["from"].append({"file": path.name, "measured_at": earlier["measured_at"]})
             for profile, before in earlier["profiles"].items():
                 config = profile_config(root, profile, overrides)
-                entry = _profile_entry(config, profile, args, root)
+                entry = _profile_entry(config, profile, args, root, progress)
                 entry["budget"] = earlier["settings"].get("budget", "optimizer_steps")
                 entry["overrides"] = overrides
                 result["profiles"][profile] = entry
@@ -612,10 +759,12 @@ def reverify(args: Any) -> None:
                     for method, name in ((spnas, "SP-NAS"), (pick, "random")):
                         used = method.get("seeds_used", OLD_SEEDS)
                         check_disjoint(seeds, used, f"{path} {profile} search {k} ({name})")
-                    _add_search(result, profile, config, k, spnas, pick, root)
+                    _add_search(result, profile, config, k, spnas, pick, root, progress)
                     result["wall_s"] = time.monotonic() - started
                     report(NAME, result, args)
-        result["cross_profile"] = _cross_profile(result["profiles"], args.overrides, seeds, root)
+        result["cross_profile"] = _cross_profile(
+            result["profiles"], args.overrides, seeds, root, progress
+        )
     result.update(complete=True, wall_s=time.monotonic() - started)
     report(NAME, result, args)
 
@@ -626,6 +775,7 @@ def cross_only(args: Any) -> None:
     seeds = args.verify_seeds
     result: dict[str, Any] = {"complete": False, "from": [], "cross_profile": []}
     args.out = args.out or RESULTS / f"{NAME}-cross.json"
+    progress = Progress(result, args.out)
     profiles: dict[str, Any] = {}
     for path in args.cross_from:
         earlier = json.loads(path.read_text())
@@ -640,7 +790,9 @@ def cross_only(args: Any) -> None:
         for profile, entry in earlier["profiles"].items():
             profiles[profile] = {**entry, "overrides": earlier["settings"]["overrides"]}
     with tempfile.TemporaryDirectory(prefix="spnas-svr-") as tmp:
-        result["cross_profile"] = _cross_profile(profiles, args.overrides, seeds, Path(tmp))
+        result["cross_profile"] = _cross_profile(
+            profiles, args.overrides, seeds, Path(tmp), progress
+        )
     result.update(complete=True, wall_s=time.monotonic() - started)
     report(NAME, result, args)
 
@@ -650,6 +802,7 @@ def _cross_profile(
     overrides: list[str],
     seeds: list[int],
     root: Path,
+    progress: Progress,
 ) -> list[dict[str, Any]]:
     """Paper Fig. 4b: each profile's first SP-NAS pick retrained on every other profile.
 
@@ -665,9 +818,8 @@ def _cross_profile(
             if source == target or not other["per_search"]:
                 continue
             pick = other["per_search"][0]["spnas"]
-            net = retrained(
-                config, pick["arch"], pick["parallel"], seeds, root / f"x-{source}-{target}"
-            )
+            out = root / f"x-{source}-{target}"
+            net = retrained(config, target, pick["arch"], pick["parallel"], seeds, out, progress)
             rows.append(
                 {
                     "searched_on": source,

@@ -34,6 +34,7 @@ from spnas.search._artifacts import (
     upload_weights,
 )
 from spnas.search._config import SearchConfig
+from spnas.search._cost import CPU_SECONDS_ATTR, cpu_seconds
 from spnas.search._notes import trial_note
 from spnas.search._optuna import storage_of, trial_id
 from spnas.search._retrain import keep_sidecar, pretrain_backbone, retrain
@@ -169,7 +170,8 @@ class Objective:
     morphism with weight inheritance (inside the engine), trains and evaluates, uploads the
     child's weights, records user attributes for the dashboard (``arch``, ``parallel``,
     ``kind``, ``round``, ``parent``, ``ops``, ``gmacs``, ``params_m``, ``AP``, ``AP50``,
-    ``train_s``, ``inherited_fraction``), and deletes weights that can no longer be parents
+    ``train_s``, ``inherited_fraction``; ``cpu_s``, the trial's CPU seconds, on pruned and
+    diverged trials too: :mod:`spnas.search._cost`), and deletes weights that can no longer be parents
     (all but ``search.keep_top_k`` per phase and the current parents). A training that
     diverges ends the trial PRUNED with where it diverged (:func:`record_divergence`), so
     that it is not retried. Training keeps resumable checkpoints in the decision's folder
@@ -211,6 +213,7 @@ class Objective:
         decision = get_decision(trial)
         if decision.kind in UNTRAINED_KINDS:
             raise optuna.TrialPruned(f"nothing to train ({decision.kind})")
+        cpu_started = cpu_seconds()
         for key, value in (
             ("kind", decision.kind.value),
             ("arch", str(decision.arch)),
@@ -269,9 +272,11 @@ class Objective:
                 )
         except optuna.TrialPruned:
             remove_checkpoints(checkpoints)
+            trial.set_user_attr(CPU_SECONDS_ATTR, cpu_seconds() - cpu_started)
             raise
         except TrialDiverged as exc:
             remove_checkpoints(checkpoints)
+            trial.set_user_attr(CPU_SECONDS_ATTR, cpu_seconds() - cpu_started)
             raise record_divergence(trial, decision, exc, seed) from exc
         if decision.kind != TrialKind.VERIFY:
             # Verification retrains from scratch: its weights are never a parent.
@@ -289,6 +294,8 @@ class Objective:
             "train_iters": result.iterations,
             "pretrain_iters": self._pretrain_iters,
             "metrics": result.to_dict()["metrics"],
+            # The weights' upload included; pruning old weights below is not the trial's work.
+            CPU_SECONDS_ATTR: cpu_seconds() - cpu_started,
         }
         if decision.kind == TrialKind.CONTROL:
             attrs["noise_sigma"] = _control_noise(trial, decision, value)

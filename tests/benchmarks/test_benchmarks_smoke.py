@@ -189,8 +189,9 @@ def test_profiles(tmp_path: Path) -> None:
 def test_search_vs_random(tmp_path: Path) -> None:
     """The baselines (seed, high-res, 2 unselected random networks), a whole toy search
     (``spnas search``, 1 worker: seed, control and its noise repeat, one serial trial, the
-    parallel phase), random search at its measured seconds, both picks retrained on the
-    disjoint verification seeds, the paired intervals, and the study kept beside the result."""
+    parallel phase), random search at its measured CPU seconds, both picks retrained on the
+    disjoint verification seeds, the paired intervals, and the study kept beside the result;
+    then the run resumed after losing its last retrains and its row."""
     out = tmp_path / "svr.json"
     toy = [
         *TOY_STUDY,
@@ -205,12 +206,13 @@ def test_search_vs_random(tmp_path: Path) -> None:
         "search_vs_random.py",
         *("--profiles", "small-objects", "--seeds", "1", "--verify-seeds", "2"),
         *("--unselected", "2", *sets(toy), "--out", str(out)),
+        *("--workdir", str(tmp_path / "work")),
         timeout=600,
     )
     result = result_of(run, out, "search_vs_random")
     assert result["complete"] is True
     settings = result["settings"]
-    assert settings["overrides"] == toy and settings["budget"] == "trial_seconds"
+    assert settings["overrides"] == toy and settings["budget"] == "trial_cpu_seconds"
     assert settings["verify_seeds"] == [1000, 1001]
     entry = result["profiles"]["small-objects"]
     assert entry["seed"]["arch"] == "BB(11,d1,d1,d1)"
@@ -225,9 +227,16 @@ def test_search_vs_random(tmp_path: Path) -> None:
     # seed, control and its noise repeat, serial, parallel seed, control, repeat, parallel
     assert spnas["trials"] >= 6
     assert spnas["arch"].startswith("BB(") and spnas["parallel"] is not None
-    assert positive(spnas["budget_seconds"]) and positive(pick["budget_seconds"])
+    assert positive(spnas["budget_cpu_seconds"]) and positive(pick["budget_cpu_seconds"])
+    assert positive(spnas["wall_seconds"]) and spnas["uncharged_trials"] == []
     assert pick["trained"] == len(pick["candidates"]) >= 1
-    assert sum(c["seconds"] for c in pick["candidates"]) == pytest.approx(pick["budget_seconds"])
+    spent = sum(c["cpu_seconds"] for c in pick["candidates"])
+    assert spent == pytest.approx(pick["budget_cpu_seconds"])
+    # The budget rule: a candidate started only while the mean candidate still fitted.
+    before_last = spent - pick["candidates"][-1]["cpu_seconds"]
+    assert pick["trained"] == 1 or before_last * pick["trained"] / (pick["trained"] - 1) <= (
+        spnas["budget_cpu_seconds"] * (1 + 1e-9)
+    )
     # Every seed either search trained with is below the verification seeds.
     assert 0 in spnas["seeds_used"] and pick["seeds_used"] == [0]
     assert max(spnas["seeds_used"]) < 1000
@@ -240,6 +249,9 @@ def test_search_vs_random(tmp_path: Path) -> None:
         study_name="spnas-small-objects-0", storage=f"sqlite:///{study}"
     ).get_trials()
     assert sum("kind" in t.user_attrs for t in trials) == spnas["trials"]
+    assert spnas["budget_cpu_seconds"] == pytest.approx(
+        sum(t.user_attrs.get("cpu_s", 0.0) for t in trials)
+    )
     assert row["gmacs_over_high_res"]["spnas"] == pytest.approx(
         spnas["gmacs"] / entry["high_res"]["gmacs"]
     )
@@ -269,6 +281,40 @@ def test_search_vs_random(tmp_path: Path) -> None:
     # A second run into the same run directory would mix two runs' studies: refused.
     again = run_script("search_vs_random.py", "--profiles", "small-objects", "--out", str(out))
     assert again.returncode != 0 and "not empty" in again.stderr
+
+    # Interrupted before the search's row and its random pick's retrains: --resume reuses the
+    # finished study, the random candidates (their CPU seconds unchanged: not trained again)
+    # and the retrains kept, and retrains the lost ones to the same APs (deterministic).
+    cut = json.loads(out.read_text())
+    cut["complete"] = False
+    cut_entry = cut["profiles"]["small-objects"]
+    cut_entry["random_in_progress"] = {"0": pick["candidates"]}
+    cut_entry["per_search"], cut_entry["pooled"] = [], {}
+    code = pick["arch"] + ("" if pick["parallel"] is None else f" {pick['parallel']}")
+    cut["retrains"]["small-objects"].pop(code)
+    out.write_text(json.dumps(cut))
+    resumed = run_script(
+        "search_vs_random.py",
+        *("--profiles", "small-objects", "--seeds", "1", "--verify-seeds", "2"),
+        *("--unselected", "2", *sets(toy), "--out", str(out)),
+        *("--workdir", str(tmp_path / "work"), "--resume"),
+        timeout=600,
+    )
+    again = result_of(resumed, out, "search_vs_random")
+    assert again["complete"] is True and again["retrains"] == result["retrains"]
+    (row_again,) = again["profiles"]["small-objects"]["per_search"]
+    assert row_again["random"]["candidates"] == pick["candidates"]
+    assert row_again["spnas"]["budget_cpu_seconds"] == spnas["budget_cpu_seconds"]
+    assert row_again["paired"] == row["paired"]
+    assert "random_in_progress" not in again["profiles"]["small-objects"]
+    # Other settings than the file's: refused, nothing overwritten.
+    other = run_script(
+        "search_vs_random.py",
+        *("--profiles", "small-objects", "--seeds", "1", "--verify-seeds", "3"),
+        *("--out", str(out), "--workdir", str(tmp_path / "work"), "--resume"),
+    )
+    assert other.returncode != 0 and "other settings" in other.stderr
+    assert json.loads(out.read_text())["retrains"] == result["retrains"]
 
 
 @pytest.mark.slow

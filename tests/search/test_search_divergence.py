@@ -228,6 +228,8 @@ def test_a_search_whose_spnet_retrains_diverge_ends_done_with_a_verdict(
         assert trial.state == P and trial.user_attrs["diverged"] is True
         assert trial.user_attrs["diverged_iteration"] == 33
         assert math.isnan(trial.user_attrs["diverged_loss"])
+        # A diverged trial's work is charged too (a search's budget counts it).
+        assert trial.user_attrs["cpu_s"] > 0
     assert all(t.state == C for t in verify if t not in spnet)
 
     assert main(["status", "--study", config.study.name, "--storage", config.study.storage]) == 0

@@ -4,6 +4,7 @@ creation, the study YAML, and ``spnas status``."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,9 @@ def test_objective_runs_a_search_in_process(finished_search: Any) -> None:
             continue
         attrs = trial.user_attrs
         decision = get_decision(trial)
+        # The trial's CPU seconds: its own work, at most every core for its whole span.
+        span = (trial.datetime_complete - trial.datetime_start).total_seconds()
+        assert 0 < attrs["cpu_s"] <= span * (os.cpu_count() or 1) + 0.05
         if decision.kind == "verify":
             # Retrained from scratch: crop pretraining, then detection; no weights kept.
             assert attrs["pretrain_iters"] > 0 and attrs["train_iters"] == 1
