@@ -13,6 +13,9 @@ more than 2), and the same for the network that turned out best.
 Run: ``.venv/bin/python benchmarks/profiles.py [--repeats 3] [--iters N] [--json]``
 (``--profiles`` and ``--nets`` choose a subset; ``--set KEY=VALUE`` overrides a key of every
 profile's study YAML, e.g. ``data.synthetic.train=8`` or ``reignite.epochs=1`` for a toy run).
+``--init random`` skips the crop pretraining: the detector starts from random weights drawn
+with the repeat's seed, the control that shows what reignition's pretraining is worth (compare
+with a ``--init pretrained`` file of the same settings, seed by seed).
 Results go to ``benchmarks/results/profiles.json`` (or ``--out``), rewritten after every
 retrain; ``--resume`` keeps the retrains already there (same schedule and overrides) and runs
 only the missing ones. A retrain is deterministic for its seed on one machine, so resuming
@@ -132,14 +135,17 @@ def summarize(
 def load_runs(path: Path, settings: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
     """The retrains a previous run wrote to ``path`` (``--resume``).
 
-    A profile run now keeps only the retrains with its current schedule and ``--set``
-    overrides (others do not compare); a profile not run now is kept whole, with its data and
+    A profile run now keeps only the retrains with its current schedule, ``--set`` overrides and
+    ``--init`` (others do not compare); a profile not run now is kept whole, with its data and
     schedule settings.
     """
     if not path.is_file():
         return {}
     previous = json.loads(path.read_text())
-    same_overrides = previous.get("overrides", []) == settings["overrides"]
+    same_overrides = (
+        previous.get("overrides", []) == settings["overrides"]
+        and previous.get("init", "pretrained") == settings["init"]
+    )
     runs: dict[str, dict[str, dict[str, Any]]] = {}
     for profile, entry in previous.get("profiles", {}).items():
         schedule = previous.get("schedule", {}).get(profile)
@@ -208,6 +214,12 @@ def main() -> None:
     )
     parser.add_argument("--workdir", type=Path, default=None, help="keep data and weights here")
     parser.add_argument(
+        "--init",
+        choices=("pretrained", "random"),
+        default="pretrained",
+        help="start the detector from crop pretraining (reignite settings) or random weights",
+    )
+    parser.add_argument(
         "--resume", action="store_true", help="keep the result file's retrains, run the rest"
     )
     add_set_argument(parser, "data.synthetic.train=8")
@@ -220,6 +232,7 @@ def main() -> None:
     started = time.monotonic()
     settings: dict[str, Any] = {
         "repeats": args.repeats,
+        "init": args.init,
         "overrides": args.overrides,
         "data": {},
         "schedule": {},
@@ -246,7 +259,7 @@ def main() -> None:
                     )
                     if seed in run["diverged_seeds"] or any(r["seed"] == seed for r in run["runs"]):
                         continue
-                    retrain_one(config, profile, net, seed, root, run)
+                    retrain_one(config, profile, net, seed, root, run, args.init == "pretrained")
                     partial = summarize(runs, settings, complete=False)
                     partial["wall_s"] = time.monotonic() - started
                     write_result(NAME, partial, out)
@@ -261,16 +274,27 @@ def main() -> None:
 
 
 def retrain_one(
-    config: Any, profile: str, net: str, seed: int, root: Path, run: dict[str, Any]
+    config: Any,
+    profile: str,
+    net: str,
+    seed: int,
+    root: Path,
+    run: dict[str, Any],
+    pretrain: bool = True,
 ) -> None:
-    """Retrain ``net`` on ``profile`` with ``seed``; append the AP and seconds to ``run``."""
+    """Retrain ``net`` on ``profile`` with ``seed`` (``pretrain``: crop pretraining first, else
+    from random weights); append the AP and seconds to ``run``."""
     from spnas.engines import TrialDiverged
     from spnas.search import retrain
 
     begun = time.monotonic()
     try:
         result = retrain(
-            config, NETS[net], seed=seed, out_dir=root / profile / "retrain" / f"{net}-{seed}"
+            config,
+            NETS[net],
+            seed=seed,
+            out_dir=root / profile / "retrain" / f"{net}-{seed}",
+            pretrain=pretrain,
         )
     except TrialDiverged as exc:
         # Reported, not averaged in: a diverged run has no AP to compare.

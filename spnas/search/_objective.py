@@ -251,7 +251,7 @@ class Objective:
                     checkpoint_dir=checkpoints,
                 )
                 result = retrained.detection
-                self._pretrain_iters = retrained.pretrained.iterations
+                self._pretrain_iters = retrained.iterations - result.iterations
             else:
                 init = self.init_weights(trial, decision, out_dir, checkpoints)
                 spec = self.config.model_spec(decision.arch, decision.parallel, self._num_classes)

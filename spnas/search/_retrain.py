@@ -40,15 +40,17 @@ class Pretrained:
 
 @dataclasses.dataclass(frozen=True)
 class Retrained:
-    """A network retrained from scratch: its pretraining and its detection trial."""
+    """A network retrained from scratch: its pretraining (``None``: from random weights) and
+    its detection trial."""
 
-    pretrained: Pretrained
+    pretrained: Pretrained | None
     detection: TrialResult
 
     @property
     def iterations(self) -> int:
         """Optimizer steps of both trainings (the compute a budget counts)."""
-        return self.pretrained.iterations + self.detection.iterations
+        pretraining = self.pretrained.iterations if self.pretrained else 0
+        return pretraining + self.detection.iterations
 
 
 def _pretrained(result: PretrainResult, batch_size: int) -> Pretrained:
@@ -124,12 +126,15 @@ def retrain(
     data: DataSpec | None = None,
     reporter: Reporter | None = None,
     checkpoint_dir: str | Path | None = None,
+    pretrain: bool = True,
 ) -> Retrained:
     """Train the detector of ``arch`` (and ``parallel``) from scratch, as every other network.
 
     Pretrains the SerialNet ``arch`` from random weights with ``seed``, builds the detector
     (an SPNet's subnets start as copies of their stage, as in the search), and trains it with
-    ``schedule`` (default: the study's search schedule) seeded with ``seed``.
+    ``schedule`` (default: the study's search schedule) seeded with ``seed``. Without
+    ``pretrain``, the detector starts from random weights drawn with ``seed`` (the control
+    that shows what reignition's pretraining is worth: ``benchmarks/profiles.py --init``).
 
     Args:
         config: the study configuration.
@@ -145,6 +150,7 @@ def retrain(
             detection training keep what a retry resumes from (see
             :meth:`~spnas.engines.Engine.train_eval`); ``None``: ``out_dir``, and the
             detection training starts from the beginning.
+        pretrain: whether the backbone is pretrained (``reignite`` settings) first.
 
     Returns:
         The pretraining (weights, steps) and the detection trial's result (metrics, weights,
@@ -162,14 +168,16 @@ def retrain(
         )
     num_classes = len(data.splits.load("train", check_images=False).categories)
     schedule = dataclasses.replace(schedule or config.schedule, seed=seed)
-    backbone = Path(checkpoint_dir or out_dir) / "pretrained_backbone.pth"
-    pretrained = pretrain_backbone(config, arch, backbone, seed=seed)
-    keep_sidecar(pretrained.weights, out_dir)
+    pretrained = None
+    if pretrain:
+        backbone = Path(checkpoint_dir or out_dir) / "pretrained_backbone.pth"
+        pretrained = pretrain_backbone(config, arch, backbone, seed=seed)
+        keep_sidecar(pretrained.weights, out_dir)
     spec = config.model_spec(arch, parallel, num_classes)
     _logger.info("retraining %s%s with seed %d", arch, f" {parallel}" if parallel else "", seed)
     detection = engine.train_eval(
         spec,
-        InitWeights(pretrained.weights),
+        InitWeights(pretrained.weights) if pretrained else None,
         schedule,
         data,
         reporter or NullReporter(),

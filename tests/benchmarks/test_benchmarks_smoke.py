@@ -185,6 +185,30 @@ def test_profiles(tmp_path: Path) -> None:
     assert finite(entry["suited_gain_over_seed"])
 
 
+def test_profiles_from_random_weights(tmp_path: Path) -> None:
+    """``--init random``: no crop pretraining runs, the result says so, and a resume does not
+    mix in the retrains of another init."""
+    out, work = tmp_path / "profiles.json", tmp_path / "work"
+    common = ("--profiles", "small-objects", "--nets", "seed", "--repeats", "1", "--iters", "2")
+    common = (*common, *sets(TOY_STUDY))
+    run_script("profiles.py", *common, "--out", str(out), "--workdir", str(work))
+    retrains = work / "small-objects" / "retrain"
+    assert list(retrains.rglob("pretrained_backbone.pth"))
+    shutil.rmtree(retrains)
+    run = run_script(
+        "profiles.py",
+        *common,
+        *("--init", "random", "--resume", "--out", str(out), "--workdir", str(work)),
+    )
+    result = result_of(run, out, "profiles")
+    assert result["init"] == "random"
+    # Retrained again (the pretrained run was not resumed), without pretraining.
+    assert list(retrains.rglob("model_final.pth"))
+    assert not list(retrains.rglob("pretrained_backbone.pth*"))
+    (row,) = result["profiles"]["small-objects"]["nets"].values()
+    assert [r["seed"] for r in row["runs"]] == [0] and finite(row["ap"][0])
+
+
 @pytest.mark.slow
 def test_search_vs_random(tmp_path: Path) -> None:
     """The baselines (seed, high-res, 2 unselected random networks), a whole toy search
