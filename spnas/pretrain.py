@@ -39,7 +39,7 @@ from spnas.data.normalization import PIXEL_MEAN_RGB, PIXEL_STD_RGB
 from spnas.device import resolve_device
 from spnas.exceptions import ConfigError, DataError, WeightsError
 from spnas.lr_schedule import cosine_lr
-from spnas.modeling import SerialNet
+from spnas.modeling import SerialNet, rescale_normalized_convs
 from spnas.modeling.torchvision_weights import read_weights
 
 _logger = logging.getLogger(__name__)
@@ -51,6 +51,13 @@ class PretrainConfig:
 
     The defaults suit the crops of a small detection set on a CPU; ImageNet-scale runs want
     ``image_size=224``, ``epochs≈90``, ``batch_size=256``.
+
+    ``rescale_weights``: once trained, every convolution that a norm layer follows is scaled
+    back to the RMS of a fresh initialisation, its norm's statistics alike
+    (:func:`~spnas.modeling.rescale_normalized_convs`): the network computes the same, and the
+    detection training that starts from it learns at its full rate instead of one slowed by
+    the weights' growth (``docs/benchmarks.md``: without it, crop pretraining left detectors
+    far below random initialisation).
     """
 
     epochs: int = 10
@@ -65,6 +72,7 @@ class PretrainConfig:
     xb_groups: int = 32
     seed: int = 0
     num_workers: int = 0
+    rescale_weights: bool = True
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "image_size", "base_width"):
@@ -268,6 +276,8 @@ def pretrain(
         )
         checkpoint.save(model, optimizer, generator, epoch + 1, stats)
     progress.close()
+    if config.rescale_weights:
+        rescale_normalized_convs(backbone)
 
     accuracy = (
         evaluate_accuracy(model, val_loader, device) if val_loader is not None else stats.accuracy

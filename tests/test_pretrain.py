@@ -7,6 +7,7 @@ val crops) is generated per module; networks are ``BB(11,d1,d1,d1)`` at base wid
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -23,6 +24,7 @@ from spnas.data.crops import ObjectCrops
 from spnas.data.synthetic import SyntheticDataset, make_synthetic_dataset
 from spnas.exceptions import DataError, WeightsError
 from spnas.modeling import SerialNet
+from spnas.modeling.norm import init_weight_rms
 from spnas.pretrain import PretrainConfig, PretrainResult, pretrain
 
 CODE = SerialCode.parse("BB(11,d1,d1,d1)")
@@ -87,6 +89,37 @@ def test_weights_load_strictly_into_serialnet(trained: PretrainResult) -> None:
     # Trained, not the initialisation: the first BN's statistics moved off (0, 1).
     assert not torch.allclose(state["stem.norm1.running_var"], torch.ones(WIDTH))
     assert not Path(str(trained.weights) + ".ckpt").exists()  # removed once done
+
+
+def conv_rms(net: SerialNet) -> dict[str, tuple[torch.Tensor, float]]:
+    """Per convolution: its output channels' weight RMS and a fresh initialisation's."""
+    return {
+        name: (module.weight.detach().flatten(1).pow(2).mean(1).sqrt(), init_weight_rms(module))
+        for name, module in net.named_modules()
+        if isinstance(module, torch.nn.Conv2d)
+    }
+
+
+def test_saved_convolutions_have_the_scale_of_a_fresh_initialisation(
+    two_epochs: PretrainResult, shapes: SyntheticDataset, tmp_path: Path
+) -> None:
+    net = SerialNet(CODE, base_width=WIDTH)
+    net.load_state_dict(load_state(two_epochs.weights))
+    for name, (rms, target) in conv_rms(net).items():
+        assert torch.allclose(rms, torch.full_like(rms, target), rtol=1e-4), name
+    # What it undoes: the same training without the rescaling grew the weights (measured:
+    # the stem 4.9×, the others 1.1–3.9×), and computes the same classifier.
+    grown = pretrain(
+        CODE,
+        tmp_path / "grown.pth",
+        data=shapes.root,
+        config=dataclasses.replace(config(2), rescale_weights=False),
+        show_progress=False,
+    )
+    net.load_state_dict(load_state(grown.weights))
+    growth = {name: float(rms.mean()) / target for name, (rms, target) in conv_rms(net).items()}
+    assert growth["stem.conv1"] > 3 and min(growth.values()) > 1.0, growth
+    assert grown.accuracy == pytest.approx(two_epochs.accuracy, abs=0.01)
 
 
 def test_sidecar_json_records_code_and_accuracy(trained: PretrainResult) -> None:

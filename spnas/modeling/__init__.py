@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from spnas.modeling.blocks import BasicBlock, Bottleneck, ResidualBlock, ResNeXtBlock
 from spnas.modeling.flops import CostReport, StageCost, cost, measure
-from spnas.modeling.norm import get_norm, zero_affine
+from spnas.modeling.norm import get_norm, rescale_normalized_convs, zero_affine
 from spnas.modeling.serialnet import (
     BACKBONE_KEY_PREFIXES,
     SerialNet,
@@ -40,6 +40,7 @@ __all__ = [
     "load_torchvision_resnet",
     "measure",
     "read_weights",
+    "rescale_normalized_convs",
     "split_backbone",
     "zero_affine",
 ]

@@ -13,7 +13,7 @@ values of the wrong type are errors naming the key)::
                max_subnets, max_doublings, block_types
     serial:    n_mutations, n_stuck, n_rounds, op_weights, max_trials (per round)
     parallel:  n_stuck, budget_gmacs, budget_ratio, max_tries, max_trials
-    reignite:  epochs, image_size, lr, batch_size, imagefolder
+    reignite:  epochs, image_size, lr, batch_size, imagefolder, rescale_weights
     schedule:  fields of spnas.engines.Schedule (the fast scheme of every trial)
     verify:    enabled, repeats, schedule (overrides of ``schedule`` for retraining)
     final:     enabled, schedule
@@ -332,6 +332,7 @@ class ReigniteSection:
     lr: float = 0.1
     batch_size: int = 64
     imagefolder: str | None = None
+    rescale_weights: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

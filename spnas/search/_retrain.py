@@ -96,6 +96,7 @@ def pretrain_backbone(
             stem=config.model.stem,
             xb_groups=config.model.xb_groups,
             seed=config.search.seed if seed is None else seed,
+            rescale_weights=r.rescale_weights,
         ),
         init_weights=init,
         norm=config.model.norm,
