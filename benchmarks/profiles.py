@@ -16,6 +16,10 @@ profile's study YAML, e.g. ``data.synthetic.train=8`` or ``reignite.epochs=1`` f
 ``--init random`` skips the crop pretraining: the detector starts from random weights drawn
 with the repeat's seed, the control that shows what reignition's pretraining is worth (compare
 with a ``--init pretrained`` file of the same settings, seed by seed).
+``--paired A.json B.json`` trains nothing: per profile and network of both files, the
+differences A − B seed by seed (over the seeds both retrained) with their paired 95 %
+interval, e.g. pretrained against random weights; the files must hold the same schedules and
+data (they may differ in ``--init`` and ``--set``, the variable under test).
 Results go to ``benchmarks/results/profiles.json`` (or ``--out``), rewritten after every
 retrain; ``--resume`` keeps the retrains already there (same schedule and overrides) and runs
 only the missing ones. A retrain is deterministic for its seed on one machine, so resuming
@@ -38,6 +42,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS, add_set_argument, base_parser, write_result
+from _paired import paired
 
 NAME = "profiles"
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,6 +187,42 @@ def verdict(profile: str, table: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def compared(path_a: Path, path_b: Path) -> dict[str, Any]:
+    """Per profile and network in both files: ``a − b`` paired by seed (``--paired``).
+
+    Raises:
+        ValueError: the files retrained with other schedules or data on a profile they share,
+            or share no profile and network.
+    """
+    a, b = (json.loads(path.read_text()) for path in (path_a, path_b))
+    profiles: dict[str, dict[str, Any]] = {}
+    for profile in sorted(set(a["profiles"]) & set(b["profiles"])):
+        for key in ("schedule", "data"):
+            if a[key][profile] != b[key][profile]:
+                raise ValueError(
+                    f"{path_a} and {path_b} differ in {key} on {profile}: "
+                    f"{a[key][profile]} against {b[key][profile]}; expected the same"
+                )
+        nets_a, nets_b = a["profiles"][profile]["nets"], b["profiles"][profile]["nets"]
+        for net in sorted(set(nets_a) & set(nets_b)):
+            ap_a = {r["seed"]: r["ap"] for r in nets_a[net]["runs"]}
+            ap_b = {r["seed"]: r["ap"] for r in nets_b[net]["runs"]}
+            seeds = sorted(set(ap_a) & set(ap_b))
+            profiles.setdefault(profile, {})[net] = {
+                "seeds": seeds,
+                "a": [ap_a[seed] for seed in seeds],
+                "b": [ap_b[seed] for seed in seeds],
+                **paired([ap_a[seed] for seed in seeds], [ap_b[seed] for seed in seeds]),
+            }
+    if not profiles:
+        raise ValueError(f"{path_a} and {path_b} share no profile and network")
+    sides = {
+        side: {key: result.get(key) for key in ("init", "overrides", "measured_at")}
+        for side, result in (("a", a), ("b", b))
+    }
+    return {"paired": [str(path_a), str(path_b)], **sides, "profiles": profiles}
+
+
 def print_table(result: dict[str, Any]) -> None:
     """One row per profile and network: AP mean ± std (repeats), GMACs, seconds per retrain."""
     print(f"{'profile':15} {'net':9} {'arch':22} {'AP mean ± std':>15}  repeats")
@@ -222,9 +263,28 @@ def main() -> None:
     parser.add_argument(
         "--resume", action="store_true", help="keep the result file's retrains, run the rest"
     )
+    parser.add_argument(
+        "--paired",
+        nargs=2,
+        type=Path,
+        metavar=("A", "B"),
+        help="train nothing: the paired differences A − B of two result files",
+    )
     add_set_argument(parser, "data.synthetic.train=8")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.paired:
+        result = compared(*args.paired)
+        out = write_result(f"{NAME}-paired", result, args.out)
+        for profile, nets in result["profiles"].items():
+            for net, row in nets.items():
+                low, high = row["ci95"] or (float("nan"), float("nan"))
+                print(
+                    f"{profile} {net}: A − B {row['mean']:+.2f} AP, 95 % [{low:+.2f}, "
+                    f"{high:+.2f}] over seeds {row['seeds']}"
+                )
+        print(f"written: {out}")
+        return
     out = args.out or RESULTS / f"{NAME}.json"
 
     from spnas.search import SearchConfig

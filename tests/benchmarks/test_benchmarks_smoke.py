@@ -187,13 +187,15 @@ def test_profiles(tmp_path: Path) -> None:
 
 def test_profiles_from_random_weights(tmp_path: Path) -> None:
     """``--init random``: no crop pretraining runs, the result says so, and a resume does not
-    mix in the retrains of another init."""
+    mix in the retrains of another init; ``--paired`` compares the two files seed by seed."""
     out, work = tmp_path / "profiles.json", tmp_path / "work"
     common = ("--profiles", "small-objects", "--nets", "seed", "--repeats", "1", "--iters", "2")
     common = (*common, *sets(TOY_STUDY))
     run_script("profiles.py", *common, "--out", str(out), "--workdir", str(work))
     retrains = work / "small-objects" / "retrain"
     assert list(retrains.rglob("pretrained_backbone.pth"))
+    pretrained = tmp_path / "pretrained.json"
+    shutil.copyfile(out, pretrained)
     shutil.rmtree(retrains)
     run = run_script(
         "profiles.py",
@@ -207,6 +209,15 @@ def test_profiles_from_random_weights(tmp_path: Path) -> None:
     assert not list(retrains.rglob("pretrained_backbone.pth*"))
     (row,) = result["profiles"]["small-objects"]["nets"].values()
     assert [r["seed"] for r in row["runs"]] == [0] and finite(row["ap"][0])
+
+    comparison = tmp_path / "paired.json"
+    run = run_script("profiles.py", "--paired", str(pretrained), str(out), "--out", str(comparison))
+    paired = result_of(run, comparison, "profiles-paired")
+    assert (paired["a"]["init"], paired["b"]["init"]) == ("pretrained", "random")
+    before = json.loads(pretrained.read_text())["profiles"]["small-objects"]["nets"]["seed"]
+    compared = paired["profiles"]["small-objects"]["seed"]
+    assert compared["seeds"] == [0] and compared["ci95"] is None  # one seed: no interval
+    assert compared["differences"] == [pytest.approx(before["ap"][0] - row["ap"][0])]
 
 
 @pytest.mark.slow
