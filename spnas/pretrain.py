@@ -45,12 +45,27 @@ from spnas.modeling.torchvision_weights import read_weights
 _logger = logging.getLogger(__name__)
 
 
+#: The linear scaling rule's reference: lr 0.1 at batch 256, ResNet's ImageNet recipe.
+REFERENCE_LR, REFERENCE_BATCH = 0.1, 256
+
+
+def linear_scaled_lr(batch_size: int) -> float:
+    """The learning rate of ``batch_size`` by the linear scaling rule (Goyal et al., 2017):
+    0.1 × batch_size / 256."""
+    return REFERENCE_LR * batch_size / REFERENCE_BATCH
+
+
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
     """Hyper-parameters of classification pretraining.
 
     The defaults suit the crops of a small detection set on a CPU; ImageNet-scale runs want
     ``image_size=224``, ``epochs≈90``, ``batch_size=256``.
+
+    ``lr``: ``None`` follows the batch size, :func:`linear_scaled_lr` (0.1 at 256; crops at
+    batch 32 get 0.0125: at 0.1 they trained to a lower crop accuracy and left detectors
+    retrained from them far below randomly initialised ones, ``docs/benchmarks.md``).
+    ``min_lr``: the cosine schedule's end, ``None``: 1e-4, or ``lr`` when that is lower.
 
     ``rescale_weights``: once trained, every convolution that a norm layer follows is scaled
     back to the RMS of a fresh initialisation, its norm's statistics alike
@@ -62,8 +77,8 @@ class PretrainConfig:
 
     epochs: int = 10
     batch_size: int = 64
-    lr: float = 0.1
-    min_lr: float = 1e-4
+    lr: float | None = None
+    min_lr: float | None = None
     momentum: float = 0.9
     weight_decay: float = 1e-4
     image_size: int = 64
@@ -79,6 +94,10 @@ class PretrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"pretrain {name}={value!r}: expected a positive integer")
+        if self.lr is None:
+            object.__setattr__(self, "lr", linear_scaled_lr(self.batch_size))
+        if self.min_lr is None:
+            object.__setattr__(self, "min_lr", min(1e-4, self.lr))
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ConfigError(
                 f"pretrain lr={self.lr!r}, min_lr={self.min_lr!r}: expected 0 ≤ min_lr ≤ lr, lr > 0"

@@ -20,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="output weights file (.pth)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument(
+        "--lr", type=float, default=None, help="default: 0.1 × batch size / 256 (linear scaling)"
+    )
     parser.add_argument("--image-size", type=int, default=64, help="crop side in pixels")
     parser.add_argument("--width", type=int, default=64, help="base width")
     parser.add_argument("--stem", default="resnet", choices=("resnet", "deep"))
@@ -49,7 +51,6 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
-        min_lr=min(1e-4, args.lr),
         image_size=args.image_size,
         base_width=args.width,
         stem=args.stem,

@@ -59,7 +59,7 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("parallel.max_trials", lambda v: v is None or v >= 0, "null or an integer ≥ 0"),
     ("reignite.epochs", _positive, "a positive integer"),
     ("reignite.image_size", lambda v: v >= 8, "an integer ≥ 8"),
-    ("reignite.lr", _positive, "a positive number"),
+    ("reignite.lr", lambda v: v is None or _positive(v), "null or a positive number"),
     ("reignite.batch_size", _positive, "a positive integer"),
     ("search.keep_top_k", _positive, "a positive integer"),
     ("search.wait_seconds", _positive, "a positive number of seconds"),

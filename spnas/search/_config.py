@@ -329,7 +329,8 @@ class ParallelSection:
 class ReigniteSection:
     epochs: int = 10
     image_size: int = 64
-    lr: float = 0.1
+    #: ``None``: 0.1 × batch_size / 256 (:func:`spnas.pretrain.linear_scaled_lr`).
+    lr: float | None = None
     batch_size: int = 64
     imagefolder: str | None = None
     rescale_weights: bool = True

@@ -90,7 +90,6 @@ def pretrain_backbone(
             epochs=r.epochs,
             batch_size=r.batch_size,
             lr=r.lr,
-            min_lr=min(1e-4, r.lr),
             image_size=r.image_size,
             base_width=config.model.width,
             stem=config.model.stem,
