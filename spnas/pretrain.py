@@ -63,16 +63,16 @@ class PretrainConfig:
     ``image_size=224``, ``epochs≈90``, ``batch_size=256``.
 
     ``lr``: ``None`` follows the batch size, :func:`linear_scaled_lr` (0.1 at 256; crops at
-    batch 32 get 0.0125: at 0.1 they trained to a lower crop accuracy and left detectors
-    retrained from them far below randomly initialised ones, ``docs/benchmarks.md``).
+    batch 32 get 0.0125: at 0.1 they trained to a lower crop accuracy and, with the weights'
+    growth, left detectors retrained from them 18–19 AP below randomly initialised ones,
+    ``docs/benchmarks.md``).
     ``min_lr``: the cosine schedule's end, ``None``: 1e-4, or ``lr`` when that is lower.
 
     ``rescale_weights``: once trained, every convolution that a norm layer follows is scaled
     back to the RMS of a fresh initialisation, its norm's statistics alike
     (:func:`~spnas.modeling.rescale_normalized_convs`): the network computes the same, and the
     detection training that starts from it learns at its full rate instead of one slowed by
-    the weights' growth (``docs/benchmarks.md``: without it, crop pretraining left detectors
-    far below random initialisation).
+    the weights' growth.
     """
 
     epochs: int = 10

@@ -69,12 +69,12 @@ def rescale_normalized_convs(module: nn.Module) -> int:
 
     Training with SGD grows the weights of a convolution followed by a norm layer (the norm
     makes the function blind to their scale, weight decay pulls back only slowly); the next
-    training's effective learning rate on them falls as 1/‖w‖². Pretraining (reignition)
-    grows them 3–11× at lr 0.1, enough to leave a detector trained from such weights well
-    below one trained from random weights (``benchmarks/profiles.py --init``). The norm undoes
-    the scale: batch norm (``BN``, ``SyncBN``) per output channel, in train mode exactly, in
-    eval mode with its running mean and variance scaled alike (as ``FrozenBN``'s statistics);
-    group norm per group, so it gets one factor for the whole layer.
+    training's effective learning rate on them falls as 1/‖w‖². Crop pretraining
+    (reignition) at lr 0.1 grew them 1.6–11×, part of what left detectors trained from it
+    below ones trained from random weights (``benchmarks/profiles.py --init``). The norm
+    undoes the scale: batch norm (``BN``, ``SyncBN``) per output channel, in train mode
+    exactly, in eval mode with its running mean and variance scaled alike (as ``FrozenBN``'s
+    statistics); group norm needs one factor for a whole group, so it gets one for the layer.
 
     Pairs are the children named ``conv<suffix>`` and ``norm<suffix>`` of one module (the
     blocks, stems and shortcuts of :mod:`spnas.modeling`). Channels whose weights are all zero
