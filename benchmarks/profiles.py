@@ -18,8 +18,9 @@ with the repeat's seed, the control that shows what reignition's pretraining is 
 with a ``--init pretrained`` file of the same settings, seed by seed).
 ``--paired A.json B.json`` trains nothing: per profile and network of both files, the
 differences A − B seed by seed (over the seeds both retrained) with their paired 95 %
-interval, e.g. pretrained against random weights; the files must hold the same schedules and
-data (they may differ in ``--init`` and ``--set``, the variable under test).
+interval, e.g. pretrained against random weights; the files must hold the same detection
+iterations and data (they may differ in ``--init`` and the pretraining, the variables under
+test).
 Results go to ``benchmarks/results/profiles.json`` (or ``--out``), rewritten after every
 retrain; ``--resume`` keeps the retrains already there (same schedule and overrides) and runs
 only the missing ones. A retrain is deterministic for its seed on one machine, so resuming
@@ -191,17 +192,22 @@ def compared(path_a: Path, path_b: Path) -> dict[str, Any]:
     """Per profile and network in both files: ``a − b`` paired by seed (``--paired``).
 
     Raises:
-        ValueError: the files retrained with other schedules or data on a profile they share,
-            or share no profile and network.
+        ValueError: the files trained their detectors for other iteration counts or on other
+            data on a profile they share, or share no profile and network.
     """
     a, b = (json.loads(path.read_text()) for path in (path_a, path_b))
     profiles: dict[str, dict[str, Any]] = {}
     for profile in sorted(set(a["profiles"]) & set(b["profiles"])):
-        for key in ("schedule", "data"):
-            if a[key][profile] != b[key][profile]:
+        # The detection schedule and the data must match; the pretraining may differ (it is
+        # what --init and --set reignite.* vary).
+        for key, part in (("schedule", "iters"), ("data", None)):
+            left, right = a[key][profile], b[key][profile]
+            if part is not None:
+                left, right = left[part], right[part]
+            if left != right:
                 raise ValueError(
                     f"{path_a} and {path_b} differ in {key} on {profile}: "
-                    f"{a[key][profile]} against {b[key][profile]}; expected the same"
+                    f"{left} against {right}; expected the same"
                 )
         nets_a, nets_b = a["profiles"][profile]["nets"], b["profiles"][profile]["nets"]
         for net in sorted(set(nets_a) & set(nets_b)):
@@ -217,7 +223,7 @@ def compared(path_a: Path, path_b: Path) -> dict[str, Any]:
     if not profiles:
         raise ValueError(f"{path_a} and {path_b} share no profile and network")
     sides = {
-        side: {key: result.get(key) for key in ("init", "overrides", "measured_at")}
+        side: {key: result.get(key) for key in ("init", "overrides", "schedule", "measured_at")}
         for side, result in (("a", a), ("b", b))
     }
     return {"paired": [str(path_a), str(path_b)], **sides, "profiles": profiles}
@@ -274,7 +280,10 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.paired:
-        result = compared(*args.paired)
+        try:
+            result = compared(*args.paired)
+        except ValueError as exc:
+            parser.error(str(exc))
         out = write_result(f"{NAME}-paired", result, args.out)
         for profile, nets in result["profiles"].items():
             for net, row in nets.items():

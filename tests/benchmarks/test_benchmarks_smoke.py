@@ -220,6 +220,36 @@ def test_profiles_from_random_weights(tmp_path: Path) -> None:
     assert compared["differences"] == [pytest.approx(before["ap"][0] - row["ap"][0])]
 
 
+def test_profiles_paired_lets_the_pretraining_differ_not_the_detection(tmp_path: Path) -> None:
+    profiles = benchmark_module("profiles")
+
+    def result_file(name: str, aps: list[float], iters: int, epochs: int) -> Path:
+        runs = [{"seed": seed, "ap": ap} for seed, ap in enumerate(aps)]
+        path = tmp_path / f"{name}.json"
+        path.write_text(
+            json.dumps(
+                {
+                    "init": "pretrained",
+                    "overrides": [],
+                    "schedule": {"small-objects": {"iters": iters, "reignite_epochs": epochs}},
+                    "data": {"small-objects": {"val": 400}},
+                    "profiles": {"small-objects": {"nets": {"seed": {"runs": runs}}}},
+                }
+            )
+        )
+        return path
+
+    four = result_file("four", [30.0, 32.0, 31.0], 900, 4)
+    sixteen = result_file("sixteen", [31.0, 34.0, 31.5, 40.0], 900, 16)
+    row = profiles.compared(sixteen, four)["profiles"]["small-objects"]["seed"]
+    assert row["seeds"] == [0, 1, 2]  # the seeds both retrained
+    assert row["differences"] == pytest.approx([1.0, 2.0, 0.5])
+    low, high = row["ci95"]
+    assert low < row["mean"] < high
+    with pytest.raises(ValueError, match="differ in schedule on small-objects: 300 against 900"):
+        profiles.compared(result_file("short", [30.0], 300, 4), four)
+
+
 @pytest.mark.slow
 def test_search_vs_random(tmp_path: Path) -> None:
     """The baselines (seed, high-res, 2 unselected random networks), a whole toy search
