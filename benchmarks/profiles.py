@@ -148,7 +148,7 @@ def load_runs(path: Path, settings: dict[str, Any]) -> dict[str, dict[str, dict[
     if not path.is_file():
         return {}
     previous = json.loads(path.read_text())
-    same_overrides = (
+    same_settings = (
         previous.get("overrides", []) == settings["overrides"]
         and previous.get("init", "pretrained") == settings["init"]
     )
@@ -158,7 +158,7 @@ def load_runs(path: Path, settings: dict[str, Any]) -> dict[str, dict[str, dict[
         if profile not in settings["schedule"]:
             settings["schedule"][profile] = schedule
             settings["data"][profile] = previous["data"][profile]
-        elif schedule != settings["schedule"][profile] or not same_overrides:
+        elif schedule != settings["schedule"][profile] or not same_settings:
             continue
         for net, row in entry["nets"].items():
             if NETS.get(net) == row["arch"]:
@@ -214,11 +214,12 @@ def compared(path_a: Path, path_b: Path) -> dict[str, Any]:
             ap_a = {r["seed"]: r["ap"] for r in nets_a[net]["runs"]}
             ap_b = {r["seed"]: r["ap"] for r in nets_b[net]["runs"]}
             seeds = sorted(set(ap_a) & set(ap_b))
+            left, right = [ap_a[seed] for seed in seeds], [ap_b[seed] for seed in seeds]
             profiles.setdefault(profile, {})[net] = {
                 "seeds": seeds,
-                "a": [ap_a[seed] for seed in seeds],
-                "b": [ap_b[seed] for seed in seeds],
-                **paired([ap_a[seed] for seed in seeds], [ap_b[seed] for seed in seeds]),
+                "a": left,
+                "b": right,
+                **paired(left, right),
             }
     if not profiles:
         raise ValueError(f"{path_a} and {path_b} share no profile and network")

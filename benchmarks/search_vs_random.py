@@ -520,8 +520,7 @@ def main() -> None:
 
 def run_directory(args: Any) -> Path:
     """``<results>/<run-name>/``: where the run's studies are kept; new, unless resumed."""
-    out = args.out or RESULTS / f"{NAME}.json"
-    run_dir = out.parent / (args.run_name or out.stem)
+    run_dir = args.out.parent / (args.run_name or args.out.stem)
     if run_dir.exists() and any(run_dir.iterdir()) and not args.resume:
         raise SystemExit(
             f"{run_dir} is not empty: the studies of an earlier run are kept there; pass "
@@ -557,14 +556,13 @@ def resumed(args: Any, settings: dict[str, Any]) -> dict[str, Any]:
         "retrains": {},
         "wall_s": 0.0,
     }
-    out = args.out or RESULTS / f"{NAME}.json"
-    if not args.resume or not out.is_file():
+    if not args.resume or not args.out.is_file():
         return fresh
-    earlier = json.loads(out.read_text())
+    earlier = json.loads(args.out.read_text())
     same = {k: v for k, v in earlier.get("settings", {}).items() if k != "searches"}
     if same != {k: v for k, v in settings.items() if k != "searches"}:
         raise SystemExit(
-            f"{out}: ran with other settings ({earlier.get('settings')}, now {settings}): "
+            f"{args.out}: ran with other settings ({earlier.get('settings')}, now {settings}): "
             "resume it with its own, or start a new --run-name"
         )
     earlier.update(complete=False, settings=settings, cross_profile=[])
@@ -576,6 +574,7 @@ def search(args: Any) -> None:
     started = time.monotonic()
     if args.resume and args.workdir is None:
         raise SystemExit("--resume needs the --workdir of the run it resumes (its studies' data)")
+    args.out = args.out or RESULTS / f"{NAME}.json"
     run_dir = run_directory(args)
     seeds = args.verify_seeds
     with tempfile.TemporaryDirectory(prefix="spnas-svr-") as tmp:
@@ -588,7 +587,7 @@ def search(args: Any) -> None:
             workdir=str(root) if args.workdir else None,
         )
         result = resumed(args, settings)
-        progress = Progress(result, args.out or RESULTS / f"{NAME}.json")
+        progress = Progress(result, args.out)
         earlier_wall = result["wall_s"]
         for profile in args.profiles:
             config = profile_config(root, profile, args.overrides)

@@ -189,8 +189,10 @@ def test_profiles_from_random_weights(tmp_path: Path) -> None:
     """``--init random``: no crop pretraining runs, the result says so, and a resume does not
     mix in the retrains of another init; ``--paired`` compares the two files seed by seed."""
     out, work = tmp_path / "profiles.json", tmp_path / "work"
-    common = ("--profiles", "small-objects", "--nets", "seed", "--repeats", "1", "--iters", "2")
-    common = (*common, *sets(TOY_STUDY))
+    common = (
+        *("--profiles", "small-objects", "--nets", "seed", "--repeats", "1", "--iters", "2"),
+        *sets(TOY_STUDY),
+    )
     run_script("profiles.py", *common, "--out", str(out), "--workdir", str(work))
     retrains = work / "small-objects" / "retrain"
     assert list(retrains.rglob("pretrained_backbone.pth"))
